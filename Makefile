@@ -1,0 +1,30 @@
+# Every user-facing target depends on `setup`, so each one works as the first command on a new machine.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# torch and torchvision first, as a matched pair: on the project's machines these two releases lie on local disk.
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
+GOLDEN ?= ../shared/golden
+
+.PHONY: setup test lint golden bench sweep
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(PY) -m ruff check sttm baselines runners scripts tests
+
+golden: setup
+	$(PY) -m sttm.check_golden $(GOLDEN)/sttm
+
+bench: setup
+	$(PY) scripts/bench_reducers.py

@@ -1,0 +1,201 @@
+"""The protocol every token reducer speaks, and the registry that finds reducers by name.
+
+A reducer receives the visual tokens of one video as a ``[T, H, W, C]`` grid and returns the tokens it keeps,
+``[N, C]``, each with the box of grid patches it stands for. It declares the stage of the model where it acts
+and whether it needs the question. ``reduce()`` is pure: same input, same output, no state kept between calls.
+
+Budgets mean one thing everywhere: the kept fraction of the visual tokens at the point where the reducer acts.
+Each method maps a budget to its own knob; every :class:`Reduction` carries the ratio it achieved.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+import pkgutil
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
+
+import torch
+
+
+class Stage(str, enum.Enum):
+    """Where in a video LLM a reducer acts."""
+
+    VISION = "vision"  # inside the vision tower (needs its attention)
+    PRE_LLM = "pre_llm"  # after projector and pooling, before the first decoder layer
+    LLM_LAYER = "llm_layer"  # on the hidden states at the input of decoder layer k, during prefill
+    DECODE = "decode"  # on the KV cache, during generation
+
+
+def check_budget(budget: float) -> float:
+    """Return ``budget`` as a float, or raise ValueError unless it lies in (0, 1]."""
+    budget = float(budget)
+    if not 0.0 < budget <= 1.0:
+        raise ValueError(f"budget must lie in (0, 1] (the kept fraction of visual tokens), got {budget}")
+    return budget
+
+
+@dataclass(frozen=True)
+class VideoTokens:
+    """The visual tokens of one video, and what a method may need besides them.
+
+    grid:        [T, H, W, C] visual tokens (frames, grid rows, grid columns, channels), any float dtype/device.
+    importance:  optional [T, H, W] per-token score (e.g. attention received), for methods that rank tokens.
+    question:    the question text, for query-aware methods.
+    """
+
+    grid: torch.Tensor
+    importance: torch.Tensor | None = None
+    question: str | None = None
+
+    def __post_init__(self) -> None:
+        grid = self.grid
+        if not isinstance(grid, torch.Tensor):
+            raise ValueError(f"grid must be a torch.Tensor, got {type(grid).__name__}")
+        if grid.dim() != 4:
+            raise ValueError(
+                f"grid must have rank 4 laid out as [T, H, W, C] (frames, rows, columns, channels), "
+                f"got shape {tuple(grid.shape)}"
+            )
+        if not grid.is_floating_point():
+            raise ValueError(f"grid must be a floating-point tensor, got dtype {grid.dtype}")
+        if grid.numel() == 0:
+            raise ValueError(f"grid is empty: shape {tuple(grid.shape)} (a video needs at least one frame)")
+        if not bool(torch.isfinite(grid).all()):
+            raise ValueError("grid holds non-finite values (NaN or inf)")
+        if self.importance is not None and tuple(self.importance.shape) != tuple(grid.shape[:3]):
+            raise ValueError(
+                f"importance must have shape [T, H, W] = {tuple(grid.shape[:3])}, "
+                f"got {tuple(self.importance.shape)}"
+            )
+
+    @property
+    def num_frames(self) -> int:
+        return self.grid.shape[0]
+
+    @property
+    def num_tokens(self) -> int:
+        """Visual tokens before reduction: T·H·W."""
+        t, h, w, _ = self.grid.shape
+        return t * h * w
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """What a reducer keeps.
+
+    tokens:       [N, C] kept tokens, in the order they enter the model.
+    boxes:        [N, 5] int64 ``(t, y0, x0, y1, x1)`` in grid coordinates, ends exclusive: the patches a token
+                  stands for (after temporal merging, the box of its earliest member).
+    num_patches:  [N] int64 grid patches merged into each token; they sum to T·H·W for merging methods and to
+                  N for dropping methods (a dropped patch is in no token).
+    num_input:    T·H·W, the visual tokens the reducer received.
+    reducer_ms:   the method's own wall time (CUDA events on GPU), filled in by ``Reducer.__call__``.
+    info:         method-specific facts worth recording (e.g. the thresholds a budget search chose).
+    """
+
+    tokens: torch.Tensor
+    boxes: torch.Tensor
+    num_patches: torch.Tensor
+    num_input: int
+    reducer_ms: float = float("nan")
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_kept(self) -> int:
+        return self.tokens.shape[0]
+
+    @property
+    def kept_ratio(self) -> float:
+        """The achieved budget: kept tokens over the tokens received."""
+        return self.num_kept / self.num_input
+
+
+def flat_positions(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """[N] flat grid index ``t·H·W + y0·W + x0`` of each box's top-left patch (boxes: [N, 5])."""
+    return boxes[:, 0] * (height * width) + boxes[:, 1] * width + boxes[:, 2]
+
+
+class Reducer(ABC):
+    """Base of every token reducer: a pure ``reduce()`` plus the stage it acts at.
+
+    Subclasses set ``name``, ``stage`` and ``query_aware``, take their own knobs and a ``budget`` in their
+    constructor, and implement ``reduce``. Call the instance to get the reduction with its timing.
+    """
+
+    name: ClassVar[str]
+    stage: ClassVar[Stage]
+    query_aware: ClassVar[bool] = False
+
+    #: decoder layer k for ``Stage.LLM_LAYER`` / ``Stage.DECODE`` methods; None for the others.
+    layer: int | None = None
+
+    @abstractmethod
+    def reduce(self, video: VideoTokens) -> Reduction:
+        """Return the kept tokens of ``video``."""
+
+    def __call__(self, video: VideoTokens) -> Reduction:
+        if self.query_aware and video.question is None and video.importance is None:
+            raise ValueError(f"reducer {self.name!r} is query-aware: give it the question or the importance")
+        if video.grid.is_cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            result = self.reduce(video)
+            end.record()
+            end.synchronize()
+            elapsed = start.elapsed_time(end)
+        else:
+            t0 = time.perf_counter()
+            result = self.reduce(video)
+            elapsed = (time.perf_counter() - t0) * 1e3
+        return replace(result, reducer_ms=elapsed)
+
+
+_REGISTRY: dict[str, type[Reducer]] = {}
+_PLUGIN_PACKAGES = ("sttm", "baselines")
+_discovered = False
+
+
+def register(name: str):
+    """Class decorator: make a reducer findable as ``name`` (e.g. ``reducer=name`` in a config)."""
+
+    def decorate(cls: type[Reducer]) -> type[Reducer]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"reducer name {name!r} is taken by {_REGISTRY[name].__module__}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def _discover() -> None:
+    """Import every module of the plugin packages once, so that their ``@register`` lines run."""
+    global _discovered
+    if _discovered:
+        return
+    for package_name in _PLUGIN_PACKAGES:
+        package = importlib.import_module(package_name)
+        for module in pkgutil.iter_modules(package.__path__, prefix=f"{package_name}."):
+            importlib.import_module(module.name)
+    _discovered = True
+
+
+def available_reducers() -> list[str]:
+    _discover()
+    return sorted(_REGISTRY)
+
+
+def reducer_class(name: str) -> type[Reducer]:
+    _discover()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown reducer {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def build_reducer(name: str, **params: Any) -> Reducer:
+    """Instantiate the reducer registered as ``name`` with its parameters (a budget among them)."""
+    return reducer_class(name)(**params)

@@ -1,0 +1,117 @@
+"""STTM as a reducer: hand-set thresholds (the paper's way) or a budget that picks them per video."""
+
+from __future__ import annotations
+
+import math
+
+from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, register
+from sttm.merge import VARIANTS, QuadTree, build_quadtree, merge_video
+
+#: bisection rounds of the budget search over the spatial threshold.
+_SEARCH_ROUNDS = 20
+
+
+def _check_threshold(name: str, value: float) -> float:
+    value = float(value)
+    if not -1.0 <= value <= 1.0:
+        raise ValueError(f"{name} must lie in [-1, 1] (a cosine similarity), got {value}")
+    return value
+
+
+@register("sttm")
+class STTM(Reducer):
+    """Multi-granular spatio-temporal token merging (Hyun et al., ICCV 2025) at decoder layer ``layer``.
+
+    Give either thresholds or a budget:
+
+    * ``threshold`` (τ_s) and ``temporal_threshold`` (τ_t, ≤ 0 or None: no temporal merging), as in the
+      authors' scripts; ``configs/reducer/sttm_paper.yaml`` holds their per-dataset values.
+    * ``budget``: per video, the thresholds whose kept fraction is as close to the budget as the quadtree allows
+      without exceeding it. τ_t follows τ_s at ``budget_gap`` below it (0.2, the gap of most of the paper's
+      LLaVA-Video settings; None: spatial merging only), and τ_s is found by bisection. The chosen thresholds
+      go to ``Reduction.info``. Below the quadtree's floor (root nodes, all merged over time) the floor is kept
+      and ``info["budget_met"]`` is False.
+
+    ``variant`` is ``official`` (the authors' code, quirks included) or ``corrected`` (see ``sttm.merge``).
+    ``root_level`` indexes the quadtree levels (``sttm.merge.pyramid_sizes``); ``head_dim`` averages the
+    similarity over channel chunks of that width; ``weighted_avg`` makes the official variant average by
+    patch count (the corrected one always does).
+    """
+
+    stage = Stage.LLM_LAYER
+    query_aware = False
+
+    def __init__(
+        self,
+        threshold: float | None = None,
+        temporal_threshold: float | None = None,
+        budget: float | None = None,
+        root_level: int = 1,
+        weighted_avg: bool = False,
+        head_dim: int | None = None,
+        variant: str = "official",
+        budget_gap: float | None = 0.2,
+        layer: int = 2,
+    ) -> None:
+        given_thresholds = threshold is not None or temporal_threshold is not None
+        if budget is not None and given_thresholds:
+            raise ValueError("give STTM either thresholds or a budget, not both")
+        if budget is None and threshold is None:
+            raise ValueError("give STTM a spatial threshold (and optionally a temporal one) or a budget")
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown STTM variant {variant!r}; choose one of: {', '.join(VARIANTS)}")
+        if head_dim is not None and head_dim <= 0:
+            raise ValueError(f"head_dim must be a positive channel count, got {head_dim}")
+        self.threshold = None if threshold is None else _check_threshold("threshold", threshold)
+        self.temporal_threshold = (
+            -1.0 if temporal_threshold is None else _check_threshold("temporal_threshold", temporal_threshold)
+        )
+        self.budget = None if budget is None else check_budget(budget)
+        self.budget_gap = budget_gap
+        self.root_level = int(root_level)
+        self.weighted_avg = bool(weighted_avg)
+        self.head_dim = head_dim
+        self.variant = variant
+        self.layer = layer
+
+    def reduce(self, video: VideoTokens) -> Reduction:
+        grid = video.grid
+        if self.head_dim is not None and grid.shape[-1] % self.head_dim:
+            raise ValueError(f"head_dim {self.head_dim} does not divide the {grid.shape[-1]} channels")
+        tree = build_quadtree(grid, self.root_level, self.variant, self.weighted_avg, self.head_dim)
+        if self.budget is None:
+            thresholds, budget_met = (self.threshold, self.temporal_threshold), True
+        else:
+            thresholds, budget_met = self._search_thresholds(tree, video.num_tokens)
+        tokens, boxes, num_patches = merge_video(tree, *thresholds, self.variant, self.head_dim)
+        info = {"threshold": thresholds[0], "temporal_threshold": thresholds[1], "variant": self.variant}
+        if self.budget is not None:
+            info["budget_met"] = budget_met
+        return Reduction(tokens, boxes, num_patches, video.num_tokens, info=info)
+
+    def _thresholds_at(self, spatial: float) -> tuple[float, float]:
+        if self.budget_gap is None:
+            return spatial, -1.0
+        return spatial, max(spatial - self.budget_gap, 1e-3)
+
+    def _kept(self, tree: QuadTree, spatial: float) -> int:
+        tokens, _, _ = merge_video(tree, *self._thresholds_at(spatial), self.variant, self.head_dim)
+        return tokens.shape[0]
+
+    def _search_thresholds(self, tree: QuadTree, num_tokens: int) -> tuple[tuple[float, float], bool]:
+        """The least merging whose kept count stays within ``budget·num_tokens`` (bisection on τ_s)."""
+        target = math.floor(self.budget * num_tokens + 1e-9)
+        most_merging, no_merging = -1.0, 1.0 + (self.budget_gap or 0.0) + 1e-3
+        if self._kept(tree, no_merging) <= target:
+            return self._thresholds_at(no_merging), True
+        if self._kept(tree, most_merging) > target:
+            return self._thresholds_at(most_merging), False
+        low, high = most_merging, no_merging  # kept(low) <= target < kept(high)
+        for _ in range(_SEARCH_ROUNDS):
+            middle = (low + high) / 2
+            if self._kept(tree, middle) <= target:
+                low = middle
+            else:
+                high = middle
+        return self._thresholds_at(low), True
+
