@@ -8,8 +8,8 @@ from sttm.api import (
     available_reducers,
     build_reducer,
     check_budget,
-    register,
     reducer_class,
+    register,
 )
 
 __all__ = [

@@ -68,8 +68,7 @@ class VideoTokens:
             raise ValueError("grid holds non-finite values (NaN or inf)")
         if self.importance is not None and tuple(self.importance.shape) != tuple(grid.shape[:3]):
             raise ValueError(
-                f"importance must have shape [T, H, W] = {tuple(grid.shape[:3])}, "
-                f"got {tuple(self.importance.shape)}"
+                f"importance must have shape [T, H, W] = {tuple(grid.shape[:3])}, got {tuple(self.importance.shape)}"
             )
 
     @property

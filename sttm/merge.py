@@ -80,7 +80,7 @@ def sum_pool(x: torch.Tensor) -> torch.Tensor:
     t, h, w, c = x.shape
     if h % 2 or w % 2:
         x = F.pad(x, (0, 0, w % 2, 0, h % 2, 0))
-    return x.unflatten(1, (-1, 2)).unflatten(3, (-1, 2)).sum(dim=(2, 4))
+    return x[:, 0::2, 0::2] + x[:, 0::2, 1::2] + x[:, 1::2, 0::2] + x[:, 1::2, 1::2]
 
 
 def children_per_parent(rows: Axis, cols: Axis) -> torch.Tensor:
@@ -94,24 +94,23 @@ def mean_pool(x: torch.Tensor, rows: Axis, cols: Axis) -> torch.Tensor:
     return sum_pool(x) / counts[None, :, :, None]
 
 
-def cosine(a: torch.Tensor, b: torch.Tensor, head_dim: int | None) -> torch.Tensor:
-    """Cosine similarity over the last dim in float32, or its mean over chunks of ``head_dim`` channels."""
-    a, b = a.float(), b.float()
-    if head_dim is None:
-        return F.cosine_similarity(a, b, dim=-1)
-    a, b = a.unflatten(-1, (-1, head_dim)), b.unflatten(-1, (-1, head_dim))
-    return F.cosine_similarity(a, b, dim=-1).mean(dim=-1)
+def unit_chunks(x: torch.Tensor, head_dim: int | None, eps_in_denominator: bool) -> torch.Tensor:
+    """[..., C] -> [..., C] float32, scaled to unit norm per chunk of ``head_dim`` channels (or as a whole).
 
-
-def normalized_dot(a: torch.Tensor, b: torch.Tensor, head_dim: int | None) -> torch.Tensor:
-    """The temporal step's similarity: <a/(|a|+1e-8), b/(|b|+1e-8)> in float32, optionally per head chunk."""
-    a, b = a.float(), b.float()
+    The spatial step uses ``F.cosine_similarity``'s x / max(|x|, 1e-8); the temporal step the authors'
+    x / (|x| + 1e-8) (``eps_in_denominator``). A dot product of two such vectors divided by the chunk count is
+    the (chunk-averaged) cosine.
+    """
+    x = x.float()
     if head_dim is not None:
-        a, b = a.unflatten(-1, (-1, head_dim)), b.unflatten(-1, (-1, head_dim))
-    a = a / (a.norm(dim=-1, keepdim=True) + 1e-8)
-    b = b / (b.norm(dim=-1, keepdim=True) + 1e-8)
-    sim = (a * b).sum(dim=-1)
-    return sim if head_dim is None else sim.mean(dim=-1)
+        x = x.unflatten(-1, (-1, head_dim))
+    norm = x.norm(dim=-1, keepdim=True)
+    x = x / (norm + 1e-8 if eps_in_denominator else norm.clamp_min(1e-8))
+    return x.flatten(-2) if head_dim is not None else x
+
+
+def chunk_count(channels: int, head_dim: int | None) -> int:
+    return 1 if head_dim is None else channels // head_dim
 
 
 def split_similarity(
@@ -122,26 +121,24 @@ def split_similarity(
     compare_missing_children: bool,
     head_dim: int | None,
 ) -> torch.Tensor:
-    """[T, h, w] the smallest cosine between each parent [T, h, w, C] and its 4 child slots in child [T, hc, wc, C].
+    """[T, h, w] the smallest cosine between each parent [T, h, w, C] and its children in child [T, hc, wc, C].
 
-    Slots are TL, TR, BL, BR. A parent with fewer than 4 children has missing slots; the authors compare those
-    with the child at (0, 0) of the frame (``compare_missing_children=True``), the corrected variant skips them.
+    A parent with fewer than 4 children has missing slots; the authors compare those with the frame's child at
+    (0, 0) (``compare_missing_children=True``); the corrected variant skips them.
     """
     t, h, w, c = parent.shape
-    wc = child.shape[2]
-    slot_rows = torch.stack([rows.first, rows.first, rows.second, rows.second], dim=-1)  # [h, 4]
-    slot_cols = torch.stack([cols.first, cols.second, cols.first, cols.second], dim=-1)  # [w, 4]
-    present = (
-        torch.stack([torch.ones_like(rows.paired)] * 2 + [rows.paired] * 2, dim=-1)[:, None, :]
-        & torch.stack([torch.ones_like(cols.paired), cols.paired] * 2, dim=-1)[None, :, :]
-    )  # [h, w, 4]
-    flat_child = slot_rows[:, None, :] * wc + slot_cols[None, :, :]  # [h, w, 4]
-    flat_child = torch.where(present, flat_child, 0)
-    children = child.flatten(1, 2)[:, flat_child.flatten()].view(t, h, w, 4, c)
-    sim = cosine(parent.unsqueeze(3), children, head_dim)  # [T, h, w, 4]
-    if not compare_missing_children:
-        sim = sim.masked_fill(~present, math.inf)
-    return sim.amin(dim=-1)
+    unit_parent = unit_chunks(parent, head_dim, eps_in_denominator=False)
+    unit_child = unit_chunks(child, head_dim, eps_in_denominator=False)
+    chunks = chunk_count(c, head_dim)
+    parent_above = unit_parent[:, rows.parent][:, :, cols.parent]  # [T, hc, wc, C]
+    sim = (parent_above * unit_child).sum(dim=-1) / chunks  # [T, hc, wc]
+    padded = F.pad(sim, (w * 2 - sim.shape[2], 0, h * 2 - sim.shape[1], 0), value=math.inf)
+    min_sim = padded.unflatten(1, (h, 2)).unflatten(3, (w, 2)).amin(dim=(2, 4))
+    if compare_missing_children:
+        missing = ~(rows.paired[:, None] & cols.paired[None, :])
+        sim_corner = (unit_parent * unit_child[:, :1, :1]).sum(dim=-1) / chunks
+        min_sim = torch.where(missing, torch.minimum(min_sim, sim_corner), min_sim)
+    return min_sim
 
 
 @dataclass(frozen=True)
@@ -304,7 +301,9 @@ def temporal_candidates(nodes: Nodes) -> tuple[torch.Tensor, torch.Tensor, torch
     )
 
 
-def min_label_step(labels: torch.Tensor, earlier: torch.Tensor, later: torch.Tensor, linked: torch.Tensor) -> torch.Tensor:
+def min_label_step(
+    labels: torch.Tensor, earlier: torch.Tensor, later: torch.Tensor, linked: torch.Tensor
+) -> torch.Tensor:
     """One round of the authors' propagation (§2.3): both ends take the pair's smaller label, then pointer jump."""
     smaller = torch.minimum(labels[earlier], labels[later])
     smaller = torch.where(linked, smaller, len(labels))
@@ -337,7 +336,9 @@ def propagate_labels(
             return labels
 
 
-def most_similar_links(earlier: torch.Tensor, later: torch.Tensor, linked: torch.Tensor, sim: torch.Tensor) -> torch.Tensor:
+def most_similar_links(
+    earlier: torch.Tensor, later: torch.Tensor, linked: torch.Tensor, sim: torch.Tensor
+) -> torch.Tensor:
     """[P] bool: keep, for each later node, only its link to the most similar earlier node (ties: lowest index)."""
     n = int(max(earlier.max(), later.max())) + 1 if len(earlier) else 0
     score = torch.where(linked, sim, -math.inf)
@@ -364,6 +365,38 @@ def merge_groups(nodes: Nodes, labels: torch.Tensor, sums: bool) -> tuple[torch.
     return total[keep] / divisor[:, None].to(total.dtype), nodes.boxes[keep], patches[keep]
 
 
+def group_nodes(
+    tree: QuadTree,
+    threshold: float,
+    temporal_threshold: float,
+    variant: str,
+    head_dim: int | None,
+) -> tuple[Nodes, torch.Tensor | None]:
+    """The spatially merged nodes and, if temporal merging is on, each node's group label (§1–§2.3).
+
+    ``threshold`` is τ_s (a node stops when every child is at least this similar); ``temporal_threshold`` is
+    τ_t (≤ 0 turns temporal merging off, and the labels are None).
+    """
+    nodes = collect_nodes(tree, emitted_nodes(tree, threshold))
+    if temporal_threshold <= 0:
+        return nodes, None
+    earlier, later, valid = temporal_candidates(nodes)
+    unit = unit_chunks(nodes.features, head_dim, eps_in_denominator=True)
+    sim = (unit[earlier] * unit[later]).sum(dim=-1) / chunk_count(unit.shape[-1], head_dim)
+    linked = valid & (sim >= temporal_threshold)
+    if variant == "corrected":
+        linked = most_similar_links(earlier, later, linked, sim)
+    labels = propagate_labels(len(nodes.boxes), earlier, later, linked, until_consistent=variant == "corrected")
+    return nodes, labels
+
+
+def count_tokens(nodes: Nodes, labels: torch.Tensor | None) -> int:
+    """Tokens left after grouping: one per group."""
+    if labels is None:
+        return len(nodes.boxes)
+    return int((labels == torch.arange(len(labels), device=labels.device)).sum())
+
+
 def merge_video(
     tree: QuadTree,
     threshold: float,
@@ -371,19 +404,10 @@ def merge_video(
     variant: str,
     head_dim: int | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """STTM on a built quadtree: (features [N, C], boxes [N, 5], num_patches [N]) (§1–§2).
-
-    ``threshold`` is τ_s (a node stops when every child is at least this similar); ``temporal_threshold`` is
-    τ_t (≤ 0 turns temporal merging off).
-    """
-    nodes = collect_nodes(tree, emitted_nodes(tree, threshold))
-    if temporal_threshold <= 0:
-        features = nodes.features / nodes.num_patches[:, None].to(nodes.features.dtype) if tree.sums else nodes.features
-        return features, nodes.boxes, nodes.num_patches
-    earlier, later, valid = temporal_candidates(nodes)
-    sim = normalized_dot(nodes.features[earlier], nodes.features[later], head_dim)
-    linked = valid & (sim >= temporal_threshold)
-    if variant == "corrected":
-        linked = most_similar_links(earlier, later, linked, sim)
-    labels = propagate_labels(len(nodes.boxes), earlier, later, linked, until_consistent=variant == "corrected")
-    return merge_groups(nodes, labels, tree.sums)
+    """STTM on a built quadtree: (features [N, C], boxes [N, 5], num_patches [N]); see ``group_nodes``."""
+    nodes, labels = group_nodes(tree, threshold, temporal_threshold, variant, head_dim)
+    if labels is not None:
+        return merge_groups(nodes, labels, tree.sums)
+    if tree.sums:
+        return nodes.features / nodes.num_patches[:, None].to(nodes.features.dtype), nodes.boxes, nodes.num_patches
+    return nodes.features, nodes.boxes, nodes.num_patches

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, register
-from sttm.merge import VARIANTS, QuadTree, build_quadtree, merge_video
+from sttm.merge import VARIANTS, QuadTree, build_quadtree, count_tokens, group_nodes, merge_video
 
 #: bisection rounds of the budget search over the spatial threshold.
 _SEARCH_ROUNDS = 20
@@ -95,8 +95,7 @@ class STTM(Reducer):
         return spatial, max(spatial - self.budget_gap, 1e-3)
 
     def _kept(self, tree: QuadTree, spatial: float) -> int:
-        tokens, _, _ = merge_video(tree, *self._thresholds_at(spatial), self.variant, self.head_dim)
-        return tokens.shape[0]
+        return count_tokens(*group_nodes(tree, *self._thresholds_at(spatial), self.variant, self.head_dim))
 
     def _search_thresholds(self, tree: QuadTree, num_tokens: int) -> tuple[tuple[float, float], bool]:
         """The least merging whose kept count stays within ``budget·num_tokens`` (bisection on τ_s)."""
@@ -114,4 +113,3 @@ class STTM(Reducer):
             else:
                 high = middle
         return self._thresholds_at(low), True
-

@@ -1,0 +1,156 @@
+"""Time token reducers on one video-sized token grid and print the median per call.
+
+    python scripts/bench_reducers.py                      # every registered reducer, on GPU if there is one
+    python scripts/bench_reducers.py --reducers sttm --authors-code PATH/TO/STTM-checkout
+
+The input is ``sttm.synthetic.redundant_video`` ([128, 14, 14, 3584] bf16 by default: a LLaVA-Video-7B video at
+decoder layer 2), with scene changes every few frames; the paper's LLaVA-Video thresholds keep about 30-50% of
+it. Each reducer runs ``--warmup`` times, then ``--repeats`` timed calls (CUDA events on GPU, perf_counter on
+CPU); the table gives median and spread. ``--authors-code`` also times the authors' ``quadtree_build_video``
+from a checkout of github.com/HYUNJS/STTM on the same input, and checks that both keep the same boxes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from sttm.api import Reducer, Stage, VideoTokens, available_reducers, build_reducer
+from sttm.synthetic import redundant_video
+
+#: STTM settings timed besides budget mode: the authors' LLaVA-Video-7B Video-MME thresholds (STTM_SPEC.md §4).
+STTM_PAPER_SETTINGS = {"0.5": (0.85, 0.55), "0.3": (0.80, 0.50)}
+
+
+def settings_to_time(names: list[str], budgets: list[float]) -> list[tuple[str, str, Reducer]]:
+    """(reducer, setting label, instance) for every reducer and budget; STTM also at the paper's thresholds."""
+    runs = []
+    for name in names:
+        if name == "sttm":
+            for budget, (spatial, temporal) in STTM_PAPER_SETTINGS.items():
+                for variant in ("official", "corrected"):
+                    reducer = build_reducer(name, threshold=spatial, temporal_threshold=temporal, variant=variant)
+                    runs.append((name, f"{variant} tau={spatial}/{temporal} (paper {budget})", reducer))
+        for budget in budgets:
+            reducer = build_reducer(name, budget=budget)
+            if reducer.stage is Stage.DECODE:
+                continue
+            runs.append((name, f"budget={budget}", reducer))
+    return runs
+
+
+def time_calls(call, warmup: int, repeats: int, cuda: bool) -> list[float]:
+    """Milliseconds of each timed call of ``call()``."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeats):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            call()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            call()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def authors_quadtree(checkout: Path):
+    """The authors' ``quadtree_build_video`` imported from a checkout of their repository."""
+    sys.path.insert(0, str(checkout))
+    from token_merging_utils.quadtree_builder import quadtree_build_video
+
+    return quadtree_build_video
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reducers", nargs="*", help="registered names (default: all)")
+    parser.add_argument("--budgets", nargs="*", type=float, default=[0.5, 0.3])
+    parser.add_argument("--shape", nargs=4, type=int, default=[128, 14, 14, 3584], metavar=("T", "H", "W", "C"))
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--authors-code", type=Path, help="checkout of HYUNJS/STTM to time its quadtree too")
+    parser.add_argument("--output", type=Path, help="also write the results as JSON here")
+    args = parser.parse_args(argv)
+
+    names = args.reducers or available_reducers()
+    t, h, w, c = args.shape
+    grid = redundant_video(t, h, w, c, dtype=getattr(torch, args.dtype), device=args.device)
+    video = VideoTokens(grid, importance=torch.rand(t, h, w, device=args.device), question="benchmark")
+    cuda = grid.is_cuda
+    device_name = torch.cuda.get_device_name() if cuda else platform.processor() or "cpu"
+    print(f"# {device_name}, torch {torch.__version__}, commit {git_commit()}, input {list(grid.shape)} {grid.dtype}")
+
+    rows = []
+    for name, setting, reducer in settings_to_time(names, args.budgets):
+        kept = reducer(video).kept_ratio
+        times = time_calls(lambda r=reducer: r.reduce(video), args.warmup, args.repeats, cuda)
+        rows.append({"reducer": name, "setting": setting, "kept": kept, "times_ms": times})
+
+    if args.authors_code:
+        quadtree_build_video = authors_quadtree(args.authors_code)
+        channels_first = grid.permute(0, 3, 1, 2)
+        for budget, (spatial, temporal) in STTM_PAPER_SETTINGS.items():
+
+            def authors_call(s=spatial, tt=temporal):
+                return quadtree_build_video(channels_first, s, tt, root_level=1)
+
+            _, _, their_boxes = authors_call()
+            ours = build_reducer("sttm", threshold=spatial, temporal_threshold=temporal).reduce(video)
+            same = torch.equal(their_boxes.long().cpu(), ours.boxes.cpu())
+            times = time_calls(authors_call, args.warmup, args.repeats, cuda)
+            rows.append(
+                {
+                    "reducer": "authors' STTM code",
+                    "setting": f"tau={spatial}/{temporal} (paper {budget}); same boxes as ours: {same}",
+                    "kept": len(their_boxes) / video.num_tokens,
+                    "times_ms": times,
+                }
+            )
+
+    print(f"{'reducer':<20} {'setting':<58} {'kept':>6} {'median ms':>10} {'p10-p90 ms':>14}")
+    for row in rows:
+        ordered = sorted(row["times_ms"])
+        p10, p90 = ordered[len(ordered) // 10], ordered[(len(ordered) * 9) // 10]
+        row["median_ms"] = statistics.median(ordered)
+        print(
+            f"{row['reducer']:<20} {row['setting']:<58} {row['kept']:>6.3f} {row['median_ms']:>10.2f} "
+            f"{p10:>6.2f}-{p90:<7.2f}"
+        )
+    if args.output:
+        meta = {
+            "device": device_name,
+            "torch": torch.__version__,
+            "commit": git_commit(),
+            "shape": list(grid.shape),
+            "dtype": str(grid.dtype),
+            "command": " ".join(sys.argv),
+        }
+        args.output.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
