@@ -154,7 +154,8 @@ class Reducer(ABC):
 
 
 _REGISTRY: dict[str, type[Reducer]] = {}
-_PLUGIN_PACKAGES = ("sttm", "baselines")
+_PLUGIN_MODULES = ("sttm.reducer",)
+_PLUGIN_PACKAGES = ("baselines",)
 _discovered = False
 
 
@@ -172,10 +173,12 @@ def register(name: str):
 
 
 def _discover() -> None:
-    """Import every module of the plugin packages once, so that their ``@register`` lines run."""
+    """Import STTM and every module of the plugin packages once, so that their ``@register`` lines run."""
     global _discovered
     if _discovered:
         return
+    for module_name in _PLUGIN_MODULES:
+        importlib.import_module(module_name)
     for package_name in _PLUGIN_PACKAGES:
         package = importlib.import_module(package_name)
         for module in pkgutil.iter_modules(package.__path__, prefix=f"{package_name}."):
