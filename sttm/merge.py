@@ -18,12 +18,18 @@ Two variants:
 
 Both pair the first row/column at odd sizes (a choice of partition, not a defect).
 
-The algorithm works on dense per-level maps, so the only host synchronisations are the two compactions of
-data-dependent size (the node list, the survivors) and one check that the label propagation converged.
+The algorithm works on dense per-level maps; index tensors that depend only on the grid shape are built once
+per shape (``grid_layout``). The host waits on the device only to compact the node list, once per round of the
+label propagation (as the authors' loop does), and to compact the survivors.
+
+Numerics: similarities in float32, pyramid levels accumulated in float32 and stored in the input dtype (as
+``avg_pool2d`` does); temporal group sums accumulate in float32 (the authors accumulate in the input dtype, in
+an order that is not deterministic on GPU). On float32 inputs this matches the authors' arithmetic.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -31,9 +37,6 @@ import torch
 import torch.nn.functional as F
 
 VARIANTS = ("official", "corrected")
-
-#: label-propagation rounds run before the first convergence check (more rounds follow if needed).
-_ROUNDS_BEFORE_CHECK = 8
 
 
 def pyramid_sizes(height: int, width: int) -> list[tuple[int, int]]:
@@ -75,91 +78,161 @@ def pair_axis(n_child: int, device: torch.device) -> Axis:
     return Axis(first=first, second=second, paired=paired, parent=parent)
 
 
-def sum_pool(x: torch.Tensor) -> torch.Tensor:
-    """[T, h, w, C] -> [T, ceil(h/2), ceil(w/2), C]: sums over each parent's children (first row/col unpaired)."""
-    t, h, w, c = x.shape
-    if h % 2 or w % 2:
-        x = F.pad(x, (0, 0, w % 2, 0, h % 2, 0))
-    return x[:, 0::2, 0::2] + x[:, 0::2, 1::2] + x[:, 1::2, 0::2] + x[:, 1::2, 1::2]
+@dataclass(frozen=True)
+class Step:
+    """From a parent level [h, w] to its child level [hc, wc].
 
-
-def children_per_parent(rows: Axis, cols: Axis) -> torch.Tensor:
-    """[h, w] number of children of each parent: 1, 2 or 4."""
-    return (1 + rows.paired.long())[:, None] * (1 + cols.paired.long())[None, :]
-
-
-def mean_pool(x: torch.Tensor, rows: Axis, cols: Axis) -> torch.Tensor:
-    """Unweighted mean of each parent's children, in x's dtype (the authors' ``avgpool_to_even_side_feature``)."""
-    counts = children_per_parent(rows, cols).to(x.dtype)
-    return sum_pool(x) / counts[None, :, :, None]
-
-
-def unit_chunks(x: torch.Tensor, head_dim: int | None, eps_in_denominator: bool) -> torch.Tensor:
-    """[..., C] -> [..., C] float32, scaled to unit norm per chunk of ``head_dim`` channels (or as a whole).
-
-    The spatial step uses ``F.cosine_similarity``'s x / max(|x|, 1e-8); the temporal step the authors'
-    x / (|x| + 1e-8) (``eps_in_denominator``). A dot product of two such vectors divided by the chunk count is
-    the (chunk-averaged) cosine.
+    rows, cols:   the pairing of each axis.
+    slots:        [h·w·4] flat child index of each parent's TL, TR, BL, BR slot; a missing slot points at
+                  child (0, 0), which is what the authors compare it with.
+    present:      [h, w, 4] bool, which slots hold a real child.
+    children:     [h, w] number of real children (1, 2 or 4).
     """
-    x = x.float()
-    if head_dim is not None:
-        x = x.unflatten(-1, (-1, head_dim))
-    norm = x.norm(dim=-1, keepdim=True)
-    x = x / (norm + 1e-8 if eps_in_denominator else norm.clamp_min(1e-8))
-    return x.flatten(-2) if head_dim is not None else x
+
+    rows: Axis
+    cols: Axis
+    slots: torch.Tensor
+    present: torch.Tensor
+    children: torch.Tensor
 
 
-def chunk_count(channels: int, head_dim: int | None) -> int:
-    return 1 if head_dim is None else channels // head_dim
+def make_step(child_height: int, child_width: int, device: torch.device) -> Step:
+    rows, cols = pair_axis(child_height, device), pair_axis(child_width, device)
+    slot_rows = torch.stack([rows.first, rows.first, rows.second, rows.second], dim=-1)  # [h, 4]
+    slot_cols = torch.stack([cols.first, cols.second, cols.first, cols.second], dim=-1)  # [w, 4]
+    always = torch.ones_like(rows.paired)
+    row_present = torch.stack([always, always, rows.paired, rows.paired], dim=-1)
+    col_present = torch.stack([torch.ones_like(cols.paired), cols.paired] * 2, dim=-1)
+    present = row_present[:, None, :] & col_present[None, :, :]
+    slots = torch.where(present, slot_rows[:, None, :] * child_width + slot_cols[None, :, :], 0)
+    return Step(rows, cols, slots.flatten(), present, present.sum(dim=-1))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Index tensors that depend only on the grid shape and root level, root level first.
+
+    sizes:          (h, w) of each level.
+    steps:          ``steps[l]`` pairs level l + 1 into level l.
+    y0, y1, x0, x1: per level, 1-D box edges of its nodes in finest-grid patches (ends exclusive).
+    row_of, col_of: [L, H] and [L, W]: the level-l row (column) whose box starts at finest row (column) y (x).
+    y1_of, x1_of:   [L, H] and [L, W]: the box end of level-l row (column) i.
+    cells_before:   [L] grid cells per frame in the levels before level l (for a per-frame bank of all levels).
+    """
+
+    sizes: list[tuple[int, int]]
+    steps: list[Step]
+    y0: list[torch.Tensor]
+    y1: list[torch.Tensor]
+    x0: list[torch.Tensor]
+    x1: list[torch.Tensor]
+    row_of: torch.Tensor
+    col_of: torch.Tensor
+    y1_of: torch.Tensor
+    x1_of: torch.Tensor
+    heights: torch.Tensor
+    widths: torch.Tensor
+    cells_before: torch.Tensor
+
+
+@functools.lru_cache(maxsize=32)
+def grid_layout(height: int, width: int, root_level: int, device: torch.device) -> Layout:
+    """The quadtree layout of a ``height``×``width`` grid from ``root_level`` of ``pyramid_sizes`` (§1.2–1.3)."""
+    all_sizes = pyramid_sizes(height, width)
+    if not -len(all_sizes) <= root_level < len(all_sizes):
+        raise ValueError(
+            f"root_level {root_level} is out of range for a {height}x{width} grid: "
+            f"its levels are {all_sizes} (indices 0..{len(all_sizes) - 1})"
+        )
+    sizes = all_sizes[root_level % len(all_sizes) :]
+    y0, y1 = [torch.arange(height, device=device)], [torch.arange(1, height + 1, device=device)]
+    x0, x1 = [torch.arange(width, device=device)], [torch.arange(1, width + 1, device=device)]
+    steps = []
+    for child_height, child_width in reversed(sizes[1:]):
+        step = make_step(child_height, child_width, device)
+        steps.insert(0, step)
+        y0.insert(0, y0[0][step.rows.first])
+        y1.insert(0, y1[0][step.rows.second])
+        x0.insert(0, x0[0][step.cols.first])
+        x1.insert(0, x1[0][step.cols.second])
+    n_levels = len(sizes)
+    row_of = torch.zeros(n_levels, height, dtype=torch.long, device=device)
+    col_of = torch.zeros(n_levels, width, dtype=torch.long, device=device)
+    y1_of = torch.zeros(n_levels, height, dtype=torch.long, device=device)
+    x1_of = torch.zeros(n_levels, width, dtype=torch.long, device=device)
+    for lvl, (h, w) in enumerate(sizes):
+        row_of[lvl, y0[lvl]] = torch.arange(h, device=device)
+        col_of[lvl, x0[lvl]] = torch.arange(w, device=device)
+        y1_of[lvl, :h], x1_of[lvl, :w] = y1[lvl], x1[lvl]
+    heights = torch.tensor([h for h, _ in sizes], device=device)
+    widths = torch.tensor([w for _, w in sizes], device=device)
+    cells_before = torch.cumsum(heights * widths, 0) - heights * widths
+    return Layout(sizes, steps, y0, y1, x0, x1, row_of, col_of, y1_of, x1_of, heights, widths, cells_before)
+
+
+def pool_level(x: torch.Tensor, step: Step, sums: bool) -> torch.Tensor:
+    """[T, hc, wc, C] -> [T, h, w, C]: each parent's children summed (``sums``) or averaged unweighted.
+
+    One ``avg_pool2d`` over the channels-last view: float32 accumulation, x's dtype out, as the authors'
+    ``avg_pool2d`` / ``lp_pool2d(p=1)``. Odd sides get a zero row/column in front, so that the first one pairs
+    with nothing.
+    """
+    _, hc, wc, _ = x.shape
+    if hc % 2 or wc % 2:
+        x = F.pad(x, (0, 0, wc % 2, 0, hc % 2, 0))
+    even = not (hc % 2 or wc % 2)
+    channels_first = x.permute(0, 3, 1, 2)
+    if even and not sums:
+        return F.avg_pool2d(channels_first, 2).permute(0, 2, 3, 1)
+    total = F.avg_pool2d(channels_first, 2, divisor_override=1).permute(0, 2, 3, 1)
+    return total if sums else total / step.children[None, :, :, None].to(total.dtype)
+
+
+def batched_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """[B, k, d] · [B, d, 1] -> [B, k] in float32 (half-precision products accumulate in float32 on GPU)."""
+    if a.is_cuda and a.dtype in (torch.bfloat16, torch.float16):
+        return torch.bmm(a, b, out_dtype=torch.float32).squeeze(-1)
+    return torch.bmm(a.float(), b.float()).squeeze(-1)
 
 
 def split_similarity(
-    parent: torch.Tensor,
-    child: torch.Tensor,
-    rows: Axis,
-    cols: Axis,
-    compare_missing_children: bool,
-    head_dim: int | None,
+    parent: torch.Tensor, child: torch.Tensor, step: Step, compare_missing_children: bool, head_dim: int | None
 ) -> torch.Tensor:
-    """[T, h, w] the smallest cosine between each parent [T, h, w, C] and its children in child [T, hc, wc, C].
+    """[T, h, w] the smallest cosine between each parent [T, h, w, C] and its child slots in child [T, hc, wc, C].
 
-    A parent with fewer than 4 children has missing slots; the authors compare those with the frame's child at
-    (0, 0) (``compare_missing_children=True``); the corrected variant skips them.
+    The cosine is ``F.cosine_similarity``'s, in float32; with ``head_dim`` it is averaged over channel chunks.
+    A missing slot is compared with the frame's child (0, 0) when ``compare_missing_children`` (the authors'
+    behaviour, §1.4) and skipped otherwise.
     """
     t, h, w, c = parent.shape
-    unit_parent = unit_chunks(parent, head_dim, eps_in_denominator=False)
-    unit_child = unit_chunks(child, head_dim, eps_in_denominator=False)
-    chunks = chunk_count(c, head_dim)
-    parent_above = unit_parent[:, rows.parent][:, :, cols.parent]  # [T, hc, wc, C]
-    sim = (parent_above * unit_child).sum(dim=-1) / chunks  # [T, hc, wc]
-    padded = F.pad(sim, (w * 2 - sim.shape[2], 0, h * 2 - sim.shape[1], 0), value=math.inf)
-    min_sim = padded.unflatten(1, (h, 2)).unflatten(3, (w, 2)).amin(dim=(2, 4))
-    if compare_missing_children:
-        missing = ~(rows.paired[:, None] & cols.paired[None, :])
-        sim_corner = (unit_parent * unit_child[:, :1, :1]).sum(dim=-1) / chunks
-        min_sim = torch.where(missing, torch.minimum(min_sim, sim_corner), min_sim)
-    return min_sim
+    chunk = head_dim or c
+    n_chunks = c // chunk
+    kids = child.flatten(1, 2)[:, step.slots].view(t * h * w, 4, n_chunks, chunk)
+    dots = batched_dot(kids.transpose(1, 2).reshape(-1, 4, chunk), parent.reshape(t * h * w * n_chunks, chunk, 1)).view(
+        t, h, w, n_chunks, 4
+    )
+    kid_norms = torch.linalg.vector_norm(kids, dim=-1, dtype=torch.float32).view(t, h, w, 4, n_chunks)
+    parent_norms = torch.linalg.vector_norm(parent.view(t, h, w, n_chunks, chunk), dim=-1, dtype=torch.float32)
+    cos = dots / (parent_norms.clamp_min(1e-8)[..., None] * kid_norms.clamp_min(1e-8).transpose(-1, -2))
+    cos = cos.mean(dim=3)  # [T, h, w, 4]
+    if not compare_missing_children:
+        cos = cos.masked_fill(~step.present, math.inf)
+    return cos.amin(dim=-1)
 
 
 @dataclass(frozen=True)
 class QuadTree:
     """Everything about a video's quadtree that does not depend on the thresholds.
 
-    features:    per level [T, h, w, C], root level first, finest (the input) last; patch means, or patch sums
-                 when ``sums`` is set.
-    min_sim:     per level but the finest, [T, h, w] smallest parent-child cosine (a node stops when ≥ τ_s).
-    rows, cols:  per level but the finest, how the next finer level pairs into it.
-    y0, y1, x0, x1: per level, 1-D box edges of its nodes in finest-grid patches (ends exclusive).
+    layout:    the grid's ``Layout``.
+    features:  per level [T, h, w, C], root level first, finest (the input) last; patch means, or patch sums
+               when ``sums`` is set.
+    min_sim:   per level but the finest, [T, h, w] smallest parent-child cosine (a node stops when ≥ τ_s).
     """
 
+    layout: Layout
     features: list[torch.Tensor]
     min_sim: list[torch.Tensor]
-    rows: list[Axis]
-    cols: list[Axis]
-    y0: list[torch.Tensor]
-    y1: list[torch.Tensor]
-    x0: list[torch.Tensor]
-    x1: list[torch.Tensor]
     sums: bool
 
     @property
@@ -171,51 +244,33 @@ def build_quadtree(
     grid: torch.Tensor, root_level: int, variant: str, weighted_avg: bool, head_dim: int | None
 ) -> QuadTree:
     """Pool ``grid`` [T, H, W, C] up to ``root_level`` of ``pyramid_sizes(H, W)`` and score every split (§1)."""
-    t, height, width, c = grid.shape
-    sizes = pyramid_sizes(height, width)
-    if not -len(sizes) <= root_level < len(sizes):
-        raise ValueError(
-            f"root_level {root_level} is out of range for a {height}x{width} grid: "
-            f"its levels are {sizes} (indices 0..{len(sizes) - 1})"
-        )
-    n_levels = len(sizes) - (root_level % len(sizes))
+    _, height, width, _ = grid.shape
+    layout = grid_layout(height, width, root_level, grid.device)
     sums = weighted_avg or variant == "corrected"
-    device = grid.device
-    features, rows, cols = [grid], [], []
-    y0, y1 = [torch.arange(height, device=device)], [torch.arange(1, height + 1, device=device)]
-    x0, x1 = [torch.arange(width, device=device)], [torch.arange(1, width + 1, device=device)]
-    for _ in range(n_levels - 1):
-        finer = features[0]
-        row_axis, col_axis = pair_axis(finer.shape[1], device), pair_axis(finer.shape[2], device)
-        features.insert(0, sum_pool(finer) if sums else mean_pool(finer, row_axis, col_axis))
-        rows.insert(0, row_axis)
-        cols.insert(0, col_axis)
-        y0.insert(0, y0[0][row_axis.first])
-        y1.insert(0, y1[0][row_axis.second])
-        x0.insert(0, x0[0][col_axis.first])
-        x1.insert(0, x1[0][col_axis.second])
+    features = [grid]
+    for step in reversed(layout.steps):
+        features.insert(0, pool_level(features[0], step, sums))
     compare_missing = variant == "official"
     min_sim = [
-        split_similarity(features[lvl], features[lvl + 1], rows[lvl], cols[lvl], compare_missing, head_dim)
-        for lvl in range(n_levels - 1)
+        split_similarity(features[lvl], features[lvl + 1], step, compare_missing, head_dim)
+        for lvl, step in enumerate(layout.steps)
     ]
-    return QuadTree(features, min_sim, rows, cols, y0, y1, x0, x1, sums)
+    return QuadTree(layout, features, min_sim, sums)
 
 
 def emitted_nodes(tree: QuadTree, threshold: float) -> list[torch.Tensor]:
     """Per level [T, h, w] bool: the nodes that become tokens (§1.4).
 
-    Searching from the root, a node whose children all reach ``threshold`` stops and becomes a token; the others
-    split. Every node of the finest level that no ancestor covers becomes a token.
+    Searching from the root, a node whose children all reach ``threshold`` stops and becomes a token; the
+    others split. Every node of the finest level that no ancestor covers becomes a token.
     """
     root = tree.features[0]
     searched = torch.ones(root.shape[:3], dtype=torch.bool, device=root.device)
     emitted = []
-    for lvl, min_sim in enumerate(tree.min_sim):
+    for min_sim, step in zip(tree.min_sim, tree.layout.steps, strict=True):
         stop = min_sim >= threshold
         emitted.append(searched & stop)
-        split = searched & ~stop
-        searched = split[:, tree.rows[lvl].parent][:, :, tree.cols[lvl].parent]
+        searched = (searched & ~stop)[:, step.rows.parent][:, :, step.cols.parent]
     emitted.append(searched)
     return emitted
 
@@ -239,47 +294,46 @@ class Nodes:
 def collect_nodes(tree: QuadTree, emitted: list[torch.Tensor]) -> Nodes:
     """Gather the emitted nodes of every level into one list sorted by (t, y0, x0) (§1.5)."""
     t, height, width, _ = tree.shape
+    layout = tree.layout
     device = tree.features[-1].device
     level_at = torch.full((t, height, width), -1, dtype=torch.long, device=device)
     for lvl, mask in enumerate(emitted):
-        corner = level_at[:, tree.y0[lvl][:, None], tree.x0[lvl][None, :]]
-        level_at[:, tree.y0[lvl][:, None], tree.x0[lvl][None, :]] = torch.where(mask, lvl, corner)
-    keys = (level_at.flatten() >= 0).nonzero().squeeze(1)  # sorted: the authors' raster order
-    frame, rest = keys // (height * width), keys % (height * width)
-    y, x = rest // width, rest % width
+        corners = (slice(None), layout.y0[lvl][:, None], layout.x0[lvl][None, :])
+        level_at[corners] = torch.where(mask, lvl, level_at[corners])
+    keys = (level_at.flatten() >= 0).nonzero().squeeze(1)  # ascending: the authors' order
+    frame, y, x = keys // (height * width), keys // width % height, keys % width
     level = level_at.flatten()[keys]
-
-    n_levels = len(tree.features)
-    row_in_level = torch.zeros(n_levels, height, dtype=torch.long, device=device)
-    col_in_level = torch.zeros(n_levels, width, dtype=torch.long, device=device)
-    y1_table = torch.zeros(n_levels, height, dtype=torch.long, device=device)
-    x1_table = torch.zeros(n_levels, width, dtype=torch.long, device=device)
-    for lvl, feats in enumerate(tree.features):
-        _, h, w, _ = feats.shape
-        row_in_level[lvl, tree.y0[lvl]] = torch.arange(h, device=device)
-        col_in_level[lvl, tree.x0[lvl]] = torch.arange(w, device=device)
-        y1_table[lvl, :h], x1_table[lvl, :w] = tree.y1[lvl], tree.x1[lvl]
-    level_h = torch.tensor([f.shape[1] for f in tree.features], device=device)
-    level_w = torch.tensor([f.shape[2] for f in tree.features], device=device)
-    level_offset = torch.cumsum(torch.cat([level_h.new_zeros(1), t * level_h * level_w]), 0)[:-1]
-    row, col = row_in_level[level, y], col_in_level[level, x]
-    bank_index = level_offset[level] + (frame * level_h[level] + row) * level_w[level] + col
-    bank = torch.cat([f.flatten(0, 2) for f in tree.features])
-    y1, x1 = y1_table[level, row], x1_table[level, col]
-    boxes = torch.stack([frame, y, x, y1, x1], dim=1)
+    row, col = layout.row_of[level, y], layout.col_of[level, x]
+    y1, x1 = layout.y1_of[level, row], layout.x1_of[level, col]
+    features = gather_node_features(tree, keys, level, frame * layout.heights[level] + row, col)
 
     node_at = torch.full((t * height * width,), -1, dtype=torch.long, device=device)
     node_at[keys] = torch.arange(len(keys), device=device)
     node_at = node_at.view(t, height, width)
-    cover = None
-    for lvl, mask in enumerate(emitted):
-        own = torch.where(mask, node_at[:, tree.y0[lvl][:, None], tree.x0[lvl][None, :]], -1)
-        if cover is None:
-            cover = own
-        else:
-            inherited = cover[:, tree.rows[lvl - 1].parent][:, :, tree.cols[lvl - 1].parent]
-            cover = torch.where(inherited >= 0, inherited, own)
-    return Nodes(bank[bank_index], boxes, (y1 - y) * (x1 - x), cover)
+    cover = torch.where(emitted[0], node_at[:, layout.y0[0][:, None], layout.x0[0][None, :]], -1)
+    for lvl, step in enumerate(layout.steps, start=1):
+        inherited = cover[:, step.rows.parent][:, :, step.cols.parent]
+        own = torch.where(emitted[lvl], node_at[:, layout.y0[lvl][:, None], layout.x0[lvl][None, :]], -1)
+        cover = torch.where(inherited >= 0, inherited, own)
+    boxes = torch.stack([frame, y, x, y1, x1], dim=1)
+    return Nodes(features, boxes, (y1 - y) * (x1 - x), cover)
+
+
+def gather_node_features(
+    tree: QuadTree, keys: torch.Tensor, level: torch.Tensor, row_in_video: torch.Tensor, col: torch.Tensor
+) -> torch.Tensor:
+    """[N, C] features of nodes given by their level and (frame·h + row, col) in it; finest-level nodes by key.
+
+    Reads the finest level in place rather than copying it into one bank with the coarse levels.
+    """
+    finest = tree.features[-1].flatten(0, 2)
+    if len(tree.features) == 1:
+        return finest[keys]
+    layout = tree.layout
+    leaf = level == len(tree.features) - 1
+    coarse = torch.cat([f.flatten(0, 2) for f in tree.features[:-1]])
+    coarse_index = len(tree.features[-1]) * layout.cells_before[level] + row_in_video * layout.widths[level] + col
+    return torch.where(leaf[:, None], finest[torch.where(leaf, keys, 0)], coarse[torch.where(leaf, 0, coarse_index)])
 
 
 def temporal_candidates(nodes: Nodes) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -294,83 +348,65 @@ def temporal_candidates(nodes: Nodes) -> tuple[torch.Tensor, torch.Tensor, torch
     own = torch.arange(len(frame), device=frame.device)
     later = nodes.cover[(frame + 1).clamp_max(t - 1), y, x]
     earlier = nodes.cover[(frame - 1).clamp_min(0), y, x]
-    return (
-        torch.cat([own, earlier]),
-        torch.cat([later, own]),
-        torch.cat([frame < t - 1, frame > 0]),
-    )
-
-
-def min_label_step(
-    labels: torch.Tensor, earlier: torch.Tensor, later: torch.Tensor, linked: torch.Tensor
-) -> torch.Tensor:
-    """One round of the authors' propagation (§2.3): both ends take the pair's smaller label, then pointer jump."""
-    smaller = torch.minimum(labels[earlier], labels[later])
-    smaller = torch.where(linked, smaller, len(labels))
-    labels = labels.scatter_reduce(0, earlier, smaller, reduce="amin")
-    labels = labels.scatter_reduce(0, later, smaller, reduce="amin")
-    return labels[labels]
+    return torch.cat([own, earlier]), torch.cat([later, own]), torch.cat([frame < t - 1, frame > 0])
 
 
 def propagate_labels(
     num_nodes: int, earlier: torch.Tensor, later: torch.Tensor, linked: torch.Tensor, until_consistent: bool
 ) -> torch.Tensor:
-    """[N] group label (smallest member index) of each node.
+    """[N] group label (smallest member index) of each node, by the authors' min-label propagation (§2.3).
 
-    ``until_consistent=False`` is the authors' loop: it stops at the first round whose labels are idempotent,
-    which can be before every linked pair agrees. ``True`` runs on until every linked pair shares a label
-    (connected components). Rounds run in batches between host checks; a finished result is frozen, so the
-    batching does not change it.
+    Each round, both ends of every linked pair take the pair's smaller label (one ``amin`` scatter), then every
+    label jumps to its label's label. ``until_consistent=False`` is the authors' loop: it stops at the first
+    round whose labels are idempotent, which can be before every linked pair agrees. ``True`` goes on until
+    every linked pair shares a label (connected components).
     """
-    labels = torch.arange(num_nodes, device=earlier.device)
-    done = torch.zeros((), dtype=torch.bool, device=earlier.device)
+    dummy = num_nodes  # unlinked pairs point both ends here, so they never lower a real label
+    earlier, later = torch.where(linked, earlier, dummy), torch.where(linked, later, dummy)
+    ends = torch.cat([earlier, later])
+    labels = torch.arange(num_nodes + 1, device=earlier.device)
     while True:
-        for _ in range(_ROUNDS_BEFORE_CHECK):
-            stepped = min_label_step(labels, earlier, later, linked)
-            labels = torch.where(done, labels, stepped)
-            idempotent = (labels[labels] == labels).all()
-            if until_consistent:
-                idempotent = idempotent & ((labels[earlier] == labels[later]) | ~linked).all()
-            done = done | idempotent
-        if bool(done):
-            return labels
+        smaller = torch.minimum(labels[earlier], labels[later])
+        labels = labels.scatter_reduce(0, ends, smaller.repeat(2), reduce="amin")
+        labels = labels[labels]
+        settled = labels[labels] == labels
+        if until_consistent:
+            settled = torch.cat([settled, labels[earlier] == labels[later]])
+        if bool(settled.all()):
+            return labels[:num_nodes]
 
 
 def most_similar_links(
-    earlier: torch.Tensor, later: torch.Tensor, linked: torch.Tensor, sim: torch.Tensor
+    earlier: torch.Tensor, later: torch.Tensor, linked: torch.Tensor, sim: torch.Tensor, num_nodes: int
 ) -> torch.Tensor:
     """[P] bool: keep, for each later node, only its link to the most similar earlier node (ties: lowest index)."""
-    n = int(max(earlier.max(), later.max())) + 1 if len(earlier) else 0
     score = torch.where(linked, sim, -math.inf)
-    best = torch.full((n,), -math.inf, device=sim.device).scatter_reduce(0, later, score, reduce="amax")
+    best = torch.full((num_nodes,), -math.inf, device=sim.device).scatter_reduce(0, later, score, reduce="amax")
     is_best = linked & (score == best[later])
-    candidate = torch.where(is_best, earlier, n)
-    chosen = torch.full((n,), n, device=sim.device, dtype=torch.long).scatter_reduce(0, later, candidate, reduce="amin")
+    candidate = torch.where(is_best, earlier, num_nodes)
+    chosen = torch.full_like(best, num_nodes, dtype=torch.long).scatter_reduce(0, later, candidate, reduce="amin")
     return is_best & (earlier == chosen[later])
 
 
 def merge_groups(nodes: Nodes, labels: torch.Tensor, sums: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Replace each group by one token at its representative (its smallest index) (§2.4).
+    """Replace each group by one token at its representative, the member of smallest index (§2.4).
 
-    Returns features [N', C], boxes [N', 5] (the representative's box), num_patches [N'] (the group's total).
-    With ``sums`` the features are patch sums and the result is their patch-weighted mean; otherwise the
-    members' unweighted mean. Accumulation is in the features' dtype, as the authors do.
+    Returns features [N', C] (the members' unweighted mean, or with ``sums`` their patch-weighted mean), boxes
+    [N', 5] (the representative's box) and num_patches [N'] (the group's total).
     """
-    n = len(labels)
-    total = torch.zeros_like(nodes.features).index_add_(0, labels, nodes.features)
-    members = torch.zeros(n, dtype=torch.long, device=labels.device).index_add_(0, labels, torch.ones_like(labels))
-    patches = torch.zeros_like(nodes.num_patches).index_add_(0, labels, nodes.num_patches)
-    keep = (members > 0).nonzero().squeeze(1)
-    divisor = patches[keep] if sums else members[keep]
-    return total[keep] / divisor[:, None].to(total.dtype), nodes.boxes[keep], patches[keep]
+    representative = labels == torch.arange(len(labels), device=labels.device)
+    keep = representative.nonzero().squeeze(1)
+    group = (torch.cumsum(representative, 0) - 1)[labels]
+    total = torch.zeros(len(keep), nodes.features.shape[1], dtype=torch.float32, device=labels.device)
+    total.index_add_(0, group, nodes.features.float())
+    patches = torch.zeros(len(keep), dtype=torch.long, device=labels.device).index_add_(0, group, nodes.num_patches)
+    members = torch.bincount(group, minlength=len(keep))
+    divisor = patches if sums else members
+    return (total / divisor[:, None]).to(nodes.features.dtype), nodes.boxes[keep], patches
 
 
 def group_nodes(
-    tree: QuadTree,
-    threshold: float,
-    temporal_threshold: float,
-    variant: str,
-    head_dim: int | None,
+    tree: QuadTree, threshold: float, temporal_threshold: float, variant: str, head_dim: int | None
 ) -> tuple[Nodes, torch.Tensor | None]:
     """The spatially merged nodes and, if temporal merging is on, each node's group label (§1–§2.3).
 
@@ -380,14 +416,28 @@ def group_nodes(
     nodes = collect_nodes(tree, emitted_nodes(tree, threshold))
     if temporal_threshold <= 0:
         return nodes, None
+    num_nodes = len(nodes.boxes)
     earlier, later, valid = temporal_candidates(nodes)
-    unit = unit_chunks(nodes.features, head_dim, eps_in_denominator=True)
-    sim = (unit[earlier] * unit[later]).sum(dim=-1) / chunk_count(unit.shape[-1], head_dim)
+    sim = pair_similarity(nodes.features, earlier, later, head_dim)
     linked = valid & (sim >= temporal_threshold)
     if variant == "corrected":
-        linked = most_similar_links(earlier, later, linked, sim)
-    labels = propagate_labels(len(nodes.boxes), earlier, later, linked, until_consistent=variant == "corrected")
+        linked = most_similar_links(earlier, later, linked, sim, num_nodes)
+    labels = propagate_labels(num_nodes, earlier, later, linked, until_consistent=variant == "corrected")
     return nodes, labels
+
+
+def pair_similarity(
+    features: torch.Tensor, earlier: torch.Tensor, later: torch.Tensor, head_dim: int | None
+) -> torch.Tensor:
+    """[P] the authors' temporal similarity <a/(|a|+1e-8), b/(|b|+1e-8)> of each pair, in float32 (§2.2).
+
+    With ``head_dim`` it is averaged over channel chunks of that width.
+    """
+    c = features.shape[1]
+    chunk = head_dim or c
+    norms = torch.linalg.vector_norm(features.view(-1, c // chunk, chunk), dim=-1, dtype=torch.float32) + 1e-8
+    dots = batched_dot(features[earlier].view(-1, 1, chunk), features[later].view(-1, chunk, 1))
+    return (dots.view(len(earlier), -1) / (norms[earlier] * norms[later])).mean(dim=-1)
 
 
 def count_tokens(nodes: Nodes, labels: torch.Tensor | None) -> int:
@@ -398,11 +448,7 @@ def count_tokens(nodes: Nodes, labels: torch.Tensor | None) -> int:
 
 
 def merge_video(
-    tree: QuadTree,
-    threshold: float,
-    temporal_threshold: float,
-    variant: str,
-    head_dim: int | None,
+    tree: QuadTree, threshold: float, temporal_threshold: float, variant: str, head_dim: int | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """STTM on a built quadtree: (features [N, C], boxes [N, 5], num_patches [N]); see ``group_nodes``."""
     nodes, labels = group_nodes(tree, threshold, temporal_threshold, variant, head_dim)
