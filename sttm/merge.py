@@ -83,29 +83,27 @@ class Step:
     """From a parent level [h, w] to its child level [hc, wc].
 
     rows, cols:   the pairing of each axis.
-    slots:        [h·w·4] flat child index of each parent's TL, TR, BL, BR slot; a missing slot points at
-                  child (0, 0), which is what the authors compare it with.
-    present:      [h, w, 4] bool, which slots hold a real child.
+    present:      [h, w, 4] bool, which 2x2 slots of the ``pad_to_even`` child level hold a real child.
     children:     [h, w] number of real children (1, 2 or 4).
+    all_paired:   whether every parent has 4 children (both child sides even).
     """
 
     rows: Axis
     cols: Axis
-    slots: torch.Tensor
     present: torch.Tensor
     children: torch.Tensor
+    all_paired: bool
 
 
 def make_step(child_height: int, child_width: int, device: torch.device) -> Step:
     rows, cols = pair_axis(child_height, device), pair_axis(child_width, device)
-    slot_rows = torch.stack([rows.first, rows.first, rows.second, rows.second], dim=-1)  # [h, 4]
-    slot_cols = torch.stack([cols.first, cols.second, cols.first, cols.second], dim=-1)  # [w, 4]
-    always = torch.ones_like(rows.paired)
-    row_present = torch.stack([always, always, rows.paired, rows.paired], dim=-1)
-    col_present = torch.stack([torch.ones_like(cols.paired), cols.paired] * 2, dim=-1)
+    # slots in ``pad_to_even`` layout: an unpaired parent's only child is in the second row (column)
+    always_row, always_col = torch.ones_like(rows.paired), torch.ones_like(cols.paired)
+    row_present = torch.stack([rows.paired, rows.paired, always_row, always_row], dim=-1)
+    col_present = torch.stack([cols.paired, always_col] * 2, dim=-1)
     present = row_present[:, None, :] & col_present[None, :, :]
-    slots = torch.where(present, slot_rows[:, None, :] * child_width + slot_cols[None, :, :], 0)
-    return Step(rows, cols, slots.flatten(), present, present.sum(dim=-1))
+    all_paired = child_height % 2 == 0 and child_width % 2 == 0
+    return Step(rows, cols, present, present.sum(dim=-1), all_paired)
 
 
 @dataclass(frozen=True)
@@ -170,21 +168,27 @@ def grid_layout(height: int, width: int, root_level: int, device: torch.device) 
     return Layout(sizes, steps, y0, y1, x0, x1, row_of, col_of, y1_of, x1_of, heights, widths, cells_before)
 
 
+def pad_to_even(x: torch.Tensor) -> torch.Tensor:
+    """[T, hc, wc, C] with a zero row (column) in front of an odd side, so that the first one pairs with nothing."""
+    _, hc, wc, _ = x.shape
+    return F.pad(x, (0, 0, wc % 2, 0, hc % 2, 0)) if hc % 2 or wc % 2 else x
+
+
+def blocks(x: torch.Tensor) -> torch.Tensor:
+    """[T, 2h, 2w, C] -> [T, h, 2, w, 2, C] view of the 2x2 blocks."""
+    t, hh, ww, c = x.shape
+    return x.view(t, hh // 2, 2, ww // 2, 2, c)
+
+
 def pool_level(x: torch.Tensor, step: Step, sums: bool) -> torch.Tensor:
     """[T, hc, wc, C] -> [T, h, w, C]: each parent's children summed (``sums``) or averaged unweighted.
 
-    One ``avg_pool2d`` over the channels-last view: float32 accumulation, x's dtype out, as the authors'
-    ``avg_pool2d`` / ``lp_pool2d(p=1)``. Odd sides get a zero row/column in front, so that the first one pairs
-    with nothing.
+    Accumulates in float32 and rounds once to x's dtype, as the authors' ``avg_pool2d`` / ``lp_pool2d(p=1)``.
     """
-    _, hc, wc, _ = x.shape
-    if hc % 2 or wc % 2:
-        x = F.pad(x, (0, 0, wc % 2, 0, hc % 2, 0))
-    even = not (hc % 2 or wc % 2)
-    channels_first = x.permute(0, 3, 1, 2)
-    if even and not sums:
-        return F.avg_pool2d(channels_first, 2).permute(0, 2, 3, 1)
-    total = F.avg_pool2d(channels_first, 2, divisor_override=1).permute(0, 2, 3, 1)
+    padded = blocks(pad_to_even(x))
+    if not sums and bool(step.all_paired):
+        return padded.mean(dim=(2, 4))
+    total = padded.sum(dim=(2, 4))
     return total if sums else total / step.children[None, :, :, None].to(total.dtype)
 
 
@@ -207,17 +211,23 @@ def split_similarity(
     t, h, w, c = parent.shape
     chunk = head_dim or c
     n_chunks = c // chunk
-    kids = child.flatten(1, 2)[:, step.slots].view(t * h * w, 4, n_chunks, chunk)
+    kids = blocks(pad_to_even(child)).permute(0, 1, 3, 2, 4, 5).reshape(t * h * w, 4, n_chunks, chunk)
     dots = batched_dot(kids.transpose(1, 2).reshape(-1, 4, chunk), parent.reshape(t * h * w * n_chunks, chunk, 1)).view(
         t, h, w, n_chunks, 4
     )
     kid_norms = torch.linalg.vector_norm(kids, dim=-1, dtype=torch.float32).view(t, h, w, 4, n_chunks)
     parent_norms = torch.linalg.vector_norm(parent.view(t, h, w, n_chunks, chunk), dim=-1, dtype=torch.float32)
-    cos = dots / (parent_norms.clamp_min(1e-8)[..., None] * kid_norms.clamp_min(1e-8).transpose(-1, -2))
-    cos = cos.mean(dim=3)  # [T, h, w, 4]
-    if not compare_missing_children:
-        cos = cos.masked_fill(~step.present, math.inf)
-    return cos.amin(dim=-1)
+    parent_norms = parent_norms.clamp_min(1e-8)
+    cos = dots / (parent_norms[..., None] * kid_norms.clamp_min(1e-8).transpose(-1, -2))
+    min_sim = cos.mean(dim=3).masked_fill(~step.present, math.inf).amin(dim=-1)  # [T, h, w]
+    if compare_missing_children and not step.all_paired:
+        corner = child[:, :1, :1].expand(t, h, w, c)
+        corner_dots = batched_dot(corner.reshape(-1, 1, chunk), parent.reshape(-1, chunk, 1)).view(t, h, w, n_chunks)
+        corner_norms = torch.linalg.vector_norm(corner.reshape(t, h, w, n_chunks, chunk), dim=-1, dtype=torch.float32)
+        corner_cos = (corner_dots / (parent_norms * corner_norms.clamp_min(1e-8))).mean(dim=-1)
+        missing = step.children < 4
+        min_sim = torch.where(missing, torch.minimum(min_sim, corner_cos), min_sim)
+    return min_sim
 
 
 @dataclass(frozen=True)
@@ -336,19 +346,17 @@ def gather_node_features(
     return torch.where(leaf[:, None], finest[torch.where(leaf, keys, 0)], coarse[torch.where(leaf, 0, coarse_index)])
 
 
-def temporal_candidates(nodes: Nodes) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pairs of nested nodes in consecutive frames (§2.1): earlier [P], later [P], valid [P], with P = 2N.
+def neighbours_in_time(nodes: Nodes) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N] each node's partner in the next frame and in the previous one (its own frame at the video's ends).
 
-    Two quadtree nodes of consecutive frames are nested iff they overlap, and then the smaller one's top-left
-    patch lies in both. So every pair is found from a node's top-left patch, looked up in the next frame's and
-    in the previous frame's cover map. A pair may appear twice; the grouping is indifferent to repeats.
+    Two quadtree nodes of consecutive frames are nested (§2.1) iff they overlap, and then the smaller one's
+    top-left patch lies in both. So every nested pair is (node, the next frame's node at its top-left) or
+    (the previous frame's node at its top-left, node); a pair of equal boxes is found both ways, and the
+    grouping is indifferent to repeats.
     """
     t = nodes.cover.shape[0]
     frame, y, x = nodes.boxes[:, 0], nodes.boxes[:, 1], nodes.boxes[:, 2]
-    own = torch.arange(len(frame), device=frame.device)
-    later = nodes.cover[(frame + 1).clamp_max(t - 1), y, x]
-    earlier = nodes.cover[(frame - 1).clamp_min(0), y, x]
-    return torch.cat([own, earlier]), torch.cat([later, own]), torch.cat([frame < t - 1, frame > 0])
+    return nodes.cover[(frame + 1).clamp_max(t - 1), y, x], nodes.cover[(frame - 1).clamp_min(0), y, x]
 
 
 def propagate_labels(
@@ -395,13 +403,11 @@ def merge_groups(nodes: Nodes, labels: torch.Tensor, sums: bool) -> tuple[torch.
     [N', 5] (the representative's box) and num_patches [N'] (the group's total).
     """
     representative = labels == torch.arange(len(labels), device=labels.device)
-    keep = representative.nonzero().squeeze(1)
+    keep, merged = representative.nonzero().squeeze(1), (~representative).nonzero().squeeze(1)
     group = (torch.cumsum(representative, 0) - 1)[labels]
-    total = torch.zeros(len(keep), nodes.features.shape[1], dtype=torch.float32, device=labels.device)
-    total.index_add_(0, group, nodes.features.float())
-    patches = torch.zeros(len(keep), dtype=torch.long, device=labels.device).index_add_(0, group, nodes.num_patches)
-    members = torch.bincount(group, minlength=len(keep))
-    divisor = patches if sums else members
+    total = nodes.features[keep].float().index_add_(0, group[merged], nodes.features[merged].float())
+    patches = nodes.num_patches[keep].index_add(0, group[merged], nodes.num_patches[merged])
+    divisor = patches if sums else torch.bincount(group, minlength=len(keep))
     return (total / divisor[:, None]).to(nodes.features.dtype), nodes.boxes[keep], patches
 
 
@@ -417,27 +423,33 @@ def group_nodes(
     if temporal_threshold <= 0:
         return nodes, None
     num_nodes = len(nodes.boxes)
-    earlier, later, valid = temporal_candidates(nodes)
-    sim = pair_similarity(nodes.features, earlier, later, head_dim)
-    linked = valid & (sim >= temporal_threshold)
+    next_partner, previous_partner = neighbours_in_time(nodes)
+    own = torch.arange(num_nodes, device=next_partner.device)
+    frame, last_frame = nodes.boxes[:, 0], nodes.cover.shape[0] - 1
+    earlier, later = torch.cat([own, previous_partner]), torch.cat([next_partner, own])
+    sim = torch.cat(
+        [
+            partner_similarity(nodes.features, next_partner, head_dim),
+            partner_similarity(nodes.features, previous_partner, head_dim),
+        ]
+    )
+    linked = torch.cat([frame < last_frame, frame > 0]) & (sim >= temporal_threshold)
     if variant == "corrected":
         linked = most_similar_links(earlier, later, linked, sim, num_nodes)
     labels = propagate_labels(num_nodes, earlier, later, linked, until_consistent=variant == "corrected")
     return nodes, labels
 
 
-def pair_similarity(
-    features: torch.Tensor, earlier: torch.Tensor, later: torch.Tensor, head_dim: int | None
-) -> torch.Tensor:
-    """[P] the authors' temporal similarity <a/(|a|+1e-8), b/(|b|+1e-8)> of each pair, in float32 (§2.2).
+def partner_similarity(features: torch.Tensor, partner: torch.Tensor, head_dim: int | None) -> torch.Tensor:
+    """[N] the authors' temporal similarity <a/(|a|+1e-8), b/(|b|+1e-8)> of each node and its partner (§2.2).
 
-    With ``head_dim`` it is averaged over channel chunks of that width.
+    In float32; with ``head_dim``, averaged over channel chunks of that width.
     """
-    c = features.shape[1]
+    n, c = features.shape
     chunk = head_dim or c
-    norms = torch.linalg.vector_norm(features.view(-1, c // chunk, chunk), dim=-1, dtype=torch.float32) + 1e-8
-    dots = batched_dot(features[earlier].view(-1, 1, chunk), features[later].view(-1, chunk, 1))
-    return (dots.view(len(earlier), -1) / (norms[earlier] * norms[later])).mean(dim=-1)
+    norms = torch.linalg.vector_norm(features.view(n, -1, chunk), dim=-1, dtype=torch.float32) + 1e-8
+    dots = batched_dot(features.view(-1, 1, chunk), features[partner].view(-1, chunk, 1)).view(n, -1)
+    return (dots / (norms * norms[partner])).mean(dim=-1)
 
 
 def count_tokens(nodes: Nodes, labels: torch.Tensor | None) -> int:
