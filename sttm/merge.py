@@ -86,6 +86,7 @@ class Step:
     present:      [h, w, 4] bool, which 2x2 slots of the ``pad_to_even`` child level hold a real child.
     children:     [h, w] number of real children (1, 2 or 4).
     all_paired:   whether every parent has 4 children (both child sides even).
+    parent_of:    [hc·wc] flat parent index of each child.
     """
 
     rows: Axis
@@ -93,6 +94,7 @@ class Step:
     present: torch.Tensor
     children: torch.Tensor
     all_paired: bool
+    parent_of: torch.Tensor
 
 
 def make_step(child_height: int, child_width: int, device: torch.device) -> Step:
@@ -103,7 +105,8 @@ def make_step(child_height: int, child_width: int, device: torch.device) -> Step
     col_present = torch.stack([cols.paired, always_col] * 2, dim=-1)
     present = row_present[:, None, :] & col_present[None, :, :]
     all_paired = child_height % 2 == 0 and child_width % 2 == 0
-    return Step(rows, cols, present, present.sum(dim=-1), all_paired)
+    parent_of = (rows.parent[:, None] * len(cols.first) + cols.parent[None, :]).flatten()
+    return Step(rows, cols, present, present.sum(dim=-1), all_paired, parent_of)
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,7 @@ class Layout:
     row_of, col_of: [L, H] and [L, W]: the level-l row (column) whose box starts at finest row (column) y (x).
     y1_of, x1_of:   [L, H] and [L, W]: the box end of level-l row (column) i.
     cells_before:   [L] grid cells per frame in the levels before level l (for a per-frame bank of all levels).
+    corner_of:      per level, [h·w] flat finest-grid index (y0·W + x0) of each node's top-left patch.
     """
 
     sizes: list[tuple[int, int]]
@@ -131,6 +135,7 @@ class Layout:
     heights: torch.Tensor
     widths: torch.Tensor
     cells_before: torch.Tensor
+    corner_of: list[torch.Tensor]
 
 
 @functools.lru_cache(maxsize=32)
@@ -165,7 +170,8 @@ def grid_layout(height: int, width: int, root_level: int, device: torch.device) 
     heights = torch.tensor([h for h, _ in sizes], device=device)
     widths = torch.tensor([w for _, w in sizes], device=device)
     cells_before = torch.cumsum(heights * widths, 0) - heights * widths
-    return Layout(sizes, steps, y0, y1, x0, x1, row_of, col_of, y1_of, x1_of, heights, widths, cells_before)
+    corner_of = [(top[:, None] * width + left[None, :]).flatten() for top, left in zip(y0, x0, strict=True)]
+    return Layout(sizes, steps, y0, y1, x0, x1, row_of, col_of, y1_of, x1_of, heights, widths, cells_before, corner_of)
 
 
 def pad_to_even(x: torch.Tensor) -> torch.Tensor:
@@ -280,7 +286,8 @@ def emitted_nodes(tree: QuadTree, threshold: float) -> list[torch.Tensor]:
     for min_sim, step in zip(tree.min_sim, tree.layout.steps, strict=True):
         stop = min_sim >= threshold
         emitted.append(searched & stop)
-        searched = (searched & ~stop)[:, step.rows.parent][:, :, step.cols.parent]
+        split = (searched & ~stop).flatten(1)
+        searched = split[:, step.parent_of].view(len(split), len(step.rows.parent), len(step.cols.parent))
     emitted.append(searched)
     return emitted
 
@@ -306,10 +313,10 @@ def collect_nodes(tree: QuadTree, emitted: list[torch.Tensor]) -> Nodes:
     t, height, width, _ = tree.shape
     layout = tree.layout
     device = tree.features[-1].device
-    level_at = torch.full((t, height, width), -1, dtype=torch.long, device=device)
+    level_at = torch.full((t, height * width), -1, dtype=torch.long, device=device)
     for lvl, mask in enumerate(emitted):
-        corners = (slice(None), layout.y0[lvl][:, None], layout.x0[lvl][None, :])
-        level_at[corners] = torch.where(mask, lvl, level_at[corners])
+        corners = layout.corner_of[lvl]
+        level_at[:, corners] = torch.where(mask.flatten(1), lvl, level_at[:, corners])
     keys = (level_at.flatten() >= 0).nonzero().squeeze(1)  # ascending: the authors' order
     frame, y, x = keys // (height * width), keys // width % height, keys % width
     level = level_at.flatten()[keys]
@@ -319,12 +326,13 @@ def collect_nodes(tree: QuadTree, emitted: list[torch.Tensor]) -> Nodes:
 
     node_at = torch.full((t * height * width,), -1, dtype=torch.long, device=device)
     node_at[keys] = torch.arange(len(keys), device=device)
-    node_at = node_at.view(t, height, width)
-    cover = torch.where(emitted[0], node_at[:, layout.y0[0][:, None], layout.x0[0][None, :]], -1)
+    node_at = node_at.view(t, height * width)
+    cover = torch.where(emitted[0].flatten(1), node_at[:, layout.corner_of[0]], -1)
     for lvl, step in enumerate(layout.steps, start=1):
-        inherited = cover[:, step.rows.parent][:, :, step.cols.parent]
-        own = torch.where(emitted[lvl], node_at[:, layout.y0[lvl][:, None], layout.x0[lvl][None, :]], -1)
+        inherited = cover[:, step.parent_of]
+        own = torch.where(emitted[lvl].flatten(1), node_at[:, layout.corner_of[lvl]], -1)
         cover = torch.where(inherited >= 0, inherited, own)
+    cover = cover.view(t, height, width)
     boxes = torch.stack([frame, y, x, y1, x1], dim=1)
     return Nodes(features, boxes, (y1 - y) * (x1 - x), cover)
 
