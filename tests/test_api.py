@@ -1,0 +1,54 @@
+"""The reducer protocol: registry, budgets, timing."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sttm.api import Reducer, Reduction, Stage, VideoTokens, available_reducers, build_reducer, check_budget
+from sttm.reducer import STTM
+
+
+def test_sttm_is_found_by_name():
+    assert "sttm" in available_reducers()
+    reducer = build_reducer("sttm", threshold=0.8, temporal_threshold=0.6)
+    assert isinstance(reducer, STTM) and reducer.stage is Stage.LLM_LAYER and reducer.layer == 2
+    assert not reducer.query_aware
+
+
+def test_an_unknown_reducer_name_lists_the_choices():
+    with pytest.raises(ValueError, match=r"unknown reducer 'sttn'; choose one of: .*sttm"):
+        build_reducer("sttn")
+
+
+@pytest.mark.parametrize("budget", [0, -0.1, 1.0001, math.nan])
+def test_budgets_outside_zero_one_are_refused(budget):
+    with pytest.raises(ValueError, match=r"budget must lie in \(0, 1\]"):
+        check_budget(budget)
+
+
+def test_calling_a_reducer_times_it_and_reports_the_achieved_ratio():
+    clip = VideoTokens(torch.randn(4, 14, 14, 16))
+    result = STTM(threshold=0.5, temporal_threshold=0.3)(clip)
+    assert result.reducer_ms > 0 and math.isfinite(result.reducer_ms)
+    assert result.kept_ratio == result.num_kept / (4 * 14 * 14)
+
+
+def test_query_aware_reducers_need_the_question():
+    class AskFirst(Reducer):
+        name = "ask-first"
+        stage = Stage.LLM_LAYER
+        query_aware = True
+
+        def reduce(self, video: VideoTokens) -> Reduction:
+            return Reduction(video.grid.reshape(-1, video.grid.shape[-1]), torch.zeros(0, 5), torch.zeros(0), 1)
+
+    with pytest.raises(ValueError, match="query-aware"):
+        AskFirst()(VideoTokens(torch.randn(1, 2, 2, 4)))
+
+
+def test_importance_must_match_the_grid():
+    with pytest.raises(ValueError, match=r"importance must have shape \[T, H, W\]"):
+        VideoTokens(torch.randn(2, 4, 4, 8), importance=torch.rand(2, 4, 5))

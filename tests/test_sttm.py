@@ -1,0 +1,266 @@
+"""STTM: reference vectors, bad input, properties, the corrected variant's differences, budget mode."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sttm import check_golden
+from sttm.api import VideoTokens
+from sttm.merge import build_quadtree, merge_video
+from sttm.reducer import STTM
+from sttm.synthetic import redundant_video
+
+GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "sttm"
+needs_golden = pytest.mark.skipif(not GOLDEN.is_dir(), reason=f"reference vectors not found at {GOLDEN}")
+
+
+def video(frames: int = 6, height: int = 14, width: int = 14, seed: int = 0) -> VideoTokens:
+    return VideoTokens(redundant_video(frames, height, width, channels=32, scene_length=3, seed=seed))
+
+
+def coverage(boxes: torch.Tensor, frames: int, height: int, width: int) -> torch.Tensor:
+    """[T, H, W] how many boxes cover each patch."""
+    painted = torch.zeros(frames, height, width, dtype=torch.long)
+    for t, y0, x0, y1, x1 in boxes.tolist():
+        painted[t, y0:y1, x0:x1] += 1
+    return painted
+
+
+# --- the authors' reference vectors ------------------------------------------------------------------------
+
+
+@needs_golden
+def test_every_reference_case_passes(capsys):
+    assert check_golden.main([str(GOLDEN)]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "35 passed, 0 failed"
+
+
+@needs_golden
+def test_reference_check_fails_on_a_wrong_expectation(tmp_path, capsys):
+    case = np.load(GOLDEN / "case000.npz")
+    tampered = dict(case)
+    tampered["boxes"] = case["boxes"].copy()
+    tampered["boxes"][3, 1] += 1
+    np.savez(tmp_path / "case000.npz", **tampered)
+    shutil.copy(GOLDEN / "case001.npz", tmp_path / "case001.npz")
+    assert check_golden.main([str(tmp_path)]) == 1
+    out = capsys.readouterr().out.strip().splitlines()
+    assert "FAIL" in out[0] and out[-1] == "1 passed, 1 failed"
+
+
+def test_reference_check_fails_on_an_empty_folder(tmp_path):
+    assert check_golden.main([str(tmp_path)]) == 1
+
+
+# --- bad input ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "grid, problem",
+    [
+        (torch.zeros(4, 14, 14), "rank 4"),
+        (torch.zeros(1, 4, 14, 14, 8), "rank 4"),
+        (torch.zeros(2, 14, 14, 8, dtype=torch.long), "floating-point"),
+        (torch.zeros(0, 14, 14, 8), "empty"),
+        (torch.full((2, 14, 14, 8), math.nan), "non-finite"),
+        (torch.full((2, 14, 14, 8), math.inf), "non-finite"),
+    ],
+)
+def test_malformed_grids_are_refused(grid, problem):
+    with pytest.raises(ValueError, match=problem):
+        VideoTokens(grid)
+
+
+@pytest.mark.parametrize("height, width", [(1, 14), (14, 1)])
+def test_grids_smaller_than_2x2_are_refused(height, width):
+    with pytest.raises(ValueError, match="at least 2x2"):
+        STTM(threshold=0.8).reduce(VideoTokens(torch.randn(2, height, width, 8)))
+
+
+@pytest.mark.parametrize(
+    "params, problem",
+    [
+        ({"threshold": 1.5}, r"threshold must lie in \[-1, 1\]"),
+        ({"threshold": -1.01}, r"threshold must lie in \[-1, 1\]"),
+        ({"threshold": 0.8, "temporal_threshold": 2.0}, r"temporal_threshold must lie in \[-1, 1\]"),
+        ({"budget": 0.0}, r"budget must lie in \(0, 1\]"),
+        ({"budget": 1.2}, r"budget must lie in \(0, 1\]"),
+        ({"budget": -0.5}, r"budget must lie in \(0, 1\]"),
+        ({"budget": 0.5, "threshold": 0.8}, "either thresholds or a budget"),
+        ({"budget": 0.5, "temporal_threshold": 0.6}, "either thresholds or a budget"),
+        ({}, "spatial threshold"),
+        ({"threshold": 0.8, "variant": "fast"}, "unknown STTM variant 'fast'"),
+        ({"threshold": 0.8, "head_dim": 0}, "head_dim"),
+    ],
+)
+def test_bad_parameters_are_refused(params, problem):
+    with pytest.raises(ValueError, match=problem):
+        STTM(**params)
+
+
+def test_root_level_out_of_range_is_refused():
+    with pytest.raises(ValueError, match="root_level 4 is out of range for a 14x14 grid"):
+        STTM(threshold=0.8, root_level=4).reduce(video())
+
+
+def test_head_dim_must_divide_the_channels():
+    with pytest.raises(ValueError, match="head_dim 5 does not divide the 32 channels"):
+        STTM(threshold=0.8, head_dim=5).reduce(video())
+
+
+# --- properties --------------------------------------------------------------------------------------------
+
+SHAPES = [(5, 14, 14), (4, 13, 13), (3, 10, 18), (3, 7, 9)]
+
+
+@pytest.mark.parametrize("variant", ["official", "corrected"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_without_temporal_merging_each_frame_is_tiled_exactly(shape, variant):
+    clip = video(*shape)
+    for threshold in (0.95, 0.8, 0.5):
+        result = STTM(threshold=threshold, variant=variant).reduce(clip)
+        assert torch.equal(coverage(result.boxes, *shape), torch.ones(shape, dtype=torch.long))
+
+
+@pytest.mark.parametrize("variant", ["official", "corrected"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_patch_counts_sum_to_the_grid(shape, variant):
+    clip = video(*shape, seed=1)
+    for spatial, temporal in [(0.9, 0.7), (0.8, 0.5), (0.6, 0.3)]:
+        result = STTM(threshold=spatial, temporal_threshold=temporal, variant=variant).reduce(clip)
+        assert int(result.num_patches.sum()) == clip.num_tokens
+        assert result.tokens.shape == (result.num_kept, 32)
+
+
+@pytest.mark.parametrize("variant", ["official", "corrected"])
+def test_kept_fraction_never_rises_when_a_threshold_falls(variant):
+    clip = video(8, seed=2)
+    falling = [0.99, 0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.4, 0.0, -1.0]
+    spatial_only = [STTM(threshold=s, variant=variant).reduce(clip).num_kept for s in falling]
+    assert spatial_only == sorted(spatial_only, reverse=True) and spatial_only[0] > spatial_only[-1]
+    temporal = [STTM(threshold=0.85, temporal_threshold=s, variant=variant).reduce(clip).num_kept for s in falling[:-2]]
+    assert temporal == sorted(temporal, reverse=True) and temporal[0] > temporal[-1]
+
+
+@pytest.mark.parametrize("variant", ["official", "corrected"])
+def test_same_input_same_output(variant):
+    clip = video(6, seed=3)
+    first, second = (STTM(threshold=0.85, temporal_threshold=0.6, variant=variant).reduce(clip) for _ in range(2))
+    assert torch.equal(first.tokens, second.tokens) and torch.equal(first.boxes, second.boxes)
+
+
+@pytest.mark.parametrize("variant", ["official", "corrected"])
+def test_a_threshold_above_one_keeps_every_token_unchanged(variant):
+    clip = video(3, 13, 13)
+    tree = build_quadtree(clip.grid, root_level=1, variant=variant, weighted_avg=False, head_dim=None)
+    tokens, boxes, patches = merge_video(tree, 1.0 + 1e-6, -1.0, variant, None)
+    assert torch.allclose(tokens, clip.grid.reshape(-1, 32), atol=1e-6, rtol=0)
+    assert torch.equal(boxes[:, 1:3] + 1, boxes[:, 3:5]) and torch.equal(patches, torch.ones_like(patches))
+
+
+def test_tokens_are_in_raster_order_of_their_top_left_patch():
+    result = STTM(threshold=0.8, temporal_threshold=0.6).reduce(video(4))
+    keys = result.boxes[:, 0] * 196 + result.boxes[:, 1] * 14 + result.boxes[:, 2]
+    assert torch.all(keys[1:] > keys[:-1])
+
+
+# --- official vs corrected, each difference on a hand-made input -------------------------------------------
+
+
+def test_official_compares_missing_children_with_the_top_left_one():
+    """STTM_SPEC §1.4: a uniform 14x14 frame whose top-left 2x2 block differs gives 22 tokens, not 16."""
+    frame = torch.zeros(1, 14, 14, 8)
+    frame[..., 0] = 1.0
+    frame[0, :2, :2] = torch.eye(8)[1]
+    kept = {v: STTM(threshold=0.99, variant=v).reduce(VideoTokens(frame)).num_kept for v in ("official", "corrected")}
+    assert kept == {"official": 22, "corrected": 16}
+
+
+def two_frames_one_coarse_node_over_two_fine_ones() -> torch.Tensor:
+    """Frame 0: top-left 2x2 region split into leaves u1..u4; frame 1: that region is one node b = 0.6 u1 + 0.8 u2."""
+    basis = torch.eye(8)
+    grid = torch.zeros(2, 4, 4, 8)
+    grid[:, :2, 2:], grid[:, 2:, :2], grid[:, 2:, 2:] = basis[4], basis[5], basis[6]
+    grid[0, 0, 0], grid[0, 0, 1], grid[0, 1, 0], grid[0, 1, 1] = basis[0], basis[1], basis[2], basis[3]
+    grid[1, :2, :2] = 0.6 * basis[0] + 0.8 * basis[1]
+    return grid
+
+
+def test_official_merges_a_later_node_into_its_lowest_index_parent_corrected_into_its_most_similar():
+    grid = two_frames_one_coarse_node_over_two_fine_ones()
+    b = 0.6 * torch.eye(8)[0] + 0.8 * torch.eye(8)[1]
+    official = STTM(threshold=0.99, temporal_threshold=0.5, root_level=0).reduce(VideoTokens(grid))
+    corrected = STTM(threshold=0.99, temporal_threshold=0.5, root_level=0, variant="corrected").reduce(
+        VideoTokens(grid)
+    )
+    assert official.num_kept == corrected.num_kept == 7
+    # token 0 sits at u1's box, token 1 at u2's box
+    assert torch.allclose(official.tokens[0], (torch.eye(8)[0] + b) / 2)
+    assert torch.allclose(official.tokens[1], torch.eye(8)[1])
+    assert torch.allclose(corrected.tokens[0], torch.eye(8)[0])
+    assert torch.allclose(corrected.tokens[1], (torch.eye(8)[1] + 4 * b) / 5)  # patch-weighted: 1 + 4 patches
+
+
+def test_official_stops_label_propagation_early_corrected_finds_whole_groups():
+    """A later node linked to two earlier ones: the authors' loop leaves them apart; components join them."""
+    grid = two_frames_one_coarse_node_over_two_fine_ones()
+    grid[1, :2, :2] = (torch.eye(8)[0] + torch.eye(8)[1]) / 2**0.5  # equally similar to u1 and u2
+    official = STTM(threshold=0.99, temporal_threshold=0.5, root_level=0).reduce(VideoTokens(grid))
+    assert official.num_kept == 7  # u1 + b merged, u2 left alone
+    assert official.info == {"threshold": 0.99, "temporal_threshold": 0.5, "variant": "official"}
+
+
+def test_official_averages_members_unweighted_corrected_by_patch_count():
+    v = torch.eye(8)[0]
+    grid = v.expand(2, 4, 4, 8).clone()
+    grid[1, :2, :2] = v + 0.2 * torch.eye(8)[1:5].view(2, 2, 8)  # four leaves, each close to v, distinct
+    official = STTM(threshold=0.999, temporal_threshold=0.9, root_level=0).reduce(VideoTokens(grid))
+    corrected = STTM(threshold=0.999, temporal_threshold=0.9, root_level=0, variant="corrected").reduce(
+        VideoTokens(grid)
+    )
+    leaves = grid[1, :2, :2].reshape(4, 8)
+    assert torch.allclose(official.tokens[0], (v + leaves.sum(0)) / 5)
+    assert torch.allclose(corrected.tokens[0], (4 * v + leaves.sum(0)) / 8)
+    assert official.num_patches[0] == corrected.num_patches[0] == 8
+
+
+# --- budget mode -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("budget", [0.6, 0.3, 0.15])
+def test_budget_keeps_as_many_tokens_as_allowed_without_exceeding_it(budget):
+    clip = video(8, seed=4)
+    target = math.floor(budget * clip.num_tokens)
+    result = STTM(budget=budget).reduce(clip)
+    assert result.num_kept <= target and result.info["budget_met"]
+    spatial = result.info["threshold"]
+    looser = STTM(threshold=min(spatial + 1e-3, 1.0), temporal_threshold=max(spatial + 1e-3 - 0.2, 1e-3))
+    assert looser.reduce(clip).num_kept > target
+    again = STTM(threshold=spatial, temporal_threshold=result.info["temporal_threshold"]).reduce(clip)
+    assert torch.equal(again.boxes, result.boxes)
+
+
+def test_budget_one_keeps_every_token():
+    clip = video(3)
+    result = STTM(budget=1.0).reduce(clip)
+    assert result.kept_ratio == 1.0 and torch.equal(result.tokens, clip.grid.reshape(-1, 32))
+
+
+def test_budget_below_the_quadtree_floor_keeps_the_floor_and_says_so():
+    clip = video(4)
+    result = STTM(budget=0.001).reduce(clip)
+    floor = STTM(threshold=-1.0, temporal_threshold=1e-3).reduce(clip)
+    assert not result.info["budget_met"] and result.num_kept == floor.num_kept
+
+
+def test_spatial_only_budget():
+    clip = video(4)
+    result = STTM(budget=0.4, budget_gap=None).reduce(clip)
+    assert result.info["temporal_threshold"] == -1.0
+    assert torch.equal(coverage(result.boxes, 4, 14, 14), torch.ones(4, 14, 14, dtype=torch.long))
