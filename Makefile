@@ -28,3 +28,7 @@ golden: setup
 
 bench: setup
 	$(PY) scripts/bench_reducers.py
+
+BUDGET ?= 0.5
+sweep: setup
+	$(PY) -m runners.sweep budget=$(BUDGET)

@@ -1,0 +1,1 @@
+"""Runners: sweeps, evaluation and reports."""
