@@ -111,31 +111,24 @@ def make_step(child_height: int, child_width: int, device: torch.device) -> Step
 
 @dataclass(frozen=True)
 class Layout:
-    """Index tensors that depend only on the grid shape and root level, root level first.
+    """Index tensors that depend only on the grid shape and root level; levels root first, finest last.
 
-    sizes:          (h, w) of each level.
-    steps:          ``steps[l]`` pairs level l + 1 into level l.
-    y0, y1, x0, x1: per level, 1-D box edges of its nodes in finest-grid patches (ends exclusive).
-    row_of, col_of: [L, H] and [L, W]: the level-l row (column) whose box starts at finest row (column) y (x).
-    y1_of, x1_of:   [L, H] and [L, W]: the box end of level-l row (column) i.
-    cells_before:   [L] grid cells per frame in the levels before level l (for a per-frame bank of all levels).
-    corner_of:      per level, [h·w] flat finest-grid index (y0·W + x0) of each node's top-left patch.
+    sizes:            (h, w) of each level.
+    steps:            ``steps[l]`` pairs level l + 1 into level l.
+    corner_of:        per level, [h·w] flat finest-grid index (y0·W + x0) of each node's top-left patch.
+    ancestor_cell:    [L, H·W] each patch's level-l ancestor, as an index into all levels' cells concatenated.
+    ancestor_corner:  [L, H·W] the flat finest-grid index of that ancestor's top-left patch.
+    corner_info:      [L, H·W, 3] for the level-l node whose top-left patch is p: (y1, x1, its cell in the level).
+    cells:            [L, 2] cells per frame of each level, and in the levels before it.
     """
 
     sizes: list[tuple[int, int]]
     steps: list[Step]
-    y0: list[torch.Tensor]
-    y1: list[torch.Tensor]
-    x0: list[torch.Tensor]
-    x1: list[torch.Tensor]
-    row_of: torch.Tensor
-    col_of: torch.Tensor
-    y1_of: torch.Tensor
-    x1_of: torch.Tensor
-    heights: torch.Tensor
-    widths: torch.Tensor
-    cells_before: torch.Tensor
     corner_of: list[torch.Tensor]
+    ancestor_cell: torch.Tensor
+    ancestor_corner: torch.Tensor
+    corner_info: torch.Tensor
+    cells: torch.Tensor
 
 
 @functools.lru_cache(maxsize=32)
@@ -148,30 +141,35 @@ def grid_layout(height: int, width: int, root_level: int, device: torch.device) 
             f"its levels are {all_sizes} (indices 0..{len(all_sizes) - 1})"
         )
     sizes = all_sizes[root_level % len(all_sizes) :]
+    patches = torch.arange(height * width, device=device)
     y0, y1 = [torch.arange(height, device=device)], [torch.arange(1, height + 1, device=device)]
     x0, x1 = [torch.arange(width, device=device)], [torch.arange(1, width + 1, device=device)]
+    ancestor = [patches]  # per level, each patch's ancestor cell within that level
     steps = []
     for child_height, child_width in reversed(sizes[1:]):
         step = make_step(child_height, child_width, device)
         steps.insert(0, step)
+        ancestor.insert(0, step.parent_of[ancestor[0]])
         y0.insert(0, y0[0][step.rows.first])
         y1.insert(0, y1[0][step.rows.second])
         x0.insert(0, x0[0][step.cols.first])
         x1.insert(0, x1[0][step.cols.second])
-    n_levels = len(sizes)
-    row_of = torch.zeros(n_levels, height, dtype=torch.long, device=device)
-    col_of = torch.zeros(n_levels, width, dtype=torch.long, device=device)
-    y1_of = torch.zeros(n_levels, height, dtype=torch.long, device=device)
-    x1_of = torch.zeros(n_levels, width, dtype=torch.long, device=device)
-    for lvl, (h, w) in enumerate(sizes):
-        row_of[lvl, y0[lvl]] = torch.arange(h, device=device)
-        col_of[lvl, x0[lvl]] = torch.arange(w, device=device)
-        y1_of[lvl, :h], x1_of[lvl, :w] = y1[lvl], x1[lvl]
-    heights = torch.tensor([h for h, _ in sizes], device=device)
-    widths = torch.tensor([w for _, w in sizes], device=device)
-    cells_before = torch.cumsum(heights * widths, 0) - heights * widths
+    cells = torch.tensor([h * w for h, w in sizes], device=device)
+    cells_before = torch.cumsum(cells, 0) - cells
     corner_of = [(top[:, None] * width + left[None, :]).flatten() for top, left in zip(y0, x0, strict=True)]
-    return Layout(sizes, steps, y0, y1, x0, x1, row_of, col_of, y1_of, x1_of, heights, widths, cells_before, corner_of)
+    corner_info = torch.zeros(len(sizes), height * width, 3, dtype=torch.long, device=device)
+    for lvl, (h, w) in enumerate(sizes):
+        ends = torch.stack(torch.broadcast_tensors(y1[lvl][:, None], x1[lvl][None, :]), dim=-1).flatten(0, 1)
+        corner_info[lvl, corner_of[lvl]] = torch.cat([ends, torch.arange(h * w, device=device)[:, None]], dim=1)
+    return Layout(
+        sizes=sizes,
+        steps=steps,
+        corner_of=corner_of,
+        ancestor_cell=torch.stack(ancestor) + cells_before[:, None],
+        ancestor_corner=torch.stack([corners[cell] for corners, cell in zip(corner_of, ancestor, strict=True)]),
+        corner_info=corner_info,
+        cells=torch.stack([cells, cells_before], dim=1),
+    )
 
 
 def pad_to_even(x: torch.Tensor) -> torch.Tensor:
@@ -199,10 +197,10 @@ def pool_level(x: torch.Tensor, step: Step, sums: bool) -> torch.Tensor:
 
 
 def batched_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """[B, k, d] · [B, d, 1] -> [B, k] in float32 (half-precision products accumulate in float32 on GPU)."""
+    """[B, m, d] @ [B, d, n] -> [B, m·n] in float32 (half-precision products accumulate in float32 on GPU)."""
     if a.is_cuda and a.dtype in (torch.bfloat16, torch.float16):
-        return torch.bmm(a, b, out_dtype=torch.float32).squeeze(-1)
-    return torch.bmm(a.float(), b.float()).squeeze(-1)
+        return torch.bmm(a, b, out_dtype=torch.float32).flatten(1)
+    return torch.bmm(a.float(), b.float()).flatten(1)
 
 
 def split_similarity(
@@ -311,46 +309,40 @@ class Nodes:
 def collect_nodes(tree: QuadTree, emitted: list[torch.Tensor]) -> Nodes:
     """Gather the emitted nodes of every level into one list sorted by (t, y0, x0) (§1.5)."""
     t, height, width, _ = tree.shape
-    layout = tree.layout
-    device = tree.features[-1].device
-    level_at = torch.full((t, height * width), -1, dtype=torch.long, device=device)
-    for lvl, mask in enumerate(emitted):
-        corners = layout.corner_of[lvl]
-        level_at[:, corners] = torch.where(mask.flatten(1), lvl, level_at[:, corners])
-    keys = (level_at.flatten() >= 0).nonzero().squeeze(1)  # ascending: the authors' order
-    frame, y, x = keys // (height * width), keys // width % height, keys % width
-    level = level_at.flatten()[keys]
-    row, col = layout.row_of[level, y], layout.col_of[level, x]
-    y1, x1 = layout.y1_of[level, row], layout.x1_of[level, col]
-    features = gather_node_features(tree, keys, level, frame * layout.heights[level] + row, col)
+    layout, cells = tree.layout, height * width
+    patches = torch.arange(cells, device=layout.cells.device)
+    # each patch has exactly one emitted ancestor-or-self: the node covering it
+    ancestor_emitted = torch.cat([e.flatten(1) for e in emitted], dim=1)[:, layout.ancestor_cell]  # [T, L, H·W]
+    cover_level = ancestor_emitted.max(dim=1).indices  # [T, H·W]
+    cover_corner = layout.ancestor_corner.expand(t, -1, -1).gather(1, cover_level[:, None]).squeeze(1)
+    keys = (cover_corner == patches).flatten().nonzero().squeeze(1)  # ascending: the authors' order
+    node_at = torch.full((t * cells,), -1, dtype=torch.long, device=keys.device)
+    node_at[keys] = torch.arange(len(keys), device=keys.device)
+    frames = torch.arange(t, device=keys.device)[:, None] * cells
+    cover = node_at[frames + cover_corner].view(t, height, width)
 
-    node_at = torch.full((t * height * width,), -1, dtype=torch.long, device=device)
-    node_at[keys] = torch.arange(len(keys), device=device)
-    node_at = node_at.view(t, height * width)
-    cover = torch.where(emitted[0].flatten(1), node_at[:, layout.corner_of[0]], -1)
-    for lvl, step in enumerate(layout.steps, start=1):
-        inherited = cover[:, step.parent_of]
-        own = torch.where(emitted[lvl].flatten(1), node_at[:, layout.corner_of[lvl]], -1)
-        cover = torch.where(inherited >= 0, inherited, own)
-    cover = cover.view(t, height, width)
+    frame, corner, level = keys // cells, keys % cells, cover_level.flatten()[keys]
+    y, x = corner // width, corner % width
+    y1, x1, cell = layout.corner_info[level, corner].unbind(dim=1)
+    features = gather_node_features(tree, keys, level, frame, cell)
     boxes = torch.stack([frame, y, x, y1, x1], dim=1)
     return Nodes(features, boxes, (y1 - y) * (x1 - x), cover)
 
 
 def gather_node_features(
-    tree: QuadTree, keys: torch.Tensor, level: torch.Tensor, row_in_video: torch.Tensor, col: torch.Tensor
+    tree: QuadTree, keys: torch.Tensor, level: torch.Tensor, frame: torch.Tensor, cell: torch.Tensor
 ) -> torch.Tensor:
-    """[N, C] features of nodes given by their level and (frame·h + row, col) in it; finest-level nodes by key.
+    """[N, C] features of nodes given by level, frame and cell within the level; finest-level nodes by key.
 
     Reads the finest level in place rather than copying it into one bank with the coarse levels.
     """
     finest = tree.features[-1].flatten(0, 2)
     if len(tree.features) == 1:
         return finest[keys]
-    layout = tree.layout
     leaf = level == len(tree.features) - 1
     coarse = torch.cat([f.flatten(0, 2) for f in tree.features[:-1]])
-    coarse_index = len(tree.features[-1]) * layout.cells_before[level] + row_in_video * layout.widths[level] + col
+    cells, cells_before = tree.layout.cells[level].unbind(dim=1)
+    coarse_index = len(tree.features[-1]) * cells_before + frame * cells + cell
     return torch.where(leaf[:, None], finest[torch.where(leaf, keys, 0)], coarse[torch.where(leaf, 0, coarse_index)])
 
 
@@ -372,7 +364,7 @@ def propagate_labels(
 ) -> torch.Tensor:
     """[N] group label (smallest member index) of each node, by the authors' min-label propagation (§2.3).
 
-    Each round, both ends of every linked pair take the pair's smaller label (one ``amin`` scatter), then every
+    Each round, both ends of every linked pair take the pair's smaller label (``amin`` scatters), then every
     label jumps to its label's label. ``until_consistent=False`` is the authors' loop: it stops at the first
     round whose labels are idempotent, which can be before every linked pair agrees. ``True`` goes on until
     every linked pair shares a label (connected components).
@@ -382,13 +374,14 @@ def propagate_labels(
     ends = torch.cat([earlier, later])
     labels = torch.arange(num_nodes + 1, device=earlier.device)
     while True:
-        smaller = torch.minimum(labels[earlier], labels[later])
-        labels = labels.scatter_reduce(0, ends, smaller.repeat(2), reduce="amin")
+        smaller = labels[ends].view(2, -1).amin(dim=0)
+        labels.scatter_reduce_(0, earlier, smaller, reduce="amin")
+        labels.scatter_reduce_(0, later, smaller, reduce="amin")
         labels = labels[labels]
-        settled = labels[labels] == labels
-        if until_consistent:
-            settled = torch.cat([settled, labels[earlier] == labels[later]])
-        if bool(settled.all()):
+        settled = torch.equal(labels, labels[labels])
+        if settled and until_consistent:
+            settled = torch.equal(labels[earlier], labels[later])
+        if settled:
             return labels[:num_nodes]
 
 
@@ -435,12 +428,7 @@ def group_nodes(
     own = torch.arange(num_nodes, device=next_partner.device)
     frame, last_frame = nodes.boxes[:, 0], nodes.cover.shape[0] - 1
     earlier, later = torch.cat([own, previous_partner]), torch.cat([next_partner, own])
-    sim = torch.cat(
-        [
-            partner_similarity(nodes.features, next_partner, head_dim),
-            partner_similarity(nodes.features, previous_partner, head_dim),
-        ]
-    )
+    sim = partner_similarity(nodes.features, torch.stack([next_partner, previous_partner]), head_dim).flatten()
     linked = torch.cat([frame < last_frame, frame > 0]) & (sim >= temporal_threshold)
     if variant == "corrected":
         linked = most_similar_links(earlier, later, linked, sim, num_nodes)
@@ -448,16 +436,19 @@ def group_nodes(
     return nodes, labels
 
 
-def partner_similarity(features: torch.Tensor, partner: torch.Tensor, head_dim: int | None) -> torch.Tensor:
-    """[N] the authors' temporal similarity <a/(|a|+1e-8), b/(|b|+1e-8)> of each node and its partner (§2.2).
+def partner_similarity(features: torch.Tensor, partners: torch.Tensor, head_dim: int | None) -> torch.Tensor:
+    """[K, N] the authors' temporal similarity <a/(|a|+1e-8), b/(|b|+1e-8)> of each node and its K partners.
 
-    In float32; with ``head_dim``, averaged over channel chunks of that width.
+    ``partners`` is [K, N]. In float32 (§2.2); with ``head_dim``, averaged over channel chunks of that width.
     """
     n, c = features.shape
+    k = len(partners)
     chunk = head_dim or c
-    norms = torch.linalg.vector_norm(features.view(n, -1, chunk), dim=-1, dtype=torch.float32) + 1e-8
-    dots = batched_dot(features.view(-1, 1, chunk), features[partner].view(-1, chunk, 1)).view(n, -1)
-    return (dots / (norms * norms[partner])).mean(dim=-1)
+    norms = torch.linalg.vector_norm(features.view(n, -1, chunk), dim=-1, dtype=torch.float32) + 1e-8  # [N, h]
+    others = features[partners.flatten()].view(k, n, -1, chunk)
+    dots = batched_dot(features.view(-1, 1, chunk), others.permute(1, 2, 3, 0).reshape(-1, chunk, k))
+    cos = dots.view(n, -1, k) / (norms[:, :, None] * norms[partners].permute(1, 2, 0))
+    return cos.mean(dim=1).T
 
 
 def count_tokens(nodes: Nodes, labels: torch.Tensor | None) -> int:
