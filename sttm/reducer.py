@@ -8,7 +8,7 @@ from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, regis
 from sttm.merge import VARIANTS, QuadTree, build_quadtree, count_tokens, group_nodes, merge_video
 
 #: bisection rounds of the budget search over the spatial threshold.
-_SEARCH_ROUNDS = 20
+_SEARCH_ROUNDS = 14
 
 
 def _check_threshold(name: str, value: float) -> float:
