@@ -113,18 +113,14 @@ def make_step(child_height: int, child_width: int, device: torch.device) -> Step
 class Layout:
     """Index tensors that depend only on the grid shape and root level; levels root first, finest last.
 
-    sizes:            (h, w) of each level.
     steps:            ``steps[l]`` pairs level l + 1 into level l.
-    corner_of:        per level, [h·w] flat finest-grid index (y0·W + x0) of each node's top-left patch.
     ancestor_cell:    [L, H·W] each patch's level-l ancestor, as an index into all levels' cells concatenated.
     ancestor_corner:  [L, H·W] the flat finest-grid index of that ancestor's top-left patch.
     corner_info:      [L, H·W, 3] for the level-l node whose top-left patch is p: (y1, x1, its cell in the level).
     cells:            [L, 2] cells per frame of each level, and in the levels before it.
     """
 
-    sizes: list[tuple[int, int]]
     steps: list[Step]
-    corner_of: list[torch.Tensor]
     ancestor_cell: torch.Tensor
     ancestor_corner: torch.Tensor
     corner_info: torch.Tensor
@@ -156,15 +152,14 @@ def grid_layout(height: int, width: int, root_level: int, device: torch.device) 
         x1.insert(0, x1[0][step.cols.second])
     cells = torch.tensor([h * w for h, w in sizes], device=device)
     cells_before = torch.cumsum(cells, 0) - cells
+    # per level, [h·w] flat finest-grid index (y0·W + x0) of each node's top-left patch
     corner_of = [(top[:, None] * width + left[None, :]).flatten() for top, left in zip(y0, x0, strict=True)]
     corner_info = torch.zeros(len(sizes), height * width, 3, dtype=torch.long, device=device)
     for lvl, (h, w) in enumerate(sizes):
         ends = torch.stack(torch.broadcast_tensors(y1[lvl][:, None], x1[lvl][None, :]), dim=-1).flatten(0, 1)
         corner_info[lvl, corner_of[lvl]] = torch.cat([ends, torch.arange(h * w, device=device)[:, None]], dim=1)
     return Layout(
-        sizes=sizes,
         steps=steps,
-        corner_of=corner_of,
         ancestor_cell=torch.stack(ancestor) + cells_before[:, None],
         ancestor_corner=torch.stack([corners[cell] for corners, cell in zip(corner_of, ancestor, strict=True)]),
         corner_info=corner_info,
