@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 GOLDEN ?= ../shared/golden
 
-.PHONY: setup test lint golden bench sweep
+.PHONY: setup test lint golden bench sweep report
 
 setup: $(STAMP)
 
@@ -32,3 +32,7 @@ bench: setup
 BUDGET ?= 0.5
 sweep: setup
 	$(PY) -m runners.sweep budget=$(BUDGET)
+
+RESULTS ?= outputs
+report: setup
+	$(PY) -m runners.report $(RESULTS)

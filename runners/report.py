@@ -1,0 +1,159 @@
+"""Tables and plots from evaluation cells, in the layout of the STTM paper's tables.
+
+    python -m runners.report RESULTS_DIR [--out DIR]
+
+Rows are method × budget for each model; columns are the benchmarks' accuracies, their average, the average
+relative to the full-token run of the same model, prefill and TTFT speed-ups over that run, and the achieved
+ratio of visual tokens. Writes ``table.md``, ``table.csv`` and ``table.tex``, and three plots: accuracy against
+budget per benchmark, average accuracy against prefill speed-up with its Pareto front, and the TTFT breakdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from runners.records import load_cells  # noqa: E402
+
+FULL_TOKENS = "none"  # the reducer name of the full-token run
+
+
+def summarize(records: pd.DataFrame) -> pd.DataFrame:
+    """One row per (model, reducer, budget, task): accuracy over answered questions and mean costs."""
+    answered = records[records["error"].isna()]
+    grouped = answered.groupby(["model", "reducer", "budget", "task"])
+    summary = grouped.agg(
+        accuracy=("correct", lambda c: 100 * c.astype(float).mean()),
+        questions=("doc_id", "size"),
+        achieved_ratio=("achieved_ratio", "mean"),
+        prefill_ms=("prefill_ms", "mean"),
+        ttft_ms=("ttft_ms", "mean"),
+        vision_ms=("vision_ms", "mean"),
+        reducer_ms=("reducer_ms", "mean"),
+    )
+    failed = records[records["error"].notna()].groupby(["model", "reducer", "budget", "task"]).size()
+    summary["failed"] = failed.reindex(summary.index, fill_value=0)
+    return summary.reset_index()
+
+
+def paper_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Method × budget rows per model, benchmarks as columns, plus average, relative accuracy and speed-ups."""
+    cells = ["model", "reducer", "budget"]
+    accuracy = summary.pivot_table(index=cells, columns="task", values="accuracy")
+    table = accuracy.assign(average=accuracy.mean(axis=1))
+    costs = summary.groupby(cells)[["prefill_ms", "ttft_ms", "achieved_ratio"]].mean().reindex(table.index)
+    is_full = table.index.get_level_values("reducer") == FULL_TOKENS
+    if is_full.any():
+        per_model = pd.concat([table["average"], costs], axis=1)[is_full].groupby(level="model").first()
+        full = per_model.reindex(table.index.get_level_values("model")).set_index(table.index)
+        table["relative_%"] = 100 * table["average"] / full["average"]
+        table["prefill_speedup"] = full["prefill_ms"] / costs["prefill_ms"]
+        table["ttft_speedup"] = full["ttft_ms"] / costs["ttft_ms"]
+    table["achieved_ratio"] = costs["achieved_ratio"]
+    table["failed"] = summary.groupby(cells)["failed"].sum().reindex(table.index)
+    return table.sort_index(level=["model", "budget", "reducer"], ascending=[True, False, True]).round(2)
+
+
+def plot_accuracy_vs_budget(summary: pd.DataFrame, path: Path) -> None:
+    tasks = sorted(summary["task"].unique())
+    figure, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.5), squeeze=False)
+    for axis, task in zip(axes[0], tasks, strict=True):
+        rows = summary[summary["task"] == task]
+        for reducer, points in rows[rows["reducer"] != FULL_TOKENS].groupby("reducer"):
+            points = points.sort_values("achieved_ratio")
+            axis.plot(points["achieved_ratio"], points["accuracy"], marker="o", label=reducer)
+        full = rows[rows["reducer"] == FULL_TOKENS]["accuracy"]
+        if len(full):
+            axis.axhline(full.mean(), color="black", linestyle="--", label="full tokens")
+        axis.set(title=task, xlabel="achieved ratio of visual tokens", ylabel="accuracy (%)")
+    axes[0][-1].legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def pareto_front(points: pd.DataFrame) -> pd.DataFrame:
+    """The points no other point beats on both prefill speed-up and average accuracy."""
+    ordered = points.sort_values(["prefill_speedup", "average"], ascending=[False, False])
+    front, best = [], -float("inf")
+    for index, row in ordered.iterrows():
+        if row["average"] > best:
+            front.append(index)
+            best = row["average"]
+    return ordered.loc[front].sort_values("prefill_speedup")
+
+
+def plot_accuracy_vs_speedup(table: pd.DataFrame, path: Path) -> None:
+    figure, axis = plt.subplots(figsize=(6, 4.5))
+    points = table.reset_index()
+    for reducer, rows in points.groupby("reducer"):
+        axis.scatter(rows["prefill_speedup"], rows["average"], label=reducer)
+    front = pareto_front(points)
+    axis.plot(front["prefill_speedup"], front["average"], color="gray", linestyle=":", label="Pareto front")
+    axis.set(xlabel="LLM prefill speed-up over full tokens", ylabel="average accuracy (%)")
+    axis.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_ttft_breakdown(summary: pd.DataFrame, path: Path) -> None:
+    parts = summary.groupby(["reducer", "budget"])[["vision_ms", "reducer_ms", "prefill_ms"]].mean()
+    figure, axis = plt.subplots(figsize=(max(6, 0.6 * len(parts)), 4))
+    parts.rename(index=lambda b: f"{b:g}" if isinstance(b, float) else b).plot.bar(stacked=True, ax=axis)
+    axis.set(ylabel="ms per question", xlabel="reducer, budget", title="time to first token, by part")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def write_report(records: pd.DataFrame, out: Path) -> dict[str, Path]:
+    """Write the tables and plots for ``records`` under ``out``; return their paths by kind."""
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarize(records)
+    table = paper_table(summary)
+    paths = {
+        "markdown": out / "table.md",
+        "csv": out / "table.csv",
+        "latex": out / "table.tex",
+        "accuracy_vs_budget": out / "accuracy_vs_budget.png",
+        "accuracy_vs_speedup": out / "accuracy_vs_speedup.png",
+        "ttft_breakdown": out / "ttft_breakdown.png",
+    }
+    paths["markdown"].write_text(table.to_markdown() + "\n")
+    table.to_csv(paths["csv"])
+    paths["latex"].write_text(table.to_latex(float_format="%.2f"))
+    plot_accuracy_vs_budget(summary, paths["accuracy_vs_budget"])
+    if "prefill_speedup" in table:
+        plot_accuracy_vs_speedup(table, paths["accuracy_vs_speedup"])
+    else:
+        del paths["accuracy_vs_speedup"]
+    plot_ttft_breakdown(summary, paths["ttft_breakdown"])
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", type=Path, help="folder holding evaluation cells")
+    parser.add_argument("--out", type=Path, help="where to write (default: RESULTS/report)")
+    args = parser.parse_args(argv)
+    records = load_cells(args.results)
+    if records.empty:
+        print(f"no records under {args.results}", file=sys.stderr)
+        return 1
+    paths = write_report(records, args.out or args.results / "report")
+    print(paths["markdown"].read_text())
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Per-question records (durable, resumable) and the paper-layout report."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from runners.records import (
+    QuestionRecord,
+    answered,
+    append_record,
+    is_done,
+    load_cells,
+    mark_done,
+    read_records,
+    write_cell_keys,
+)
+from runners.report import main as report_main
+from runners.report import paper_table, pareto_front, summarize
+
+TASKS = ("vnbench", "videomme")
+
+
+def record(task: str, doc_id: int, correct: bool, kept: int, prefill: float, error: str | None = None):
+    return QuestionRecord(
+        task=task, doc_id=doc_id, correct=None if error else correct, prediction="A", answer="A" if correct else "B",
+        visual_tokens_before=100, visual_tokens_after=kept, vision_ms=10.0, reducer_ms=1.0, prefill_ms=prefill,
+        ttft_ms=prefill + 11.0, error=error,
+    )  # fmt: skip
+
+
+def fill_cell(root, model, reducer, budget, correct_per_task, kept, prefill, failures=0):
+    cell = root / model / reducer / str(budget)
+    write_cell_keys(cell, model=model, reducer=reducer, budget=budget)
+    for task, correct in zip(TASKS, correct_per_task, strict=True):
+        for doc_id in range(4):
+            append_record(cell, record(task, doc_id, doc_id < correct, kept, prefill))
+    for doc_id in range(failures):
+        append_record(cell, record("vnbench", 100 + doc_id, False, 0, math.nan, error="video missing"))
+    return cell
+
+
+def test_a_line_cut_short_by_a_crash_is_dropped_and_that_question_runs_again(tmp_path):
+    cell = tmp_path / "cell"
+    append_record(cell, record("vnbench", 0, True, 50, 5.0))
+    append_record(cell, record("vnbench", 1, True, 50, 5.0))
+    text = (cell / "records.jsonl").read_text()
+    (cell / "records.jsonl").write_text(text[:-20])  # the crash cut the last line
+    assert answered(cell) == {("vnbench", 0)}
+    append_record(cell, record("vnbench", 1, False, 50, 5.0))
+    rows = read_records(cell)
+    assert len(rows) == 2 and {r["doc_id"]: r["correct"] for r in rows} == {0: True, 1: False}
+
+
+def test_a_record_stores_its_achieved_ratio(tmp_path):
+    append_record(tmp_path, record("vnbench", 0, True, 30, 5.0))
+    assert read_records(tmp_path)[0]["achieved_ratio"] == 0.3
+
+
+def test_done_marker(tmp_path):
+    assert not is_done(tmp_path)
+    mark_done(tmp_path, {"questions": 3})
+    assert is_done(tmp_path) and not list(tmp_path.glob(".*tmp"))
+
+
+@pytest.fixture
+def results(tmp_path):
+    fill_cell(tmp_path, "tiny", "none", 1.0, (4, 4), kept=100, prefill=100.0)
+    fill_cell(tmp_path, "tiny", "sttm", 0.5, (4, 3), kept=50, prefill=50.0, failures=2)
+    fill_cell(tmp_path, "tiny", "random", 0.5, (2, 2), kept=50, prefill=40.0)
+    return tmp_path
+
+
+def test_paper_table_relates_every_method_to_the_full_token_run(results):
+    records = load_cells(results)
+    table = paper_table(summarize(records))
+    sttm = table.loc[("tiny", "sttm", 0.5)]
+    assert sttm["vnbench"] == 100.0 and sttm["videomme"] == 75.0 and sttm["average"] == 87.5
+    assert sttm["relative_%"] == 87.5 and sttm["prefill_speedup"] == 2.0 and sttm["achieved_ratio"] == 0.5
+    assert sttm["ttft_speedup"] == pytest.approx(111 / 61, abs=0.01) and sttm["failed"] == 2
+    assert table.loc[("tiny", "none", 1.0)]["relative_%"] == 100.0
+    assert list(table.index.get_level_values("budget")) == [1.0, 0.5, 0.5]
+
+
+def test_pareto_front_drops_dominated_points():
+    points = pd.DataFrame({"prefill_speedup": [1.0, 2.0, 2.5, 1.5], "average": [90, 88, 80, 85]})
+    assert pareto_front(points)[["prefill_speedup", "average"]].values.tolist() == [[1.0, 90], [2.0, 88], [2.5, 80]]
+
+
+def test_report_writes_tables_and_plots(results, capsys):
+    assert report_main([str(results), "--out", str(results / "out")]) == 0
+    written = {p.name for p in (results / "out").iterdir()}
+    assert written == {
+        "table.md", "table.csv", "table.tex", "accuracy_vs_budget.png", "accuracy_vs_speedup.png", "ttft_breakdown.png"
+    }  # fmt: skip
+    assert "relative_%" in (results / "out" / "table.md").read_text()
+    assert (results / "out" / "accuracy_vs_budget.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_on_an_empty_folder_fails(tmp_path):
+    assert report_main([str(tmp_path)]) == 1
