@@ -66,12 +66,11 @@ def plot_accuracy_vs_budget(summary: pd.DataFrame, path: Path) -> None:
     figure, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.5), squeeze=False)
     for axis, task in zip(axes[0], tasks, strict=True):
         rows = summary[summary["task"] == task]
-        for reducer, points in rows[rows["reducer"] != FULL_TOKENS].groupby("reducer"):
+        for (model, reducer), points in rows[rows["reducer"] != FULL_TOKENS].groupby(["model", "reducer"]):
             points = points.sort_values("achieved_ratio")
-            axis.plot(points["achieved_ratio"], points["accuracy"], marker="o", label=reducer)
-        full = rows[rows["reducer"] == FULL_TOKENS]["accuracy"]
-        if len(full):
-            axis.axhline(full.mean(), color="black", linestyle="--", label="full tokens")
+            axis.plot(points["achieved_ratio"], points["accuracy"], marker="o", label=f"{model}: {reducer}")
+        for model, full in rows[rows["reducer"] == FULL_TOKENS].groupby("model"):
+            axis.axhline(full["accuracy"].mean(), color="black", linestyle="--", label=f"{model}: full tokens")
         axis.set(title=task, xlabel="achieved ratio of visual tokens", ylabel="accuracy (%)")
     axes[0][-1].legend(fontsize="small")
     figure.tight_layout()
@@ -93,8 +92,10 @@ def pareto_front(points: pd.DataFrame) -> pd.DataFrame:
 def plot_accuracy_vs_speedup(table: pd.DataFrame, path: Path) -> None:
     figure, axis = plt.subplots(figsize=(6, 4.5))
     points = table.reset_index()
-    for reducer, rows in points.groupby("reducer"):
-        axis.scatter(rows["prefill_speedup"], rows["average"], label=reducer)
+    for (model, reducer), rows in points.groupby(["model", "reducer"]):
+        axis.scatter(rows["prefill_speedup"], rows["average"], label=f"{model}: {reducer}")
+        for _, row in rows.iterrows():
+            axis.annotate(f"{row['budget']:g}", (row["prefill_speedup"], row["average"]), fontsize="x-small")
     front = pareto_front(points)
     axis.plot(front["prefill_speedup"], front["average"], color="gray", linestyle=":", label="Pareto front")
     axis.set(xlabel="LLM prefill speed-up over full tokens", ylabel="average accuracy (%)")
@@ -105,10 +106,10 @@ def plot_accuracy_vs_speedup(table: pd.DataFrame, path: Path) -> None:
 
 
 def plot_ttft_breakdown(summary: pd.DataFrame, path: Path) -> None:
-    parts = summary.groupby(["reducer", "budget"])[["vision_ms", "reducer_ms", "prefill_ms"]].mean()
+    parts = summary.groupby(["model", "reducer", "budget"])[["vision_ms", "reducer_ms", "prefill_ms"]].mean()
     figure, axis = plt.subplots(figsize=(max(6, 0.6 * len(parts)), 4))
     parts.rename(index=lambda b: f"{b:g}" if isinstance(b, float) else b).plot.bar(stacked=True, ax=axis)
-    axis.set(ylabel="ms per question", xlabel="reducer, budget", title="time to first token, by part")
+    axis.set(ylabel="ms per question", xlabel="model, reducer, budget", title="time to first token, by part")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -127,7 +128,7 @@ def write_report(records: pd.DataFrame, out: Path) -> dict[str, Path]:
         "accuracy_vs_speedup": out / "accuracy_vs_speedup.png",
         "ttft_breakdown": out / "ttft_breakdown.png",
     }
-    paths["markdown"].write_text(table.to_markdown() + "\n")
+    paths["markdown"].write_text(table.reset_index().to_markdown(index=False) + "\n")
     table.to_csv(paths["csv"])
     paths["latex"].write_text(table.to_latex(float_format="%.2f"))
     plot_accuracy_vs_budget(summary, paths["accuracy_vs_budget"])
