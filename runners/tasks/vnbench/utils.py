@@ -23,8 +23,9 @@ from collections import defaultdict
 CATEGORIES = {"ret": "retrieval", "ord": "ordering", "cnt": "counting"}
 TRIES_PER_VIDEO = 4
 
-# The STTM authors' list. Two pairs lack a comma between them, so Python joins each pair into one string that
-# never occurs: those four prefixes are never stripped. Kept as they wrote it, for the same answers.
+# The STTM authors' list. In their code two pairs lack a comma between them and Python joins each pair into
+# one string that never occurs, so those four prefixes are never stripped. Kept as it behaves, for the same
+# answers.
 ANSWER_PREFIXES = [
     "The best answer is",
     "The correct answer is",
