@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 GOLDEN ?= ../shared/golden
 
-.PHONY: setup test lint golden bench sweep report
+.PHONY: setup test lint golden bench sweep report toybench
 
 setup: $(STAMP)
 
@@ -36,3 +36,6 @@ sweep: setup
 RESULTS ?= outputs
 report: setup
 	$(PY) -m runners.report $(RESULTS)
+
+toybench: setup
+	$(PY) -m runners.toybench data/toybench

@@ -1,0 +1,76 @@
+"""The offline benchmark suite: six synthetic video QA benchmarks written as mp4 files and JSONL.
+
+    python -m runners.toybench OUT_DIR [--seed 0] [--train-videos 4]
+
+Writes ``OUT_DIR/<benchmark>/{test,train}.jsonl`` and ``OUT_DIR/<benchmark>/videos/*.mp4``. The train split
+comes from the same generators with another seed. Re-running skips splits that are complete.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from runners.records import write_atomically
+from runners.toybench.benchmarks import BENCHMARKS, Question, videos
+from runners.toybench.render import write_video
+
+LETTERS = "ABCDE"
+SPLIT_SEEDS = {"test": 0, "train": 1_000}
+
+
+def lettered(question: Question, answer_position: int, rng: np.random.Generator) -> tuple[list[str], str]:
+    """Options as "A. …" lines with the right one at ``answer_position``, and its letter."""
+    options = [question.wrong[i] for i in rng.permutation(len(question.wrong))]
+    options.insert(answer_position, question.correct)
+    return [f"{LETTERS[i]}. {text}" for i, text in enumerate(options)], LETTERS[answer_position]
+
+
+def generate_split(name: str, split: str, out: Path, seed: int, count: int) -> Path:
+    """Write one split of one benchmark; return its JSONL path."""
+    folder = out / name
+    jsonl = folder / f"{split}.jsonl"
+    rng = np.random.default_rng([seed, 7])
+    asked = 0
+    rows = []
+    progress = tqdm(videos(name, seed + SPLIT_SEEDS[split], count), total=count, desc=f"{name} {split}", leave=False)
+    for index, (frames, questions) in enumerate(progress):
+        video_id = f"{split}{index:04d}"
+        write_video(frames, folder / "videos" / f"{video_id}.mp4")
+        for number, question in enumerate(questions):
+            for attempt in range(question.tries):
+                options, answer = lettered(question, asked % (len(question.wrong) + 1), rng)
+                asked += 1
+                rows.append(
+                    {
+                        "question_id": f"{name}_{video_id}_q{number}_try{attempt}",
+                        "videoID": video_id,
+                        "video": f"videos/{video_id}.mp4",
+                        "question": question.text,
+                        "options": options,
+                        "answer": answer,
+                        "task_type": question.task_type,
+                        "try": attempt,
+                        "split": split,
+                    }
+                )
+    write_atomically(jsonl, "".join(json.dumps(row) + "\n" for row in rows))
+    return jsonl
+
+
+def generate(
+    out: Path, seed: int = 0, train_factor: int = 4, splits: tuple[str, ...] = ("test", "train")
+) -> list[Path]:
+    """Every benchmark's splits under ``out`` (a complete split is left as it is)."""
+    written = []
+    for name, (_, test_videos) in BENCHMARKS.items():
+        for split in splits:
+            jsonl = out / name / f"{split}.jsonl"
+            if not jsonl.is_file():
+                count = test_videos * (train_factor if split == "train" else 1)
+                generate_split(name, split, out, seed, count)
+            written.append(jsonl)
+    return written

@@ -1,0 +1,95 @@
+"""The synthetic benchmarks: sizes, balance, determinism, decodable videos, answers the pixels support."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from runners.toybench import generate, generate_split
+from runners.toybench.benchmarks import BENCHMARKS
+from runners.toybench.render import COLORS, SIZE, read_video
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+    out = tmp_path_factory.mktemp("toybench")
+    generate(out, train_factor=0, splits=("test",))
+    return {name: [json.loads(line) for line in (out / name / "test.jsonl").open()] for name in BENCHMARKS}, out
+
+
+def test_every_benchmark_has_100_to_200_questions_with_balanced_answers(suite):
+    docs, _ = suite
+    for name, rows in docs.items():
+        assert 100 <= len(rows) <= 200, name
+        letters = Counter(row["answer"] for row in rows)
+        assert max(letters.values()) - min(letters.values()) <= 1, (name, letters)
+        assert len(letters) == len(rows[0]["options"]), name
+        assert all(row["options"][ord(row["answer"]) - 65].startswith(row["answer"] + ". ") for row in rows)
+
+
+def test_vnbench_asks_each_question_four_times_with_options_reordered(suite):
+    docs, _ = suite
+    by_video = {}
+    for row in docs["toy_vnbench"]:
+        by_video.setdefault(row["videoID"], []).append(row)
+    for rows in by_video.values():
+        assert [r["try"] for r in rows] == [0, 1, 2, 3]
+        assert len({r["answer"] for r in rows}) == 4  # the right answer moves through A..D
+
+
+def test_videos_decode_at_the_model_resolution(suite):
+    docs, out = suite
+    for name, rows in docs.items():
+        frames = read_video(out / name / rows[0]["video"])
+        assert frames.shape[1:] == (SIZE, SIZE, 3) and len(frames) in (16, 24, 32)
+
+
+def colors_in(frames: np.ndarray) -> set[str]:
+    """Object colours present on at least 50 pixels of some frame."""
+    present = set()
+    for name, rgb in COLORS.items():
+        close = (np.abs(frames.astype(int) - rgb).sum(-1) < 40).sum(axis=(1, 2))
+        if close.max() >= 50:
+            present.add(name)
+    return present
+
+
+def test_a_retrieval_needle_is_in_the_video_and_its_distractors_are_not(suite):
+    docs, out = suite
+    retrieval = [r for r in docs["toy_vnbench"] if r["task_type"] == "ret" and r["try"] == 0]
+    assert retrieval
+    for row in retrieval:
+        present = colors_in(read_video(out / "toy_vnbench" / row["video"]))
+        options = {o.split(". ", 1)[1]: o[0] for o in row["options"]}
+        assert {c for c in options if c in present} == {c for c, letter in options.items() if letter == row["answer"]}
+
+
+def test_the_camera_moves_only_when_the_answer_says_so(suite):
+    docs, out = suite
+    for row in docs["toy_egoschema"][:20]:
+        frames = read_video(out / "toy_egoschema" / row["video"]).astype(int)
+        change = np.abs(np.diff(frames, axis=0)).mean()
+        answer = row["options"][ord(row["answer"]) - 65].split(". ", 1)[1]
+        assert (change < 1.0) == (answer == "it did not move"), (row["question_id"], change)
+
+
+def test_the_same_seed_gives_the_same_benchmark(tmp_path):
+    first = generate_split("toy_videomme", "test", tmp_path / "a", seed=3, count=2)
+    second = generate_split("toy_videomme", "test", tmp_path / "b", seed=3, count=2)
+    other = generate_split("toy_videomme", "test", tmp_path / "c", seed=4, count=2)
+    assert first.read_text() == second.read_text() != other.read_text()
+    video = json.loads(first.read_text().splitlines()[0])["video"]
+    assert np.array_equal(read_video(first.parent / video), read_video(second.parent / video))
+
+
+def test_train_split_differs_from_test(tmp_path):
+    test = generate_split("toy_nextqa", "test", tmp_path, seed=0, count=3)
+    train = generate_split("toy_nextqa", "train", tmp_path, seed=0, count=3)
+    assert not np.array_equal(
+        read_video(tmp_path / "toy_nextqa" / "videos" / "test0000.mp4"),
+        read_video(tmp_path / "toy_nextqa" / "videos" / "train0000.mp4"),
+    )
+    assert test.name == "test.jsonl" and train.name == "train.jsonl"
