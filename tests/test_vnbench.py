@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from runners.tasks.multiple_choice import extract_answer_letter
 from runners.tasks.vnbench.utils import (
-    extract_answer_letter,
     vnbench_doc_to_text,
     vnbench_entry_accuracy,
     vnbench_official_aggregate,

@@ -2,8 +2,10 @@
 
     python -m runners.toybench OUT_DIR [--seed 0] [--train-videos 4]
 
-Writes ``OUT_DIR/<benchmark>/{test,train}.jsonl`` and ``OUT_DIR/<benchmark>/videos/*.mp4``. The train split
-comes from the same generators with another seed. Re-running skips splits that are complete.
+Writes ``OUT_DIR/<benchmark>/{test,train}.jsonl``, ``OUT_DIR/<benchmark>/videos/*.mp4`` and the lmms-eval
+task ``OUT_DIR/<benchmark>/<benchmark>.yaml`` (load it with ``TaskManager(include_path=OUT_DIR)``). Video paths
+in the JSONL are absolute: the data belongs to the machine that generated it. The train split comes from the
+same generators with another seed. Re-running skips splits that are complete.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def generate_split(name: str, split: str, out: Path, seed: int, count: int) -> P
                     {
                         "question_id": f"{name}_{video_id}_q{number}_try{attempt}",
                         "videoID": video_id,
-                        "video": f"videos/{video_id}.mp4",
+                        "video": str((folder / "videos" / f"{video_id}.mp4").resolve()),
                         "question": question.text,
                         "options": options,
                         "answer": answer,
@@ -59,6 +61,53 @@ def generate_split(name: str, split: str, out: Path, seed: int, count: int) -> P
                 )
     write_atomically(jsonl, "".join(json.dumps(row) + "\n" for row in rows))
     return jsonl
+
+
+TASK_YAML = """\
+task: {name}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_visual: !function runners.tasks.toybench.doc_to_visual
+doc_to_text: !function runners.tasks.toybench.doc_to_text
+doc_to_target: answer
+generation_kwargs:
+  max_new_tokens: 16
+  do_sample: false
+  num_beams: 1
+process_results: !function runners.tasks.toybench.{process_results}
+metric_list:
+  - metric: accuracy
+    aggregation: mean
+    higher_is_better: true
+{extra_metrics}metadata:
+  version: 0
+"""
+VNBENCH_METRICS = """\
+  - metric: vnbench_official
+    aggregation: !function runners.tasks.vnbench.utils.vnbench_official_aggregate
+    higher_is_better: true
+  - metric: vnbench_entry_accuracy
+    aggregation: !function runners.tasks.vnbench.utils.vnbench_entry_accuracy
+    higher_is_better: true
+"""
+
+
+def write_task_yaml(name: str, out: Path) -> Path:
+    """The lmms-eval task of benchmark ``name`` over its test split."""
+    vnbench = name == "toy_vnbench"
+    text = TASK_YAML.format(
+        name=name,
+        data=(out / name / "test.jsonl").resolve(),
+        process_results="vnbench_process_results_with_accuracy" if vnbench else "process_results",
+        extra_metrics=VNBENCH_METRICS if vnbench else "",
+    )
+    path = out / name / f"{name}.yaml"
+    write_atomically(path, text)
+    return path
 
 
 def generate(
@@ -73,4 +122,6 @@ def generate(
                 count = test_videos * (train_factor if split == "train" else 1)
                 generate_split(name, split, out, seed, count)
             written.append(jsonl)
+        if "test" in splits:
+            write_task_yaml(name, out)
     return written

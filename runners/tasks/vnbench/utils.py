@@ -17,48 +17,19 @@ Two scores:
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
+
+from runners.tasks.multiple_choice import extract_answer_letter, prompt
 
 CATEGORIES = {"ret": "retrieval", "ord": "ordering", "cnt": "counting"}
 TRIES_PER_VIDEO = 4
 
-# The STTM authors' list. In their code two pairs lack a comma between them and Python joins each pair into
-# one string that never occurs, so those four prefixes are never stripped. Kept as it behaves, for the same
-# answers.
-ANSWER_PREFIXES = [
-    "The best answer is",
-    "The correct answer is",
-    "The answer is",
-    "The answer",
-    "The best option isThe correct option is",
-    "Best answer:Best option:",
-    "Answer:",
-    "Option:",
-    "The correct answer",
-    "The correct option",
-]
-
-OPTION_PROMPT = (
-    "Select the best answer to the following multiple-choice question based on the video and the subtitles. "
-    "Respond with only the letter (A, B, C, or D) of the correct option."
-)
-
 
 def vnbench_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
     """The STTM authors' prompt: instruction, question, one option per line, then "The best answer is:"."""
-    post_prompt = (lmms_eval_specific_kwargs or {}).get("post_prompt", "The best answer is:")
-    return "\n".join([OPTION_PROMPT, doc["question"], *doc["options"], post_prompt])
-
-
-def extract_answer_letter(response: str, letters: str = "ABCD") -> str:
-    """The first option letter anywhere in ``response`` once the known prefixes are removed, or "" (the STTM
-    authors' ``extract_characters_regex``; so "Based on the video…" answers "B")."""
-    text = response.strip()
-    for prefix in ANSWER_PREFIXES:
-        text = text.replace(prefix, "")
-    found = re.search(f"[{letters}]", text)
-    return found[0] if found else ""
+    return prompt(
+        doc["question"], doc["options"], (lmms_eval_specific_kwargs or {}).get("post_prompt", "The best answer is:")
+    )
 
 
 def vnbench_process_results(doc: dict, results: list[str]) -> dict:
