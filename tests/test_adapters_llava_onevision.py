@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from transformers import AutoProcessor, LlavaOnevisionForConditionalGeneration
 
 from sttm.adapters.llava_onevision import reduce_at_layer, reduce_before_llm
-from sttm.adapters.tiny import VIDEO_TOKEN_ID, tiny_llava_onevision
+from sttm.adapters.tiny import (
+    VIDEO_TOKEN_ID,
+    save_tiny_llava_onevision,
+    tiny_llava_onevision,
+    tiny_llava_onevision_processor,
+)
 from sttm.api import Reducer, Reduction, Stage, VideoTokens
 from sttm.reducer import STTM
 
@@ -49,7 +56,7 @@ class Everything(Reducer):
 
 
 def prompt():
-    ids = torch.tensor([[1, 2, 3, *[VIDEO_TOKEN_ID] * (FRAMES * SIDE * SIDE + 1), 4, 5, 6, 7]])
+    ids = torch.tensor([[10, 11, 12, *[VIDEO_TOKEN_ID] * (FRAMES * SIDE * SIDE + 1), 13, 14, 15, 16]])
     pixels = torch.randn(1, FRAMES, 3, 112, 112, generator=torch.Generator().manual_seed(1))
     return ids, pixels
 
@@ -125,3 +132,26 @@ def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="unknown positions mode 'sorted'"):
         with reduce_before_llm(model, BlockMean(), "sorted"):
             pass
+
+
+def test_the_tiny_model_round_trips_through_a_hugging_face_folder(tmp_path):
+    save_tiny_llava_onevision(tmp_path / "tiny")
+    loaded = LlavaOnevisionForConditionalGeneration.from_pretrained(tmp_path / "tiny").eval()
+    processor = AutoProcessor.from_pretrained(tmp_path / "tiny")
+    _, original = generate(tiny_llava_onevision())
+    _, reloaded = generate(loaded)
+    assert torch.equal(original, reloaded)
+    assert processor.video_token_id == VIDEO_TOKEN_ID == loaded.config.video_token_id
+
+
+def test_a_processed_video_is_reduced_at_layer_2_with_sttm():
+    processor = tiny_llava_onevision_processor()
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What color was it ?"}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    video = np.random.default_rng(0).integers(0, 255, (4, 112, 112, 3), dtype=np.uint8)
+    inputs = processor(text=text, videos=[video], return_tensors="pt")
+    model = tiny_llava_onevision()
+    with reduce_at_layer(model, STTM(budget=0.5, root_level=0), 2) as log:
+        output = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert output.shape[1] == inputs["input_ids"].shape[1] + 3
+    assert log.last.num_input == 4 * SIDE * SIDE and log.last.kept_ratio <= 0.5
