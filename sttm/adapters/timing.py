@@ -1,0 +1,120 @@
+"""Per-request timing of ``generate`` on a video LLM, without synchronising inside the generation loop.
+
+Definitions (all in milliseconds; CUDA events on GPU, ``perf_counter`` on CPU; the video is already decoded):
+
+* ``vision_ms``: from the vision tower's start to the language model's start: vision encoder, projector,
+  pooling and the placement of the features among the text embeddings.
+* ``prefill_ms``: the language model's first forward (all decoder layers over the prompt, a reducer acting
+  inside it included), as the STTM paper's "pre-filling" time; the vision encoder is not in it.
+* ``ttft_ms``: from the call of ``generate`` to the first generated token.
+* ``decode_ms_per_token``: the time of each later token, averaged.
+* ``peak_memory_mb``: the device's peak allocated memory during the call (NaN on CPU).
+
+Clocks are marked from hooks and a logits processor; on GPU the events are read once, after the call.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList
+
+
+@dataclass(frozen=True)
+class Timing:
+    vision_ms: float
+    prefill_ms: float
+    ttft_ms: float
+    decode_ms_per_token: float
+    peak_memory_mb: float
+    new_tokens: int
+
+
+class Clock:
+    """Marks points in time on the host or the device; ``between`` reads them (synchronising on GPU once)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.marks: dict[str, object] = {}
+
+    def mark(self, name: str) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks[name] = event
+        else:
+            self.marks[name] = time.perf_counter()
+
+    def between(self, start: str, end: str) -> float:
+        if start not in self.marks or end not in self.marks:
+            return math.nan
+        first, last = self.marks[start], self.marks[end]
+        if self.cuda:
+            last.synchronize()
+            return first.elapsed_time(last)
+        return (last - first) * 1e3
+
+
+class _MarkTokens(LogitsProcessor):
+    """Marks the first and the latest token as generate asks for them."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock, self.calls = clock, 0
+
+    def __call__(self, input_ids, scores):
+        self.calls += 1
+        self.clock.mark("first_token" if self.calls == 1 else "last_token")
+        return scores
+
+
+def timed_generate(model, inputs: dict, **generate_kwargs) -> tuple[torch.Tensor, Timing]:
+    """``model.generate(**inputs, **generate_kwargs)`` with its timing (see the module docstring)."""
+    device = next(model.parameters()).device
+    clock = Clock(device)
+    marker = _MarkTokens(clock)
+    language_model = model.model.language_model
+    state = {"prefill_done": False}
+
+    def on_vision_start(module, args):
+        if "vision" not in clock.marks:
+            clock.mark("vision")
+
+    def on_language_start(module, args, kwargs):
+        if not state["prefill_done"]:
+            clock.mark("prefill_start")
+
+    def on_language_end(module, args, kwargs, output):
+        if not state["prefill_done"]:
+            clock.mark("prefill_end")
+            state["prefill_done"] = True
+
+    handles = [
+        model.model.vision_tower.register_forward_pre_hook(on_vision_start),
+        language_model.register_forward_pre_hook(on_language_start, with_kwargs=True),
+        language_model.register_forward_hook(on_language_end, with_kwargs=True),
+    ]
+    if clock.cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    processors = LogitsProcessorList([*generate_kwargs.pop("logits_processor", []), marker])
+    try:
+        clock.mark("call")
+        output = model.generate(**inputs, logits_processor=processors, **generate_kwargs)
+        clock.mark("end")
+    finally:
+        for handle in handles:
+            handle.remove()
+    new_tokens = output.shape[1] - inputs["input_ids"].shape[1]
+    timing = Timing(
+        vision_ms=clock.between("vision", "prefill_start"),
+        prefill_ms=clock.between("prefill_start", "prefill_end"),
+        ttft_ms=clock.between("call", "first_token"),
+        decode_ms_per_token=clock.between("first_token", "last_token") / (marker.calls - 1)
+        if marker.calls > 1
+        else math.nan,
+        peak_memory_mb=torch.cuda.max_memory_allocated(device) / 2**20 if clock.cuda else math.nan,
+        new_tokens=new_tokens,
+    )
+    return output, timing
