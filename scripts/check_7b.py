@@ -1,0 +1,165 @@
+"""Reduction at 7B scale on a GPU: a LLaVA-OneVision-7B-sized model with random bf16 weights.
+
+    python scripts/check_7b.py --frames 64 128 --output check_7b.json
+
+Architecture from the published configs (SigLIP-so400m-384 + Qwen2-7B), built without a download. The video
+has scenes of flat-coloured blocks, so that even random vision weights give redundant tokens. For each frame
+count it times full tokens, STTM at layer 2 (budget mode, and at the fixed thresholds that budget mode chose,
+as the paper uses fixed thresholds) and VidCom2 before the LLM, at budgets 0.5 and 0.3: median of
+``--repeats`` calls after one warm-up. It also checks that cached decoding under STTM matches recomputing the
+reduced forward at every step (bf16 tolerance).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+
+from baselines.vidcom2 import VidCom2
+from sttm.adapters.llava_onevision import reduce_at_layer, reduce_before_llm
+from sttm.adapters.timing import timed_generate
+from sttm.reducer import STTM
+
+VIDEO_TOKEN, IMAGE_TOKEN = 151_647, 151_646
+
+
+def llava_onevision_7b() -> LlavaOnevisionForConditionalGeneration:
+    config = LlavaOnevisionConfig(
+        vision_config=dict(
+            model_type="siglip_vision_model", hidden_size=1152, intermediate_size=4304, num_hidden_layers=26,
+            num_attention_heads=16, image_size=384, patch_size=14,
+        ),
+        text_config=dict(
+            model_type="qwen2", hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+            num_attention_heads=28, num_key_value_heads=4, vocab_size=152_064, max_position_embeddings=32_768,
+        ),
+        image_token_id=IMAGE_TOKEN, video_token_id=VIDEO_TOKEN, vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+    )  # fmt: skip
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("cuda"):
+            model = LlavaOnevisionForConditionalGeneration(config)
+    finally:
+        torch.set_default_dtype(default)
+    return model.eval()
+
+
+def scene_video(frames: int, seed: int = 0) -> torch.Tensor:
+    """[1, T, 3, 384, 384] bf16: 8-frame scenes of 6x6 flat blocks (27x27 patches) plus light noise."""
+    generator = torch.Generator().manual_seed(seed)
+    scenes = []
+    for _ in range(0, frames, 8):
+        blocks = torch.rand(3, 6, 6, generator=generator) * 2 - 1
+        scene = torch.nn.functional.interpolate(blocks[None], size=(384, 384), mode="nearest")[0]
+        scenes.append(scene.expand(8, -1, -1, -1))
+    video = torch.cat(scenes)[:frames]
+    video = video + 0.02 * torch.randn(video.shape, generator=generator)
+    return video[None].to("cuda", torch.bfloat16)
+
+
+def request(frames: int) -> dict:
+    text_before, text_after = torch.arange(100, 114), torch.arange(200, 240)
+    ids = torch.cat([text_before, torch.full((frames * 196 + 1,), VIDEO_TOKEN), text_after])[None].cuda()
+    return {"input_ids": ids, "pixel_values_videos": scene_video(frames)}
+
+
+def measure(model, inputs, context, repeats: int) -> dict:
+    """Median timings of ``repeats`` calls after a warm-up, under ``context()`` (a reduction point or none)."""
+    runs, kept = [], []
+    for index in range(repeats + 1):
+        with context() as log:
+            _, timing = timed_generate(model, inputs, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+        if index:
+            runs.append(timing)
+            if log is not None:
+                kept.append(log.last.kept_ratio)
+    result = {
+        name: statistics.median(getattr(t, name) for t in runs)
+        for name in ("vision_ms", "prefill_ms", "ttft_ms", "decode_ms_per_token", "peak_memory_mb")
+    }
+    result["kept_ratio"] = statistics.median(kept) if kept else 1.0
+    return result
+
+
+class NoReduction:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def cached_vs_recomputed(model, inputs, reducer) -> float:
+    """Max |logit difference| over 4 greedy steps: cached decoding vs recomputing the reduced forward."""
+    logits = []
+    for use_cache in (True, False):
+        with reduce_at_layer(model, reducer, 2):
+            out = model.generate(
+                **inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False, use_cache=use_cache,
+                output_logits=True, return_dict_in_generate=True,
+            )  # fmt: skip
+        logits.append(torch.stack(out.logits).float())
+    return (logits[0] - logits[1]).abs().max().item()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", nargs="*", type=int, default=[64, 128])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--output", type=Path)
+    args = parser.parse_args(argv)
+    model = llava_onevision_7b()
+    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
+    rows = []
+    for frames in args.frames:
+        inputs = request(frames)
+        full = measure(model, inputs, NoReduction, args.repeats)
+        rows.append({"frames": frames, "method": "full tokens", "budget": 1.0, **full})
+        for budget in (0.5, 0.3):
+            searched = STTM(budget=budget)
+            with reduce_at_layer(model, searched, 2) as log:
+                model.generate(**inputs, max_new_tokens=1, do_sample=False)
+            fixed = STTM(threshold=log.last.info["threshold"], temporal_threshold=log.last.info["temporal_threshold"])
+            settings = {
+                "sttm, layer 2, budget search": lambda r=searched: reduce_at_layer(model, r, 2),
+                "sttm, layer 2, fixed thresholds": lambda r=fixed: reduce_at_layer(model, r, 2),
+                "vidcom2, before the LLM": lambda b=budget: reduce_before_llm(model, VidCom2(budget=b)),
+            }
+            for method, context in settings.items():
+                result = measure(model, inputs, context, args.repeats)
+                result["prefill_speedup"] = full["prefill_ms"] / result["prefill_ms"]
+                result["ttft_speedup"] = full["ttft_ms"] / result["ttft_ms"]
+                rows.append({"frames": frames, "method": method, "budget": budget, **result})
+            print(rows[-3:], flush=True)
+        difference = cached_vs_recomputed(model, inputs, fixed)
+        rows.append({"frames": frames, "method": "cached vs recomputed logits, max |diff|", "value": difference})
+        print(rows[-1], flush=True)
+    print(f"{'frames':>6} {'method':<34} {'budget':>6} {'kept':>6} {'vision':>8} {'prefill':>8} {'ttft':>8} "
+          f"{'prefill x':>9} {'ttft x':>7} {'peak GB':>8}")  # fmt: skip
+    for row in rows:
+        if "value" in row:
+            print(f"{row['frames']:>6} {row['method']}: {row['value']:.4f}")
+            continue
+        print(
+            f"{row['frames']:>6} {row['method']:<34} {row['budget']:>6} {row['kept_ratio']:>6.3f} "
+            f"{row['vision_ms']:>8.1f} {row['prefill_ms']:>8.1f} {row['ttft_ms']:>8.1f} "
+            f"{row.get('prefill_speedup', 1.0):>9.2f} {row.get('ttft_speedup', 1.0):>7.2f} "
+            f"{row['peak_memory_mb'] / 1024:>8.1f}"
+        )
+    if args.output:
+        args.output.write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
