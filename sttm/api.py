@@ -118,6 +118,14 @@ def flat_positions(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor
     return boxes[:, 0] * (height * width) + boxes[:, 1] * width + boxes[:, 2]
 
 
+def keep_everything(video: VideoTokens) -> Reduction:
+    """Every token kept unchanged, each standing for its own patch: any reducer's result at budget 1.0."""
+    t, h, w, c = video.grid.shape
+    frames, rows, cols = torch.meshgrid(*(torch.arange(n, device=video.grid.device) for n in (t, h, w)), indexing="ij")
+    boxes = torch.stack([frames, rows, cols, rows + 1, cols + 1], dim=-1).reshape(-1, 5)
+    return Reduction(video.grid.reshape(-1, c), boxes, torch.ones_like(boxes[:, 0]), video.num_tokens)
+
+
 class Reducer(ABC):
     """Base of every token reducer: a pure ``reduce()`` plus the stage it acts at.
 

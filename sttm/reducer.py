@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, register
+from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, keep_everything, register
 from sttm.merge import VARIANTS, QuadTree, build_quadtree, count_tokens, group_nodes, merge_video
 
 #: bisection rounds of the budget search over the spatial threshold.
@@ -28,7 +28,8 @@ class STTM(Reducer):
       authors' scripts; ``configs/reducer/sttm_paper.yaml`` holds their per-dataset values.
     * ``budget``: per video, the thresholds whose kept fraction is as close to the budget as the quadtree allows
       without exceeding it. τ_t follows τ_s at ``budget_gap`` below it (0.2, the gap of most of the paper's
-      LLaVA-Video settings; None: spatial merging only), and τ_s is found by bisection. The chosen thresholds
+      LLaVA-Video settings; None: spatial merging only), and τ_s is found by bisection in [-1, 1]. Budget 1.0
+      keeps every token as it is. The chosen thresholds
       go to ``Reduction.info``. Below the quadtree's floor (root nodes, all merged over time) the floor is kept
       and ``info["budget_met"]`` is False.
 
@@ -75,6 +76,8 @@ class STTM(Reducer):
         self.layer = layer
 
     def reduce(self, video: VideoTokens) -> Reduction:
+        if self.budget == 1.0:
+            return keep_everything(video)
         grid = video.grid
         if self.head_dim is not None and grid.shape[-1] % self.head_dim:
             raise ValueError(f"head_dim {self.head_dim} does not divide the {grid.shape[-1]} channels")
@@ -92,7 +95,7 @@ class STTM(Reducer):
     def _thresholds_at(self, spatial: float) -> tuple[float, float]:
         if self.budget_gap is None:
             return spatial, -1.0
-        return spatial, max(spatial - self.budget_gap, 1e-3)
+        return spatial, min(max(spatial - self.budget_gap, 1e-3), 1.0)
 
     def _kept(self, tree: QuadTree, spatial: float) -> int:
         return count_tokens(*group_nodes(tree, *self._thresholds_at(spatial), self.variant, self.head_dim))
@@ -100,12 +103,12 @@ class STTM(Reducer):
     def _search_thresholds(self, tree: QuadTree, num_tokens: int) -> tuple[tuple[float, float], bool]:
         """The least merging whose kept count stays within ``budget·num_tokens`` (bisection on τ_s)."""
         target = math.floor(self.budget * num_tokens + 1e-9)
-        most_merging, no_merging = -1.0, 1.0 + (self.budget_gap or 0.0) + 1e-3
-        if self._kept(tree, no_merging) <= target:
-            return self._thresholds_at(no_merging), True
+        most_merging, least_merging = -1.0, 1.0
+        if self._kept(tree, least_merging) <= target:
+            return self._thresholds_at(least_merging), True
         if self._kept(tree, most_merging) > target:
             return self._thresholds_at(most_merging), False
-        low, high = most_merging, no_merging  # kept(low) <= target < kept(high)
+        low, high = most_merging, least_merging  # kept(low) <= target < kept(high)
         for _ in range(_SEARCH_ROUNDS):
             middle = (low + high) / 2
             if self._kept(tree, middle) <= target:

@@ -14,7 +14,7 @@ from sttm.adapters.tiny import (
     tiny_llava_onevision,
     tiny_llava_onevision_processor,
 )
-from sttm.api import Reducer, Reduction, Stage, VideoTokens
+from sttm.api import Reducer, Reduction, Stage, VideoTokens, keep_everything
 from sttm.reducer import STTM
 
 FRAMES, SIDE = 3, 4
@@ -49,10 +49,7 @@ class Everything(Reducer):
     stage = Stage.PRE_LLM
 
     def reduce(self, video: VideoTokens) -> Reduction:
-        t, h, w, c = video.grid.shape
-        flat = torch.arange(t * h * w)
-        boxes = torch.stack([flat // (h * w), flat // w % h, flat % w, flat // w % h + 1, flat % w + 1], dim=1)
-        return Reduction(video.grid.reshape(-1, c), boxes, torch.ones_like(flat), video.num_tokens)
+        return keep_everything(video)
 
 
 def prompt():
