@@ -9,6 +9,9 @@ from sttm.merge import VARIANTS, QuadTree, build_quadtree, count_tokens, group_n
 
 #: bisection rounds of the budget search over the spatial threshold.
 _SEARCH_ROUNDS = 14
+#: in budget mode the temporal threshold's gap below the spatial one closes over the top of this range, so that
+#: the least merging searched is τ_s = τ_t = 1.
+_GAP_CLOSES_OVER = 0.15
 
 
 def _check_threshold(name: str, value: float) -> float:
@@ -28,10 +31,10 @@ class STTM(Reducer):
       authors' scripts; ``configs/reducer/sttm_paper.yaml`` holds their per-dataset values.
     * ``budget``: per video, the thresholds whose kept fraction is as close to the budget as the quadtree allows
       without exceeding it. τ_t follows τ_s at ``budget_gap`` below it (0.2, the gap of most of the paper's
-      LLaVA-Video settings; None: spatial merging only), and τ_s is found by bisection in [-1, 1]. Budget 1.0
-      keeps every token as it is. The chosen thresholds
-      go to ``Reduction.info``. Below the quadtree's floor (root nodes, all merged over time) the floor is kept
-      and ``info["budget_met"]`` is False.
+      LLaVA-Video settings; None: spatial merging only), a gap that closes for τ_s above 0.85 so that the least
+      merging searched is τ_s = τ_t = 1; τ_s is found by bisection in [-1, 1]. Budget 1.0 keeps every token.
+      The chosen thresholds go to ``Reduction.info``. Below the quadtree's floor (root nodes, all merged over
+      time) the floor is kept and ``info["budget_met"]`` is False.
 
     ``variant`` is ``official`` (the authors' code, quirks included) or ``corrected`` (see ``sttm.merge``).
     ``root_level`` indexes the quadtree levels (``sttm.merge.pyramid_sizes``); ``head_dim`` averages the
@@ -95,7 +98,8 @@ class STTM(Reducer):
     def _thresholds_at(self, spatial: float) -> tuple[float, float]:
         if self.budget_gap is None:
             return spatial, -1.0
-        return spatial, min(max(spatial - self.budget_gap, 1e-3), 1.0)
+        gap = self.budget_gap * min(1.0, (1.0 - spatial) / _GAP_CLOSES_OVER)
+        return spatial, max(spatial - gap, 1e-3)
 
     def _kept(self, tree: QuadTree, spatial: float) -> int:
         return count_tokens(*group_nodes(tree, *self._thresholds_at(spatial), self.variant, self.head_dim))

@@ -240,8 +240,8 @@ def test_budget_keeps_as_many_tokens_as_allowed_without_exceeding_it(budget):
     result = STTM(budget=budget).reduce(clip)
     assert result.num_kept <= target and result.info["budget_met"]
     spatial = result.info["threshold"]
-    looser = STTM(threshold=min(spatial + 1e-3, 1.0), temporal_threshold=max(spatial + 1e-3 - 0.2, 1e-3))
-    assert looser.reduce(clip).num_kept > target
+    looser = STTM(budget=budget)._thresholds_at(min(spatial + 1e-3, 1.0))
+    assert STTM(threshold=looser[0], temporal_threshold=looser[1]).reduce(clip).num_kept > target
     again = STTM(threshold=spatial, temporal_threshold=result.info["temporal_threshold"]).reduce(clip)
     assert torch.equal(again.boxes, result.boxes)
 
