@@ -1,0 +1,73 @@
+"""The sttm_bench lmms-eval model on the tiny LLaVA-OneVision and the synthetic benchmarks, offline."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from lmms_eval.evaluator import simple_evaluate  # noqa: E402
+from lmms_eval.models import get_model  # noqa: E402
+from lmms_eval.tasks import TaskManager  # noqa: E402
+
+from runners.lmms_model import ReducedVideoLLM  # noqa: E402
+from runners.records import read_records  # noqa: E402
+from runners.toybench import generate_split, write_task_yaml  # noqa: E402
+from sttm.adapters.tiny import save_tiny_llava_onevision  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lmms_model")
+    jsonl = generate_split("toy_videomme", "test", root / "tasks", seed=0, count=2)
+    write_task_yaml("toy_videomme", root / "tasks")
+    first_video = jsonl.parent / "videos" / "test0000.mp4"
+    first_video.unlink()  # its 3 questions must become recorded errors, not a crash
+    return root, save_tiny_llava_onevision(root / "tiny"), TaskManager(include_path=str(root / "tasks"))
+
+
+def evaluate(model, task_manager):
+    return simple_evaluate(
+        model=model, tasks=["toy_videomme"], task_manager=task_manager, process_docs_parallel=1,
+        random_seed=0, datetime_str="test",
+    )["results"]["toy_videomme"]  # fmt: skip
+
+
+def test_is_registered_with_lmms_eval():
+    assert get_model("sttm_bench") is ReducedVideoLLM
+
+
+def test_evaluates_with_a_reducer_records_every_question_and_resumes(setup):
+    root, tiny, task_manager = setup
+    cell = root / "cell"
+    model = ReducedVideoLLM(tiny, reducer="vidcom2", budget=0.5, max_new_tokens=4, record_dir=cell)
+    results = evaluate(model, task_manager)
+    assert 0.0 <= results["accuracy,none"] <= 1.0
+    records = read_records(cell)
+    assert len(records) == 6
+    failed = [r for r in records if r["error"]]
+    assert len(failed) == 3 and all("video not found" in r["error"] for r in failed)
+    answered = [r for r in records if not r["error"]]
+    # VidCom2 rounds each frame's share: within one token per frame of the budget
+    assert all(r["visual_tokens_before"] == 32 * 16 and abs(r["visual_tokens_after"] - 256) <= 32 for r in answered)
+    assert all(r["prefill_ms"] > 0 and r["ttft_ms"] > 0 and math.isnan(r["peak_memory_mb"]) for r in answered)
+
+    resumed = ReducedVideoLLM(tiny, reducer="vidcom2", budget=0.5, max_new_tokens=4, record_dir=cell)
+    assert evaluate(resumed, task_manager)["accuracy,none"] == results["accuracy,none"]
+    assert len((cell / "records.jsonl").read_text().splitlines()) == 6  # nothing ran again
+
+
+def test_full_tokens_and_an_llm_layer_reducer(setup):
+    root, tiny, task_manager = setup
+    full = ReducedVideoLLM(tiny, reducer="none", max_new_tokens=2, record_dir=root / "full")
+    evaluate(full, task_manager)
+    layer = ReducedVideoLLM(tiny, reducer="sttm", budget=0.5, max_new_tokens=2, record_dir=root / "sttm")
+    evaluate(layer, task_manager)
+    full_records = [r for r in read_records(root / "full") if not r["error"]]
+    sttm_records = [r for r in read_records(root / "sttm") if not r["error"]]
+    assert all(r["achieved_ratio"] == 1.0 for r in full_records)
+    assert all(r["achieved_ratio"] <= 0.5 and r["reducer_ms"] > 0 for r in sttm_records)
