@@ -31,7 +31,7 @@ bench: setup
 
 BUDGET ?= 0.5
 sweep: setup
-	$(PY) -m runners.sweep budget=$(BUDGET)
+	$(PY) -m runners.evaluate budget=$(BUDGET)
 
 RESULTS ?= outputs
 report: setup

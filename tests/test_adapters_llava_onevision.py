@@ -17,7 +17,7 @@ from sttm.adapters.tiny import (
 from sttm.api import Reducer, Reduction, Stage, VideoTokens, keep_everything
 from sttm.reducer import STTM
 
-FRAMES, SIDE = 3, 4
+FRAMES, SIDE = 3, 8
 
 
 class EveryOtherToken(Reducer):
@@ -54,7 +54,7 @@ class Everything(Reducer):
 
 def prompt():
     ids = torch.tensor([[10, 11, 12, *[VIDEO_TOKEN_ID] * (FRAMES * SIDE * SIDE + 1), 13, 14, 15, 16]])
-    pixels = torch.randn(1, FRAMES, 3, 112, 112, generator=torch.Generator().manual_seed(1))
+    pixels = torch.randn(1, FRAMES, 3, 224, 224, generator=torch.Generator().manual_seed(1))
     return ids, pixels
 
 
@@ -145,7 +145,7 @@ def test_a_processed_video_is_reduced_at_layer_2_with_sttm():
     processor = tiny_llava_onevision_processor()
     messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What color was it ?"}]}]
     text = processor.apply_chat_template(messages, add_generation_prompt=True)
-    video = np.random.default_rng(0).integers(0, 255, (4, 112, 112, 3), dtype=np.uint8)
+    video = np.random.default_rng(0).integers(0, 255, (4, 224, 224, 3), dtype=np.uint8)
     inputs = processor(text=text, videos=[video], return_tensors="pt")
     model = tiny_llava_onevision()
     with reduce_at_layer(model, STTM(budget=0.5, root_level=0), 2) as log:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from runners.sweep import CONFIGS, sweep
 from sttm.paper import PAPER_CONFIG, paper_reducer
 
 
@@ -33,28 +32,3 @@ def test_paper_reducer_uses_the_tuned_thresholds_and_layer():
 def test_settings_the_paper_did_not_run_are_refused(model, benchmark, budget, problem):
     with pytest.raises(ValueError, match=problem):
         paper_reducer(model, benchmark, budget)
-
-
-def sweep_config(**overrides):
-    cfg = OmegaConf.load(CONFIGS / "sweep.yaml")
-    cfg.video.frames, cfg.video.channels, cfg.repeats = 4, 16, 1
-    for key, value in overrides.items():
-        OmegaConf.update(cfg, key, value)
-    return cfg
-
-
-def test_sweep_reports_the_achieved_ratio_within_budget():
-    table = sweep(sweep_config(budget=0.3))
-    row = table.set_index("reducer").loc["sttm"]
-    assert row.tokens_in == 4 * 14 * 14 and row.achieved_ratio <= 0.3
-    assert row.achieved_ratio == pytest.approx(row.tokens_out / row.tokens_in, abs=1e-4)
-
-
-def test_sweep_refuses_an_unknown_reducer_before_any_work():
-    with pytest.raises(ValueError, match="no reducer config 'stm'.*choose one of: .*sttm"):
-        sweep(sweep_config(reducers=["stm"]))
-
-
-def test_sweep_refuses_a_budget_outside_zero_one():
-    with pytest.raises(ValueError, match="budget must lie in"):
-        sweep(sweep_config(budget=1.5))

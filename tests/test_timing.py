@@ -17,7 +17,7 @@ def inputs():
     processor = tiny_llava_onevision_processor()
     messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Which shape ?"}]}]
     text = processor.apply_chat_template(messages, add_generation_prompt=True)
-    video = np.random.default_rng(0).integers(0, 255, (6, 112, 112, 3), dtype=np.uint8)
+    video = np.random.default_rng(0).integers(0, 255, (6, 224, 224, 3), dtype=np.uint8)
     return processor(text=text, videos=[video], return_tensors="pt")
 
 

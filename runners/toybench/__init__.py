@@ -111,11 +111,17 @@ def write_task_yaml(name: str, out: Path) -> Path:
 
 
 def generate(
-    out: Path, seed: int = 0, train_factor: int = 4, splits: tuple[str, ...] = ("test", "train")
+    out: Path,
+    seed: int = 0,
+    train_factor: int = 4,
+    splits: tuple[str, ...] = ("test", "train"),
+    names: list[str] | None = None,
 ) -> list[Path]:
-    """Every benchmark's splits under ``out`` (a complete split is left as it is)."""
+    """Every benchmark's (or the ``names`` given) splits under ``out`` (a complete split is left as it is)."""
     written = []
     for name, (_, test_videos) in BENCHMARKS.items():
+        if names is not None and name not in names:
+            continue
         for split in splits:
             jsonl = out / name / f"{split}.jsonl"
             if not jsonl.is_file():

@@ -1,7 +1,7 @@
 """Tiny models of the real architectures, built offline (no hub), for tests and the offline suite.
 
-``tiny_llava_onevision()`` is a ``LlavaOnevisionForConditionalGeneration`` (SigLIP at 112 px with 14 px patches,
-so a 4x4 pooled grid per frame, and a 4-layer Qwen2) with random weights; ``tiny_llava_onevision_processor()``
+``tiny_llava_onevision()`` is a ``LlavaOnevisionForConditionalGeneration`` (SigLIP at 224 px with 14 px patches,
+so an 8x8 pooled grid per frame, and a 4-layer Qwen2) with random weights; ``tiny_llava_onevision_processor()``
 the matching ``LlavaOnevisionProcessor`` with a word-level tokenizer and a ChatML template; and
 ``save_tiny_llava_onevision(path)`` writes both as a normal Hugging Face folder that ``from_pretrained`` loads.
 """
@@ -21,7 +21,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-IMAGE_SIZE, PATCH_SIZE = 112, 14
+IMAGE_SIZE, PATCH_SIZE = 224, 14
 SPECIAL_TOKENS = ["<unk>", "<pad>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
 WORDS = (
     "system user assistant you are a helpful the of to and in with only which what how many color shape "

@@ -1,0 +1,129 @@
+"""Evaluate reducers on a model and a benchmark suite through lmms-eval, one resumable cell per reducer.
+
+    python -m runners.evaluate budget=0.3 'reducers=[sttm,vidcom2]' limit=20
+
+Each cell (model × reducer × budget) is a folder under ``results_dir``: ``cell.json`` (its keys),
+``records.jsonl`` (one line per question, see ``runners.records``; correctness joined from lmms-eval's
+per-sample scores), ``lmms_eval_results.json`` and ``DONE``. A finished cell is skipped; an unfinished one
+resumes from its records. Full tokens always run, as every comparison needs them. The paper-layout table and
+the plots go to ``results_dir/report``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from runners.records import is_done, load_cells, mark_done, read_records, write_atomically, write_cell_keys
+from runners.report import write_report
+from sttm.api import build_reducer, check_budget
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+FULL_TOKENS = "none"
+
+
+def reducer_config(name: str) -> DictConfig:
+    path = CONFIGS / "reducer" / f"{name}.yaml"
+    if not path.is_file():
+        choices = sorted(p.stem for p in (CONFIGS / "reducer").glob("*.yaml"))
+        raise ValueError(f"reducers: no config {name!r} in {path.parent}; choose from: {', '.join(choices)}")
+    return OmegaConf.load(path)
+
+
+def plan_cells(cfg: DictConfig) -> list[tuple[str, float, DictConfig | None]]:
+    """(reducer, budget, its config) for full tokens and every configured reducer; fails on a bad config."""
+    budget = check_budget(cfg.budget)
+    cells = [(FULL_TOKENS, 1.0, None)]
+    for name in cfg.reducers:
+        if name == FULL_TOKENS:
+            continue
+        config = reducer_config(name)
+        build_reducer(config.name, budget=budget, **config.get("params", {}))  # bad parameters fail here
+        cells.append((name, budget, config))
+    return cells
+
+
+def cell_dir(cfg: DictConfig, reducer: str, budget: float) -> Path:
+    return Path(cfg.results_dir) / cfg.model.name / cfg.benchmark.name / reducer / f"budget_{budget:g}"
+
+
+def prepare(cfg: DictConfig) -> None:
+    """Generate the synthetic benchmarks and build the tiny model where the config asks for them."""
+    if cfg.benchmark.name == "toybench":
+        from runners.toybench import generate
+
+        generate(Path(cfg.benchmark.data_dir), seed=cfg.seed, splits=("test",), names=list(cfg.benchmark.tasks))
+    if cfg.model.get("build_if_missing") and not Path(cfg.model.pretrained).is_dir():
+        from sttm.adapters.tiny import save_tiny_llava_onevision
+
+        save_tiny_llava_onevision(Path(cfg.model.pretrained), seed=cfg.seed)
+
+
+def join_correctness(cell: Path, samples: dict) -> None:
+    """Write each record's correctness from lmms-eval's per-sample accuracy (rewriting the file atomically)."""
+    correct = {(task, s["doc_id"]): bool(s["accuracy"]) for task, rows in samples.items() for s in rows}
+    rows = []
+    for row in read_records(cell):
+        if not row["error"]:
+            row["correct"] = correct.get((row["task"], row["doc_id"]))
+        rows.append(json.dumps(row) + "\n")
+    write_atomically(cell / "records.jsonl", "".join(rows))
+
+
+def run(cfg: DictConfig) -> Path:
+    """Evaluate every cell that is not done; write the report; return the report folder."""
+    cells = plan_cells(cfg)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    prepare(cfg)
+    from lmms_eval.evaluator import simple_evaluate
+    from lmms_eval.tasks import TaskManager
+
+    from runners.lmms_model import ReducedVideoLLM
+
+    task_manager = TaskManager(include_path=str(Path(cfg.benchmark.data_dir).resolve()), include_defaults=False)
+    model = None
+    for reducer, budget, config in tqdm(cells, desc="cells", unit="cell"):
+        cell = cell_dir(cfg, reducer, budget)
+        if is_done(cell):
+            continue
+        if model is None:
+            model = ReducedVideoLLM(
+                cfg.model.pretrained, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
+                device=cfg.model.device, target_fps=cfg.model.target_fps, max_frames=cfg.model.max_frames,
+                max_new_tokens=cfg.model.max_new_tokens, positions=cfg.positions,
+            )  # fmt: skip
+        model.reducer = (
+            None if config is None else build_reducer(config.name, budget=budget, **config.get("params", {}))
+        )
+        model.record_dir = cell
+        write_cell_keys(cell, model=cfg.model.name, reducer=reducer, budget=budget)
+        write_atomically(cell / "config.yaml", OmegaConf.to_yaml(cfg))
+        output = simple_evaluate(
+            model=model, tasks=list(cfg.benchmark.tasks), task_manager=task_manager, limit=cfg.limit,
+            log_samples=True, process_docs_parallel=1, random_seed=cfg.seed, datetime_str=cell.name,
+        )  # fmt: skip
+        join_correctness(cell, output["samples"])
+        write_atomically(cell / "lmms_eval_results.json", json.dumps(output["results"], indent=1, default=str))
+        mark_done(cell, {"questions": len(read_records(cell))})
+    records = load_cells(Path(cfg.results_dir) / cfg.model.name / cfg.benchmark.name)
+    report = Path(cfg.results_dir) / cfg.model.name / cfg.benchmark.name / "report"
+    paths = write_report(records, report)
+    print(paths["markdown"].read_text())
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return report
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

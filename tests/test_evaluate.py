@@ -1,0 +1,54 @@
+"""The evaluation runner: config checks before any model loads, cells through lmms-eval, resume, report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from runners.evaluate import CONFIGS, cell_dir, plan_cells, run
+
+
+def config(tmp_path: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose(
+            config_name="evaluate",
+            overrides=[
+                f"results_dir={tmp_path / 'results'}",
+                f"benchmark.data_dir={tmp_path / 'data'}",
+                f"model.pretrained={tmp_path / 'tiny'}",
+                *overrides,
+            ],
+        )
+
+
+def test_full_tokens_always_run_first(tmp_path):
+    cells = plan_cells(config(tmp_path, "reducers=[vidcom2]", "budget=0.3"))
+    assert [(name, budget) for name, budget, _ in cells] == [("none", 1.0), ("vidcom2", 0.3)]
+
+
+def test_an_unknown_reducer_fails_before_any_work_naming_the_choices(tmp_path):
+    with pytest.raises(ValueError, match="reducers: no config 'sttn'.*choose from: .*sttm"):
+        plan_cells(config(tmp_path, "reducers=[sttn]"))
+    assert not (tmp_path / "tiny").exists() and not (tmp_path / "data").exists()
+
+
+def test_a_budget_outside_zero_one_fails(tmp_path):
+    with pytest.raises(ValueError, match=r"budget must lie in \(0, 1\]"):
+        plan_cells(config(tmp_path, "budget=1.5"))
+
+
+def test_a_sweep_runs_every_cell_joins_correctness_resumes_and_reports(tmp_path, capsys):
+    cfg = config(tmp_path, "reducers=[vidcom2]", "limit=2", "benchmark.tasks=[toy_nextqa,toy_vnbench]")
+    report = run(cfg)
+    for reducer, budget in (("none", 1.0), ("vidcom2", 0.5)):
+        cell = cell_dir(cfg, reducer, budget)
+        records = [json.loads(line) for line in (cell / "records.jsonl").open()]
+        assert len(records) == 4 and all(isinstance(r["correct"], bool) for r in records)
+        assert (cell / "DONE").is_file() and (cell / "lmms_eval_results.json").is_file()
+    assert "vidcom2" in (report / "table.md").read_text()
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "results").rglob("records.jsonl")}
+    run(cfg)
+    assert stamps == {p: p.stat().st_mtime_ns for p in (tmp_path / "results").rglob("records.jsonl")}
