@@ -12,7 +12,6 @@ failure or when the folder has no cases.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch
 from baselines.dycoke import DyCoke
 from baselines.tome import ToMe
 from sttm.api import Reducer, VideoTokens, flat_positions
-from sttm.check_golden import FEATURE_TOLERANCE
+from sttm.check_golden import FEATURE_TOLERANCE, check_cases
 
 
 def reducer_for(params: dict) -> Reducer:
@@ -57,20 +56,7 @@ def run_case(path: Path) -> tuple[bool, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("directory", type=Path, help="folder of caseNNN.npz reference vectors")
-    args = parser.parse_args(argv)
-    cases = sorted(args.directory.glob("case*.npz"))
-    if not cases:
-        print(f"no case*.npz reference vectors in {args.directory}", file=sys.stderr)
-        return 1
-    failed = 0
-    for path in cases:
-        passed, line = run_case(path)
-        failed += not passed
-        print(line)
-    print(f"{len(cases) - failed} passed, {failed} failed")
-    return 1 if failed else 0
+    return check_cases(argv, __doc__, run_case)
 
 
 if __name__ == "__main__":

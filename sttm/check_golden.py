@@ -52,8 +52,10 @@ def run_case(path: Path) -> tuple[bool, str]:
     return True, f"{label} PASS max feature diff {diff:.2e}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def check_cases(argv: list[str] | None, description: str, run_case) -> int:
+    """The command line of a reference check: run ``run_case`` on every case of the folder given in ``argv``,
+    print one line each and then ``N passed, M failed``; 1 on any failure or an empty folder, else 0."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("directory", type=Path, help="folder of caseNNN.npz reference vectors")
     args = parser.parse_args(argv)
     cases = sorted(args.directory.glob("case*.npz"))
@@ -67,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     print(f"{len(cases) - failed} passed, {failed} failed")
     return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return check_cases(argv, __doc__, run_case)
 
 
 if __name__ == "__main__":
