@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, register
+from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, patch_boxes, register
 
 SCOPES = ("video", "frame")
 
@@ -62,7 +62,5 @@ class DivPrune(Reducer):
         count = max(1, round(self.budget * sets.shape[1]))
         chosen = most_diverse(cosine_distances(sets), count).sort(dim=1).values
         kept = (chosen + torch.arange(len(sets), device=chosen.device)[:, None] * sets.shape[1]).flatten()
-        frame, rest = kept // (h * w), kept % (h * w)
-        y, x = rest // w, rest % w
-        boxes = torch.stack([frame, y, x, y + 1, x + 1], dim=1)
+        boxes = patch_boxes(kept, h, w)
         return Reduction(video.grid.reshape(-1, c)[kept], boxes, torch.ones_like(kept), video.num_tokens)

@@ -30,7 +30,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, keep_everything, register
+from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, patch_boxes, register
 
 #: the kept fraction DyCoke's TTM approaches on long videos at prune ratio 1: one whole frame in four
 BUDGET_FLOOR = 0.25
@@ -104,4 +104,5 @@ class DyCoke(Reducer):
         whole_frames = int((reference_frames(t) < 0).sum())
         info = {"prune_ratio": prune_ratio, "kept_per_pruned_frame": kept_per_frame, "floor": whole_frames / t}
         tokens = video.grid.reshape(-1, c)[kept]
-        return Reduction(tokens, keep_everything(video).boxes[kept], torch.ones_like(kept), video.num_tokens, info=info)
+        boxes = patch_boxes(kept, h, w)
+        return Reduction(tokens, boxes, torch.ones_like(kept), video.num_tokens, info=info)

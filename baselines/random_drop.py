@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, keep_everything, register
+from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, patch_boxes, register
 
 
 def random_slots(num_tokens: int, count: int, seed: int) -> torch.Tensor:
@@ -33,4 +33,5 @@ class RandomDrop(Reducer):
         count = max(1, round(self.budget * video.num_tokens))
         kept = random_slots(video.num_tokens, count, self.seed).to(video.grid.device)
         tokens = video.grid.reshape(video.num_tokens, -1)[kept]
-        return Reduction(tokens, keep_everything(video).boxes[kept], torch.ones_like(kept), video.num_tokens)
+        _, h, w, _ = video.grid.shape
+        return Reduction(tokens, patch_boxes(kept, h, w), torch.ones_like(kept), video.num_tokens)

@@ -23,7 +23,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, keep_everything, register
+from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, patch_boxes, register
 
 
 class Matching(NamedTuple):
@@ -100,8 +100,7 @@ class ToMe(Reducer):
         self.layer = layer
 
     def reduce(self, video: VideoTokens) -> Reduction:
-        channels = video.grid.shape[-1]
+        _, h, w, channels = video.grid.shape
         target = math.ceil(video.num_tokens * self.budget)
         tokens, slots, sizes, rounds = tome_per_video(video.grid.reshape(-1, channels), target)
-        slot_boxes = keep_everything(video).boxes
-        return Reduction(tokens, slot_boxes[slots], sizes, video.num_tokens, info={"merge_rounds": rounds})
+        return Reduction(tokens, patch_boxes(slots, h, w), sizes, video.num_tokens, info={"merge_rounds": rounds})

@@ -118,11 +118,17 @@ def flat_positions(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor
     return boxes[:, 0] * (height * width) + boxes[:, 1] * width + boxes[:, 2]
 
 
+def patch_boxes(flat: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """[N] flat grid indices ``t·H·W + y·W + x`` -> [N, 5] one-patch boxes ``(t, y, x, y+1, x+1)``."""
+    frame, rest = flat // (height * width), flat % (height * width)
+    y, x = rest // width, rest % width
+    return torch.stack([frame, y, x, y + 1, x + 1], dim=1)
+
+
 def keep_everything(video: VideoTokens) -> Reduction:
     """Every token kept unchanged, each standing for its own patch: any reducer's result at budget 1.0."""
     t, h, w, c = video.grid.shape
-    frames, rows, cols = torch.meshgrid(*(torch.arange(n, device=video.grid.device) for n in (t, h, w)), indexing="ij")
-    boxes = torch.stack([frames, rows, cols, rows + 1, cols + 1], dim=-1).reshape(-1, 5)
+    boxes = patch_boxes(torch.arange(video.num_tokens, device=video.grid.device), h, w)
     return Reduction(video.grid.reshape(-1, c), boxes, torch.ones_like(boxes[:, 0]), video.num_tokens)
 
 

@@ -14,7 +14,7 @@ from sttm.adapters.tiny import (
     tiny_llava_onevision,
     tiny_llava_onevision_processor,
 )
-from sttm.api import Reducer, Reduction, Stage, VideoTokens, keep_everything
+from sttm.api import Reducer, Reduction, Stage, VideoTokens, keep_everything, patch_boxes
 from sttm.reducer import STTM
 
 FRAMES, SIDE = 3, 8
@@ -28,8 +28,9 @@ class EveryOtherToken(Reducer):
     def reduce(self, video: VideoTokens) -> Reduction:
         t, h, w, c = video.grid.shape
         flat = torch.arange(0, t * h * w, 2)
-        boxes = torch.stack([flat // (h * w), flat // w % h, flat % w, flat // w % h + 1, flat % w + 1], dim=1)
-        return Reduction(video.grid.reshape(-1, c)[flat], boxes, torch.ones_like(flat), video.num_tokens)
+        return Reduction(
+            video.grid.reshape(-1, c)[flat], patch_boxes(flat, h, w), torch.ones_like(flat), video.num_tokens
+        )
 
 
 class BlockMean(Reducer):

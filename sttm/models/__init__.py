@@ -1,0 +1,1 @@
+"""Reducers inside real transformers models: tiny offline models and the hooks that reduce visual tokens."""
