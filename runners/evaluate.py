@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from pathlib import Path
 
 import hydra
+import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
@@ -75,11 +78,40 @@ def join_correctness(cell: Path, samples: dict) -> None:
     write_atomically(cell / "records.jsonl", "".join(rows))
 
 
+def make_reproducible(seed: int, deterministic: bool) -> None:
+    """Seed every generator; with ``deterministic``, also ask for deterministic kernels (the STTM authors'
+    ``--reproduce``: cuDNN deterministic, ``torch.use_deterministic_algorithms``, a fixed cuBLAS workspace)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True)
+
+
+def log_cell(cfg: DictConfig, cell: Path, reducer: str, budget: float) -> None:
+    if cfg.logger.name != "wandb":
+        return
+    from runners.tracking import log_cell as log_to_wandb
+
+    records = load_cells(cell.parent.parent)
+    records = records[(records["reducer"] == reducer) & (records["budget"] == budget)]
+    name = f"{cfg.model.name}-{cfg.benchmark.name}-{reducer}-{budget:g}"
+    config = OmegaConf.to_container(cfg, resolve=True) | {"reducer": reducer, "budget": budget}
+    Path(cfg.logger.dir).mkdir(parents=True, exist_ok=True)
+    log_to_wandb(
+        name, config, records, project=cfg.logger.project, mode=cfg.logger.mode, directory=Path(cfg.logger.dir)
+    )
+
+
 def run(cfg: DictConfig) -> Path:
     """Evaluate every cell that is not done; write the report; return the report folder."""
     cells = plan_cells(cfg)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    make_reproducible(cfg.seed, cfg.reproduce)
     prepare(cfg)
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.tasks import TaskManager
@@ -111,6 +143,7 @@ def run(cfg: DictConfig) -> Path:
         join_correctness(cell, output["samples"])
         write_atomically(cell / "lmms_eval_results.json", json.dumps(output["results"], indent=1, default=str))
         mark_done(cell, {"questions": len(read_records(cell))})
+        log_cell(cfg, cell, reducer, budget)
     records = load_cells(Path(cfg.results_dir) / cfg.model.name / cfg.benchmark.name)
     report = Path(cfg.results_dir) / cfg.model.name / cfg.benchmark.name / "report"
     paths = write_report(records, report)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from runners.evaluate import CONFIGS, cell_dir, plan_cells, run
@@ -52,3 +53,33 @@ def test_a_sweep_runs_every_cell_joins_correctness_resumes_and_reports(tmp_path,
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "results").rglob("records.jsonl")}
     run(cfg)
     assert stamps == {p: p.stat().st_mtime_ns for p in (tmp_path / "results").rglob("records.jsonl")}
+
+
+def test_cells_are_logged_to_wandb_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_ERROR_REPORTING", "false")
+    cfg = config(
+        tmp_path, "reducers=[random]", "limit=1", "benchmark.tasks=[toy_nextqa]", "logger=wandb",
+        f"logger.dir={tmp_path / 'wandb'}",
+    )  # fmt: skip
+    run(cfg)
+    runs = list((tmp_path / "wandb" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(list(r.glob("run-*.wandb")) for r in runs)
+
+
+def test_two_identical_runs_give_identical_answers(tmp_path):
+    answers = []
+    try:
+        for attempt in ("first", "second"):
+            cfg = config(
+                tmp_path / attempt, "reducers=[random,sttm]", "limit=3", "benchmark.tasks=[toy_vnbench]",
+                "reproduce=true", f"benchmark.data_dir={tmp_path / 'data'}",
+            )  # fmt: skip
+            run(cfg)
+            rows = [
+                json.loads(line) for path in sorted((tmp_path / attempt).rglob("records.jsonl")) for line in path.open()
+            ]
+            answers.append([(r["task"], r["doc_id"], r["prediction"], r["visual_tokens_after"]) for r in rows])
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert answers[0] == answers[1] and len(answers[0]) == 9
