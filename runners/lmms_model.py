@@ -59,9 +59,14 @@ class ReducedVideoLLM(lmms):
         device: str = "cpu",
         dtype: str = "float32",
         attn_implementation: str = "sdpa",
-        **unused,
+        batch_size: int | str | None = 1,
+        max_batch_size: int | None = None,
     ) -> None:
         super().__init__()
+        if batch_size not in (None, 1, "1"):
+            raise ValueError(
+                f"sttm_bench runs one request at a time (as every reducer assumes), got batch_size={batch_size}"
+            )
         if isinstance(reducer, str):
             reducer = None if reducer == "none" else build_reducer(reducer, budget=float(budget))
         self.reducer = reducer

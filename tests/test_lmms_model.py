@@ -41,6 +41,14 @@ def test_is_registered_with_lmms_eval():
     assert get_model("sttm_bench") is ReducedVideoLLM
 
 
+def test_batches_and_unknown_arguments_are_refused(setup):
+    _, tiny, _ = setup
+    with pytest.raises(ValueError, match="one request at a time"):
+        ReducedVideoLLM(tiny, batch_size=4)
+    with pytest.raises(TypeError, match="budgt"):
+        ReducedVideoLLM.create_from_arg_string(f"pretrained={tiny},budgt=0.5")
+
+
 def test_evaluates_with_a_reducer_records_every_question_and_resumes(setup):
     root, tiny, task_manager = setup
     cell = root / "cell"
