@@ -56,11 +56,19 @@ def cell_dir(cfg: DictConfig, reducer: str, budget: float) -> Path:
 
 
 def prepare(cfg: DictConfig) -> None:
-    """Generate the synthetic benchmarks and build the tiny model where the config asks for them."""
-    if cfg.benchmark.name == "toybench":
+    """Write the benchmark's lmms-eval tasks (generating the synthetic ones) and build the tiny model where the
+    config asks for it. Missing benchmark data fails here, before any model loads."""
+    benchmark = cfg.benchmark
+    if benchmark.kind == "toybench":
         from runners.toybench import generate
 
-        generate(Path(cfg.benchmark.data_dir), seed=cfg.seed, splits=("test",), names=list(cfg.benchmark.tasks))
+        generate(Path(benchmark.data_dir), seed=cfg.seed, splits=("test",), names=list(benchmark.tasks))
+    elif benchmark.kind == "vnbench":
+        from runners.tasks.vnbench.data import write_vnbench_task
+
+        write_vnbench_task(Path(benchmark.annotations), Path(benchmark.videos), Path(benchmark.data_dir))
+    else:
+        raise ValueError(f"benchmark.kind {benchmark.kind!r} is not supported; choose from: toybench, vnbench")
     if cfg.model.get("build_if_missing") and not Path(cfg.model.pretrained).is_dir():
         from sttm.adapters.tiny import save_tiny_llava_onevision
 

@@ -83,3 +83,43 @@ def test_two_identical_runs_give_identical_answers(tmp_path):
     finally:
         torch.use_deterministic_algorithms(False)
     assert answers[0] == answers[1] and len(answers[0]) == 9
+
+
+def vnbench_data(root: Path) -> tuple[Path, Path]:
+    """A small VNBench in the STTM authors' format, on synthetic videos; one video is missing."""
+    from runners.toybench import generate_split
+
+    jsonl = generate_split("toy_vnbench", "test", root / "toy", seed=0, count=2)
+    videos = root / "vnbench" / "videos"
+    videos.mkdir(parents=True)
+    entries = []
+    for row in map(json.loads, jsonl.open()):
+        entries.append({key: row[key] for key in ("question", "options", "answer", "task_type", "try", "videoID")})
+        entries[-1]["question_id"] = f"{row['videoID']}_try{row['try']}"
+    (root / "toy" / "toy_vnbench" / "videos" / "test0000.mp4").rename(videos / "test0000.mp4")
+    entries.append(dict(entries[0], videoID="absent", question_id="absent_try0"))
+    annotations = root / "vnbench" / "VNBench-main-4try_v2.json"
+    annotations.write_text(json.dumps(entries))
+    return annotations, videos
+
+
+def test_vnbench_from_local_annotations_scores_both_ways(tmp_path):
+    annotations, videos = vnbench_data(tmp_path)
+    cfg = config(
+        tmp_path, "benchmark=vnbench", "reducers=[]", f"benchmark.annotations={annotations}",
+        f"benchmark.videos={videos}", f"benchmark.data_dir={tmp_path / 'tasks'}",
+    )  # fmt: skip
+    run(cfg)
+    cell = cell_dir(cfg, "none", 1.0)
+    results = json.loads((cell / "lmms_eval_results.json").read_text())["vnbench"]
+    assert {"accuracy,none", "vnbench_official,none", "vnbench_entry_accuracy,none"} <= set(results)
+    records = [json.loads(line) for line in (cell / "records.jsonl").open()]
+    errors = [r for r in records if r["error"]]
+    assert len(records) == 9 and len(errors) == 5  # 4 tries of the second video and the absent one
+
+
+def test_missing_vnbench_annotations_fail_before_any_model_loads(tmp_path):
+    cfg = config(tmp_path, "benchmark=vnbench", f"benchmark.annotations={tmp_path / 'nowhere.json'}")
+    with pytest.raises(ValueError, match="VNBench annotations not found: .*nowhere.json"):
+        run(cfg)
+    assert not (tmp_path / "tiny").exists()

@@ -17,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from runners.records import write_atomically
+from runners.tasks.local import write_local_task
 from runners.toybench.benchmarks import BENCHMARKS, Question, videos
 from runners.toybench.render import write_video
 
@@ -63,51 +64,9 @@ def generate_split(name: str, split: str, out: Path, seed: int, count: int) -> P
     return jsonl
 
 
-TASK_YAML = """\
-task: {name}
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: generate_until
-doc_to_visual: !function runners.tasks.toybench.doc_to_visual
-doc_to_text: !function runners.tasks.toybench.doc_to_text
-doc_to_target: answer
-generation_kwargs:
-  max_new_tokens: 16
-  do_sample: false
-  num_beams: 1
-process_results: !function runners.tasks.toybench.{process_results}
-metric_list:
-  - metric: accuracy
-    aggregation: mean
-    higher_is_better: true
-{extra_metrics}metadata:
-  version: 0
-"""
-VNBENCH_METRICS = """\
-  - metric: vnbench_official
-    aggregation: !function runners.tasks.vnbench.utils.vnbench_official_aggregate
-    higher_is_better: true
-  - metric: vnbench_entry_accuracy
-    aggregation: !function runners.tasks.vnbench.utils.vnbench_entry_accuracy
-    higher_is_better: true
-"""
-
-
 def write_task_yaml(name: str, out: Path) -> Path:
     """The lmms-eval task of benchmark ``name`` over its test split."""
-    vnbench = name == "toy_vnbench"
-    text = TASK_YAML.format(
-        name=name,
-        data=(out / name / "test.jsonl").resolve(),
-        process_results="vnbench_process_results_with_accuracy" if vnbench else "process_results",
-        extra_metrics=VNBENCH_METRICS if vnbench else "",
-    )
-    path = out / name / f"{name}.yaml"
-    write_atomically(path, text)
-    return path
+    return write_local_task(name, out / name / "test.jsonl", vnbench_scoring=name == "toy_vnbench")
 
 
 def generate(
