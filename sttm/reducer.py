@@ -115,7 +115,10 @@ class STTM(Reducer):
         low, high = most_merging, least_merging  # kept(low) <= target < kept(high)
         for _ in range(_SEARCH_ROUNDS):
             middle = (low + high) / 2
-            if self._kept(tree, middle) <= target:
+            kept = self._kept(tree, middle)
+            if kept == target:  # no threshold can do better
+                return self._thresholds_at(middle), True
+            if kept < target:
                 low = middle
             else:
                 high = middle
