@@ -23,7 +23,7 @@ from lmms_eval.models.registry_v2 import ModelManifest
 from tqdm import tqdm
 from transformers import AutoProcessor, LlavaOnevisionForConditionalGeneration
 
-from runners.records import QuestionRecord, append_record, read_records
+from runners.records import QuestionRecord, append_record, records_by_question
 from sttm.adapters.llava_onevision import reduce_at_layer, reduce_before_llm
 from sttm.adapters.timing import timed_generate
 from sttm.adapters.video import VideoError, read_frames
@@ -85,7 +85,7 @@ class ReducedVideoLLM(lmms):
         """Keep the model: lmms-eval's default deletes every module attribute after an evaluation."""
 
     def generate_until(self, requests) -> list[str]:
-        done = {} if self.record_dir is None else {(r["task"], r["doc_id"]): r for r in read_records(self.record_dir)}
+        done = {} if self.record_dir is None else records_by_question(self.record_dir)
         replies = []
         for request in tqdm(requests, desc="questions", unit="q"):
             question, _, doc_to_visual, doc_id, task, split = request.args

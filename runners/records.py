@@ -96,9 +96,9 @@ def read_records(cell: Path) -> list[dict]:
     return list(latest.values())
 
 
-def answered(cell: Path) -> set[tuple[str, int]]:
-    """(task, doc_id) of the questions the cell has a record for, errors included."""
-    return {(row["task"], row["doc_id"]) for row in read_records(cell)}
+def records_by_question(cell: Path) -> dict[tuple[str, int], dict]:
+    """The cell's records keyed by (task, doc_id), errors included: the questions a resumed run skips."""
+    return {(row["task"], row["doc_id"]): row for row in read_records(cell)}
 
 
 def mark_done(cell: Path, summary: dict) -> None:

@@ -72,10 +72,6 @@ class VideoTokens:
             )
 
     @property
-    def num_frames(self) -> int:
-        return self.grid.shape[0]
-
-    @property
     def num_tokens(self) -> int:
         """Visual tokens before reduction: T·H·W."""
         t, h, w, _ = self.grid.shape
