@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from runners.records import is_done, load_cells, mark_done, read_records, write_atomically, write_cell_keys
 from runners.report import write_report
-from sttm.api import build_reducer, check_budget
+from sttm.api import Stage, build_reducer, check_budget, reducer_class
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 FULL_TOKENS = "none"
@@ -38,6 +38,15 @@ def reducer_config(name: str) -> DictConfig:
     return OmegaConf.load(path)
 
 
+def reducer_params(cfg: DictConfig, config: DictConfig) -> dict:
+    """The reducer's parameters; a reducer acting in the LLM without a layer of its own takes the model's
+    ``llm_layer`` (the STTM paper: 2 for 7B models, 0 for 72B)."""
+    params = OmegaConf.to_container(config.params) if config.get("params") else {}
+    if reducer_class(config.name).stage is Stage.LLM_LAYER and "layer" not in params:
+        params["layer"] = cfg.model.llm_layer
+    return params
+
+
 def plan_cells(cfg: DictConfig) -> list[tuple[str, float, DictConfig | None]]:
     """(reducer, budget, its config) for full tokens and every configured reducer; fails on a bad config."""
     budget = check_budget(cfg.budget)
@@ -46,7 +55,7 @@ def plan_cells(cfg: DictConfig) -> list[tuple[str, float, DictConfig | None]]:
         if name == FULL_TOKENS:
             continue
         config = reducer_config(name)
-        build_reducer(config.name, budget=budget, **config.get("params", {}))  # bad parameters fail here
+        build_reducer(config.name, budget=budget, **reducer_params(cfg, config))  # bad parameters fail here
         cells.append((name, budget, config))
     return cells
 
@@ -70,9 +79,9 @@ def prepare(cfg: DictConfig) -> None:
     else:
         raise ValueError(f"benchmark.kind {benchmark.kind!r} is not supported; choose from: toybench, vnbench")
     if cfg.model.get("build_if_missing") and not Path(cfg.model.pretrained).is_dir():
-        from sttm.adapters.tiny import save_tiny_llava_onevision
+        from sttm.adapters.tiny import save_tiny_model
 
-        save_tiny_llava_onevision(Path(cfg.model.pretrained), seed=cfg.seed)
+        save_tiny_model(cfg.model.family, Path(cfg.model.pretrained), seed=cfg.seed)
 
 
 def join_correctness(cell: Path, samples: dict) -> None:
@@ -135,11 +144,12 @@ def run(cfg: DictConfig) -> Path:
         if model is None:
             model = ReducedVideoLLM(
                 cfg.model.pretrained, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
-                device=cfg.model.device, target_fps=cfg.model.target_fps, max_frames=cfg.model.max_frames,
+                device=cfg.model.device, device_map=cfg.model.device_map, target_fps=cfg.model.target_fps,
+                max_frames=cfg.model.max_frames[cfg.benchmark.get("frame_cap", "default")],
                 max_new_tokens=cfg.model.max_new_tokens, positions=cfg.positions,
             )  # fmt: skip
         model.reducer = (
-            None if config is None else build_reducer(config.name, budget=budget, **config.get("params", {}))
+            None if config is None else build_reducer(config.name, budget=budget, **reducer_params(cfg, config))
         )
         model.record_dir = cell
         write_cell_keys(cell, model=cfg.model.name, reducer=reducer, budget=budget)

@@ -1,11 +1,13 @@
-"""An lmms-eval model: a LLaVA-OneVision checkpoint with a token reducer at its stage, timed per request.
+"""An lmms-eval model: a LLaVA-OneVision, Qwen2-VL or Qwen2.5-VL checkpoint with a token reducer at its stage,
+timed per request.
 
 Registered for lmms-eval as ``sttm_bench`` (entry point ``lmms_eval.models``), so that
 ``--model sttm_bench --model_args pretrained=PATH,reducer=sttm,budget=0.5`` works; or pass an instance to
 ``lmms_eval.evaluator.simple_evaluate``.
 
-Each request: the video is decoded and sampled as the STTM authors do (``sttm.adapters.video``), the question
-goes through the processor's chat template, and greedy generation runs inside the reducer's reduction point.
+Each request: the video is decoded and sampled as the STTM authors do (``sttm.adapters.video``; an odd frame count
+padded to even for Qwen), the question goes through the processor's chat template, and greedy generation runs
+inside the reducer's reduction point (``sttm.adapters.hooks.reduction_point``).
 With ``record_dir`` every question's record (prediction, tokens before and after, timings, or the error of an
 unreadable video) is appended there, and a question already recorded is answered from its record instead of
 being run again, so that an interrupted evaluation resumes where it stopped.
@@ -13,7 +15,6 @@ being run again, so that an interrupted evaluation resumes where it stopped.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from pathlib import Path
 
@@ -21,26 +22,16 @@ import torch
 from lmms_eval.api.model import lmms
 from lmms_eval.models.registry_v2 import ModelManifest
 from tqdm import tqdm
-from transformers import AutoProcessor, LlavaOnevisionForConditionalGeneration
+from transformers.video_utils import VideoMetadata
 
 from runners.records import QuestionRecord, append_record, records_by_question
-from sttm.adapters.llava_onevision import reduce_at_layer, reduce_before_llm
+from sttm.adapters.hooks import is_qwen, newlines_per_video, reduction_point
+from sttm.adapters.loading import load_model
 from sttm.adapters.timing import timed_generate
 from sttm.adapters.video import VideoError, read_frames
-from sttm.api import Reducer, Stage, build_reducer
+from sttm.api import Reducer, build_reducer
 
 MANIFEST = ModelManifest(model_id="sttm_bench", simple_class_path="runners.lmms_model.ReducedVideoLLM")
-
-
-def reduction_point(model, reducer: Reducer | None, positions: str):
-    """The context that applies ``reducer`` at its declared stage (none for full tokens)."""
-    if reducer is None:
-        return contextlib.nullcontext()
-    if reducer.stage is Stage.PRE_LLM:
-        return reduce_before_llm(model, reducer, positions)
-    if reducer.stage is Stage.LLM_LAYER:
-        return reduce_at_layer(model, reducer, reducer.layer, positions)
-    raise ValueError(f"reducer {reducer.name!r} acts at stage {reducer.stage.value!r}, which is not wired yet")
 
 
 class ReducedVideoLLM(lmms):
@@ -59,6 +50,7 @@ class ReducedVideoLLM(lmms):
         device: str = "cpu",
         dtype: str = "float32",
         attn_implementation: str = "sdpa",
+        device_map: str | None = None,
         batch_size: int | str | None = 1,
         max_batch_size: int | None = None,
     ) -> None:
@@ -74,12 +66,8 @@ class ReducedVideoLLM(lmms):
         self.target_fps, self.max_frames = float(target_fps), int(max_frames)
         self.max_new_tokens = int(max_new_tokens)
         self.record_dir = None if record_dir is None else Path(record_dir)
-        self.device = torch.device(device)
-        self.processor = AutoProcessor.from_pretrained(pretrained)
-        self.model = LlavaOnevisionForConditionalGeneration.from_pretrained(
-            pretrained, dtype=getattr(torch, dtype), attn_implementation=attn_implementation
-        ).to(self.device)
-        self.model.eval()
+        self.model, self.processor = load_model(pretrained, dtype, attn_implementation, device_map or device)
+        self.device = self.model.device
 
     def clean(self) -> None:
         """Keep the model: lmms-eval's default deletes every module attribute after an evaluation."""
@@ -106,17 +94,18 @@ class ReducedVideoLLM(lmms):
             visual_tokens_before=0, visual_tokens_after=0,
         )  # fmt: skip
         try:
-            frames = read_frames(doc_to_visual(doc)[0], self.target_fps, self.max_frames)
+            video = read_frames(doc_to_visual(doc)[0], self.target_fps, self.max_frames, is_qwen(self.model))
         except VideoError as error:
             return dataclasses.replace(base, error=str(error))
-        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
-        text = self.processor.apply_chat_template(messages, add_generation_prompt=True)
-        inputs = self.processor(text=text, videos=[frames], return_tensors="pt").to(self.device)
+        except SystemExit as error:  # lmms-eval's built-in tasks exit when a video is missing
+            return dataclasses.replace(base, error=f"the task's doc_to_visual exited ({error.code}): video missing")
+        inputs = self.model_inputs(question, video).to(self.device)
         with torch.inference_mode(), reduction_point(self.model, self.reducer, self.positions) as log:
             output, timing = timed_generate(self.model, inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
         prediction = self.processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-        before = int((inputs["input_ids"] == self.model.config.video_token_id).sum()) - 1  # the newline stays
-        reduction = log.last if log is not None else None
+        placeholders = int((inputs["input_ids"] == self.model.config.video_token_id).sum())
+        before = placeholders - newlines_per_video(self.model)
+        reduction = log.last if log.calls else None
         return dataclasses.replace(
             base,
             prediction=prediction.strip(),
@@ -128,6 +117,17 @@ class ReducedVideoLLM(lmms):
             ttft_ms=timing.ttft_ms,
             decode_ms_per_token=timing.decode_ms_per_token,
             peak_memory_mb=timing.peak_memory_mb,
+        )
+
+    def model_inputs(self, question: str, video) -> dict:
+        """The processor's inputs for one question about ``video`` (a ``SampledVideo``)."""
+        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True)
+        if not is_qwen(self.model):
+            return self.processor(text=text, videos=[video.frames], return_tensors="pt")
+        metadata = VideoMetadata(total_num_frames=len(video.frames), fps=video.fps)
+        return self.processor(
+            text=text, videos=[video.frames], video_metadata=[metadata], do_sample_frames=False, return_tensors="pt"
         )
 
     def loglikelihood(self, requests):

@@ -22,7 +22,7 @@ import torch
 from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
 
 from baselines.vidcom2 import VidCom2
-from sttm.adapters.llava_onevision import reduce_at_layer, reduce_before_llm
+from sttm.adapters.hooks import llm_layer, pre_llm
 from sttm.adapters.timing import timed_generate
 from sttm.reducer import STTM
 
@@ -135,13 +135,16 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"frames": frames, "method": "full tokens", "budget": 1.0, **full})
         for budget in (0.5, 0.3):
             searched = STTM(budget=budget)
-            with reduce_at_layer(model, searched, 2) as log:
+            with llm_layer(model, searched, 2) as log:
                 model.generate(**inputs, max_new_tokens=1, do_sample=False)
-            fixed = STTM(threshold=log.last.info["threshold"], temporal_threshold=log.last.info["temporal_threshold"])
+            fixed = STTM(
+                threshold=log.last.reductions[0].info["threshold"],
+                temporal_threshold=log.last.reductions[0].info["temporal_threshold"],
+            )
             settings = {
-                "sttm, layer 2, budget search": lambda r=searched: reduce_at_layer(model, r, 2),
-                "sttm, layer 2, fixed thresholds": lambda r=fixed: reduce_at_layer(model, r, 2),
-                "vidcom2, before the LLM": lambda b=budget: reduce_before_llm(model, VidCom2(budget=b)),
+                "sttm, layer 2, budget search": lambda r=searched: llm_layer(model, r, 2),
+                "sttm, layer 2, fixed thresholds": lambda r=fixed: llm_layer(model, r, 2),
+                "vidcom2, before the LLM": lambda b=budget: pre_llm(model, VidCom2(budget=b)),
             }
             for method, context in settings.items():
                 result = measure(model, inputs, context, args.repeats)
@@ -151,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             print(rows[-3:], flush=True)
         for method, context in {
             "full tokens": NoReduction,
-            "sttm, layer 2, fixed thresholds (0.3)": lambda r=fixed: reduce_at_layer(model, r, 2),
+            "sttm, layer 2, fixed thresholds (0.3)": lambda r=fixed: llm_layer(model, r, 2),
         }.items():
             check = cached_vs_recomputed(model, inputs, context)
             rows.append({"frames": frames, "method": f"cached vs recomputed: {method}", "check": check})

@@ -44,11 +44,13 @@ class VideoTokens:
 
     grid:        [T, H, W, C] visual tokens (frames, grid rows, grid columns, channels), any float dtype/device.
     importance:  optional [T, H, W] per-token score (e.g. attention received), for methods that rank tokens.
+    keys:        optional [T, H, W, K] attention keys of the tokens, for methods that compare tokens by them.
     question:    the question text, for query-aware methods.
     """
 
     grid: torch.Tensor
     importance: torch.Tensor | None = None
+    keys: torch.Tensor | None = None
     question: str | None = None
 
     def __post_init__(self) -> None:
@@ -69,6 +71,11 @@ class VideoTokens:
         if self.importance is not None and tuple(self.importance.shape) != tuple(grid.shape[:3]):
             raise ValueError(
                 f"importance must have shape [T, H, W] = {tuple(grid.shape[:3])}, got {tuple(self.importance.shape)}"
+            )
+        if self.keys is not None and (self.keys.dim() != 4 or tuple(self.keys.shape[:3]) != tuple(grid.shape[:3])):
+            raise ValueError(
+                f"keys must have shape [T, H, W, K] with [T, H, W] = {tuple(grid.shape[:3])}, "
+                f"got {tuple(self.keys.shape)}"
             )
 
     @property
@@ -142,6 +149,11 @@ class Reducer(ABC):
     #: decoder layer k for ``Stage.LLM_LAYER`` / ``Stage.DECODE`` methods; None for the others.
     layer: int | None = None
 
+    #: what the reduction point must compute besides the grid: "importance" (at ``llm_layer``: the attention the
+    #: last prompt token pays each visual token at layer k; at ``vision``: the attention each patch receives in the
+    #: vision tower) and "keys" (at ``vision``: the vision tower's attention keys), pooled to the grid.
+    needs: ClassVar[frozenset[str]] = frozenset()
+
     @abstractmethod
     def reduce(self, video: VideoTokens) -> Reduction:
         """Return the kept tokens of ``video``."""
@@ -149,6 +161,9 @@ class Reducer(ABC):
     def __call__(self, video: VideoTokens) -> Reduction:
         if self.query_aware and video.question is None and video.importance is None:
             raise ValueError(f"reducer {self.name!r} is query-aware: give it the question or the importance")
+        missing = sorted(need for need in self.needs if getattr(video, need) is None)
+        if missing:
+            raise ValueError(f"reducer {self.name!r} needs {' and '.join(missing)} besides the grid")
         if video.grid.is_cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()

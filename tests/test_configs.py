@@ -1,10 +1,13 @@
-"""Shipped configs: the authors' STTM thresholds and the reducer sweep."""
+"""Shipped configs: the authors' STTM thresholds, the model configs, the reducers' layers."""
 
 from __future__ import annotations
 
 import pytest
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from runners.evaluate import CONFIGS, reducer_config, reducer_params
+from sttm.adapters.loading import MODEL_CLASSES
 from sttm.paper import PAPER_CONFIG, paper_reducer
 
 
@@ -32,3 +35,26 @@ def test_paper_reducer_uses_the_tuned_thresholds_and_layer():
 def test_settings_the_paper_did_not_run_are_refused(model, benchmark, budget, problem):
     with pytest.raises(ValueError, match=problem):
         paper_reducer(model, benchmark, budget)
+
+
+MODEL_KEYS = {"name", "pretrained", "family", "dtype", "attn_implementation", "device", "device_map", "llm_layer",
+              "target_fps", "max_frames", "max_new_tokens"}  # fmt: skip
+
+
+@pytest.mark.parametrize("model", sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml")))
+def test_every_model_config_composes_with_every_key_the_runner_reads(model):
+    cfg = compose_evaluate(f"model={model}")
+    assert MODEL_KEYS <= set(cfg.model) and cfg.model.name == model
+    assert cfg.model.family in MODEL_CLASSES and set(cfg.model.max_frames) == {"default", "needle"}
+
+
+@pytest.mark.parametrize(("model", "layer"), [("llava_video_7b", 2), ("qwen2_vl_7b", 2), ("llava_video_72b", 0)])
+def test_llm_layer_reducers_act_at_the_models_layer_unless_their_config_names_one(model, layer):
+    cfg = compose_evaluate(f"model={model}")
+    assert reducer_params(cfg, reducer_config("sttm"))["layer"] == layer
+    assert "layer" not in reducer_params(cfg, reducer_config("vidcom2"))  # acts before the LLM
+
+
+def compose_evaluate(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose(config_name="evaluate", overrides=list(overrides))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -17,7 +18,8 @@ from lmms_eval.tasks import TaskManager  # noqa: E402
 from runners.lmms_model import ReducedVideoLLM  # noqa: E402
 from runners.records import read_records  # noqa: E402
 from runners.toybench import generate_split, write_task_yaml  # noqa: E402
-from sttm.adapters.tiny import save_tiny_llava_onevision  # noqa: E402
+from sttm.adapters.tiny import FRAME_SIZE, save_tiny_model  # noqa: E402
+from sttm.adapters.video import SampledVideo  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +29,7 @@ def setup(tmp_path_factory):
     write_task_yaml("toy_videomme", root / "tasks")
     first_video = jsonl.parent / "videos" / "test0000.mp4"
     first_video.unlink()  # its 3 questions must become recorded errors, not a crash
-    return root, save_tiny_llava_onevision(root / "tiny"), TaskManager(include_path=str(root / "tasks"))
+    return root, save_tiny_model("llava_onevision", root / "tiny"), TaskManager(include_path=str(root / "tasks"))
 
 
 def evaluate(model, task_manager):
@@ -79,3 +81,22 @@ def test_full_tokens_and_an_llm_layer_reducer(setup):
     sttm_records = [r for r in read_records(root / "sttm") if not r["error"]]
     assert all(r["achieved_ratio"] == 1.0 for r in full_records)
     assert all(r["achieved_ratio"] <= 0.5 and r["reducer_ms"] > 0 for r in sttm_records)
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+def test_qwen_models_evaluate_with_an_llm_layer_reducer(setup, family, tmp_path):
+    root, _, task_manager = setup
+    folder = save_tiny_model(family, tmp_path / family)
+    model = ReducedVideoLLM(folder, reducer="sttm", budget=0.5, max_new_tokens=2, record_dir=tmp_path / "cell")
+    evaluate(model, task_manager)
+    answered = [r for r in read_records(tmp_path / "cell") if not r["error"]]
+    # 32 frames at most, in temporal pairs, of an 8x8 merged grid
+    assert len(answered) == 3 and all(r["visual_tokens_before"] % 64 == 0 for r in answered)
+    assert all(r["achieved_ratio"] <= 0.5 and r["prefill_ms"] > 0 for r in answered)
+
+
+def test_qwen2_5_temporal_ids_follow_the_sampled_frame_rate(tmp_path):
+    model = ReducedVideoLLM(save_tiny_model("qwen2_5_vl", tmp_path / "qwen"))
+    frames = np.zeros((4, FRAME_SIZE, FRAME_SIZE, 3), dtype=np.uint8)
+    inputs = model.model_inputs("what color ?", SampledVideo(frames, fps=0.5))
+    assert inputs["second_per_grid_ts"].tolist() == [2 / 0.5]  # two frames per temporal patch

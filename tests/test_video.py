@@ -31,14 +31,16 @@ def numbered_video(path, frames: int, fps: int):
 
 def test_read_frames_picks_the_sampled_frames(tmp_path):
     numbered_video(tmp_path / "v.mp4", frames=12, fps=4)
-    frames = read_frames(tmp_path / "v.mp4", target_fps=1, max_frames=128)
+    video = read_frames(tmp_path / "v.mp4", target_fps=1, max_frames=128)
+    frames = video.frames
+    assert video.fps == 4 * 4 / 12
     brightness = frames.reshape(len(frames), -1).mean(axis=1) / 8
     assert np.allclose(brightness, [0, 4, 8, 11], atol=0.6)
 
 
 def test_qwen_pads_an_odd_count_by_repeating_the_last_frame(tmp_path):
     numbered_video(tmp_path / "v.mp4", frames=3, fps=1)
-    frames = read_frames(tmp_path / "v.mp4", target_fps=1, pad_to_even=True)
+    frames = read_frames(tmp_path / "v.mp4", target_fps=1, pad_to_even=True).frames
     assert len(frames) == 4 and np.array_equal(frames[-1], frames[-2])
 
 

@@ -70,6 +70,11 @@ class _MarkTokens(LogitsProcessor):
         return scores
 
 
+def vision_module(model):
+    """The vision tower: LLaVA-OneVision's ``vision_tower``, Qwen's ``visual``."""
+    return model.model.visual if hasattr(model.model, "visual") else model.model.vision_tower
+
+
 def timed_generate(model, inputs: dict, **generate_kwargs) -> tuple[torch.Tensor, Timing]:
     """``model.generate(**inputs, **generate_kwargs)`` with its timing (see the module docstring)."""
     device = next(model.parameters()).device
@@ -92,7 +97,7 @@ def timed_generate(model, inputs: dict, **generate_kwargs) -> tuple[torch.Tensor
             state["prefill_done"] = True
 
     handles = [
-        model.model.vision_tower.register_forward_pre_hook(on_vision_start),
+        vision_module(model).register_forward_pre_hook(on_vision_start),
         language_model.register_forward_pre_hook(on_language_start, with_kwargs=True),
         language_model.register_forward_hook(on_language_end, with_kwargs=True),
     ]

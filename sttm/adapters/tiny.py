@@ -1,9 +1,14 @@
-"""Tiny models of the real architectures, built offline (no hub), for tests and the offline suite.
+"""Tiny models of the three video-LLM families, built offline from transformers' own classes (no hub).
 
-``tiny_llava_onevision()`` is a ``LlavaOnevisionForConditionalGeneration`` (SigLIP at 224 px with 14 px patches,
-so an 8x8 pooled grid per frame, and a 4-layer Qwen2) with random weights; ``tiny_llava_onevision_processor()``
-the matching ``LlavaOnevisionProcessor`` with a word-level tokenizer and a ChatML template; and
-``save_tiny_llava_onevision(path)`` writes both as a normal Hugging Face folder that ``from_pretrained`` loads.
+``tiny_model(family)`` builds ``LlavaOnevisionForConditionalGeneration`` (SigLIP + Qwen2),
+``Qwen2VLForConditionalGeneration`` or ``Qwen2_5_VLForConditionalGeneration`` with seeded random weights (a 64-wide,
+4-layer language model and a 2-layer vision tower on 224-pixel frames); ``tiny_processor(family)`` the family's
+processor over a word-level tokenizer (the words of the synthetic benchmarks' prompts) with a ChatML template;
+``save_tiny_model(family, path)`` writes both as a Hugging Face folder that ``from_pretrained`` and
+``AutoProcessor.from_pretrained`` load back. The tests use them, and the offline suite starts from them.
+
+Visual tokens: LLaVA-OneVision pools each frame's 16x16 patches to 8x8 (plus one newline per video); Qwen merges
+2x2 patches and 2 frames, so 8 frames of 224x224 give a 4x8x8 grid.
 """
 
 from __future__ import annotations
@@ -18,11 +23,27 @@ from transformers import (
     LlavaOnevisionImageProcessor,
     LlavaOnevisionProcessor,
     LlavaOnevisionVideoProcessor,
+    PreTrainedModel,
     PreTrainedTokenizerFast,
+    ProcessorMixin,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLProcessor,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+    Qwen2VLImageProcessor,
+    Qwen2VLProcessor,
+    Qwen2VLVideoProcessor,
 )
 
-IMAGE_SIZE, PATCH_SIZE = 224, 14
-SPECIAL_TOKENS = ["<unk>", "<pad>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
+FAMILIES = ("llava_onevision", "qwen2_vl", "qwen2_5_vl")
+FRAME_SIZE, PATCH_SIZE = 224, 14
+HIDDEN, LAYERS = 64, 4
+
+SPECIAL_TOKENS = [
+    "<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>",
+    "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>",
+]  # fmt: skip
 WORDS = (
     "system user assistant you are a helpful the of to and in with only which what how many color shape "
     "video question answer best is option letter correct following multiple choice based on subtitles select "
@@ -31,63 +52,133 @@ WORDS = (
     "disappeared moved circle triangle cross green blue yellow magenta cyan orange gray navy olive brown teal "
     "plum colored during covered was were A B C D E F 0 1 2 3 4 5 6 7 8 9 . , : ? ( ) ' \n"
 ).split()
-CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for part in message['content'] %}{% if part['type'] == 'video' %}<video>\n"
-    "{% elif part['type'] == 'image' %}<image>\n{% else %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 VOCAB = {token: index for index, token in enumerate(dict.fromkeys([*SPECIAL_TOKENS, *WORDS]))}
-VIDEO_TOKEN_ID, IMAGE_TOKEN_ID = VOCAB["<video>"], VOCAB["<image>"]
+
+VIDEO_MARKUP = {
+    "llava_onevision": "<video>",
+    "qwen2_vl": "<|vision_start|><|video_pad|><|vision_end|>",
+    "qwen2_5_vl": "<|vision_start|><|video_pad|><|vision_end|>",
+}
+IMAGE_MARKUP = {
+    "llava_onevision": "<image>",
+    "qwen2_vl": "<|vision_start|><|image_pad|><|vision_end|>",
+    "qwen2_5_vl": "<|vision_start|><|image_pad|><|vision_end|>",
+}
 
 
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """A word-level tokenizer over the words of the synthetic benchmarks' prompts; other words are <unk>."""
-    backend = Tokenizer(models.WordLevel(vocab=VOCAB, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", eos_token="<|im_end|>",
-        additional_special_tokens=SPECIAL_TOKENS[2:], chat_template=CHAT_TEMPLATE,
-    )  # fmt: skip
-    tokenizer.padding_side = "left"
-    return tokenizer
+def check_family(family: str) -> str:
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; choose one of: {', '.join(FAMILIES)}")
+    return family
 
 
-def tiny_llava_onevision_processor() -> LlavaOnevisionProcessor:
-    size = {"height": IMAGE_SIZE, "width": IMAGE_SIZE}
-    return LlavaOnevisionProcessor(
-        image_processor=LlavaOnevisionImageProcessor(size=size, image_grid_pinpoints=[[IMAGE_SIZE, IMAGE_SIZE]]),
-        video_processor=LlavaOnevisionVideoProcessor(size=size),
-        tokenizer=tiny_tokenizer(),
-        num_image_tokens=(IMAGE_SIZE // PATCH_SIZE) ** 2,
-        vision_feature_select_strategy="full",
-        chat_template=CHAT_TEMPLATE,
+def chat_template(family: str) -> str:
+    """A ChatML template that writes the family's placeholder for each video or image part of a message."""
+    return (
+        "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+        "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+        "{% for part in message['content'] %}"
+        f"{{% if part['type'] == 'video' %}}{VIDEO_MARKUP[family]}\n"
+        f"{{% elif part['type'] == 'image' %}}{IMAGE_MARKUP[family]}\n"
+        "{% else %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
+        "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
     )
 
 
-def tiny_llava_onevision(seed: int = 0, attn_implementation: str = "sdpa") -> LlavaOnevisionForConditionalGeneration:
-    """Random weights from ``seed``, float32, in eval mode."""
-    config = LlavaOnevisionConfig(
-        vision_config=dict(
-            model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=2, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE,
-        ),
-        text_config=dict(
-            model_type="qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-            num_key_value_heads=2, vocab_size=256, max_position_embeddings=4096,
-            eos_token_id=VOCAB["<|im_end|>"], pad_token_id=VOCAB["<pad>"],
-        ),
-        image_token_id=IMAGE_TOKEN_ID, video_token_id=VIDEO_TOKEN_ID, vision_feature_layer=-1,
-        vision_feature_select_strategy="full", image_grid_pinpoints=[[IMAGE_SIZE, IMAGE_SIZE]],
+def tiny_tokenizer(family: str = "llava_onevision") -> PreTrainedTokenizerFast:
+    """A word-level tokenizer (other words are <unk>) that pads on the left, with the family's chat template."""
+    backend = Tokenizer(models.WordLevel(vocab=VOCAB, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", pad_token="<|endoftext|>", eos_token="<|im_end|>",
+        additional_special_tokens=SPECIAL_TOKENS[2:], chat_template=chat_template(check_family(family)),
+        padding_side="left",
     )  # fmt: skip
-    config._attn_implementation = attn_implementation
+
+
+def tiny_processor(family: str) -> ProcessorMixin:
+    """The family's processor for 112-pixel frames (Qwen: exactly 112x112, so a 4x4 merged grid per 2 frames)."""
+    tokenizer = tiny_tokenizer(family)
+    if check_family(family) == "llava_onevision":
+        size = {"height": FRAME_SIZE, "width": FRAME_SIZE}
+        return LlavaOnevisionProcessor(
+            image_processor=LlavaOnevisionImageProcessor(size=size, image_grid_pinpoints=[[FRAME_SIZE, FRAME_SIZE]]),
+            video_processor=LlavaOnevisionVideoProcessor(size=size),
+            tokenizer=tokenizer,
+            num_image_tokens=(FRAME_SIZE // PATCH_SIZE) ** 2,
+            vision_feature_select_strategy="full",
+            chat_template=tokenizer.chat_template,
+        )
+    pixels = {"shortest_edge": FRAME_SIZE * FRAME_SIZE, "longest_edge": FRAME_SIZE * FRAME_SIZE}
+    processor_class = Qwen2VLProcessor if family == "qwen2_vl" else Qwen2_5_VLProcessor
+    return processor_class(
+        image_processor=Qwen2VLImageProcessor(size=pixels, patch_size=PATCH_SIZE),
+        video_processor=Qwen2VLVideoProcessor(size=pixels, patch_size=PATCH_SIZE, cap_pixels_per_frame=True),
+        tokenizer=tokenizer,
+        chat_template=tokenizer.chat_template,
+    )
+
+
+def text_config(**family_specific) -> dict:
+    return dict(
+        hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=len(VOCAB), max_position_embeddings=4096, bos_token_id=None,
+        eos_token_id=VOCAB["<|im_end|>"], pad_token_id=VOCAB["<|endoftext|>"], **family_specific,
+    )  # fmt: skip
+
+
+def tiny_config(family: str):
+    ids = dict(image_token_id=VOCAB["<image>"], video_token_id=VOCAB["<video>"])
+    if check_family(family) == "llava_onevision":
+        return LlavaOnevisionConfig(
+            vision_config=dict(
+                model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=2, image_size=FRAME_SIZE, patch_size=PATCH_SIZE,
+            ),
+            text_config=text_config(model_type="qwen2"),
+            vision_feature_layer=-1, vision_feature_select_strategy="full",
+            image_grid_pinpoints=[[FRAME_SIZE, FRAME_SIZE]], **ids,
+        )  # fmt: skip
+    mrope = dict(
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
+    )  # sums to head_dim / 2
+    ids = dict(
+        image_token_id=VOCAB["<|image_pad|>"], video_token_id=VOCAB["<|video_pad|>"],
+        vision_start_token_id=VOCAB["<|vision_start|>"], vision_end_token_id=VOCAB["<|vision_end|>"],
+    )  # fmt: skip
+    vision = dict(depth=2, num_heads=2, patch_size=PATCH_SIZE, spatial_merge_size=2, temporal_patch_size=2)
+    if family == "qwen2_vl":
+        return Qwen2VLConfig(
+            vision_config=dict(**vision, embed_dim=32, hidden_size=HIDDEN, mlp_ratio=2),
+            text_config=text_config(**mrope), **ids,
+        )  # fmt: skip
+    return Qwen2_5_VLConfig(
+        vision_config=dict(
+            **vision, hidden_size=32, intermediate_size=64, out_hidden_size=HIDDEN, window_size=FRAME_SIZE // 2,
+            fullatt_block_indexes=[1], tokens_per_second=2,
+        ),
+        text_config=text_config(**mrope), **ids,
+    )  # fmt: skip
+
+
+MODEL_CLASSES = {
+    "llava_onevision": LlavaOnevisionForConditionalGeneration,
+    "qwen2_vl": Qwen2VLForConditionalGeneration,
+    "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
+}
+
+
+def tiny_model(family: str, seed: int = 0, attn_implementation: str = "sdpa") -> PreTrainedModel:
+    """Random weights from ``seed``, float32, in eval mode."""
+    config = tiny_config(family)
     torch.manual_seed(seed)
-    return LlavaOnevisionForConditionalGeneration(config).eval()
+    model = MODEL_CLASSES[family]._from_config(config, attn_implementation=attn_implementation)
+    return model.eval()
 
 
-def save_tiny_llava_onevision(path: Path, seed: int = 0) -> Path:
-    """Write the tiny model and its processor as a Hugging Face folder."""
-    tiny_llava_onevision(seed).save_pretrained(path)
-    tiny_llava_onevision_processor().save_pretrained(path)
+def save_tiny_model(family: str, path: str | Path, seed: int = 0) -> Path:
+    """Write the tiny model and its processor as a Hugging Face folder; return ``path``."""
+    path = Path(path)
+    tiny_model(family, seed).save_pretrained(path)
+    tiny_processor(family).save_pretrained(path)
     return path

@@ -9,6 +9,7 @@ frame (``pad_to_even``), as its temporal patches take frames in pairs.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import av
@@ -32,10 +33,18 @@ def sample_indices(total_frames: int, video_fps: float, target_fps: float, max_f
     return indices.astype(int)
 
 
+@dataclass(frozen=True)
+class SampledVideo:
+    """frames: [T, H, W, 3] uint8; fps: sampled frames per second of video time (Qwen2.5-VL's temporal ids)."""
+
+    frames: np.ndarray
+    fps: float
+
+
 def read_frames(
     path: str | Path, target_fps: float = 1.0, max_frames: int = 128, pad_to_even: bool = False
-) -> np.ndarray:
-    """[T, H, W, 3] uint8 frames of the video at ``path``, sampled by ``sample_indices``."""
+) -> SampledVideo:
+    """The frames of the video at ``path`` sampled by ``sample_indices``."""
     path = Path(path)
     if not path.is_file():
         raise VideoError(f"video not found: {path}")
@@ -51,4 +60,5 @@ def read_frames(
     chosen = sample_indices(len(frames), video_fps, target_fps, max_frames)
     if pad_to_even and len(chosen) % 2:
         chosen = np.concatenate([chosen, chosen[-1:]])
-    return np.stack([frames[i] for i in chosen])
+    sampled_fps = len(chosen) * video_fps / len(frames)
+    return SampledVideo(np.stack([frames[i] for i in chosen]), sampled_fps)

@@ -1,0 +1,66 @@
+"""Attention scores that reducers rank tokens by, recomputed from a layer's own projections.
+
+The model keeps its attention implementation (sdpa or flash): only the scores a reducer asks for are computed here,
+from the layer's input, its query and key projections and its rotary embedding, for the queries that matter.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat([-second, first], dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of x [B, heads, L, d] with cos, sin [B, L, d]."""
+    return x * cos[:, None] + rotate_half(x) * sin[:, None]
+
+
+def decoder_queries_and_keys(
+    layer, hidden: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor], query_positions: slice
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotated queries [B, heads, q, d] at ``query_positions`` and keys [B, heads, L, d] (repeated to the query
+    heads) of a Qwen2-style decoder ``layer`` whose input is ``hidden`` [B, L, D]."""
+    attention = layer.self_attn
+    normed = layer.input_layernorm(hidden)
+    batch, length, head_dim = hidden.shape[0], hidden.shape[1], attention.head_dim
+    cos, sin = position_embeddings
+    queries = attention.q_proj(normed[:, query_positions]).view(batch, -1, attention.q_proj.out_features // head_dim,
+                                                                head_dim).transpose(1, 2)  # fmt: skip
+    keys = attention.k_proj(normed).view(batch, length, -1, head_dim).transpose(1, 2)
+    queries = apply_rotary(queries, cos[:, query_positions], sin[:, query_positions])
+    keys = apply_rotary(keys, cos, sin)
+    return queries, keys.repeat_interleave(queries.shape[1] // keys.shape[1], dim=1)
+
+
+def last_token_attention(
+    layer, hidden: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor], key_mask: torch.Tensor | None
+) -> torch.Tensor:
+    """[B, L] attention the last token pays each token at decoder ``layer`` (softmax over the keys, in float32, mean
+    over heads), as FastV ranks visual tokens. ``key_mask`` [B, L] is 0 for padding, which gets none."""
+    queries, keys = decoder_queries_and_keys(layer, hidden, position_embeddings, slice(-1, None))
+    scores = (queries.float() @ keys.float().transpose(-1, -2))[:, :, 0] * layer.self_attn.scaling
+    if key_mask is not None:
+        scores = scores.masked_fill(~key_mask.bool()[:, None], -torch.inf)
+    return scores.softmax(dim=-1).mean(dim=1)
+
+
+def received_attention_and_keys(layer, hidden: torch.Tensor, frames_per_chunk: int = 8):
+    """For a SigLIP encoder ``layer`` with input ``hidden`` [F, P, D] (frames, patches): the attention each patch
+    receives (softmax per query in float32, mean over heads and queries) [F, P], and the keys averaged over heads
+    [F, P, d], as VisionZip ranks and compares patches without a CLS token. Frames go in chunks to bound memory."""
+    attention = layer.self_attn
+    heads, head_dim = attention.num_heads, attention.head_dim
+    importance, mean_keys = [], []
+    for chunk in hidden.split(frames_per_chunk):
+        normed = layer.layer_norm1(chunk)
+        frames, patches = chunk.shape[:2]
+        queries = attention.q_proj(normed).view(frames, patches, heads, head_dim).transpose(1, 2).float()
+        keys = attention.k_proj(normed).view(frames, patches, heads, head_dim).transpose(1, 2).float()
+        weights = (queries @ keys.transpose(-1, -2) * attention.scale).softmax(dim=-1)
+        importance.append(weights.mean(dim=(1, 2)))
+        mean_keys.append(keys.mean(dim=1))
+    return torch.cat(importance), torch.cat(mean_keys)
