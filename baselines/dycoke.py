@@ -11,7 +11,8 @@ frame i, with i < T − 4, frame i+2 is pruned the same way against frame i. Eve
 last one too) is kept whole. Kept tokens of a pruned frame come out by ascending similarity, the others in raster
 order; frames in order. Dropped tokens are discarded, not averaged.
 
-Only stage 1 is here. Stage 2, DyCoke's pruning of the KV cache during decoding, is not part of this reducer.
+Stage 2, DyCoke's pruning of the KV cache during decoding, runs when ``kv_prune_ratio`` is given (the authors'
+defaults: ratio 0.7 at layer 3): ``sttm.adapters.hooks.KVPruning`` describes it. It changes no prefill token.
 
 Budget: the native knob is the prune ratio p; for T divisible by 4 about (1 + 3(1 − p)) / 4 of the tokens stay,
 so no budget below 1/4 can be met. Given a budget, the kept count is F·P + M·k for F whole frames, M pruned
@@ -30,6 +31,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from sttm.adapters.hooks import KVPruning
 from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, patch_boxes, register
 
 #: the kept fraction DyCoke's TTM approaches on long videos at prune ratio 1: one whole frame in four
@@ -83,8 +85,17 @@ class DyCoke(Reducer):
     stage = Stage.PRE_LLM
     query_aware = False
 
-    def __init__(self, budget: float = 0.5, prune_ratio: float | None = None) -> None:
+    def __init__(
+        self,
+        budget: float = 0.5,
+        prune_ratio: float | None = None,
+        kv_prune_ratio: float | None = None,
+        kv_layer: int = 3,
+    ) -> None:
         self.budget = check_budget(budget)
+        if kv_prune_ratio is not None and not 0.0 <= kv_prune_ratio < 1.0:
+            raise ValueError(f"DyCoke's kv_prune_ratio must lie in [0, 1), got {kv_prune_ratio}")
+        self.kv_pruning = None if kv_prune_ratio is None else KVPruning(layer=kv_layer, prune_ratio=kv_prune_ratio)
         if prune_ratio is None and self.budget < BUDGET_FLOOR:
             raise ValueError(
                 f"DyCoke cannot keep less than its floor of {BUDGET_FLOOR:.0%} of the tokens (one whole frame in "

@@ -126,3 +126,12 @@ def test_prune_ratios_outside_zero_one_are_refused(prune_ratio):
 def test_registered_before_the_llm():
     reducer = build_reducer("dycoke", budget=0.5)
     assert isinstance(reducer, DyCoke) and reducer.stage is Stage.PRE_LLM and reducer.layer is None
+
+
+def test_stage_two_prunes_the_kv_cache_while_decoding_with_the_authors_defaults():
+    from sttm.adapters.hooks import KVPruning
+
+    assert DyCoke(budget=0.5, kv_prune_ratio=0.7).kv_pruning == KVPruning(layer=3, prune_ratio=0.7)
+    assert DyCoke(budget=0.5).kv_pruning is None
+    with pytest.raises(ValueError, match=r"kv_prune_ratio must lie in \[0, 1\)"):
+        DyCoke(budget=0.5, kv_prune_ratio=1.0)
