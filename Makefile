@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 GOLDEN ?= ../shared/golden
 
-.PHONY: setup test lint golden bench sweep report toybench
+.PHONY: setup test lint golden bench bench-latency sweep report toybench
 
 setup: $(STAMP)
 
@@ -28,6 +28,12 @@ golden: setup
 
 bench: setup
 	$(PY) scripts/bench_reducers.py
+
+# on a CUDA machine: every reducer at budgets 0.5/0.3/0.15 on 7B-size random-weight models (see runners/latency.py)
+LATENCY ?= results/latency/local
+bench-latency: setup
+	$(PY) -m runners.latency --model llava_onevision_7b --frames 64 128 --output $(LATENCY)
+	$(PY) -m runners.latency --model qwen2_vl_7b --frames 128 --output $(LATENCY)
 
 BUDGET ?= 0.5
 sweep: setup

@@ -19,7 +19,6 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     LlavaOnevisionConfig,
-    LlavaOnevisionForConditionalGeneration,
     LlavaOnevisionImageProcessor,
     LlavaOnevisionProcessor,
     LlavaOnevisionVideoProcessor,
@@ -27,14 +26,14 @@ from transformers import (
     PreTrainedTokenizerFast,
     ProcessorMixin,
     Qwen2_5_VLConfig,
-    Qwen2_5_VLForConditionalGeneration,
     Qwen2_5_VLProcessor,
     Qwen2VLConfig,
-    Qwen2VLForConditionalGeneration,
     Qwen2VLImageProcessor,
     Qwen2VLProcessor,
     Qwen2VLVideoProcessor,
 )
+
+from sttm.adapters.loading import MODEL_CLASSES
 
 FAMILIES = ("llava_onevision", "qwen2_vl", "qwen2_5_vl")
 FRAME_SIZE, PATCH_SIZE = 224, 14
@@ -96,20 +95,20 @@ def tiny_tokenizer(family: str = "llava_onevision") -> PreTrainedTokenizerFast:
     )  # fmt: skip
 
 
-def tiny_processor(family: str) -> ProcessorMixin:
-    """The family's processor for 112-pixel frames (Qwen: exactly 112x112, so a 4x4 merged grid per 2 frames)."""
+def tiny_processor(family: str, frame_size: int = FRAME_SIZE) -> ProcessorMixin:
+    """The family's processor for square frames of ``frame_size`` pixels (Qwen: exactly that size)."""
     tokenizer = tiny_tokenizer(family)
     if check_family(family) == "llava_onevision":
-        size = {"height": FRAME_SIZE, "width": FRAME_SIZE}
+        size = {"height": frame_size, "width": frame_size}
         return LlavaOnevisionProcessor(
-            image_processor=LlavaOnevisionImageProcessor(size=size, image_grid_pinpoints=[[FRAME_SIZE, FRAME_SIZE]]),
+            image_processor=LlavaOnevisionImageProcessor(size=size, image_grid_pinpoints=[[frame_size, frame_size]]),
             video_processor=LlavaOnevisionVideoProcessor(size=size),
             tokenizer=tokenizer,
-            num_image_tokens=(FRAME_SIZE // PATCH_SIZE) ** 2,
+            num_image_tokens=(frame_size // PATCH_SIZE) ** 2,
             vision_feature_select_strategy="full",
             chat_template=tokenizer.chat_template,
         )
-    pixels = {"shortest_edge": FRAME_SIZE * FRAME_SIZE, "longest_edge": FRAME_SIZE * FRAME_SIZE}
+    pixels = {"shortest_edge": frame_size * frame_size, "longest_edge": frame_size * frame_size}
     processor_class = Qwen2VLProcessor if family == "qwen2_vl" else Qwen2_5_VLProcessor
     return processor_class(
         image_processor=Qwen2VLImageProcessor(size=pixels, patch_size=PATCH_SIZE),
@@ -127,9 +126,19 @@ def text_config(**family_specific) -> dict:
     )  # fmt: skip
 
 
-def tiny_config(family: str):
-    ids = dict(image_token_id=VOCAB["<image>"], video_token_id=VOCAB["<video>"])
+def placeholder_token_ids(family: str) -> dict[str, int]:
+    """The ids of the family's image and video placeholders (and Qwen's vision markers) in the tiny vocabulary."""
     if check_family(family) == "llava_onevision":
+        return dict(image_token_id=VOCAB["<image>"], video_token_id=VOCAB["<video>"])
+    return dict(
+        image_token_id=VOCAB["<|image_pad|>"], video_token_id=VOCAB["<|video_pad|>"],
+        vision_start_token_id=VOCAB["<|vision_start|>"], vision_end_token_id=VOCAB["<|vision_end|>"],
+    )  # fmt: skip
+
+
+def tiny_config(family: str):
+    ids = placeholder_token_ids(family)
+    if family == "llava_onevision":
         return LlavaOnevisionConfig(
             vision_config=dict(
                 model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -142,10 +151,6 @@ def tiny_config(family: str):
     mrope = dict(
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
     )  # sums to head_dim / 2
-    ids = dict(
-        image_token_id=VOCAB["<|image_pad|>"], video_token_id=VOCAB["<|video_pad|>"],
-        vision_start_token_id=VOCAB["<|vision_start|>"], vision_end_token_id=VOCAB["<|vision_end|>"],
-    )  # fmt: skip
     vision = dict(depth=2, num_heads=2, patch_size=PATCH_SIZE, spatial_merge_size=2, temporal_patch_size=2)
     if family == "qwen2_vl":
         return Qwen2VLConfig(
@@ -159,13 +164,6 @@ def tiny_config(family: str):
         ),
         text_config=text_config(**mrope), **ids,
     )  # fmt: skip
-
-
-MODEL_CLASSES = {
-    "llava_onevision": LlavaOnevisionForConditionalGeneration,
-    "qwen2_vl": Qwen2VLForConditionalGeneration,
-    "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
-}
 
 
 def tiny_model(family: str, seed: int = 0, attn_implementation: str = "sdpa") -> PreTrainedModel:

@@ -1,0 +1,250 @@
+"""Latency at real scale on a GPU: vision encode, reducer, LLM prefill, TTFT, decode and memory for every reducer.
+
+    python -m runners.latency --model llava_onevision_7b --frames 64 128 --output results/latency/h100
+    python -m runners.latency --model qwen2_vl_7b --frames 128 --output results/latency/h100
+
+Models are built from the published architectures with random bf16 weights (no download): LLaVA-OneVision-7B,
+which LLaVA-Video-7B shares (SigLIP-so400m-384 + Qwen2-7B, 196 tokens per frame), and Qwen2-VL-7B (its ViT-675M +
+Qwen2-7B, 256 tokens per two 448x448 frames). The video has scenes of flat-coloured blocks, so that random vision
+weights still give redundant tokens. Inputs go through the family's processor (with the offline tokenizer of
+``sttm.adapters.tiny``, whose placeholder ids the configs use).
+
+Every reducer of ``configs/reducer`` runs at each budget inside its reduction point (LLM-layer methods at layer 2),
+with full tokens first; STTM also runs at the fixed thresholds its budget search chose, as the paper uses fixed
+thresholds. Each setting: one warm-up, then the median of ``--repeats`` calls of ``generate`` (8 new tokens), timed
+as ``sttm.adapters.timing`` defines. Writes ``OUTPUT.json`` (rows, GPU, commit, command), appends the rows of this
+run to ``OUTPUT.md`` and draws ``OUTPUT_<model>.png`` (prefill speed-up against kept ratio).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from transformers import LlavaOnevisionConfig, Qwen2VLConfig
+
+from runners.evaluate import CONFIGS, reducer_config, reducer_params
+from sttm.adapters.hooks import ReductionLog, reduction_point
+from sttm.adapters.loading import MODEL_CLASSES
+from sttm.adapters.timing import timed_generate
+from sttm.adapters.tiny import placeholder_token_ids, tiny_processor
+from sttm.api import Reducer, Stage, build_reducer, reducer_class
+from sttm.reducer import STTM
+
+QWEN2_7B = dict(
+    hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+    vocab_size=152_064, max_position_embeddings=32_768,
+)  # fmt: skip
+ARCHITECTURES = {
+    "llava_onevision_7b": ("llava_onevision", 384),
+    "qwen2_vl_7b": ("qwen2_vl", 448),
+}
+LLM_LAYER = 2
+TIMINGS = ("vision_ms", "prefill_ms", "ttft_ms", "decode_ms_per_token", "peak_memory_mb")
+
+
+def real_size_config(name: str):
+    """The published architecture of ``name`` (a key of ARCHITECTURES), with the tiny tokenizer's placeholder ids."""
+    family, frame_size = ARCHITECTURES[name]
+    ids = placeholder_token_ids(family)
+    if family == "llava_onevision":
+        config = LlavaOnevisionConfig(
+            vision_config=dict(
+                model_type="siglip_vision_model", hidden_size=1152, intermediate_size=4304, num_hidden_layers=26,
+                num_attention_heads=16, image_size=frame_size, patch_size=14,
+            ),
+            text_config=dict(model_type="qwen2", rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+                             **QWEN2_7B),
+            vision_feature_layer=-1, vision_feature_select_strategy="full", **ids,
+        )  # fmt: skip
+    else:
+        config = Qwen2VLConfig(
+            vision_config=dict(depth=32, embed_dim=1280, hidden_size=3584, mlp_ratio=4, num_heads=16, patch_size=14,
+                               spatial_merge_size=2, temporal_patch_size=2),
+            text_config=dict(rope_parameters={"rope_type": "default", "rope_theta": 1e6,
+                                              "mrope_section": [16, 24, 24]}, **QWEN2_7B),
+            **ids,
+        )  # fmt: skip
+    return config
+
+
+def random_model(name: str, attn_implementation: str):
+    """The architecture with random bf16 weights, built on the GPU."""
+    family, _ = ARCHITECTURES[name]
+    torch.manual_seed(0)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("cuda"):
+            model = MODEL_CLASSES[family]._from_config(real_size_config(name), attn_implementation=attn_implementation)
+    finally:
+        torch.set_default_dtype(default)
+    return model.eval()
+
+
+def scene_video(frames: int, size: int, seed: int = 0) -> torch.Tensor:
+    """[T, size, size, 3] uint8: 4-frame scenes of 12x12 flat blocks plus a little noise."""
+    generator = torch.Generator().manual_seed(seed)
+    scenes = []
+    for _ in range(0, frames, 4):
+        blocks = torch.rand(3, 12, 12, generator=generator)
+        scene = torch.nn.functional.interpolate(blocks[None], size=(size, size), mode="nearest")[0]
+        scenes.append(scene.expand(4, -1, -1, -1))
+    video = torch.cat(scenes)[:frames] + 0.03 * torch.randn(frames, 3, size, size, generator=generator)
+    return (video.clamp(0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def request(name: str, frames: int, device: str = "cuda") -> dict:
+    family, frame_size = ARCHITECTURES[name]
+    processor = tiny_processor(family, frame_size)
+    question = "which color appeared first ? answer with the option letter ."
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    return processor(text=text, videos=[scene_video(frames, frame_size).numpy()], return_tensors="pt").to(device)
+
+
+def measure(model, inputs: dict, reducer: Reducer | None, repeats: int) -> dict:
+    """Median timings over ``repeats`` calls after one warm-up, with ``reducer`` at its reduction point."""
+    runs, logs = [], []
+    for index in range(repeats + 1):
+        with torch.inference_mode(), reduction_point(model, reducer) as log:
+            _, timing = timed_generate(model, inputs, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+        if index:
+            runs.append(timing)
+            logs.append(log)
+    result = {name: statistics.median(getattr(run, name) for run in runs) for name in TIMINGS}
+    result["kept_ratio"] = statistics.median(log.last.kept_ratio if log.calls else 1.0 for log in logs)
+    result["reducer_ms"] = statistics.median(log.last.reducer_ms if log.calls else 0.0 for log in logs)
+    return result
+
+
+def fixed_thresholds(reducer: STTM, model, inputs: dict) -> STTM:
+    """STTM at the thresholds its budget search picks for this video."""
+    log: ReductionLog
+    with torch.inference_mode(), reduction_point(model, reducer) as log:
+        model.generate(**inputs, max_new_tokens=1, do_sample=False)
+    info = log.last.reductions[0].info
+    return STTM(threshold=info["threshold"], temporal_threshold=info["temporal_threshold"], layer=reducer.layer)
+
+
+def reducers_at(budget: float, family: str) -> list[tuple[str, Reducer | str]]:
+    """(name, reducer) for every reducer config, or (name, why it cannot run) for those that cannot."""
+    settings = OmegaConf.create({"model": {"llm_layer": LLM_LAYER}})
+    chosen = []
+    for path in sorted((CONFIGS / "reducer").glob("*.yaml")):
+        if path.stem == "sttm_paper":
+            continue
+        config = reducer_config(path.stem)
+        if reducer_class(config.name).stage is Stage.VISION and family != "llava_onevision":
+            chosen.append((path.stem, "vision-tower attention is read for SigLIP (LLaVA) only"))
+            continue
+        try:
+            chosen.append((path.stem, build_reducer(config.name, budget=budget, **reducer_params(settings, config))))
+        except ValueError as error:
+            chosen.append((path.stem, str(error)))
+    return chosen
+
+
+def run(name: str, frames_list: list[int], budgets: list[float], repeats: int, attention: str) -> list[dict]:
+    family, _ = ARCHITECTURES[name]
+    model = random_model(name, attention)
+    rows = []
+    for frames in frames_list:
+        inputs = request(name, frames)
+        full = measure(model, inputs, None, repeats)
+        rows.append({"model": name, "frames": frames, "method": "full tokens", "budget": 1.0, **full})
+        print(rows[-1], flush=True)
+        for budget in budgets:
+            settings = reducers_at(budget, family)
+            sttm = next((reducer for method, reducer in settings if method == "sttm"), None)
+            if isinstance(sttm, STTM):
+                settings.append(("sttm (fixed thresholds)", fixed_thresholds(sttm, model, inputs)))
+            for method, reducer in settings:
+                row = {"model": name, "frames": frames, "method": method, "budget": budget}
+                if isinstance(reducer, str):
+                    rows.append({**row, "note": reducer})
+                    continue
+                result = measure(model, inputs, reducer, repeats)
+                result["prefill_speedup"] = full["prefill_ms"] / result["prefill_ms"]
+                result["ttft_speedup"] = full["ttft_ms"] / result["ttft_ms"]
+                result["reducer_share_of_prefill"] = result["reducer_ms"] / full["prefill_ms"]
+                rows.append({**row, **result})
+                print(rows[-1], flush=True)
+    return rows
+
+
+def markdown(rows: list[dict], header: str) -> str:
+    columns = ("model", "frames", "method", "budget", "kept", "vision ms", "reducer ms", "prefill ms", "TTFT ms",
+               "decode ms/token", "peak GB", "prefill x", "TTFT x", "reducer / full prefill")  # fmt: skip
+    lines = [header, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        if "note" in row:
+            lines.append(f"| {row['model']} | {row['frames']} | {row['method']} | {row['budget']} | "
+                         f"not run: {row['note']} |" + " |" * 9)  # fmt: skip
+            continue
+        lines.append(
+            f"| {row['model']} | {row['frames']} | {row['method']} | {row['budget']} | {row['kept_ratio']:.3f} | "
+            f"{row['vision_ms']:.1f} | {row['reducer_ms']:.2f} | {row['prefill_ms']:.1f} | {row['ttft_ms']:.1f} | "
+            f"{row['decode_ms_per_token']:.1f} | {row['peak_memory_mb'] / 1024:.1f} | "
+            f"{row.get('prefill_speedup', 1.0):.2f} | {row.get('ttft_speedup', 1.0):.2f} | "
+            f"{row.get('reducer_share_of_prefill', 0.0):.2%} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measured = [row for row in rows if "prefill_speedup" in row]
+    figure, axes = plt.subplots(1, len({row["frames"] for row in measured}) or 1, figsize=(12, 4.5), squeeze=False)
+    for axis, frames in zip(axes[0], sorted({row["frames"] for row in measured}), strict=False):
+        for method in sorted({row["method"] for row in measured}):
+            points = sorted((r["kept_ratio"], r["prefill_speedup"]) for r in measured
+                            if r["method"] == method and r["frames"] == frames)  # fmt: skip
+            axis.plot(*zip(*points, strict=True), marker="o", label=method)
+        axis.set(title=f"{rows[0]['model']}, {frames} frames", xlabel="kept ratio", ylabel="prefill speed-up (x)")
+        axis.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=sorted(ARCHITECTURES), default="llava_onevision_7b")
+    parser.add_argument("--frames", nargs="+", type=int, default=[128])
+    parser.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.3, 0.15])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--attention", default="sdpa", choices=["sdpa", "flash_attention_2", "eager"])
+    parser.add_argument("--output", type=Path, required=True, help="path prefix of the .json, .md and .png")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        parser.error("the latency benchmark needs a CUDA GPU")
+    rows = run(args.model, args.frames, args.budgets, args.repeats, args.attention)
+    gpu, commit = torch.cuda.get_device_name(), os.environ.get("STTM_COMMIT", "unknown")
+    command = "python -m runners.latency " + " ".join(argv if argv is not None else sys.argv[1:])
+    header = (f"## {args.model} on {gpu} (torch {torch.__version__}, {args.attention}), commit {commit}\n\n"
+              f"`{command}`; medians of {args.repeats} runs after a warm-up, 8 new tokens")  # fmt: skip
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    json_path = args.output.with_suffix(".json")
+    runs = json.loads(json_path.read_text()) if json_path.is_file() else []
+    runs.append({"gpu": gpu, "commit": commit, "command": command, "rows": rows})
+    json_path.write_text(json.dumps(runs, indent=1))
+    with args.output.with_suffix(".md").open("a") as file:
+        file.write(markdown(rows, header) + "\n")
+    plot(rows, args.output.parent / f"{args.output.name}_{args.model}.png")
+    print(markdown(rows, header))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

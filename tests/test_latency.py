@@ -1,0 +1,44 @@
+"""The real-scale latency benchmark's parts that run without a GPU: architectures, inputs, reducer list, tables."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from runners.latency import ARCHITECTURES, markdown, plot, real_size_config, reducers_at, request
+from sttm.adapters.loading import MODEL_CLASSES
+
+
+@pytest.mark.parametrize(("name", "billions"), [("llava_onevision_7b", 8.03), ("qwen2_vl_7b", 8.29)])
+def test_architectures_have_the_published_sizes(name, billions):
+    family, _ = ARCHITECTURES[name]
+    with torch.device("meta"):
+        model = MODEL_CLASSES[family]._from_config(real_size_config(name))
+    assert sum(p.numel() for p in model.parameters()) / 1e9 == pytest.approx(billions, abs=0.02)
+
+
+@pytest.mark.parametrize(("name", "tokens_per_4_frames"), [("llava_onevision_7b", 4 * 196 + 1), ("qwen2_vl_7b", 512)])
+def test_requests_carry_the_models_visual_tokens(name, tokens_per_4_frames):
+    inputs = request(name, 4, device="cpu")
+    video_token = real_size_config(name).video_token_id
+    assert int((inputs["input_ids"] == video_token).sum()) == tokens_per_4_frames
+
+
+def test_every_reducer_config_runs_or_says_why_not():
+    settings = dict(reducers_at(0.15, "qwen2_vl"))
+    assert "sttm" in settings and settings["sttm"].layer == 2
+    assert "floor of 25%" in settings["dycoke"]
+    assert all(isinstance(reducer, str) for name, reducer in settings.items() if name == "visionzip")
+
+
+def test_tables_and_plots_are_written(tmp_path):
+    full = dict(model="m", frames=8, method="full tokens", budget=1.0, kept_ratio=1.0, vision_ms=10.0, reducer_ms=0.0,
+                prefill_ms=100.0, ttft_ms=120.0, decode_ms_per_token=5.0, peak_memory_mb=2048.0)  # fmt: skip
+    reduced = full | dict(method="sttm", budget=0.5, kept_ratio=0.5, prefill_ms=50.0, prefill_speedup=2.0,
+                          ttft_speedup=1.5, reducer_share_of_prefill=0.01)  # fmt: skip
+    skipped = dict(model="m", frames=8, method="dycoke", budget=0.15, note="below its floor")
+    table = markdown([full, reduced, skipped], "## header")
+    assert "| m | 8 | sttm | 0.5 | 0.500 |" in table and "2.00 | 1.50 | 1.00% |" in table
+    assert "not run: below its floor" in table
+    plot([full, reduced, skipped], tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 0
