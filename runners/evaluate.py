@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import time
 from pathlib import Path
 
 import hydra
@@ -24,6 +25,7 @@ from tqdm import tqdm
 
 from runners.records import is_done, load_cells, mark_done, read_records, write_atomically, write_cell_keys
 from runners.report import write_report
+from sttm.adapters.reuse import check_kv_reuse
 from sttm.api import Stage, build_reducer, check_budget, reducer_class
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -55,7 +57,8 @@ def plan_cells(cfg: DictConfig) -> list[tuple[str, float, DictConfig | None]]:
         if name == FULL_TOKENS:
             continue
         config = reducer_config(name)
-        build_reducer(config.name, budget=budget, **reducer_params(cfg, config))  # bad parameters fail here
+        reducer = build_reducer(config.name, budget=budget, **reducer_params(cfg, config))  # bad parameters fail here
+        check_kv_reuse(cfg.kv_reuse, reducer, cfg.positions)
         cells.append((name, budget, config))
     return cells
 
@@ -146,11 +149,12 @@ def run(cfg: DictConfig) -> Path:
                 cfg.model.pretrained, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
                 device=cfg.model.device, device_map=cfg.model.device_map, target_fps=cfg.model.target_fps,
                 max_frames=cfg.model.max_frames[cfg.benchmark.get("frame_cap", "default")],
-                max_new_tokens=cfg.model.max_new_tokens, positions=cfg.positions,
+                max_new_tokens=cfg.model.max_new_tokens, positions=cfg.positions, kv_reuse=cfg.kv_reuse,
             )  # fmt: skip
         model.reducer = (
             None if config is None else build_reducer(config.name, budget=budget, **reducer_params(cfg, config))
         )
+        started = time.perf_counter()
         model.record_dir = cell
         write_cell_keys(cell, model=cfg.model.name, reducer=reducer, budget=budget)
         write_atomically(cell / "config.yaml", OmegaConf.to_yaml(cfg))
@@ -160,7 +164,7 @@ def run(cfg: DictConfig) -> Path:
         )  # fmt: skip
         join_correctness(cell, output["samples"])
         write_atomically(cell / "lmms_eval_results.json", json.dumps(output["results"], indent=1, default=str))
-        mark_done(cell, {"questions": len(read_records(cell))})
+        mark_done(cell, {"questions": len(read_records(cell)), "wall_s": time.perf_counter() - started})
         log_cell(cfg, cell, reducer, budget)
     records = load_cells(Path(cfg.results_dir) / cfg.model.name / cfg.benchmark.name)
     report = Path(cfg.results_dir) / cfg.model.name / cfg.benchmark.name / "report"

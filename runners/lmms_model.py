@@ -16,6 +16,7 @@ being run again, so that an interrupted evaluation resumes where it stopped.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,11 +28,47 @@ from transformers.video_utils import VideoMetadata
 from runners.records import QuestionRecord, append_record, records_by_question
 from sttm.adapters.hooks import is_qwen, newlines_per_video, reduction_point
 from sttm.adapters.loading import load_model
+from sttm.adapters.reuse import check_kv_reuse, greedy_from_prefix, prefill_prefix
 from sttm.adapters.timing import timed_generate
 from sttm.adapters.video import VideoError, read_frames
 from sttm.api import Reducer, build_reducer
 
 MANIFEST = ModelManifest(model_id="sttm_bench", simple_class_path="runners.lmms_model.ReducedVideoLLM")
+
+
+@dataclass(frozen=True)
+class Question:
+    """One pending request: its place among the requests, text, ids and video (a path, or why there is none)."""
+
+    index: int
+    text: str
+    task: str
+    doc_id: int
+    answer: str
+    video: str | VideoError
+
+    def empty_record(self) -> QuestionRecord:
+        return QuestionRecord(
+            task=self.task, doc_id=self.doc_id, correct=None, prediction="", answer=self.answer,
+            visual_tokens_before=0, visual_tokens_after=0,
+        )  # fmt: skip
+
+
+def video_path(doc: dict, doc_to_visual) -> str | VideoError:
+    """The document's video, or the error that stands for it: lmms-eval's built-in tasks exit on a missing video."""
+    try:
+        return str(doc_to_visual(doc)[0])
+    except SystemExit as error:
+        return VideoError(f"the task's doc_to_visual exited ({error.code}): video missing")
+
+
+def group_by_video(questions: list[Question]) -> list[list[Question]]:
+    """Questions about the same video together, in order of first appearance (errors stay alone)."""
+    groups: dict[object, list[Question]] = {}
+    for question in questions:
+        key = question.video if isinstance(question.video, str) else id(question)
+        groups.setdefault(key, []).append(question)
+    return list(groups.values())
 
 
 class ReducedVideoLLM(lmms):
@@ -53,6 +90,7 @@ class ReducedVideoLLM(lmms):
         device_map: str | None = None,
         batch_size: int | str | None = 1,
         max_batch_size: int | None = None,
+        kv_reuse: bool = False,
     ) -> None:
         super().__init__()
         if batch_size not in (None, 1, "1"):
@@ -63,6 +101,8 @@ class ReducedVideoLLM(lmms):
             reducer = None if reducer == "none" else build_reducer(reducer, budget=float(budget))
         self.reducer = reducer
         self.positions = positions
+        self.kv_reuse = kv_reuse in (True, "true", "True", "1")
+        check_kv_reuse(self.kv_reuse, reducer, positions)
         self.target_fps, self.max_frames = float(target_fps), int(max_frames)
         self.max_new_tokens = int(max_new_tokens)
         self.record_dir = None if record_dir is None else Path(record_dir)
@@ -74,50 +114,91 @@ class ReducedVideoLLM(lmms):
 
     def generate_until(self, requests) -> list[str]:
         done = {} if self.record_dir is None else records_by_question(self.record_dir)
-        replies = []
-        for request in tqdm(requests, desc="questions", unit="q"):
+        replies: dict[int, str] = {}
+        pending = []
+        for index, request in enumerate(requests):
             question, _, doc_to_visual, doc_id, task, split = request.args
             previous = done.get((task, doc_id))
             if previous is not None:
-                replies.append(previous["prediction"])
+                replies[index] = previous["prediction"]
                 continue
-            record = self.answer(question, self.task_dict[task][split][doc_id], doc_to_visual, task, doc_id)
-            if self.record_dir is not None:
-                append_record(self.record_dir, record)
-            replies.append(record.prediction)
-        return replies
+            doc = self.task_dict[task][split][doc_id]
+            pending.append(
+                Question(index, question, task, doc_id, str(doc.get("answer", "")), video_path(doc, doc_to_visual))
+            )
+        with tqdm(total=len(pending), desc="questions", unit="q") as progress:
+            for group in group_by_video(pending) if self.kv_reuse else [[question] for question in pending]:
+                for question, record in zip(group, self.answer_group(group), strict=True):
+                    if self.record_dir is not None:
+                        append_record(self.record_dir, record)
+                    replies[question.index] = record.prediction
+                    progress.update()
+        return [replies[index] for index in range(len(requests))]
 
-    def answer(self, question: str, doc: dict, doc_to_visual, task: str, doc_id: int) -> QuestionRecord:
-        """Run one question; an unreadable video becomes the record's error and an empty answer."""
-        base = QuestionRecord(
-            task=task, doc_id=doc_id, correct=None, prediction="", answer=str(doc.get("answer", "")),
-            visual_tokens_before=0, visual_tokens_after=0,
-        )  # fmt: skip
+    def answer_group(self, group: list[Question]) -> list[QuestionRecord]:
+        """Answer questions about one video (one question unless ``kv_reuse``); an unreadable video becomes each
+        record's error and an empty answer."""
+        bases = [question.empty_record() for question in group]
+        path = group[0].video
+        if isinstance(path, VideoError):
+            return [dataclasses.replace(base, error=str(path)) for base in bases]
         try:
-            video = read_frames(doc_to_visual(doc)[0], self.target_fps, self.max_frames, is_qwen(self.model))
+            video = read_frames(path, self.target_fps, self.max_frames, is_qwen(self.model))
         except VideoError as error:
-            return dataclasses.replace(base, error=str(error))
-        except SystemExit as error:  # lmms-eval's built-in tasks exit when a video is missing
-            return dataclasses.replace(base, error=f"the task's doc_to_visual exited ({error.code}): video missing")
-        inputs = self.model_inputs(question, video).to(self.device)
-        with torch.inference_mode(), reduction_point(self.model, self.reducer, self.positions) as log:
-            output, timing = timed_generate(self.model, inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
-        prediction = self.processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-        placeholders = int((inputs["input_ids"] == self.model.config.video_token_id).sum())
+            return [dataclasses.replace(base, error=str(error)) for base in bases]
+        inputs = [self.model_inputs(question.text, video).to(self.device) for question in group]
+        placeholders = int((inputs[0]["input_ids"] == self.model.config.video_token_id).sum())
         before = placeholders - newlines_per_video(self.model)
+        with torch.inference_mode(), reduction_point(self.model, self.reducer, self.positions) as log:
+            if self.kv_reuse:
+                return self.answer_from_one_prefill(bases, inputs, log, before)
+            output, timing = timed_generate(self.model, inputs[0], max_new_tokens=self.max_new_tokens, do_sample=False)
+        prompt_length = inputs[0]["input_ids"].shape[1]
         reduction = log.last if log.calls else None
-        return dataclasses.replace(
-            base,
-            prediction=prediction.strip(),
-            visual_tokens_before=before,
-            visual_tokens_after=before if reduction is None else reduction.num_kept,
-            vision_ms=timing.vision_ms,
-            reducer_ms=float("nan") if reduction is None else reduction.reducer_ms,
-            prefill_ms=timing.prefill_ms,
-            ttft_ms=timing.ttft_ms,
-            decode_ms_per_token=timing.decode_ms_per_token,
-            peak_memory_mb=timing.peak_memory_mb,
-        )
+        return [
+            dataclasses.replace(
+                bases[0],
+                prediction=self.processor.decode(output[0, prompt_length:], skip_special_tokens=True).strip(),
+                visual_tokens_before=before,
+                visual_tokens_after=before if reduction is None else reduction.num_kept,
+                vision_ms=timing.vision_ms,
+                reducer_ms=float("nan") if reduction is None else reduction.reducer_ms,
+                prefill_ms=timing.prefill_ms,
+                ttft_ms=timing.ttft_ms,
+                decode_ms_per_token=timing.decode_ms_per_token,
+                peak_memory_mb=timing.peak_memory_mb,
+                prefill_tokens=prompt_length,
+            )
+        ]
+
+    def answer_from_one_prefill(
+        self, bases: list[QuestionRecord], inputs: list[dict], log, before: int
+    ) -> list[QuestionRecord]:
+        """Prefill the video prefix once (vision, reducer and LLM); then each question prefills only its own
+        tokens from a copy of the cache. The first question carries the prefix's time and tokens."""
+        prefix = prefill_prefix(self.model, inputs[0])
+        reduction = log.last if log.calls else None
+        records = []
+        for position, (base, question_inputs) in enumerate(zip(bases, inputs, strict=True)):
+            answer = greedy_from_prefix(self.model, prefix, question_inputs["input_ids"], self.max_new_tokens)
+            shared = position == 0
+            prefill_ms = answer.prefill_ms + (prefix.prefill_ms if shared else 0.0)
+            question_tokens = question_inputs["input_ids"].shape[1] - prefix.length
+            records.append(
+                dataclasses.replace(
+                    base,
+                    prediction=self.processor.decode(answer.tokens[0], skip_special_tokens=True).strip(),
+                    visual_tokens_before=before,
+                    visual_tokens_after=before if reduction is None else reduction.num_kept,
+                    reducer_ms=float("nan") if reduction is None else (reduction.reducer_ms if shared else 0.0),
+                    prefill_ms=prefill_ms,
+                    ttft_ms=prefill_ms,
+                    decode_ms_per_token=answer.decode_ms_per_token,
+                    prefill_tokens=question_tokens + (prefix.length if shared else 0),
+                    extra={"kv_reuse": True, "questions_per_prefill": len(bases)},
+                )
+            )
+        return records
 
     def model_inputs(self, question: str, video) -> dict:
         """The processor's inputs for one question about ``video`` (a ``SampledVideo``)."""

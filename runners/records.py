@@ -37,6 +37,7 @@ class QuestionRecord:
     ttft_ms: float = math.nan
     decode_ms_per_token: float = math.nan
     peak_memory_mb: float = math.nan
+    prefill_tokens: int | None = None
     error: str | None = None
     extra: dict = field(default_factory=dict)
 

@@ -20,6 +20,7 @@ from runners.records import read_records  # noqa: E402
 from runners.toybench import generate_split, write_task_yaml  # noqa: E402
 from sttm.adapters.tiny import FRAME_SIZE, save_tiny_model  # noqa: E402
 from sttm.adapters.video import SampledVideo  # noqa: E402
+from sttm.api import Reducer, Stage  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +101,34 @@ def test_qwen2_5_temporal_ids_follow_the_sampled_frame_rate(tmp_path):
     frames = np.zeros((4, FRAME_SIZE, FRAME_SIZE, 3), dtype=np.uint8)
     inputs = model.model_inputs("what color ?", SampledVideo(frames, fps=0.5))
     assert inputs["second_per_grid_ts"].tolist() == [2 / 0.5]  # two frames per temporal patch
+
+
+def test_kv_reuse_prefills_each_video_once_with_the_same_answers(setup, tmp_path):
+    _, tiny, task_manager = setup
+    for reuse in (False, True):
+        model = ReducedVideoLLM(tiny, reducer="vidcom2", budget=0.5, max_new_tokens=4, kv_reuse=reuse,
+                                record_dir=tmp_path / str(reuse))  # fmt: skip
+        evaluate(model, task_manager)
+    plain, reused = (sorted(read_records(tmp_path / str(reuse)), key=lambda r: r["doc_id"]) for reuse in (False, True))
+    assert [r["prediction"] for r in plain] == [r["prediction"] for r in reused]
+    assert [r["error"] for r in plain] == [r["error"] for r in reused]
+    answered = [(p, r) for p, r in zip(plain, reused, strict=True) if not p["error"]]
+    assert len(answered) == 3 and all(r["extra"]["questions_per_prefill"] == 3 for _, r in answered)
+    assert sum(r["prefill_tokens"] for _, r in answered) < sum(p["prefill_tokens"] for p, _ in answered) / 2
+
+
+class AsksTheQuestion(Reducer):
+    name = "asks_the_question"
+    stage = Stage.LLM_LAYER
+    query_aware = True
+
+    def reduce(self, video):
+        raise AssertionError("never called")
+
+
+def test_kv_reuse_is_refused_for_query_aware_reducers_and_compact_positions(setup):
+    _, tiny, _ = setup
+    with pytest.raises(ValueError, match="query-agnostic reducer; 'asks_the_question' looks at the question"):
+        ReducedVideoLLM(tiny, reducer=AsksTheQuestion(), kv_reuse=True)
+    with pytest.raises(ValueError, match="compact positions renumber"):
+        ReducedVideoLLM(tiny, reducer="sttm", budget=0.5, positions="compact", kv_reuse=True)
