@@ -32,7 +32,8 @@ from transformers import LlavaOnevisionConfig, Qwen2VLConfig
 from runners.evaluate import CONFIGS, reducer_config, reducer_params
 from sttm.adapters.hooks import ReductionLog, reduction_point
 from sttm.adapters.loading import MODEL_CLASSES
-from sttm.adapters.timing import timed_generate
+from sttm.adapters.reuse import greedy_from_prefix, prefill_prefix
+from sttm.adapters.timing import Clock, timed_generate
 from sttm.adapters.tiny import placeholder_token_ids, tiny_processor
 from sttm.api import Reducer, Stage, build_reducer, reducer_class
 from sttm.reducer import STTM
@@ -74,14 +75,14 @@ def real_size_config(name: str):
     return config
 
 
-def random_model(name: str, attn_implementation: str):
-    """The architecture with random bf16 weights, built on the GPU."""
+def random_model(name: str, attn_implementation: str, device: str = "cuda"):
+    """The architecture with random bf16 weights, built on ``device``."""
     family, _ = ARCHITECTURES[name]
     torch.manual_seed(0)
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
     try:
-        with torch.device("cuda"):
+        with torch.device(device):
             model = MODEL_CLASSES[family]._from_config(real_size_config(name), attn_implementation=attn_implementation)
     finally:
         torch.set_default_dtype(default)
@@ -100,10 +101,12 @@ def scene_video(frames: int, size: int, seed: int = 0) -> torch.Tensor:
     return (video.clamp(0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1)
 
 
-def request(name: str, frames: int, device: str = "cuda") -> dict:
+QUESTION = "which color appeared first ? answer with the option letter ."
+
+
+def request(name: str, frames: int, device: str = "cuda", question: str = QUESTION) -> dict:
     family, frame_size = ARCHITECTURES[name]
     processor = tiny_processor(family, frame_size)
-    question = "which color appeared first ? answer with the option letter ."
     messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
     text = processor.apply_chat_template(messages, add_generation_prompt=True)
     return processor(text=text, videos=[scene_video(frames, frame_size).numpy()], return_tensors="pt").to(device)
@@ -122,6 +125,36 @@ def measure(model, inputs: dict, reducer: Reducer | None, repeats: int) -> dict:
     result["kept_ratio"] = statistics.median(log.last.kept_ratio if log.calls else 1.0 for log in logs)
     result["reducer_ms"] = statistics.median(log.last.reducer_ms if log.calls else 0.0 for log in logs)
     return result
+
+
+def kv_reuse_rows(name: str, model, frames: int, questions: int, repeats: int) -> list[dict]:
+    """Prefill time per question for ``questions`` questions about one video, each prefilled whole, against one
+    prefill of the video prefix plus one of each question (STTM at fixed thresholds, budget 0.5)."""
+    texts = [f"question {index} : {QUESTION}" for index in range(questions)]
+    batches = [request(name, frames, model.device, question=text) for text in texts]
+    reducer = fixed_thresholds(STTM(budget=0.5, layer=LLM_LAYER), model, batches[0])
+    separate, shared = [], []
+    for index in range(repeats + 1):
+        with torch.inference_mode(), reduction_point(model, reducer):
+            times = [measure_call(model.device, lambda b=batch: model(**b, use_cache=True)) for batch in batches]
+            prefix = prefill_prefix(model, batches[0])
+            question_ms = [greedy_from_prefix(model, prefix, batch["input_ids"], 1).prefill_ms for batch in batches]
+        if index:
+            separate.append(sum(times) / questions)
+            shared.append((prefix.prefill_ms + sum(question_ms)) / questions)
+    per_question, reused = statistics.median(separate), statistics.median(shared)
+    return [{"model": name, "frames": frames, "method": f"kv reuse, {questions} questions per video (sttm 0.5)",
+             "prefill_ms_per_question": per_question, "reused_prefill_ms_per_question": reused,
+             "speedup": per_question / reused}]  # fmt: skip
+
+
+def measure_call(device: torch.device, call) -> float:
+    """Milliseconds one call takes (CUDA events on GPU)."""
+    clock = Clock(device)
+    clock.mark("start")
+    call()
+    clock.mark("end")
+    return clock.between("start", "end")
 
 
 def fixed_thresholds(reducer: STTM, model, inputs: dict) -> STTM:
@@ -151,12 +184,23 @@ def reducers_at(budget: float, family: str) -> list[tuple[str, Reducer | str]]:
     return chosen
 
 
-def run(name: str, frames_list: list[int], budgets: list[float], repeats: int, attention: str) -> list[dict]:
+def run(
+    name: str,
+    frames_list: list[int],
+    budgets: list[float],
+    repeats: int,
+    attention: str,
+    kv_reuse: int,
+    device: str = "cuda",
+) -> list[dict]:
     family, _ = ARCHITECTURES[name]
-    model = random_model(name, attention)
+    model = random_model(name, attention, device)
     rows = []
     for frames in frames_list:
-        inputs = request(name, frames)
+        if kv_reuse:
+            rows += kv_reuse_rows(name, model, frames, kv_reuse, repeats)
+            print(rows[-1], flush=True)
+        inputs = request(name, frames, device)
         full = measure(model, inputs, None, repeats)
         rows.append({"model": name, "frames": frames, "method": "full tokens", "budget": 1.0, **full})
         print(rows[-1], flush=True)
@@ -184,6 +228,13 @@ def markdown(rows: list[dict], header: str) -> str:
                "decode ms/token", "peak GB", "prefill x", "TTFT x", "reducer / full prefill")  # fmt: skip
     lines = [header, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
+        if "speedup" in row:
+            alone, shared = row["prefill_ms_per_question"], row["reused_prefill_ms_per_question"]
+            summary = (
+                f"vision + prefill per question {alone:.1f} ms alone, {shared:.1f} ms shared ({row['speedup']:.2f}x)"
+            )
+            lines.append(f"| {row['model']} | {row['frames']} | {row['method']}: {summary} |" + " |" * 10)
+            continue
         if "note" in row:
             lines.append(f"| {row['model']} | {row['frames']} | {row['method']} | {row['budget']} | "
                          f"not run: {row['note']} |" + " |" * 9)  # fmt: skip
@@ -204,7 +255,7 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    measured = [row for row in rows if "prefill_speedup" in row]
+    measured = [row for row in rows if "prefill_speedup" in row and "kept_ratio" in row]
     figure, axes = plt.subplots(1, len({row["frames"] for row in measured}) or 1, figsize=(12, 4.5), squeeze=False)
     for axis, frames in zip(axes[0], sorted({row["frames"] for row in measured}), strict=False):
         for method in sorted({row["method"] for row in measured}):
@@ -225,11 +276,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.3, 0.15])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--attention", default="sdpa", choices=["sdpa", "flash_attention_2", "eager"])
+    parser.add_argument(
+        "--kv-reuse",
+        type=int,
+        default=0,
+        metavar="QUESTIONS",
+        help="also time one prefill per video shared by this many questions",
+    )
     parser.add_argument("--output", type=Path, required=True, help="path prefix of the .json, .md and .png")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         parser.error("the latency benchmark needs a CUDA GPU")
-    rows = run(args.model, args.frames, args.budgets, args.repeats, args.attention)
+    rows = run(args.model, args.frames, args.budgets, args.repeats, args.attention, args.kv_reuse)
     gpu, commit = torch.cuda.get_device_name(), os.environ.get("STTM_COMMIT", "unknown")
     command = "python -m runners.latency " + " ".join(argv if argv is not None else sys.argv[1:])
     header = (f"## {args.model} on {gpu} (torch {torch.__version__}, {args.attention}), commit {commit}\n\n"

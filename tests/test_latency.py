@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from runners.latency import ARCHITECTURES, markdown, plot, real_size_config, reducers_at, request
+from runners.latency import ARCHITECTURES, markdown, plot, real_size_config, reducers_at, request, run
 from sttm.adapters.loading import MODEL_CLASSES
+from sttm.adapters.tiny import FRAME_SIZE, tiny_config
 
 
 @pytest.mark.parametrize(("name", "billions"), [("llava_onevision_7b", 8.03), ("qwen2_vl_7b", 8.29)])
@@ -42,3 +43,15 @@ def test_tables_and_plots_are_written(tmp_path):
     assert "not run: below its floor" in table
     plot([full, reduced, skipped], tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 0
+
+
+def test_the_whole_benchmark_runs_on_a_tiny_architecture(monkeypatch):
+    """The GPU run, shrunk: the tiny LLaVA-OneVision in place of the 7B one, on the CPU, one repeat."""
+    monkeypatch.setitem(ARCHITECTURES, "tiny", ("llava_onevision", FRAME_SIZE))
+    monkeypatch.setattr("runners.latency.real_size_config", lambda name: tiny_config("llava_onevision"))
+    rows = run("tiny", [8], [0.5], repeats=1, attention="sdpa", kv_reuse=2, device="cpu")
+    measured = {row["method"]: row for row in rows if "kept_ratio" in row}
+    assert {"full tokens", "sttm", "sttm (fixed thresholds)", "tome", "vidcom2", "dycoke", "pool"} <= set(measured)
+    assert all(0 < row["kept_ratio"] <= 0.5 + 1e-9 for name, row in measured.items() if name != "full tokens")
+    assert rows[0]["speedup"] > 0 and rows[0]["reused_prefill_ms_per_question"] > 0
+    assert "| tiny | 8 | sttm |" in markdown(rows, "## tiny")
