@@ -7,15 +7,20 @@ Registered for lmms-eval as ``sttm_bench`` (entry point ``lmms_eval.models``), s
 
 Each request: the video is decoded and sampled as the STTM authors do (``sttm.adapters.video``; an odd frame count
 padded to even for Qwen), the question goes through the processor's chat template, and greedy generation runs
-inside the reducer's reduction point (``sttm.adapters.hooks.reduction_point``).
+inside the reducer's reduction point (``sttm.adapters.hooks.reduction_point``). With ``kv_reuse`` the questions
+about one video share one prefill of its prefix (``sttm.adapters.reuse``).
+
 With ``record_dir`` every question's record (prediction, tokens before and after, timings, or the error of an
 unreadable video) is appended there, and a question already recorded is answered from its record instead of
-being run again, so that an interrupted evaluation resumes where it stopped.
+being run again, so that an interrupted evaluation resumes where it stopped. Under ``torchrun`` (lmms-eval's data
+parallelism) each process holds one model copy, answers its share of the questions and appends to its own
+records file (``runners.records.records_file``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,6 +111,8 @@ class ReducedVideoLLM(lmms):
         self.target_fps, self.max_frames = float(target_fps), int(max_frames)
         self.max_new_tokens = int(max_new_tokens)
         self.record_dir = None if record_dir is None else Path(record_dir)
+        if device == "cuda" and int(os.environ.get("WORLD_SIZE", 1)) > 1:  # one model copy per data-parallel process
+            device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
         self.model, self.processor = load_model(pretrained, dtype, attn_implementation, device_map or device)
         self.device = self.model.device
 
@@ -130,7 +137,7 @@ class ReducedVideoLLM(lmms):
             for group in group_by_video(pending) if self.kv_reuse else [[question] for question in pending]:
                 for question, record in zip(group, self.answer_group(group), strict=True):
                     if self.record_dir is not None:
-                        append_record(self.record_dir, record)
+                        append_record(self.record_dir, record, self.rank)
                     replies[question.index] = record.prediction
                     progress.update()
         return [replies[index] for index in range(len(requests))]

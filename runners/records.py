@@ -71,30 +71,44 @@ def drop_partial_line(path: Path) -> None:
         handle.truncate(handle.read().rfind(b"\n") + 1)
 
 
-def append_record(cell: Path, record: QuestionRecord) -> None:
+def records_file(cell: Path, rank: int = 0) -> Path:
+    """Where a process appends: ``records.jsonl``, or ``records.rank<r>.jsonl`` for the other data-parallel ranks."""
+    return cell / (RECORDS if rank == 0 else f"records.rank{rank}.jsonl")
+
+
+def append_record(cell: Path, record: QuestionRecord, rank: int = 0) -> None:
     """Add one question's record to the cell, durably."""
     cell.mkdir(parents=True, exist_ok=True)
     row = asdict(record) | {"achieved_ratio": record.achieved_ratio}
-    drop_partial_line(cell / RECORDS)
-    with open(cell / RECORDS, "a") as handle:
+    path = records_file(cell, rank)
+    drop_partial_line(path)
+    with open(path, "a") as handle:
         handle.write(json.dumps(row) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
 
 
 def read_records(cell: Path) -> list[dict]:
-    """The cell's complete records, last one per (task, doc_id); a line cut short by a crash is dropped."""
-    path = cell / RECORDS
-    if not path.is_file():
-        return []
+    """The cell's complete records from every rank's file, last one per (task, doc_id), ``records.jsonl`` read
+    last so that its merged rows win; a line cut short by a crash is dropped."""
     latest: dict[tuple[str, int], dict] = {}
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
+    for path in [*sorted(cell.glob("records.rank*.jsonl")), cell / RECORDS]:
+        if not path.is_file():
             continue
-        latest[(row["task"], row["doc_id"])] = row
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            latest[(row["task"], row["doc_id"])] = row
     return list(latest.values())
+
+
+def rewrite_records(cell: Path, rows: list[dict]) -> None:
+    """Replace the cell's records with ``rows`` in ``records.jsonl`` (atomically), merging the ranks' files."""
+    write_atomically(cell / RECORDS, "".join(json.dumps(row) + "\n" for row in rows))
+    for path in cell.glob("records.rank*.jsonl"):
+        path.unlink()
 
 
 def records_by_question(cell: Path) -> dict[tuple[str, int], dict]:
