@@ -50,9 +50,11 @@ LLM_LAYER = 2
 TIMINGS = ("vision_ms", "prefill_ms", "ttft_ms", "decode_ms_per_token", "peak_memory_mb")
 
 
-def real_size_config(name: str):
-    """The published architecture of ``name`` (a key of ARCHITECTURES), with the tiny tokenizer's placeholder ids."""
+def real_size_config(name: str, text_sizes: dict | None = None):
+    """The published architecture of ``name`` (a key of ARCHITECTURES), with the tiny tokenizer's placeholder ids;
+    ``text_sizes`` overrides the language model's Qwen2-7B sizes (e.g. Qwen2-72B's)."""
     family, frame_size = ARCHITECTURES[name]
+    text = QWEN2_7B | (text_sizes or {})
     ids = placeholder_token_ids(family)
     if family == "llava_onevision":
         config = LlavaOnevisionConfig(
@@ -61,7 +63,7 @@ def real_size_config(name: str):
                 num_attention_heads=16, image_size=frame_size, patch_size=14,
             ),
             text_config=dict(model_type="qwen2", rope_parameters={"rope_type": "default", "rope_theta": 1e6},
-                             **QWEN2_7B),
+                             **text),
             vision_feature_layer=-1, vision_feature_select_strategy="full", **ids,
         )  # fmt: skip
     else:
@@ -69,7 +71,7 @@ def real_size_config(name: str):
             vision_config=dict(depth=32, embed_dim=1280, hidden_size=3584, mlp_ratio=4, num_heads=16, patch_size=14,
                                spatial_merge_size=2, temporal_patch_size=2),
             text_config=dict(rope_parameters={"rope_type": "default", "rope_theta": 1e6,
-                                              "mrope_section": [16, 24, 24]}, **QWEN2_7B),
+                                              "mrope_section": [16, 24, 24]}, **text),
             **ids,
         )  # fmt: skip
     return config
