@@ -168,12 +168,12 @@ def fixed_thresholds(reducer: STTM, model, inputs: dict) -> STTM:
     return STTM(threshold=info["threshold"], temporal_threshold=info["temporal_threshold"], layer=reducer.layer)
 
 
-def reducers_at(budget: float, family: str) -> list[tuple[str, Reducer | str]]:
-    """(name, reducer) for every reducer config, or (name, why it cannot run) for those that cannot."""
+def reducers_at(budget: float, family: str, names: list[str] | None = None) -> list[tuple[str, Reducer | str]]:
+    """(name, reducer) for every reducer config (or those ``names``), or (name, why it cannot run)."""
     settings = OmegaConf.create({"model": {"llm_layer": LLM_LAYER}})
     chosen = []
     for path in sorted((CONFIGS / "reducer").glob("*.yaml")):
-        if path.stem == "sttm_paper":
+        if path.stem == "sttm_paper" or (names is not None and path.stem not in names):
             continue
         config = reducer_config(path.stem)
         if reducer_class(config.name).stage is Stage.VISION and family != "llava_onevision":
@@ -194,6 +194,7 @@ def run(
     attention: str,
     kv_reuse: int,
     device: str = "cuda",
+    names: list[str] | None = None,
 ) -> list[dict]:
     family, _ = ARCHITECTURES[name]
     model = random_model(name, attention, device)
@@ -207,7 +208,7 @@ def run(
         rows.append({"model": name, "frames": frames, "method": "full tokens", "budget": 1.0, **full})
         print(rows[-1], flush=True)
         for budget in budgets:
-            settings = reducers_at(budget, family)
+            settings = reducers_at(budget, family, names)
             sttm = next((reducer for method, reducer in settings if method == "sttm"), None)
             if isinstance(sttm, STTM):
                 settings.append(("sttm (fixed thresholds)", fixed_thresholds(sttm, model, inputs)))
@@ -289,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         parser.error("the latency benchmark needs a CUDA GPU")
-    rows = run(args.model, args.frames, args.budgets, args.repeats, args.attention, args.kv_reuse)
+    rows = run(args.model, args.frames, args.budgets, args.repeats, args.attention, args.kv_reuse, names=args.reducers)
     gpu, commit = torch.cuda.get_device_name(), os.environ.get("STTM_COMMIT", "unknown")
     command = "python -m runners.latency " + " ".join(argv if argv is not None else sys.argv[1:])
     header = (f"## {args.model} on {gpu} (torch {torch.__version__}, {args.attention}), commit {commit}\n\n"
