@@ -279,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.3, 0.15])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--attention", default="sdpa", choices=["sdpa", "flash_attention_2", "eager"])
+    parser.add_argument("--reducers", nargs="+", help="reducer configs to run (default: all of configs/reducer)")
     parser.add_argument(
         "--kv-reuse",
         type=int,
