@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
 import torch
 
-from sttm.adapters.hooks import llm_layer
+from sttm.adapters.hooks import llm_layer, reduction_point
 from sttm.adapters.timing import timed_generate, vision_module
 from sttm.adapters.tiny import FAMILIES, FRAME_SIZE, tiny_model, tiny_processor
+from sttm.api import Reducer, Reduction, Stage, VideoTokens, keep_everything
 from sttm.reducer import STTM
 
 
@@ -40,3 +42,21 @@ def test_timing_works_inside_a_reduction_context():
     with llm_layer(model, STTM(threshold=0.0, temporal_threshold=0.1, root_level=0), 2) as log:
         _, timing = timed_generate(model, batch, max_new_tokens=2, do_sample=False, min_new_tokens=2)
     assert timing.prefill_ms > 0 and log.last.reducer_ms > 0
+
+
+class SlowPreLLM(Reducer):
+    """Keeps everything after sleeping: its time must land in the prefill, not in the vision encoder's."""
+
+    name = "slow_pre_llm"
+    stage = Stage.PRE_LLM
+
+    def reduce(self, video: VideoTokens) -> Reduction:
+        time.sleep(0.2)
+        return keep_everything(video)
+
+
+def test_a_pre_llm_reducer_counts_in_the_prefill_not_in_the_vision_time():
+    model, batch = tiny_model("llava_onevision"), inputs()
+    with reduction_point(model, SlowPreLLM()):
+        _, timing = timed_generate(model, batch, max_new_tokens=1, do_sample=False)
+    assert timing.prefill_ms >= 200 > timing.vision_ms

@@ -5,7 +5,7 @@ Definitions (all in milliseconds; CUDA events on GPU, ``perf_counter`` on CPU; t
 * ``vision_ms``: from the vision tower's start to the language model's start: vision encoder, projector,
   pooling and the placement of the features among the text embeddings.
 * ``prefill_ms``: the language model's first forward (all decoder layers over the prompt, a reducer acting
-  inside it included), as the STTM paper's "pre-filling" time; the vision encoder is not in it.
+  at its input or inside it included), as the STTM paper's "pre-filling" time; the vision encoder is not in it.
 * ``ttft_ms``: from the call of ``generate`` to the first generated token.
 * ``decode_ms_per_token``: the time of each later token, averaged.
 * ``peak_memory_mb``: the device's peak allocated memory during the call (NaN on CPU).
@@ -98,7 +98,8 @@ def timed_generate(model, inputs: dict, **generate_kwargs) -> tuple[torch.Tensor
 
     handles = [
         vision_module(model).register_forward_pre_hook(on_vision_start),
-        language_model.register_forward_pre_hook(on_language_start, with_kwargs=True),
+        # first among the language model's pre-hooks: a reducer acting at its input counts in the prefill
+        language_model.register_forward_pre_hook(on_language_start, with_kwargs=True, prepend=True),
         language_model.register_forward_hook(on_language_end, with_kwargs=True),
     ]
     if clock.cuda:
