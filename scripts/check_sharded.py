@@ -83,8 +83,8 @@ def split_by_layers(model, devices: list[int]) -> dict[str, int]:
 
 
 def generate(model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Greedy tokens, logits [steps, vocab] and kept ratio with STTM at layer 0."""
-    with torch.inference_mode(), llm_layer(model, STTM(threshold=0.85, temporal_threshold=0.65, layer=0), 0) as log:
+    """Greedy tokens, logits [steps, vocab] and kept ratio with STTM at layer 0 and budget 0.5."""
+    with torch.inference_mode(), llm_layer(model, STTM(budget=0.5, layer=0), 0) as log:
         output = model.generate(**inputs, max_new_tokens=8, min_new_tokens=8, do_sample=False, output_logits=True,
                                 return_dict_in_generate=True)  # fmt: skip
     return output.sequences, torch.stack(output.logits)[:, 0].float().cpu(), log.last.kept_ratio
@@ -113,7 +113,7 @@ def scale(devices: list[int], frames: int, repeats: int) -> dict:
     materialize(model, device_map)
     inputs = request("llava_onevision_7b", frames, f"cuda:{devices[0]}")
     rows = {}
-    for method, reducer in (("full tokens", None), ("sttm, layer 0, 0.85/0.65", STTM(0.85, 0.65, layer=0))):
+    for method, reducer in (("full tokens", None), ("sttm, layer 0, budget 0.5", STTM(budget=0.5, layer=0))):
         timings, kept = [], 1.0
         for device in devices:
             torch.cuda.reset_peak_memory_stats(device)

@@ -27,7 +27,7 @@ def decoder_queries_and_keys(
     attention = layer.self_attn
     normed = layer.input_layernorm(hidden)
     batch, length, head_dim = hidden.shape[0], hidden.shape[1], attention.head_dim
-    cos, sin = position_embeddings
+    cos, sin = (table.to(hidden.device) for table in position_embeddings)
     queries = attention.q_proj(normed[:, query_positions]).view(batch, -1, attention.q_proj.out_features // head_dim,
                                                                 head_dim).transpose(1, 2)  # fmt: skip
     keys = attention.k_proj(normed).view(batch, length, -1, head_dim).transpose(1, 2)

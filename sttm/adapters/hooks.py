@@ -157,7 +157,9 @@ def locate_videos(model, placeholders: torch.Tensor, position_ids: torch.Tensor 
 
 
 def gather_along(values: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
-    """Per batch row b, ``values[b]`` at ``index[b]`` along ``dim``: values [B|1, ...], index [B, N] → N at ``dim``."""
+    """Per batch row b, ``values[b]`` at ``index[b]`` along ``dim``: values [B|1, ...], index [B, N] → N at ``dim``,
+    on the device of ``values`` (a model split over GPUs keeps masks and rotary tables where it made them)."""
+    index = index.to(values.device)
     dim = dim % values.dim()
     values = values.expand(index.shape[0], *values.shape[1:])
     shape = [1] * values.dim()
@@ -275,12 +277,12 @@ class ReductionSession:
         ends = torch.tensor([span.end for span in self.videos], device=device)[:, None]
         visual = valid & (keep >= starts) & (keep < ends)
         mask = torch.ones_like(keep) if attention_mask is None else gather_along(attention_mask, keep, 1)
-        mask = mask * valid
+        mask = mask * valid.to(mask.device)
         full_positions = default_positions(states) if position_ids is None else position_ids
         positions = gather_positions(full_positions, keep)
         if self.positions == "compact":
-            renumbered = (mask.cumsum(-1) - 1).clamp(min=0)
-            positions = torch.where(keep < self.prompt_length, renumbered, positions)
+            renumbered = (mask.cumsum(-1) - 1).clamp(min=0).to(positions.device)
+            positions = torch.where(keep.to(positions.device) < self.prompt_length, renumbered, positions)
         return reduced, Plan(keep, valid, visual, length, mask, positions)
 
     def remember(self, plan: Plan, caching: bool, reduces_first_layer: bool) -> None:
@@ -336,7 +338,7 @@ def reduced_layer_mask(mask, rows: torch.Tensor | None, columns: torch.Tensor, a
     if rows is not None:
         mask = gather_along(mask, rows, 2)
     mask = gather_along(mask, columns, 3)
-    return mask.masked_fill(~allowed[:, None, None, :], masked_value(mask))
+    return mask.masked_fill(~allowed[:, None, None, :].to(mask.device), masked_value(mask))
 
 
 @contextmanager
