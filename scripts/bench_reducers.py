@@ -101,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     names = args.reducers or available_reducers()
     t, h, w, c = args.shape
     grid = redundant_video(t, h, w, c, dtype=getattr(torch, args.dtype), device=args.device)
-    video = VideoTokens(grid, importance=torch.rand(t, h, w, device=args.device), question="benchmark")
+    # random attention evidence for the methods that rank or compare tokens by it (72: SigLIP-so400m's head width)
+    importance, keys = torch.rand(t, h, w, device=args.device), torch.randn(t, h, w, 72, device=args.device)
+    video = VideoTokens(grid, importance=importance, keys=keys, question="benchmark")
     cuda = grid.is_cuda
     device_name = torch.cuda.get_device_name() if cuda else platform.processor() or "cpu"
     print(f"# {device_name}, torch {torch.__version__}, commit {git_commit()}, input {list(grid.shape)} {grid.dtype}")
