@@ -36,8 +36,14 @@ bench-latency: setup
 	$(PY) -m runners.latency --model qwen2_vl_7b --frames 128 --output $(LATENCY)
 
 BUDGET ?= 0.5
+NPROC  ?= 1
+# NPROC=N: lmms-eval's data parallelism, one model copy per process (torchrun; gloo on CPU, NCCL on GPUs)
+LAUNCH := $(if $(filter 1,$(NPROC)),$(PY),$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(NPROC))
+# optional: MODEL=<configs/model name> BENCHMARK=<configs/benchmark name> REDUCERS=sttm,tome ARGS='<more overrides>'
+SWEEP_ARGS = budget=$(BUDGET) $(if $(MODEL),model=$(MODEL)) $(if $(BENCHMARK),benchmark=$(BENCHMARK)) \
+             $(if $(REDUCERS),'reducers=[$(REDUCERS)]') $(ARGS)
 sweep: setup
-	$(PY) -m runners.evaluate budget=$(BUDGET)
+	$(LAUNCH) -m runners.evaluate $(SWEEP_ARGS)
 
 RESULTS ?= outputs
 report: setup

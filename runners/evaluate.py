@@ -23,7 +23,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from runners.records import is_done, load_cells, mark_done, read_records, write_atomically, write_cell_keys
+from runners.records import (
+    is_done,
+    load_cells,
+    mark_done,
+    read_records,
+    rewrite_records,
+    write_atomically,
+    write_cell_keys,
+)
 from runners.report import write_report
 from sttm.adapters.reuse import check_kv_reuse
 from sttm.api import Stage, build_reducer, check_budget, reducer_class
@@ -94,8 +102,8 @@ def join_correctness(cell: Path, samples: dict) -> None:
     for row in read_records(cell):
         if not row["error"]:
             row["correct"] = correct.get((row["task"], row["doc_id"]))
-        rows.append(json.dumps(row) + "\n")
-    write_atomically(cell / "records.jsonl", "".join(rows))
+        rows.append(row)
+    rewrite_records(cell, rows)
 
 
 def make_reproducible(seed: int, deterministic: bool) -> None:
@@ -127,12 +135,22 @@ def log_cell(cfg: DictConfig, cell: Path, reducer: str, budget: float) -> None:
 
 
 def run(cfg: DictConfig) -> Path:
-    """Evaluate every cell that is not done; write the report; return the report folder."""
+    """Evaluate every cell that is not done; write the report; return the report folder.
+
+    Under ``torchrun --nproc_per_node N`` every process runs this with one model copy: the main process prepares
+    the data, lmms-eval gives each process its share of the questions, each appends to its own records file, and
+    the main process joins them and writes the cell's files and the report.
+    """
     cells = plan_cells(cfg)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     make_reproducible(cfg.seed, cfg.reproduce)
-    prepare(cfg)
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=cfg.model.device == "cpu")
+    if accelerator.is_main_process:
+        prepare(cfg)
+    accelerator.wait_for_everyone()
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.tasks import TaskManager
 
@@ -140,7 +158,7 @@ def run(cfg: DictConfig) -> Path:
 
     task_manager = TaskManager(include_path=str(Path(cfg.benchmark.data_dir).resolve()), include_defaults=False)
     model = None
-    for reducer, budget, config in tqdm(cells, desc="cells", unit="cell"):
+    for reducer, budget, config in tqdm(cells, desc="cells", unit="cell", disable=not accelerator.is_main_process):
         cell = cell_dir(cfg, reducer, budget)
         if is_done(cell):
             continue
@@ -151,27 +169,32 @@ def run(cfg: DictConfig) -> Path:
                 max_frames=cfg.model.max_frames[cfg.benchmark.get("frame_cap", "default")],
                 max_new_tokens=cfg.model.max_new_tokens, positions=cfg.positions, kv_reuse=cfg.kv_reuse,
             )  # fmt: skip
+            model.accelerator = accelerator
         model.reducer = (
             None if config is None else build_reducer(config.name, budget=budget, **reducer_params(cfg, config))
         )
         started = time.perf_counter()
         model.record_dir = cell
-        write_cell_keys(cell, model=cfg.model.name, reducer=reducer, budget=budget)
-        write_atomically(cell / "config.yaml", OmegaConf.to_yaml(cfg))
+        if accelerator.is_main_process:
+            write_cell_keys(cell, model=cfg.model.name, reducer=reducer, budget=budget)
+            write_atomically(cell / "config.yaml", OmegaConf.to_yaml(cfg))
         output = simple_evaluate(
             model=model, tasks=list(cfg.benchmark.tasks), task_manager=task_manager, limit=cfg.limit,
             log_samples=True, process_docs_parallel=1, random_seed=cfg.seed, datetime_str=cell.name,
         )  # fmt: skip
-        join_correctness(cell, output["samples"])
-        write_atomically(cell / "lmms_eval_results.json", json.dumps(output["results"], indent=1, default=str))
-        mark_done(cell, {"questions": len(read_records(cell)), "wall_s": time.perf_counter() - started})
-        log_cell(cfg, cell, reducer, budget)
-    records = load_cells(Path(cfg.results_dir) / cfg.model.name / cfg.benchmark.name)
+        if accelerator.is_main_process:
+            join_correctness(cell, output["samples"])
+            write_atomically(cell / "lmms_eval_results.json", json.dumps(output["results"], indent=1, default=str))
+            mark_done(cell, {"questions": len(read_records(cell)), "wall_s": time.perf_counter() - started})
+            log_cell(cfg, cell, reducer, budget)
+        accelerator.wait_for_everyone()
     report = Path(cfg.results_dir) / cfg.model.name / cfg.benchmark.name / "report"
-    paths = write_report(records, report)
-    print(paths["markdown"].read_text())
-    for kind, path in paths.items():
-        print(f"{kind}: {path}")
+    if accelerator.is_main_process:
+        records = load_cells(Path(cfg.results_dir) / cfg.model.name / cfg.benchmark.name)
+        paths = write_report(records, report)
+        print(paths["markdown"].read_text())
+        for kind, path in paths.items():
+            print(f"{kind}: {path}")
     return report
 
 

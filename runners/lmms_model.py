@@ -136,6 +136,8 @@ class ReducedVideoLLM(lmms):
         with tqdm(total=len(pending), desc="questions", unit="q") as progress:
             for group in group_by_video(pending) if self.kv_reuse else [[question] for question in pending]:
                 for question, record in zip(group, self.answer_group(group), strict=True):
+                    if self.world_size > 1:
+                        record = dataclasses.replace(record, extra=record.extra | {"rank": self.rank})
                     if self.record_dir is not None:
                         append_record(self.record_dir, record, self.rank)
                     replies[question.index] = record.prediction
