@@ -60,11 +60,14 @@ class Question:
 
 
 def video_path(doc: dict, doc_to_visual) -> str | VideoError:
-    """The document's video, or the error that stands for it: lmms-eval's built-in tasks exit on a missing video."""
+    """The document's video, or the error that stands for it: lmms-eval's built-in tasks exit (or raise) on a missing
+    video."""
     try:
         return str(doc_to_visual(doc)[0])
     except SystemExit as error:
         return VideoError(f"the task's doc_to_visual exited ({error.code}): video missing")
+    except FileNotFoundError as error:  # NExT-QA's raises instead
+        return VideoError(f"video not found: {error}")
 
 
 def group_by_video(questions: list[Question]) -> list[list[Question]]:

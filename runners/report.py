@@ -26,10 +26,11 @@ FULL_TOKENS = "none"  # the reducer name of the full-token run
 
 
 def summarize(records: pd.DataFrame) -> pd.DataFrame:
-    """One row per (model, reducer, budget, task): accuracy over answered questions and mean costs."""
+    """One row per (model, reducer, budget, task): accuracy over answered questions, mean costs, and the number of
+    failed questions (a task whose questions all failed keeps its row, without accuracy)."""
+    keys = ["model", "reducer", "budget", "task"]
     answered = records[records["error"].isna()]
-    grouped = answered.groupby(["model", "reducer", "budget", "task"])
-    summary = grouped.agg(
+    summary = answered.groupby(keys).agg(
         accuracy=("correct", lambda c: 100 * c.astype(float).mean()),
         questions=("doc_id", "size"),
         achieved_ratio=("achieved_ratio", "mean"),
@@ -38,16 +39,20 @@ def summarize(records: pd.DataFrame) -> pd.DataFrame:
         vision_ms=("vision_ms", "mean"),
         reducer_ms=("reducer_ms", "mean"),
     )
-    failed = records[records["error"].notna()].groupby(["model", "reducer", "budget", "task"]).size()
+    failed = records[records["error"].notna()].groupby(keys).size()
+    summary = summary.reindex(summary.index.union(failed.index))
+    summary["questions"] = summary["questions"].fillna(0).astype(int)
     summary["failed"] = failed.reindex(summary.index, fill_value=0)
     return summary.reset_index()
 
 
 def paper_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Method × budget rows per model, benchmarks as columns, plus average, relative accuracy and speed-ups."""
+    """Method × budget rows per model, benchmarks as columns, plus their average (none where one of the cell's
+    benchmarks has no answered question), relative accuracy, speed-ups and the number of failed questions."""
     cells = ["model", "reducer", "budget"]
-    accuracy = summary.pivot_table(index=cells, columns="task", values="accuracy")
-    table = accuracy.assign(average=accuracy.mean(axis=1))
+    accuracy = summary.pivot(index=cells, columns="task", values="accuracy")
+    unanswered = summary["accuracy"].isna().groupby([summary[key] for key in cells]).any().reindex(accuracy.index)
+    table = accuracy.assign(average=accuracy.mean(axis=1).mask(unanswered))
     costs = summary.groupby(cells)[["prefill_ms", "ttft_ms", "achieved_ratio"]].mean().reindex(table.index)
     is_full = table.index.get_level_values("reducer") == FULL_TOKENS
     if is_full.any():

@@ -101,3 +101,22 @@ def test_report_writes_tables_and_plots(results, capsys):
 
 def test_report_on_an_empty_folder_fails(tmp_path):
     assert report_main([str(tmp_path)]) == 1
+
+
+def test_failed_questions_are_counted_per_cell_even_where_a_task_or_a_cell_has_no_answer(tmp_path):
+    fill_cell(tmp_path, "tiny", "none", 1.0, (4, 4), kept=100, prefill=100.0)
+    sttm = fill_cell(tmp_path, "tiny", "sttm", 0.5, (4, 3), kept=50, prefill=50.0, failures=2)
+    for doc_id in range(3):
+        append_record(sttm, record("nextqa", doc_id, False, 0, math.nan, error="video missing"))
+    broken = tmp_path / "tiny" / "random" / "0.5"
+    write_cell_keys(broken, model="tiny", reducer="random", budget=0.5)
+    append_record(broken, record("vnbench", 0, False, 0, math.nan, error="video missing"))
+    table = paper_table(summarize(load_cells(tmp_path)))
+    assert table.loc[("tiny", "sttm", 0.5), "failed"] == 5
+    assert math.isnan(table.loc[("tiny", "sttm", 0.5), "nextqa"])
+    assert math.isnan(table.loc[("tiny", "sttm", 0.5), "average"])  # no average over fewer benchmarks than the rest
+    assert table.loc[("tiny", "random", 0.5), "failed"] == 1
+    assert table.loc[("tiny", "none", 1.0), "failed"] == 0 and table.loc[("tiny", "none", 1.0), "average"] == 100.0
+    assert report_main([str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    header = (tmp_path / "out" / "table.md").read_text().splitlines()[0]
+    assert "failed" in header and "nextqa" in header

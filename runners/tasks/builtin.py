@@ -1,0 +1,96 @@
+"""lmms-eval's built-in video tasks, run offline (the ``lmms_eval`` benchmark kind).
+
+Each task reads its questions through ``datasets`` from the cache under ``HF_HOME/datasets`` and its videos from a
+folder under ``HF_HOME`` (read from the task's YAML and utils in ``lmms_eval/tasks``). When that folder is missing,
+lmms-eval downloads the dataset from the hub; Video-MME, MLVU and EgoSchema ``sys.exit`` on a missing video.
+``check_builtin_data`` fails before any model loads, naming the missing folder; ``use_hf_home`` points lmms-eval
+at the data; ``is_correct`` reads whether a logged sample was answered right.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def same(metric: str, predicted: str, truth: str) -> Callable[[dict], bool]:
+    """Correct when the sample's ``metric`` entry holds equal ``predicted`` and ``truth`` values, compared as
+    strings as the tasks' own aggregations do."""
+    return lambda sample: str(sample[metric][predicted]) == str(sample[metric][truth])
+
+
+@dataclass(frozen=True)
+class BuiltinTask:
+    dataset: str  # the task's dataset_path: a hub dataset, read from the `datasets` cache
+    config: str | None  # its dataset_name
+    videos: str  # the folder, relative to HF_HOME, its doc_to_visual reads
+    is_correct: Callable[[dict], bool]  # from the sample lmms-eval logs (the task's process_results output)
+    needs: tuple[str, ...] = ()  # modules its utils import that lmms-eval does not install by default
+
+
+BUILTIN_TASKS = {
+    "videomme": BuiltinTask(
+        "lmms-eval/Video-MME", None, "videomme/data", same("videomme_perception_score", "pred_answer", "answer")
+    ),
+    "longvideobench_val_v": BuiltinTask(
+        "longvideobench/LongVideoBench",
+        None,
+        "datasets/longvideobench/videos",
+        same("lvb_acc", "parsed_pred", "answer"),
+        needs=("decord",),
+    ),
+    "mlvu_dev": BuiltinTask("sy1998/MLVU_dev", None, "mlvu", same("mlvu_percetion_score", "pred_answer", "answer")),
+    "nextqa_mc_test": BuiltinTask(
+        "lmms-eval/NExTQA", "MC", "nextqa/NExTVideo", lambda sample: bool(sample["exact_match"])
+    ),
+    "egoschema_subset": BuiltinTask(
+        "lmms-eval/egoschema", "Subset", "egoschema/videos", same("score", "pred", "ground_truth")
+    ),
+}
+
+
+def is_correct(task: str, sample: dict) -> bool:
+    """Whether lmms-eval's logged ``sample`` of ``task`` was answered right: by a built-in task's own scoring, by
+    the ``accuracy`` our local tasks report otherwise."""
+    return BUILTIN_TASKS[task].is_correct(sample) if task in BUILTIN_TASKS else bool(sample["accuracy"])
+
+
+def dataset_cache(task: BuiltinTask, hf_home: Path) -> Path:
+    """Where ``datasets`` keeps the task's questions once loaded: ``<namespace>___<name>[/<config>]``."""
+    from datasets.naming import camelcase_to_snakecase  # datasets reads the offline flags on import: after run()
+
+    namespace, name = task.dataset.split("/")
+    folder = hf_home / "datasets" / f"{namespace}___{camelcase_to_snakecase(name)}"
+    return folder / task.config if task.config else folder
+
+
+def check_builtin_data(tasks: list[str], hf_home: Path) -> None:
+    """Fail, naming what is missing and how to get it, unless each task's code can be imported and its dataset
+    cache and video folder lie under ``hf_home``: lmms-eval would otherwise try the hub."""
+    for name in tasks:
+        if name not in BUILTIN_TASKS:
+            raise ValueError(
+                f"lmms-eval task {name!r} has no offline data check; choose from: {', '.join(BUILTIN_TASKS)}"
+            )
+        task = BUILTIN_TASKS[name]
+        for module in task.needs:
+            if importlib.util.find_spec(module) is None:
+                raise ModuleNotFoundError(f"{name}: lmms-eval's code for it imports {module}: pip install {module}")
+        for what, folder in (("dataset cache", dataset_cache(task, hf_home)), ("video folder", hf_home / task.videos)):
+            if not folder.is_dir():
+                raise FileNotFoundError(
+                    f"{name}: {what} not found: {folder}. On a machine with internet (after `huggingface-cli login` "
+                    f'where {task.dataset} is gated) fill it with: HF_HOME={hf_home} python -c "from lmms_eval.tasks '
+                    f"import TaskManager, get_task_dict; get_task_dict(['{name}'], TaskManager())\" (this downloads "
+                    f"{task.dataset} and unpacks its videos), then copy {hf_home} here, or set hf_home to a copy of it."
+                )
+
+
+def use_hf_home(hf_home: Path) -> None:
+    """Point lmms-eval's built-in tasks at ``hf_home``. Their utils read HF_HOME when first imported and lmms-eval
+    resolves its datasets cache once, so this holds for the rest of the process."""
+    os.environ["HF_HOME"] = str(hf_home)
+    os.environ["LMMS_EVAL_DATASETS_CACHE"] = str(hf_home / "datasets")
