@@ -128,7 +128,8 @@ RECORD_COLUMNS = [f.name for f in fields(QuestionRecord)] + ["achieved_ratio"]
 
 
 def load_cells(root: Path, cell_keys: tuple[str, ...] = ("model", "reducer", "budget")) -> pd.DataFrame:
-    """Every record under ``root``, one row per question, with the cell's keys read from its ``cell.json``."""
+    """Every record under ``root``, one row per question, with the cell's keys read from its ``cell.json`` and the
+    evaluation's wall time (``wall_s``) from its ``DONE``."""
     frames = []
     for path in sorted(root.rglob(RECORDS)):
         cell = path.parent
@@ -139,9 +140,10 @@ def load_cells(root: Path, cell_keys: tuple[str, ...] = ("model", "reducer", "bu
             for key in cell_keys:
                 frame[key] = keys.get(key)
             frame["cell"] = str(cell.relative_to(root))
+            frame["wall_s"] = json.loads((cell / DONE).read_text()).get("wall_s") if is_done(cell) else None
             frames.append(frame)
     if not frames:
-        return pd.DataFrame(columns=[*RECORD_COLUMNS, *cell_keys, "cell"])
+        return pd.DataFrame(columns=[*RECORD_COLUMNS, *cell_keys, "cell", "wall_s"])
     return pd.concat(frames, ignore_index=True)
 
 

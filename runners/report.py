@@ -38,6 +38,9 @@ def summarize(records: pd.DataFrame) -> pd.DataFrame:
         ttft_ms=("ttft_ms", "mean"),
         vision_ms=("vision_ms", "mean"),
         reducer_ms=("reducer_ms", "mean"),
+        prefill_tokens=("prefill_tokens", "mean"),
+        cell=("cell", "first"),
+        wall_s=("wall_s", "first"),
     )
     failed = records[records["error"].notna()].groupby(keys).size()
     summary = summary.reindex(summary.index.union(failed.index))
@@ -48,7 +51,8 @@ def summarize(records: pd.DataFrame) -> pd.DataFrame:
 
 def paper_table(summary: pd.DataFrame) -> pd.DataFrame:
     """Method × budget rows per model, benchmarks as columns, plus their average (none where one of the cell's
-    benchmarks has no answered question), relative accuracy, speed-ups and the number of failed questions."""
+    benchmarks has no answered question), relative accuracy, speed-ups, prefill tokens per question, the
+    evaluation's wall time and the number of failed questions."""
     cells = ["model", "reducer", "budget"]
     accuracy = summary.pivot(index=cells, columns="task", values="accuracy")
     unanswered = summary["accuracy"].isna().groupby([summary[key] for key in cells]).any().reindex(accuracy.index)
@@ -62,6 +66,9 @@ def paper_table(summary: pd.DataFrame) -> pd.DataFrame:
         table["prefill_speedup"] = full["prefill_ms"] / costs["prefill_ms"]
         table["ttft_speedup"] = full["ttft_ms"] / costs["ttft_ms"]
     table["achieved_ratio"] = costs["achieved_ratio"]
+    table["prefill_tokens_per_question"] = summary.groupby(cells)["prefill_tokens"].mean().reindex(table.index)
+    per_cell = summary.dropna(subset=["cell"]).drop_duplicates([*cells, "cell"])
+    table["wall_s"] = per_cell.groupby(cells)["wall_s"].sum(min_count=1).reindex(table.index)
     table["failed"] = summary.groupby(cells)["failed"].sum().reindex(table.index)
     return table.sort_index(level=["model", "budget", "reducer"], ascending=[True, False, True]).round(2)
 

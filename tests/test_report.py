@@ -120,3 +120,16 @@ def test_failed_questions_are_counted_per_cell_even_where_a_task_or_a_cell_has_n
     assert report_main([str(tmp_path), "--out", str(tmp_path / "out")]) == 0
     header = (tmp_path / "out" / "table.md").read_text().splitlines()[0]
     assert "failed" in header and "nextqa" in header
+
+
+def test_the_table_gives_prefill_tokens_per_question_and_wall_time(tmp_path):
+    for reducer, tokens, wall in (("none", 1000, 30.0), ("sttm", 400, 12.0)):
+        cell = tmp_path / "m" / reducer / "1"
+        write_cell_keys(cell, model="m", reducer=reducer, budget=1.0 if reducer == "none" else 0.5)
+        for doc_id in range(4):
+            base = record("vnbench", doc_id, True, 100, 50.0)
+            append_record(cell, QuestionRecord(**{**base.__dict__, "prefill_tokens": tokens + doc_id}))
+        mark_done(cell, {"questions": 4, "wall_s": wall})
+    table = paper_table(summarize(load_cells(tmp_path))).reset_index().set_index("reducer")
+    assert table.loc["none", "prefill_tokens_per_question"] == 1001.5 and table.loc["none", "wall_s"] == 30.0
+    assert table.loc["sttm", "prefill_tokens_per_question"] == 401.5 and table.loc["sttm", "wall_s"] == 12.0
