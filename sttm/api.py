@@ -154,6 +154,9 @@ class Reducer(ABC):
     #: vision tower) and "keys" (at ``vision``: the vision tower's attention keys), pooled to the grid.
     needs: ClassVar[frozenset[str]] = frozenset()
 
+    #: at ``llm_layer``, how many layers before k the "importance" attention is read (0: at layer k itself).
+    importance_lag: ClassVar[int] = 0
+
     @abstractmethod
     def reduce(self, video: VideoTokens) -> Reduction:
         """Return the kept tokens of ``video``."""

@@ -448,7 +448,8 @@ def vision(model, reducer: Reducer, positions: str = "original") -> Iterator[Red
 @contextmanager
 def llm_layer(model, reducer: Reducer, layer: int, positions: str = "original") -> Iterator[ReductionLog]:
     """Reduce each video's hidden states at the input of decoder layer ``layer``, during prefill. A reducer that
-    needs ``importance`` gets the attention the last prompt token pays each visual token at that layer."""
+    needs ``importance`` gets the attention the last prompt token pays each visual token at layer
+    ``layer − reducer.importance_lag`` (FastV ranks by the layer before the one it prunes at)."""
     session = ReductionSession(model, reducer, positions)
     check_needs(reducer, frozenset({"importance"}), "llm_layer")
     text_model = text_model_of(model)
@@ -470,13 +471,20 @@ def llm_layer(model, reducer: Reducer, layer: int, positions: str = "original") 
             state["decode_columns"] = decode_columns(session.plan, generated)
         return args, kwargs
 
+    scored_layer = layer - reducer.importance_lag
+
+    def on_scored_layer(module, args, kwargs):
+        if state["prefill"] and state["has_videos"] and "importance" in reducer.needs:
+            state["importance"] = last_token_attention(
+                module, args[0], kwargs["position_embeddings"], state["attention_mask"]
+            )
+        return args, kwargs
+
     def on_reducing_layer(module, args, kwargs):
+        if scored_layer == layer:
+            on_scored_layer(module, args, kwargs)
         if state["prefill"] and state["has_videos"]:
-            evidence = {}
-            if "importance" in reducer.needs:
-                evidence["importance"] = last_token_attention(
-                    module, args[0], kwargs["position_embeddings"], state["attention_mask"]
-                )
+            evidence = {"importance": state.pop("importance")} if "importance" in reducer.needs else {}
             reduced, plan = session.reduce(args[0], kwargs.get("position_ids"), state["attention_mask"], evidence)
             session.remember(plan, fills_cache(model, kwargs), reduces_first_layer=layer == 0)
             cos, sin = kwargs["position_embeddings"]
@@ -502,11 +510,15 @@ def llm_layer(model, reducer: Reducer, layer: int, positions: str = "original") 
             kwargs["attention_mask"] = reduced_layer_mask(mask, None, *state["decode_columns"], queries)
         return args, kwargs
 
+    if not 0 <= scored_layer <= layer:
+        raise ValueError(f"reducer {reducer.name!r} ranks by the attention of layer {scored_layer}, before layer 0")
     layer_hooks = [
         decoder.register_forward_pre_hook(on_reducing_layer if index == layer else on_reduced_layer, with_kwargs=True)
         for index, decoder in enumerate(text_model.layers)
         if index >= layer
     ]
+    if scored_layer < layer:
+        layer_hooks.append(text_model.layers[scored_layer].register_forward_pre_hook(on_scored_layer, with_kwargs=True))
     with installed(
         model.model.register_forward_pre_hook(session.capture_request, with_kwargs=True),
         text_model.register_forward_pre_hook(on_text_model, with_kwargs=True),
