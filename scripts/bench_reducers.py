@@ -77,12 +77,14 @@ def authors_quadtree(checkout: Path):
 
 
 def git_commit() -> str:
-    """The checkout's commit, or $GIT_COMMIT where the tree travelled without its .git (a remote GPU machine)."""
+    """$GIT_COMMIT where given (a tree copied to a remote GPU machine), else the checkout's commit."""
+    if os.environ.get("GIT_COMMIT"):
+        return os.environ["GIT_COMMIT"]
     try:
         found = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     except OSError:
         found = ""
-    return found or os.environ.get("GIT_COMMIT", "unknown")
+    return found or "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
