@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from sttm.adapters.hooks import llm_layer, pre_llm
+from sttm.adapters.hooks import llm_layer, pre_llm, reduction_point
 from sttm.adapters.reuse import greedy_from_prefix, prefill_prefix, prefix_length
 from sttm.adapters.tiny import FAMILIES, FRAME_SIZE, tiny_model, tiny_processor
-from sttm.api import Reducer, Reduction, Stage, VideoTokens
+from sttm.api import Reducer, Reduction, Stage, VideoTokens, available_reducers, build_reducer, reducer_class
 from sttm.reducer import STTM
 
 QUESTIONS = ["what color is the ball ?", "which shape moved first ?", "how many times did it appear ?"]
@@ -75,3 +75,16 @@ def test_a_prompt_that_does_not_start_with_the_prefix_or_has_no_video_is_refused
         greedy_from_prefix(model, prefix, torch.cat([second["input_ids"][:, 1:], second["input_ids"][:, :1]], 1), 2)
     with pytest.raises(ValueError, match="no video placeholder"):
         prefix_length(torch.tensor([[1, 2, 3]]), model.config.video_token_id)
+
+
+@pytest.mark.parametrize("name", [name for name in available_reducers() if not reducer_class(name).query_aware])
+def test_every_query_agnostic_reducer_gives_the_same_answers_with_reuse(name):
+    model = tiny_model("llava_onevision")
+    batches = prompts("llava_onevision")[:2]
+    reducer = build_reducer(name, budget=0.5)
+    with reduction_point(model, reducer), torch.no_grad():
+        expected = [model.generate(**batch, max_new_tokens=3, do_sample=False) for batch in batches]
+        prefix = prefill_prefix(model, batches[0])
+        reused = [greedy_from_prefix(model, prefix, batch["input_ids"], max_new_tokens=3) for batch in batches]
+    for reference, batch, answer in zip(expected, batches, reused, strict=True):
+        assert torch.equal(reference[:, batch["input_ids"].shape[1] :], answer.tokens)
