@@ -44,19 +44,33 @@ def test_timing_works_inside_a_reduction_context():
     assert timing.prefill_ms > 0 and log.last.reducer_ms > 0
 
 
+class FrozenClock:
+    """A perf_counter that stands still except when a test moves it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+CLOCK = FrozenClock()
+
+
 class SlowPreLLM(Reducer):
-    """Keeps everything after sleeping: its time must land in the prefill, not in the vision encoder's."""
+    """Keeps everything and takes one second of the frozen clock: that second must land in the prefill."""
 
     name = "slow_pre_llm"
     stage = Stage.PRE_LLM
 
     def reduce(self, video: VideoTokens) -> Reduction:
-        time.sleep(0.2)
+        CLOCK.now += 1.0
         return keep_everything(video)
 
 
-def test_a_pre_llm_reducer_counts_in_the_prefill_not_in_the_vision_time():
+def test_a_pre_llm_reducer_counts_in_the_prefill_not_in_the_vision_time(monkeypatch):
     model, batch = tiny_model("llava_onevision"), inputs()
+    monkeypatch.setattr(time, "perf_counter", CLOCK)
     with reduction_point(model, SlowPreLLM()):
         _, timing = timed_generate(model, batch, max_new_tokens=1, do_sample=False)
-    assert timing.prefill_ms >= 200 > timing.vision_ms
+    assert (timing.vision_ms, timing.prefill_ms) == (0.0, 1000.0)
