@@ -10,6 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from toy_reducers import BlockMean  # noqa: E402
 from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E402
 
 from sttm.adapters.hooks import KVPruning, llm_layer, pre_llm, reduction_point  # noqa: E402
@@ -49,19 +50,6 @@ class EveryOtherToken(Reducer):
         t, h, w, c = video.grid.shape
         flat = torch.arange(0, t * h * w, 2)
         return Reduction(video.grid.reshape(-1, c)[flat], patch_boxes(flat, h, w), torch.ones_like(flat), t * h * w)
-
-
-class BlockMean(Reducer):
-    """Averages 2x2 blocks (a merging reducer whose tokens are new vectors)."""
-
-    stage = Stage.LLM_LAYER
-
-    def reduce(self, video: VideoTokens) -> Reduction:
-        t, h, w, c = video.grid.shape
-        tokens = video.grid.reshape(t, h // 2, 2, w // 2, 2, c).mean(dim=(2, 4)).reshape(-1, c)
-        tt, yy, xx = torch.meshgrid(torch.arange(t), torch.arange(0, h, 2), torch.arange(0, w, 2), indexing="ij")
-        boxes = torch.stack([tt, yy, xx, yy + 2, xx + 2], dim=-1).reshape(-1, 5)
-        return Reduction(tokens, boxes, torch.full((len(boxes),), 4), video.num_tokens)
 
 
 class ContentDependentCount(Reducer):

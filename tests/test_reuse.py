@@ -5,26 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from toy_reducers import BlockMean
 
 from sttm.adapters.hooks import llm_layer, pre_llm, reduction_point
 from sttm.adapters.reuse import greedy_from_prefix, prefill_prefix, prefix_length
 from sttm.adapters.tiny import FAMILIES, FRAME_SIZE, tiny_model, tiny_processor
-from sttm.api import Reducer, Reduction, Stage, VideoTokens, available_reducers, build_reducer, reducer_class
+from sttm.api import available_reducers, build_reducer, reducer_class
 from sttm.reducer import STTM
 
 QUESTIONS = ["what color is the ball ?", "which shape moved first ?", "how many times did it appear ?"]
-
-
-class BlockMean(Reducer):
-    name = "block_mean"
-    stage = Stage.PRE_LLM
-
-    def reduce(self, video: VideoTokens) -> Reduction:
-        t, h, w, c = video.grid.shape
-        tokens = video.grid.reshape(t, h // 2, 2, w // 2, 2, c).mean(dim=(2, 4)).reshape(-1, c)
-        tt, yy, xx = torch.meshgrid(torch.arange(t), torch.arange(0, h, 2), torch.arange(0, w, 2), indexing="ij")
-        boxes = torch.stack([tt, yy, xx, yy + 2, xx + 2], dim=-1).reshape(-1, 5)
-        return Reduction(tokens, boxes, torch.full((len(boxes),), 4), video.num_tokens)
 
 
 POINTS = {
