@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import numpy as np
 import pytest
 import torch
 from test_hooks import generate, inputs
@@ -21,7 +20,7 @@ from baselines.framefusion import (
 )
 from sttm.adapters.hooks import llm_layer, reduction_point
 from sttm.adapters.reuse import check_kv_reuse
-from sttm.adapters.tiny import FAMILIES, FRAME_SIZE, tiny_model, tiny_processor
+from sttm.adapters.tiny import FAMILIES, tiny_model
 from sttm.api import VideoTokens, build_reducer, flat_positions, keep_everything
 
 
@@ -141,12 +140,7 @@ def test_bad_input_names_the_problem():
 
 
 def test_in_the_model_without_merging_it_keeps_fastvs_tokens():
-    model = tiny_model("llava_onevision", attn_implementation="eager")
-    processor = tiny_processor("llava_onevision")
-    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "what color is it ?"}]}]
-    text = processor.apply_chat_template(messages, add_generation_prompt=True)
-    video = np.random.default_rng(0).integers(0, 255, (4, FRAME_SIZE, FRAME_SIZE, 3), dtype=np.uint8)
-    model_inputs = processor(text=text, videos=[video], return_tensors="pt")
+    model, model_inputs = tiny_model("llava_onevision"), inputs("llava_onevision", 1)
     kept = {}
     for reducer in (FastV(budget=0.25), FrameFusion(budget=0.25, similarity_lower_bound=1.0)):
         with torch.no_grad(), reduction_point(model, reducer) as log:
