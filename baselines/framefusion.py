@@ -36,8 +36,8 @@ baselines), with ``round(budget · n)`` visual tokens kept:
    authors measure it after merging, on the merged token). Kept tokens stay in their original order; a merged
    token sits at its earliest member's patch and counts its members in ``num_patches``.
 
-Means are accumulated in float32 and cast back, so unmerged tokens are returned bit for bit (the authors'
-in-place bf16 ``index_add_`` is noted there as numerically unstable).
+Similarities and means are computed in float32 (or wider) and cast back, so unmerged tokens come back bit for bit
+(the authors' in-place bf16 ``index_add_`` is noted there as numerically unstable).
 
 Budget and ``cost``. Our budget is the kept fraction of visual tokens at layer k; the authors' ``cost`` is the
 fraction of visual-token compute summed over the L decoder layers (L = 28 for Qwen2-7B). Keeping everything for
@@ -88,11 +88,11 @@ def budget_for_cost(cost: float, layer: int, num_layers: int) -> float:
 
 
 def frame_similarity(grid: torch.Tensor) -> torch.Tensor:
-    """[T, H, W, C] -> [T, H, W] float32 cosine of each token with the token at the same (y, x) one frame earlier;
-    frame 0 gets ``NO_PREDECESSOR``."""
+    """[T, H, W, C] -> [T, H, W] cosine (float32 or wider) of each token with the token at the same (y, x) one frame
+    earlier; frame 0 gets ``NO_PREDECESSOR``."""
     if grid.dim() != 4:
         raise ValueError(f"grid must have shape [T, H, W, C], got {tuple(grid.shape)}")
-    unit = F.normalize(grid.float(), dim=-1)
+    unit = F.normalize(grid.to(torch.promote_types(grid.dtype, torch.float32)), dim=-1)
     similarity = (unit[1:] * unit[:-1]).sum(dim=-1)
     first = torch.full_like(unit[:1, ..., 0], NO_PREDECESSOR)
     return torch.cat([first, similarity])
@@ -139,9 +139,10 @@ def group_by_head(heads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torc
 
 
 def group_means(values: torch.Tensor, group: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
-    """[N, ...] values -> [M, ...] plain mean of each group (float32 sums, cast back to the values' dtype)."""
-    sums = torch.zeros((len(sizes), *values.shape[1:]), dtype=torch.float32, device=values.device)
-    sums.index_add_(0, group, values.float())
+    """[N, ...] values -> [M, ...] plain mean of each group (summed in float32 or wider, cast back to their dtype)."""
+    wide = torch.promote_types(values.dtype, torch.float32)
+    sums = torch.zeros((len(sizes), *values.shape[1:]), dtype=wide, device=values.device)
+    sums.index_add_(0, group, values.to(wide))
     return (sums / sizes.reshape(-1, *[1] * (values.dim() - 1))).to(values.dtype)
 
 

@@ -3,6 +3,7 @@ rest by attention to exactly round(budget · n), maps budgets to the authors' co
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 
 import pytest
@@ -16,6 +17,8 @@ from baselines.framefusion import (
     chain_heads,
     cost_for_budget,
     frame_similarity,
+    group_by_head,
+    group_means,
     select_merges,
 )
 from sttm.adapters.hooks import llm_layer, reduction_point
@@ -182,3 +185,29 @@ def test_cached_decoding_equals_recomputing_the_reduced_forward(family):
         assert reduction.info["merged"] > 0 and reduction.info["pruned"] > 0
         assert reduction.num_kept == round(0.3 * reduction.num_input)
     assert (cached - recomputed).abs().max() <= 1e-4
+
+
+@pytest.mark.skipif(
+    "FRAMEFUSION_AUTHORS" not in os.environ, reason="FRAMEFUSION_AUTHORS: a thu-nics/FrameFusion checkout"
+)
+def test_the_merge_keeps_and_averages_what_the_authors_code_does(monkeypatch):
+    monkeypatch.syspath_prepend(os.environ["FRAMEFUSION_AUTHORS"])
+    from framefusion.main import FrameFusion as Authors
+
+    torch.manual_seed(0)
+    for trial in range(40):
+        t, h, w = (int(v) for v in torch.randint(1, 6, (3,)))
+        grid = torch.randn(t, h, w, 16, dtype=torch.float64)
+        for i in range(1, t):  # positions that repeat their predecessor to different degrees
+            noise = 0.7 * torch.rand(1) * torch.randn_like(grid[i])
+            grid[i] = grid[i - 1] * torch.rand(h, w, 1, dtype=torch.float64) + noise
+        sequence, patch_type = grid.reshape(1, -1, 16), torch.arange(h * w).repeat(t)[None]
+        similarity, by_patch = Authors.compute_similarity_and_token_index_by_patch(sequence, patch_type, h * w)
+        merging, limit = torch.where(similarity >= 0.6)[1], t * h * w
+        if trial % 2 and len(merging) > 1:  # their capped branch: only the most similar
+            limit = len(merging) - 1
+            merging = torch.topk(similarity, limit).indices.sort().values[0]
+        theirs, keep = Authors.merge_tokens_and_get_mask(sequence.clone(), similarity, by_patch, merging)
+        slots, group, sizes = group_by_head(chain_heads(select_merges(frame_similarity(grid), 0.6, limit)).flatten())
+        assert torch.equal(keep[0].nonzero().squeeze(1), slots)
+        assert torch.allclose(theirs[keep], group_means(grid.reshape(-1, 16), group, sizes), atol=1e-12)
