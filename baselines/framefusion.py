@@ -28,7 +28,8 @@ baselines), with ``round(budget · n)`` visual tokens kept:
    the previous frame, runs collapse into the token before them, plain mean. The authors' later passes (on the
    hidden states of later layers) have no counterpart, so ``ratio_lower_bound`` has none either. If more than
    ``n − round(budget · n)`` tokens are similar enough, only that many merge, the most similar first (ties to the
-   lower index), and nothing is pruned, as the authors do when merging alone meets the budget.
+   lower index), and nothing is pruned, as the authors do when merging alone meets the budget (they merge
+   ``int(ratio · n)`` tokens there; here the count is set by the kept ``round(budget · n)``).
 2. Pruning of the remaining tokens to exactly ``round(budget · n)`` by the attention the last prompt token pays
    them, read at layer ``layer − 1`` as FastV reads it (``importance_lag = 1``; recomputed from that layer's
    queries and keys, so the model keeps sdpa or flash attention). That attention is paid to the unmerged tokens,
@@ -44,8 +45,9 @@ fraction of visual-token compute summed over the L decoder layers (L = 28 for Qw
 layers 0 … k − 1 and a fraction r from layer k on costs ``(k + (L − k) · r) / L``: see :func:`cost_for_budget` and
 :func:`budget_for_cost`. At k = 2, L = 28 budget 0.5 is cost ≈ 0.536 and budget 0.3 is cost 0.35; the authors'
 default cost 0.3 is budget ≈ 0.246. (The STTM repository's presets run the authors' code from layer 0 with cost
-0.5 / 0.3 / 0.2 / 0.15 for its 50 / 30 / 20 / 15 % settings.) Each reduction records the tokens merged and
-pruned and the equivalent cost in ``info``.
+0.5 / 0.3 / 0.2 / 0.15 for its 50 / 30 / 20 / 15 % settings.) Each reduction's ``info`` records ``merged`` and
+``pruned`` (tokens removed by each stage), ``similar`` (tokens at or above the bound, before the cap) and ``cost``
+(of the achieved ratio).
 """
 
 from __future__ import annotations
