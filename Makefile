@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 GOLDEN ?= ../shared/golden
 
-.PHONY: setup test lint golden bench bench-latency sweep report toybench
+.PHONY: setup test lint golden bench bench-latency sweep report toybench train-toy regress
 
 setup: $(STAMP)
 
@@ -35,6 +35,10 @@ bench-latency: setup
 	$(PY) -m runners.latency --model llava_onevision_7b --frames 64 128 --output $(LATENCY)
 	$(PY) -m runners.latency --model qwen2_vl_7b --frames 128 --output $(LATENCY)
 
+# The tiny model of the offline suite (configs/model/tiny_llava_onevision.yaml), trained by `make train-toy` on CPU
+# (or DEVICE=cuda) on the synthetic benchmarks' train split.
+TOY_MODEL := models/tiny_llava_onevision
+
 BUDGET ?= 0.5
 NPROC  ?= 1
 # NPROC=N: lmms-eval's data parallelism, one model copy per process (torchrun; gloo on CPU, NCCL on GPUs)
@@ -42,8 +46,26 @@ LAUNCH := $(if $(filter 1,$(NPROC)),$(PY),$(PY) -m torch.distributed.run --stand
 # optional: MODEL=<configs/model name> BENCHMARK=<configs/benchmark name> REDUCERS=sttm,tome ARGS='<more overrides>'
 SWEEP_ARGS = budget=$(BUDGET) $(if $(MODEL),model=$(MODEL)) $(if $(BENCHMARK),benchmark=$(BENCHMARK)) \
              $(if $(REDUCERS),'reducers=[$(REDUCERS)]') $(ARGS)
-sweep: setup
+sweep: setup $(if $(MODEL),,$(TOY_MODEL)/model.safetensors)
 	$(LAUNCH) -m runners.evaluate $(SWEEP_ARGS)
+
+DEVICE ?= cpu
+train-toy: setup
+	$(PY) scripts/train_toy_model.py --device $(DEVICE)
+
+$(TOY_MODEL)/model.safetensors:
+	@echo "$(TOY_MODEL) is missing: train it with 'make train-toy' (python scripts/train_toy_model.py)" >&2; exit 1
+
+# A fixed subset through the real harness, compared with the committed baseline: a drop beyond the baseline's
+# tolerance fails with the table. After an intended change, rewrite the baseline with
+# `$(PY) -m runners.regress $(REGRESS_RESULTS) $(REGRESS_BASELINE) --write` once this target has run.
+REGRESS_RESULTS  ?= outputs/regress
+REGRESS_BASELINE := results/baselines/toy.json
+REGRESS_ARGS     := budget=0.15 'reducers=[sttm,random]' limit=40 'benchmark.tasks=[toy_vnbench,toy_nextqa,toy_videomme]'
+regress: setup $(TOY_MODEL)/model.safetensors
+	rm -rf $(REGRESS_RESULTS)
+	$(PY) -m runners.evaluate $(REGRESS_ARGS) results_dir=$(REGRESS_RESULTS) hydra.run.dir=$(REGRESS_RESULTS)/hydra
+	$(PY) -m runners.regress $(REGRESS_RESULTS) $(REGRESS_BASELINE)
 
 RESULTS ?= outputs
 report: setup

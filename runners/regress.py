@@ -1,5 +1,8 @@
 """Compare evaluation results with a committed baseline and fail on regressions.
 
+    python -m runners.regress RESULTS_DIR BASELINE.json            # exit 1 on a regression, with the table
+    python -m runners.regress RESULTS_DIR BASELINE.json --write    # (re)write the baseline from the results
+
 A baseline is a JSON file: ``{"tolerance": {"accuracy": points, "achieved_ratio": fraction},
 "cells": [{"model", "reducer", "budget", "task", "accuracy", "achieved_ratio"}, ...]}``. A cell regresses when
 its accuracy falls more than the tolerance below the baseline, or its achieved ratio moves by more than its
@@ -9,10 +12,15 @@ no result is a failure too.
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
+
+from runners.records import load_cells, write_atomically
+from runners.report import summarize
 
 KEYS = ["model", "reducer", "budget", "task"]
 
@@ -45,3 +53,38 @@ def baseline_from(summary: pd.DataFrame, tolerance: dict[str, float]) -> dict:
     """A baseline file's content from the current results (to commit after an intended change)."""
     cells = summary[[*KEYS, "accuracy", "achieved_ratio"]].round(4).to_dict(orient="records")
     return {"tolerance": tolerance, "cells": cells}
+
+
+def check(results: Path, baseline_path: Path) -> pd.DataFrame:
+    """The comparison (see ``compare``) of the cells under ``results`` with the baseline file."""
+    baseline, tolerance = load_baseline(baseline_path)
+    return compare(summarize(load_cells(results)), baseline, tolerance)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Compare evaluation cells with a baseline; exit 1 on a regression.")
+    parser.add_argument("results", type=Path, help="a results_dir of runners.evaluate")
+    parser.add_argument("baseline", type=Path, help="the baseline JSON file")
+    parser.add_argument("--write", action="store_true", help="write the baseline from the results instead")
+    parser.add_argument("--accuracy-tolerance", type=float, default=5.0, help="points (with --write)")
+    parser.add_argument("--ratio-tolerance", type=float, default=0.02, help="achieved ratio (with --write)")
+    args = parser.parse_args(argv)
+    if args.write:
+        tolerance = {"accuracy": args.accuracy_tolerance, "achieved_ratio": args.ratio_tolerance}
+        content = baseline_from(summarize(load_cells(args.results)), tolerance)
+        write_atomically(args.baseline, json.dumps(content, indent=1) + "\n")
+        print(f"wrote {args.baseline}: {len(content['cells'])} cells, tolerance {tolerance}")
+        return 0
+    table = check(args.results, args.baseline)
+    columns = [*KEYS, "accuracy", "accuracy_now", "achieved_ratio", "achieved_ratio_now", "regressed", "why"]
+    print(table[columns].to_markdown(index=False, floatfmt=".4g"))
+    regressed = int(table["regressed"].sum())
+    if regressed:
+        print(f"\nREGRESSION: {regressed} of {len(table)} cells moved beyond the tolerance of {args.baseline}")
+        return 1
+    print(f"\nno regression against {args.baseline}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -139,7 +139,7 @@ def evaluate(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
     """The runner on the fake Video-MME under tmp_path/hf, as a command."""
     command = [
         sys.executable, "-m", "runners.evaluate", "benchmark=videomme", f"hf_home={tmp_path / 'hf'}", "limit=null",
-        f"results_dir={tmp_path / 'results'}", f"model.pretrained={tmp_path / 'tiny'}",
+        f"results_dir={tmp_path / 'results'}", f"model.pretrained={tmp_path / 'tiny'}", "model.build_if_missing=true",
         f"hydra.run.dir={tmp_path / 'hydra'}", *overrides,
     ]  # fmt: skip
     return subprocess.run(command, cwd=ROOT, env=OFFLINE, capture_output=True, text=True, timeout=600)

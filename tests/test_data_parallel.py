@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def sweep(tmp_path: Path, name: str, processes: int) -> Path:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
     overrides = ["reducers=[vidcom2]", "limit=5", "benchmark.tasks=[toy_nextqa]", f"results_dir={tmp_path / name}",
-                 f"benchmark.data_dir={tmp_path / 'data'}", f"model.pretrained={tmp_path / 'tiny'}"]  # fmt: skip
+                 f"benchmark.data_dir={tmp_path / 'data'}", f"model.pretrained={tmp_path / 'tiny'}",
+                 "model.build_if_missing=true"]  # fmt: skip
     command = [*(launcher if processes > 1 else [sys.executable]), "-m", "runners.evaluate", *overrides]
     subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True)
     return tmp_path / name / "tiny_llava_onevision" / "toybench"

@@ -36,7 +36,7 @@ def sweep(tmp_path: Path) -> subprocess.CompletedProcess:
         sys.executable, "-m", "runners.evaluate", "-m", "hydra/launcher=local", "hydra.launcher.gpus_per_node=0",
         "reducers=[random],[pool]", "limit=1", "benchmark.tasks=[toy_nextqa]", f"results_dir={tmp_path / 'results'}",
         f"benchmark.data_dir={tmp_path / 'data'}", f"model.pretrained={tmp_path / 'tiny'}",
-        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        "model.build_if_missing=true", f"hydra.sweep.dir={tmp_path / 'sweep'}",
     ]  # fmt: skip
     environment = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     return subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=300)

@@ -29,6 +29,7 @@ def test_a_new_reducer_file_and_config_run_in_a_sweep(tmp_path):
                 sys.executable, "-m", "runners.evaluate", "reducers=[keep_first_tokens]", "limit=2",
                 "benchmark.tasks=[toy_nextqa]", f"results_dir={tmp_path / 'results'}",
                 f"benchmark.data_dir={tmp_path / 'data'}", f"model.pretrained={tmp_path / 'tiny'}",
+                "model.build_if_missing=true",
             ],
             cwd=ROOT, check=True, capture_output=True, text=True,
         )  # fmt: skip

@@ -1,12 +1,18 @@
-"""Regression checks against a committed baseline."""
+"""Regression checks against a committed baseline, down to a broken reducer caught through the real harness."""
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import pandas as pd
+import torch
+from hydra import compose, initialize_config_dir
 
-from runners.regress import baseline_from, compare, load_baseline
+from runners.evaluate import CONFIGS, run
+from runners.regress import baseline_from, compare, load_baseline, main
+from sttm import api
+from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, keep_everything, reducer_class
 
 TOLERANCE = {"accuracy": 2.0, "achieved_ratio": 0.02}
 
@@ -43,3 +49,38 @@ def test_a_baseline_written_from_results_reads_back(tmp_path):
     path.write_text(json.dumps(baseline_from(BASE, TOLERANCE)))
     cells, tolerance = load_baseline(path)
     assert tolerance == TOLERANCE and not compare(BASE, cells, tolerance)["regressed"].any()
+
+
+class KeepFirstTokens(Reducer):
+    """A broken STTM: the budget's worth of the video's first tokens, whatever they show."""
+
+    stage = Stage.PRE_LLM
+
+    def __init__(self, budget: float = 0.5, **sttm_params) -> None:
+        self.budget = check_budget(budget)
+
+    def reduce(self, video: VideoTokens) -> Reduction:
+        kept, every = torch.arange(round(self.budget * video.num_tokens)), keep_everything(video)
+        return Reduction(every.tokens[kept], every.boxes[kept], every.num_patches[kept], video.num_tokens)
+
+
+def test_a_reducer_that_keeps_the_wrong_tokens_fails_the_check_of_the_trained_model(tmp_path, monkeypatch, capsys):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose(
+            config_name="evaluate",
+            overrides=[
+                "budget=0.15", "reducers=[sttm]", "limit=12", "benchmark.tasks=[toy_vnbench]",
+                f"benchmark.data_dir={tmp_path / 'data'}", f"results_dir={tmp_path / 'results'}",
+            ],
+        )  # fmt: skip
+    results, baseline = tmp_path / "results", tmp_path / "toy.json"
+    run(cfg)
+    assert main([str(results), str(baseline), "--write"]) == 0
+    assert main([str(results), str(baseline)]) == 0
+    shutil.rmtree(next(results.rglob("sttm/budget_0.15")))
+    reducer_class("sttm")  # the registry is filled on first use
+    monkeypatch.setitem(api._REGISTRY, "sttm", KeepFirstTokens)
+    run(cfg)
+    assert main([str(results), str(baseline)]) == 1
+    output = capsys.readouterr().out
+    assert "REGRESSION: 1 of 2 cells" in output and "| sttm " in output

@@ -1,0 +1,597 @@
+"""Train the tiny LLaVA-OneVision of the offline suite on the train split of the six synthetic benchmarks.
+
+    python scripts/train_toy_model.py                  # CPU, writes models/tiny_llava_onevision
+    python scripts/train_toy_model.py --device cuda
+
+Data: the train split comes from the benchmarks' own generators with the train seed (``runners.toybench``: videos
+from seed 1000, the test split's from 0), written as mp4 and decoded by ``read_frames`` with the model config's
+fps and frame cap, so that training sees the frames evaluation sees (H.264 changes them by up to ~100 levels at
+shape edges). The prompt is the one lmms-eval sends (``runners.tasks.local.doc_to_text`` in the processor's chat
+template). The model answers with the right option's text, then its letter ("red , green , blue C"): the task
+takes the first option letter of the reply. Finding the letter of a known answer among the options is wired into
+the initial weights (``wire_option_lookup``): from scratch, a model this small learns it only after far more steps
+than a CPU run allows, and learns nothing else meanwhile, as letters at chance give no signal.
+
+Two stages, by step: ``--clip-steps`` on each video cut to the frames its questions depend on (each generator
+starts its events on a fixed stride; VNBench's needles are the frames that differ from both neighbours), a
+fraction of the tokens, then ``--steps`` on whole videos, as evaluation shows them.
+
+A step runs one video's prefix (chat header and visual tokens) once; each of its questions, with the right option
+at ``--positions`` different letters, continues from a copy of the prefix's cache. The data order depends only on
+the seed and the step, so a run resumed from its checkpoint (written every ``--checkpoint-every`` steps)
+continues as the uninterrupted run would. The model and the processor of ``sttm.adapters.tiny`` are written to
+``--output`` by a rename, so the folder is never half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.optimize
+import torch
+from omegaconf import OmegaConf
+from tqdm import tqdm
+from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+
+from runners.tasks.local import doc_to_text
+from runners.tasks.multiple_choice import extract_answer_letter
+from runners.toybench import LETTERS, generate_split
+from runners.toybench.benchmarks import BENCHMARKS
+from sttm.adapters.tiny import FRAME_SIZE, PATCH_SIZE, placeholder_token_ids, text_config, tiny_processor
+from sttm.adapters.video import read_frames
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_CONFIG = ROOT / "configs" / "model" / "tiny_llava_onevision.yaml"
+TEXT_MODEL = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=6, num_attention_heads=4,
+                  num_key_value_heads=4)  # fmt: skip
+VISION_TOWER = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2)
+IGNORE = -100
+# Frames that keep every answer of a benchmark's questions: its generator starts each event on this stride.
+CLIP_STRIDES = {
+    "toy_mlvu": slice(0, None, 3),
+    "toy_longvideobench": slice(0, None, 4),
+    "toy_nextqa": slice(1, None, 2),
+    "toy_egoschema": slice(0, None, 2),
+    "toy_videomme": slice(0, None, 4),
+}
+NEEDLE_CLIP_FRAMES = 8
+CHANGED_PIXEL_LEVEL, CHANGED_FRACTION = 60, 0.005  # a needle changes ~1.7% of the pixels; H.264 noise far less
+
+
+def toy_config() -> LlavaOnevisionConfig:
+    """The tiny configuration of ``sttm.adapters.tiny`` with a wider and deeper language model and vision tower."""
+    return LlavaOnevisionConfig(
+        vision_config=dict(
+            model_type="siglip_vision_model", image_size=FRAME_SIZE, patch_size=PATCH_SIZE, vision_use_head=False,
+            **VISION_TOWER,
+        ),
+        text_config=text_config(model_type="qwen2") | TEXT_MODEL,
+        vision_feature_layer=-1, vision_feature_select_strategy="full",
+        image_grid_pinpoints=[[FRAME_SIZE, FRAME_SIZE]], **placeholder_token_ids("llava_onevision"),
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Question:
+    text: str
+    correct: str
+    wrong: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Video:
+    path: str
+    questions: tuple[Question, ...]
+
+
+def read_split(jsonl: Path) -> list[Video]:
+    """The split's videos in order, each with its distinct questions (VNBench's four tries are one question).
+    Videos are looked up beside the JSONL, so that the split may move."""
+    questions: dict[str, dict[str, Question]] = {}
+    for row in map(json.loads, jsonl.open()):
+        options = [option.split(". ", 1)[1] for option in row["options"]]
+        correct = options[LETTERS.index(row["answer"])]
+        wrong = tuple(sorted(text for text in options if text != correct))
+        video = str(jsonl.parent / "videos" / Path(row["video"]).name)
+        questions.setdefault(video, {})[row["question"]] = Question(row["question"], correct, wrong)
+    return [Video(path, tuple(by_text.values())) for path, by_text in questions.items()]
+
+
+def train_split(root: Path, videos_per_benchmark: int) -> dict[str, list[Video]]:
+    """Each benchmark's train split under ``root``, generated where it is missing or of another size."""
+    splits = {}
+    for name in BENCHMARKS:
+        jsonl = root / name / "train.jsonl"
+        if not jsonl.is_file() or len(read_split(jsonl)) != videos_per_benchmark:
+            generate_split(name, "train", root, seed=0, count=videos_per_benchmark)
+        splits[name] = read_split(jsonl)
+    return splits
+
+
+def lettered(question: Question, answer_position: int, rng: np.random.Generator) -> tuple[list[str], str]:
+    """Options as "A. …" with the right one at ``answer_position`` and the wrong ones shuffled; its letter."""
+    options = [question.wrong[i] for i in rng.permutation(len(question.wrong))]
+    options.insert(answer_position, question.correct)
+    return [f"{LETTERS[i]}. {text}" for i, text in enumerate(options)], LETTERS[answer_position]
+
+
+def clip(benchmark: str, frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The frames the benchmark's answers depend on (see ``CLIP_STRIDES``); VNBench: its needle frames, padded
+    with other frames to ``NEEDLE_CLIP_FRAMES``, in order."""
+    if benchmark in CLIP_STRIDES:
+        return frames[CLIP_STRIDES[benchmark]]
+    changed = (np.abs(np.diff(frames.astype(np.int16), axis=0)).max(-1) > CHANGED_PIXEL_LEVEL).mean((1, 2))
+    differs = np.concatenate([[True], changed > CHANGED_FRACTION, [True]])
+    needles = np.flatnonzero(differs[:-1] & differs[1:])
+    others = np.setdiff1d(np.arange(len(frames)), needles)
+    filler = rng.choice(others, size=max(NEEDLE_CLIP_FRAMES - len(needles), 0), replace=False)
+    return frames[np.sort(np.concatenate([needles, filler]))]
+
+
+def answer_words(splits: dict[str, list[Video]], tokenizer) -> list[str]:
+    """The last word of every option in the train split, the words the option lookup matches."""
+    options = {text for videos in splits.values() for video in videos for question in video.questions
+               for text in (question.correct, *question.wrong)}  # fmt: skip
+    return sorted({tokenizer.tokenize(text)[-1] for text in options})
+
+
+def window_coefficients(frequencies: np.ndarray, near: int = 6, far: int = 9, horizon: int = 4200) -> np.ndarray:
+    """Cosine and sine weights per rotary frequency whose sum over a distance d is >= 1 for d in [1, near],
+    <= -1 for d in [far, horizon), and falls by >= 0.5 over 3 tokens within [1, near] (a linear programme)."""
+
+    def basis(distances) -> np.ndarray:
+        angles = np.outer(distances, frequencies)
+        return np.concatenate([np.cos(angles), np.sin(angles)], axis=1)
+
+    within, beyond, later = basis(range(1, near + 1)), basis(range(far, horizon)), basis(range(4, near + 4))
+    size = 2 * len(frequencies)
+    constraints = np.block([
+        [-within, np.ones((near, 1))],
+        [beyond, np.ones((len(beyond), 1))],
+        [later - within, np.full((near, 1), 0.5)],
+    ])  # fmt: skip
+    margin = scipy.optimize.linprog(
+        np.r_[np.zeros(size), -1.0], A_ub=constraints, b_ub=np.zeros(len(constraints)),
+        bounds=[(-1, 1)] * size + [(0, None)], method="highs",
+    ).x  # fmt: skip
+    return margin[:size] / margin[-1]
+
+
+def wire_option_lookup(model, words: list[str], seed: int) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
+    """Set weights of the language model so that the token after an answer word is the letter of the option that
+    holds that word; return the (parameter, mask) of every wired entry, which training keeps as they are.
+
+    A model this small learns this lookup alone only after far more steps than a CPU allows (its letters stayed at
+    chance through thousands of steps), and training wears a wired lookup away unless it is kept fixed. It is
+    written in: reserved residual dimensions hold a one-hot code per
+    answer word, one per letter and a letter flag in the embeddings. In decoder layer 0, head 0 attends from every
+    token to the nearest letter within 6 tokens back (a constant query; rotary weights chosen by
+    ``window_coefficients`` so that farther letters score below everything else) and copies that letter into the
+    "line letter" dimensions. In layer 1, the first heads attend from an answer word to the earlier tokens with the
+    same word (codes on rotary pairs that barely turn over a prompt) and copy their line letter into the "answer"
+    dimensions, which ``lm_head`` reads as the letters' logits. Nothing else writes reserved dimensions; every
+    module may read them.
+    """
+    text, vocabulary = model.model.language_model, model.config.text_config
+    head = vocabulary.hidden_size // vocabulary.num_attention_heads
+    assert vocabulary.num_key_value_heads == vocabulary.num_attention_heads
+    ids = tiny_processor("llava_onevision").tokenizer.convert_tokens_to_ids
+    count = len(LETTERS)
+    word_dims = list(range(len(words)))
+    letter_dims = list(range(len(words), len(words) + count))
+    flag_dim = len(words) + count
+    line_dims = list(range(flag_dim + 1, flag_dim + 1 + count))
+    answer_dims = list(range(flag_dim + 1 + count, flag_dim + 1 + 2 * count))
+    reserved = list(range(answer_dims[-1] + 1))
+    pairs = head // 2
+    frequencies = vocabulary.rope_parameters["rope_theta"] ** (-np.arange(pairs) * 2 / head)
+    wired: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
+
+    def keep(parameter: torch.nn.Parameter, index) -> None:
+        mask = torch.zeros_like(parameter, dtype=torch.bool)
+        mask[index] = True
+        wired.append((parameter, mask))
+
+    with torch.no_grad():
+        embeddings = text.embed_tokens.weight
+        generator = torch.Generator().manual_seed(seed)
+        embeddings.copy_(torch.randn(embeddings.shape, generator=generator))
+        embeddings[:, reserved] = 0
+        code = 3.0
+        embeddings[ids(words), word_dims] = code
+        embeddings[ids(list(LETTERS)), letter_dims] = code
+        embeddings[ids(list(LETTERS)), flag_dim] = code
+        keep(embeddings, (slice(None), reserved))
+        unit = code / float(embeddings[ids("A")].pow(2).mean().sqrt())  # a reserved code after RMSNorm
+        for layer in text.layers:
+            for writer in (layer.self_attn.o_proj.weight, layer.mlp.down_proj.weight):
+                writer[reserved] = 0
+                keep(writer, reserved)
+        projector = model.model.multi_modal_projector.linear_2
+        for writer in (projector.weight, projector.bias, model.model.image_newline):
+            writer[reserved] = 0
+            keep(writer, reserved)
+        for norm in (text.layers[0].input_layernorm, text.layers[1].input_layernorm, text.norm):
+            keep(norm.weight, reserved)
+
+        def clear(attention, heads: range) -> None:
+            rows = slice(heads.start * head, heads.stop * head)
+            for projection in (attention.q_proj, attention.k_proj, attention.v_proj):
+                projection.weight[rows] = 0
+                projection.bias[rows] = 0
+                keep(projection.weight, rows)
+                keep(projection.bias, rows)
+            attention.o_proj.weight[:, rows] = 0
+            keep(attention.o_proj.weight, (slice(None), rows))
+
+        gather = text.layers[0].self_attn
+        clear(gather, range(1))
+        sharpness = 20.0 * head**0.5  # logits >= 20 for a letter within 6 tokens, before the 1/sqrt(head) scale
+        weights = window_coefficients(frequencies) * sharpness
+        gather.q_proj.bias[:pairs] = torch.tensor(weights[:pairs])
+        gather.q_proj.bias[pairs:head] = -torch.tensor(weights[pairs:])
+        gather.k_proj.weight[:pairs, flag_dim] = 1 / unit
+        gather.v_proj.weight[range(count), letter_dims] = 1 / unit
+        gather.o_proj.weight[line_dims, range(count)] = 1.0  # small beside a token's norm: keeps its word code
+        match = text.layers[1].self_attn
+        # rotary pairs that turn less than 0.2 rad over 100 tokens, so that a word matches itself anywhere in the prompt
+        slow = [pair + half for half in (0, pairs) for pair in range(pairs) if frequencies[pair] * 100 < 0.2]
+        heads = range(-(-len(words) // len(slow)))
+        assert len(heads) <= vocabulary.num_attention_heads, f"{len(words)} answer words need more heads"
+        clear(match, heads)
+        for index, word_dim in enumerate(word_dims):
+            dim = heads[index // len(slow)] * head + slow[index % len(slow)]
+            match.q_proj.weight[dim, word_dim] = match.k_proj.weight[dim, word_dim] = (15.0 * head**0.5) ** 0.5 / unit
+        for first in (h * head for h in heads):
+            match.v_proj.weight[range(first, first + count), line_dims] = 1.0
+            match.o_proj.weight[answer_dims, range(first, first + count)] = 8.0
+        model.lm_head.weight[:, reserved] = 0
+        model.lm_head.weight[ids(list(LETTERS)), answer_dims] = 1.0
+        keep(model.lm_head.weight, (slice(None), reserved))
+    return wired
+
+
+def keep_wired(wired: list[tuple[torch.nn.Parameter, torch.Tensor, torch.Tensor]]) -> None:
+    """Put every wired entry back to its value (after an optimizer step, weight decay included)."""
+    with torch.no_grad():
+        for parameter, mask, value in wired:
+            parameter.copy_(torch.where(mask, value, parameter))
+
+
+@dataclass
+class Batch:
+    """Rows that continue prefixes (the chat header and the visual tokens of one video each, all of one length):
+    each prefix runs once and row i continues prefix ``row_prefix[i]``. ``targets`` marks the tokens the loss is
+    taken on (the answer and the end of the turn), ``answers`` the answer's tokens (option text and letter) and
+    ``letter_positions`` where each row's letter is."""
+
+    prefix_ids: torch.Tensor
+    pixel_values_videos: torch.Tensor
+    suffix_ids: torch.Tensor
+    suffix_mask: torch.Tensor
+    targets: torch.Tensor
+    answers: torch.Tensor
+    letter_positions: torch.Tensor
+    row_prefix: torch.Tensor
+
+    def to(self, device: str) -> Batch:
+        for name, value in vars(self).items():
+            setattr(self, name, value.to(device))
+        return self
+
+
+class Prompts:
+    """Prompts and tokens, exactly as ``runners.lmms_model`` builds them."""
+
+    def __init__(self, processor, target_fps: float, max_frames: int) -> None:
+        self.processor, self.target_fps, self.max_frames = processor, target_fps, max_frames
+        self.tokenizer = processor.tokenizer
+        self.video_token_id = self.tokenizer.convert_tokens_to_ids("<video>")
+        self.end_of_turn = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+    def chat(self, question: str, options: list[str]) -> str:
+        text = doc_to_text({"question": question, "options": options})
+        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": text}]}]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+
+    def frames(self, video: Video) -> np.ndarray:
+        return read_frames(video.path, self.target_fps, self.max_frames).frames
+
+    def batch(self, rows: list[tuple[Question, list[str], str]], frames: np.ndarray) -> Batch:
+        """Rows of (question, lettered options, right letter) about ``frames``, answered "<option text> <letter>"."""
+        inputs = self.processor(text=self.chat(rows[0][0].text, rows[0][1]), videos=[frames], return_tensors="pt")
+        last_visual = int(torch.nonzero(inputs["input_ids"][0] == self.video_token_id).max())
+        suffixes, answers, letter_positions = [], [], []
+        for question, options, letter in rows:
+            prompt = self.chat(question.text, options).split("<video>", 1)[1]
+            prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            answer_ids = self.tokenizer(f"{question.correct} {letter}", add_special_tokens=False)["input_ids"]
+            suffixes.append(prompt_ids + answer_ids + [self.end_of_turn])
+            answers.append([False] * len(prompt_ids) + [True] * len(answer_ids))
+            letter_positions.append(len(prompt_ids) + len(answer_ids) - 1)
+        width = max(map(len, suffixes))
+
+        def padded(rows_of_values: list[list], fill) -> torch.Tensor:
+            return torch.tensor([values + [fill] * (width - len(values)) for values in rows_of_values])
+
+        return Batch(
+            prefix_ids=inputs["input_ids"][:, : last_visual + 1],
+            pixel_values_videos=inputs["pixel_values_videos"],
+            suffix_ids=padded(suffixes, self.tokenizer.pad_token_id),
+            suffix_mask=padded([[1] * len(ids) for ids in suffixes], 0),
+            targets=padded([flags + [True] for flags in answers], False),
+            answers=padded(answers, False),
+            letter_positions=torch.tensor(letter_positions),
+            row_prefix=torch.zeros(len(rows), dtype=torch.long),
+        )
+
+    def answer(self, model, frames: np.ndarray, question: str, options: list[str], max_new_tokens: int) -> str:
+        """The option letter that greedy generation gives, as the lmms-eval task extracts it."""
+        inputs = self.processor(text=self.chat(question, options), videos=[frames], return_tensors="pt")
+        output = model.generate(**inputs.to(model.device), max_new_tokens=max_new_tokens, do_sample=False)
+        reply = self.processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        return extract_answer_letter(reply, LETTERS[: len(options)])
+
+
+def question_rows(
+    questions: tuple[Question, ...], positions: int, rng: np.random.Generator
+) -> list[tuple[Question, list[str], str]]:
+    """Each question ``positions`` times, its right option at as many different letters."""
+    return [
+        (question, *lettered(question, int(position), rng))
+        for question in questions
+        for position in rng.permutation(len(question.wrong) + 1)[:positions]
+    ]
+
+
+def stacked(batches: list[Batch]) -> list[Batch]:
+    """The batches of equal prefix length merged into one each (rows padded to the widest suffix)."""
+    by_length: dict[int, list[Batch]] = {}
+    for batch in batches:
+        by_length.setdefault(batch.prefix_ids.shape[1], []).append(batch)
+    return [merged(group) for group in by_length.values()]
+
+
+def merged(group: list[Batch]) -> Batch:
+    width = max(batch.suffix_ids.shape[1] for batch in group)
+
+    def rows(name: str) -> torch.Tensor:
+        values = [getattr(batch, name) for batch in group]
+        return torch.cat([torch.nn.functional.pad(value, (0, width - value.shape[1])) for value in values])
+
+    return Batch(
+        prefix_ids=torch.cat([batch.prefix_ids for batch in group]),
+        pixel_values_videos=torch.cat([batch.pixel_values_videos for batch in group]),
+        suffix_ids=rows("suffix_ids"), suffix_mask=rows("suffix_mask"), targets=rows("targets"),
+        answers=rows("answers"), letter_positions=torch.cat([batch.letter_positions for batch in group]),
+        row_prefix=torch.cat([torch.full_like(batch.row_prefix, i) for i, batch in enumerate(group)]),
+    )  # fmt: skip
+
+
+def forward(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed loss over the target tokens, and the logits that predict each suffix token."""
+    prefix = model(input_ids=batch.prefix_ids, pixel_values_videos=batch.pixel_values_videos, use_cache=True)
+    cache = prefix.past_key_values
+    cache.reorder_cache(batch.row_prefix)
+    logits = model(
+        input_ids=batch.suffix_ids,
+        attention_mask=torch.cat([torch.ones_like(batch.prefix_ids[batch.row_prefix]), batch.suffix_mask], dim=1),
+        past_key_values=cache, use_cache=False,
+    ).logits  # fmt: skip
+    # the logits at a position predict the next token, so the first suffix token is predicted by the prefix
+    predicted = torch.cat([prefix.logits[batch.row_prefix, -1:], logits[:, :-1]], dim=1)
+    targets = batch.suffix_ids.masked_fill(~batch.targets, IGNORE)
+    loss = torch.nn.functional.cross_entropy(predicted.flatten(0, 1).float(), targets.flatten(), reduction="sum")
+    return loss, predicted
+
+
+def answered(predicted: torch.Tensor, batch: Batch) -> tuple[list[bool], list[bool]]:
+    """Per row, with the right answer fed in: whether the option's text, and whether its letter, is the most
+    likely continuation."""
+    hits = (predicted.argmax(-1) == batch.suffix_ids) | ~batch.answers
+    letters = hits.gather(1, batch.letter_positions[:, None])[:, 0]
+    return hits.scatter(1, batch.letter_positions[:, None], True).all(1).tolist(), letters.tolist()
+
+
+class TrainingSteps(torch.utils.data.Dataset):
+    """The batches of each step (``num_workers`` > 0 prepares the next ones while the model trains): benchmarks in
+    turn, ``videos_per_step`` of one benchmark's training videos a step, in a fresh order every pass, cut to clips
+    for the first ``clip_steps``."""
+
+    def __init__(
+        self, splits: dict[str, list[Video]], held_out: int, seed: int, prompts: Prompts, clip_steps: int,
+        positions: int, videos_per_step: int,
+    ) -> None:  # fmt: skip
+        self.splits, self.held_out, self.seed, self.prompts = splits, held_out, seed, prompts
+        self.clip_steps, self.positions, self.names = clip_steps, positions, list(splits)
+        self.videos_per_step = videos_per_step
+
+    def __getitem__(self, step: int) -> tuple[str, str, list[Batch]]:
+        name = self.names[step % len(self.names)]
+        training = self.splits[name][: len(self.splits[name]) - self.held_out]
+        stage = "clip" if step < self.clip_steps else "video"
+        rng = np.random.default_rng([self.seed, step])
+        batches = []
+        for seen in range(
+            step // len(self.names) * self.videos_per_step, (step // len(self.names) + 1) * self.videos_per_step
+        ):
+            order = np.random.default_rng([self.seed, self.names.index(name), seen // len(training)])
+            video = training[order.permutation(len(training))[seen % len(training)]]
+            frames = self.prompts.frames(video)
+            if stage == "clip":
+                frames = clip(name, frames, rng)
+            batches.append(self.prompts.batch(question_rows(video.questions, self.positions, rng), frames))
+        return stage, name, stacked(batches)
+
+
+def evaluate_held_out(
+    model, splits: dict[str, list[Video]], held_out: int, prompts: Prompts, max_new_tokens: int
+) -> dict[str, float]:
+    """Accuracy (%) of greedy answers on each benchmark's held-out training videos, the right letter in turn."""
+    model.eval()
+    accuracy = {}
+    with torch.inference_mode():
+        for name, videos in splits.items():
+            right = []
+            for video in videos[len(videos) - held_out :]:
+                frames = prompts.frames(video)
+                for question in video.questions:
+                    position = len(right) % (len(question.wrong) + 1)
+                    options, letter = lettered(question, position, np.random.default_rng(len(right)))
+                    right.append(prompts.answer(model, frames, question.text, options, max_new_tokens) == letter)
+            accuracy[name] = 100.0 * sum(right) / max(len(right), 1)
+    model.train()
+    return accuracy
+
+
+def learning_rate(step: int, peak: float, warmup: int, total: int) -> float:
+    """Linear warm-up, then cosine decay to a tenth of the peak."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(total - warmup, 1)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+# the arguments a checkpoint must share with the run that resumes it
+TRAINING_ARGUMENTS = ("videos_per_benchmark", "held_out", "clip_steps", "steps", "videos_per_step", "positions",
+                      "lr", "warmup", "weight_decay", "seed")  # fmt: skip
+
+
+def save_checkpoint(path: Path, model, optimizer, step: int, args: argparse.Namespace) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    settings = {name: getattr(args, name) for name in TRAINING_ARGUMENTS}
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "settings": settings},
+               temporary)  # fmt: skip
+    temporary.replace(path)
+
+
+def resume(path: Path, model, optimizer, args: argparse.Namespace) -> int:
+    """The step to start from: 0, or the checkpoint's after loading it (which must come from the same settings)."""
+    if not path.is_file():
+        return 0
+    state = torch.load(path, map_location=args.device)
+    settings = {name: getattr(args, name) for name in TRAINING_ARGUMENTS}
+    if state["settings"] != settings:
+        raise ValueError(f"{path} was written with {state['settings']}, not {settings}: delete it to start afresh")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    print(f"resumed from {path} at step {state['step']}")
+    return state["step"]
+
+
+def save_model(model, output: Path, training: dict) -> None:
+    """Write model, processor and how they were trained to ``output``, replacing it only once all is written."""
+    staging = output.with_name(f".{output.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tiny_processor("llava_onevision").save_pretrained(staging)
+    (staging / "training.json").write_text(json.dumps(training, indent=1) + "\n")
+    previous = output.with_name(f".{output.name}.previous")
+    shutil.rmtree(previous, ignore_errors=True)
+    if output.exists():
+        output.replace(previous)
+    staging.replace(output)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=ROOT / "data" / "toybench", help="root of the train split")
+    parser.add_argument("--output", type=Path, default=ROOT / "models" / "tiny_llava_onevision")
+    parser.add_argument("--checkpoint", type=Path, default=ROOT / "outputs" / "train_toy_model" / "checkpoint.pt")
+    parser.add_argument("--videos-per-benchmark", type=int, default=600, help="train split size, held-out included")
+    parser.add_argument("--held-out", type=int, default=24, help="videos per benchmark kept out of training")
+    parser.add_argument("--clip-steps", type=int, default=6000, help="first stage: one shortened video per step")
+    parser.add_argument("--steps", type=int, default=1500, help="second stage: one whole video per step")
+    parser.add_argument("--videos-per-step", type=int, default=1, help="videos of one benchmark in a step's batch")
+    parser.add_argument("--positions", type=int, default=1, help="letters each question is asked with per step")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads")
+    parser.add_argument("--workers", type=int, default=0, help="processes preparing batches")
+    parser.add_argument("--checkpoint-every", type=int, default=250)
+    parser.add_argument("--log-every", type=int, default=0, help="recent training accuracy every N steps")
+    parser.add_argument("--eval-every", type=int, default=0, help="held-out accuracy every N steps (0: at the end)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    model_config = OmegaConf.load(MODEL_CONFIG)
+    prompts = Prompts(tiny_processor("llava_onevision"), model_config.target_fps, model_config.max_frames.default)
+    splits = train_split(args.data, args.videos_per_benchmark)
+    total = args.clip_steps + args.steps
+    torch.manual_seed(args.seed)
+    model = LlavaOnevisionForConditionalGeneration._from_config(toy_config(), attn_implementation="sdpa")
+    wiring = wire_option_lookup(model, answer_words(splits, prompts.tokenizer), args.seed)
+    model.to(args.device).train()
+    wired = [(parameter, mask.to(args.device), parameter.detach().clone()) for parameter, mask in wiring]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=args.weight_decay)
+    start = resume(args.checkpoint, model, optimizer, args)
+    loader = torch.utils.data.DataLoader(
+        TrainingSteps(splits, args.held_out, args.seed, prompts, args.clip_steps, args.positions, args.videos_per_step),
+        sampler=range(start, total),
+        batch_size=None, num_workers=args.workers,
+    )  # fmt: skip
+    progress = tqdm(loader, initial=start, total=total, desc="training", unit="step")
+    recent_loss: list[float] = []
+    recent: dict[tuple[str, str], list[tuple[bool, bool]]] = {}
+    for step, (stage, name, batches) in enumerate(progress, start):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, args.lr, args.warmup, total)
+        targets = sum(int(batch.targets.sum()) for batch in batches)
+        rows, step_loss = [], 0.0
+        for batch in batches:
+            loss_sum, predicted = forward(model, batch.to(args.device))
+            loss = loss_sum / targets
+            loss.backward()
+            step_loss += loss.item()
+            rows += zip(*answered(predicted.detach(), batch), strict=True)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        keep_wired(wired)
+        recent_loss = [*recent_loss[-59:], step_loss]
+        key = (stage, name)
+        recent[key] = [*recent.get(key, []), *rows][-100:]
+        progress.set_postfix(stage=stage, loss=f"{np.mean(recent_loss):.3f}")
+        done = step + 1
+        if done % args.checkpoint_every == 0 or done == total:
+            save_checkpoint(args.checkpoint, model, optimizer, done, args)
+        if args.log_every and done % args.log_every == 0:
+            progress.write(f"step {done} {stage}, option text/letter right in the last 100 rows: " + ", ".join(
+                f"{name} {100 * np.mean([a for a, _ in rows]):.0f}/{100 * np.mean([b for _, b in rows]):.0f}%"
+                for (row_stage, name), rows in recent.items() if row_stage == stage
+            ))  # fmt: skip
+        if args.eval_every and done % args.eval_every == 0 and done < total:
+            held = evaluate_held_out(model, splits, args.held_out, prompts, model_config.max_new_tokens)
+            progress.write(f"step {done} held-out: " + ", ".join(f"{k} {v:.0f}%" for k, v in held.items()))
+    held = evaluate_held_out(model, splits, args.held_out, prompts, model_config.max_new_tokens)
+    print("held-out accuracy:", ", ".join(f"{k} {v:.1f}%" for k, v in held.items()))
+    training = {
+        "command": " ".join(["python", "scripts/train_toy_model.py", *(sys.argv[1:] if argv is None else argv)]),
+        "held_out_accuracy": held,
+        "wall_s_last_session": round(time.perf_counter() - started, 1),
+    }
+    model.to("cpu").eval()
+    save_model(model, args.output, training)
+    print(f"wrote {args.output}")
+    return training
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Training the offline suite's tiny model: the shared-prefix forward, a few steps, the written folder, resuming."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText, LlavaOnevisionForConditionalGeneration
+
+from scripts.train_toy_model import (
+    Prompts,
+    answer_words,
+    answered,
+    clip,
+    forward,
+    keep_wired,
+    main,
+    question_rows,
+    stacked,
+    toy_config,
+    train_split,
+    wire_option_lookup,
+)
+from sttm.adapters.loading import load_model
+from sttm.adapters.tiny import tiny_processor
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory):
+    return train_split(tmp_path_factory.mktemp("toybench"), videos_per_benchmark=2)
+
+
+def first_batch(splits, benchmark: str, positions: int = 2, video: int = 0):
+    prompts = Prompts(tiny_processor("llava_onevision"), target_fps=1.0, max_frames=32)
+    rng = np.random.default_rng(0)
+    chosen = splits[benchmark][video]
+    return prompts.batch(question_rows(chosen.questions, positions, rng), clip(benchmark, prompts.frames(chosen), rng))
+
+
+def toy_model():
+    torch.manual_seed(0)
+    return LlavaOnevisionForConditionalGeneration._from_config(toy_config(), attn_implementation="sdpa")
+
+
+def test_rows_continuing_one_prefix_get_the_logits_of_their_whole_sequences(splits):
+    batch, model = first_batch(splits, "toy_videomme"), toy_model().eval()
+    with torch.no_grad():
+        _, predicted = forward(model, batch)
+        for row in range(batch.suffix_ids.shape[0]):
+            suffix = batch.suffix_ids[row, batch.suffix_mask[row].bool()]
+            whole = torch.cat([batch.prefix_ids[0], suffix])[None]
+            logits = model(input_ids=whole, pixel_values_videos=batch.pixel_values_videos).logits[0]
+            start = batch.prefix_ids.shape[1] - 1
+            torch.testing.assert_close(predicted[row, : len(suffix)], logits[start : start + len(suffix)])
+
+
+def test_stacked_videos_get_the_logits_each_gets_alone(splits):
+    model = toy_model().eval()
+    alone = [first_batch(splits, "toy_mlvu"), first_batch(splits, "toy_mlvu", positions=1, video=1)]
+    (merged,) = stacked(alone)
+    with torch.no_grad():
+        _, predicted = forward(model, merged)
+        rows = 0
+        for batch in alone:
+            width = batch.suffix_ids.shape[1]
+            torch.testing.assert_close(predicted[rows : rows + len(batch.suffix_ids), :width], forward(model, batch)[1])
+            rows += len(batch.suffix_ids)
+
+
+def test_a_few_steps_lower_the_loss_on_their_batch(splits):
+    batch, model = first_batch(splits, "toy_nextqa"), toy_model().train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(4):
+        loss_sum, _ = forward(model, batch)
+        loss = loss_sum / batch.targets.sum()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.5
+
+
+def test_the_wired_lookup_names_the_letter_of_the_option_that_holds_the_answer_and_stays_through_a_step(splits):
+    model = toy_model()
+    wiring = wire_option_lookup(model, answer_words(splits, tiny_processor("llava_onevision").tokenizer), seed=0)
+    wired = [(parameter, mask, parameter.detach().clone()) for parameter, mask in wiring]
+    batch = first_batch(splits, "toy_egoschema", positions=5)  # the right direction at each of the five letters
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    loss_sum, predicted = forward(model.train(), batch)
+    assert all(answered(predicted, batch)[1])
+    (loss_sum / batch.targets.sum()).backward()
+    optimizer.step()
+    keep_wired(wired)
+    assert all(torch.equal(parameter[mask], value[mask]) for parameter, mask, value in wired)
+    with torch.no_grad():
+        assert all(answered(forward(model.eval(), batch)[1], batch)[1])
+
+
+def test_a_run_writes_a_folder_that_loads_and_a_second_run_resumes(splits, tmp_path, capsys):
+    data = tmp_path / "toybench"
+    arguments = [
+        "--data", str(data), "--videos-per-benchmark", "2", "--held-out", "1", "--videos-per-step", "2",
+        "--clip-steps", "1", "--steps", "1", "--output", str(tmp_path / "model"),
+        "--checkpoint", str(tmp_path / "checkpoint.pt"),
+    ]  # fmt: skip
+    training = main(arguments)
+    assert set(training["held_out_accuracy"]) == set(splits)
+    model, processor = load_model(str(tmp_path / "model"), dtype="float32", attn_implementation="sdpa")
+    assert model.config.text_config.hidden_size == toy_config().text_config.hidden_size
+    assert processor.tokenizer.convert_ids_to_tokens(processor.tokenizer("red B")["input_ids"]) == ["red", "B"]
+    assert AutoModelForImageTextToText.from_pretrained(tmp_path / "model").config.model_type == "llava_onevision"
+    main(arguments)
+    assert f"resumed from {tmp_path / 'checkpoint.pt'} at step 2" in capsys.readouterr().out
