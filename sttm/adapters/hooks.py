@@ -312,7 +312,7 @@ class ReductionSession:
         prompt). Except for a compact continued prompt, the model's own position ids win where it gives them (Qwen's
         M-RoPE ids [R, B, q]). A continued prompt then joins the plan, so that decoding continues after it.
         """
-        cache, embeds = kwargs["past_key_values"], kwargs["inputs_embeds"]
+        cache, embeds = cache_of(kwargs), kwargs["inputs_embeds"]
         batch, queries = embeds.shape[:2]
         continues_prompt = queries > 1
         if continues_prompt:
@@ -352,6 +352,12 @@ class ReductionSession:
         return kwargs
 
 
+def cache_of(kwargs: dict):
+    """The cache a forward's keyword arguments carry, or None: ``past_key_values`` (transformers 5.17), ``cache``
+    (5.24)."""
+    return kwargs.get("cache", kwargs.get("past_key_values"))
+
+
 def is_prefill(cache, layer: int) -> bool:
     return cache is None or cache.get_seq_length(layer) == 0
 
@@ -360,7 +366,7 @@ def fills_cache(model, kwargs: dict) -> bool:
     """Whether a language-model forward with ``kwargs`` fills a cache (it makes one when asked and given none)."""
     use_cache = kwargs.get("use_cache")
     use_cache = model.config.text_config.use_cache if use_cache is None else use_cache
-    return kwargs.get("past_key_values") is not None or bool(use_cache)
+    return cache_of(kwargs) is not None or bool(use_cache)
 
 
 def decode_columns(plan: Plan, generated: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -437,7 +443,7 @@ def pre_llm(
     check_needs(reducer, frozenset() if frame_evidence is None else frozenset({"importance", "keys"}), "pre_llm")
 
     def on_text_model(module, args, kwargs):
-        cache = kwargs.get("past_key_values")
+        cache = cache_of(kwargs)
         if is_prefill(cache, 0):
             session.plan = session.prefilled = None
             if session.locate_videos(kwargs.get("position_ids")):
@@ -509,7 +515,7 @@ def llm_layer(model, reducer: Reducer, layer: int, positions: str = "original") 
     state = {}
 
     def on_text_model(module, args, kwargs):
-        cache = kwargs.get("past_key_values")
+        cache = cache_of(kwargs)
         state["prefill"] = is_prefill(cache, layer)
         if state["prefill"]:
             session.plan = session.prefilled = None
@@ -618,7 +624,7 @@ def kv_pruning_hooks(model, session: ReductionSession, pruning: KVPruning) -> li
     state = {"previous": None, "blocked": None}
 
     def score(module, args, kwargs):
-        cache = kwargs.get("past_key_values")
+        cache = cache_of(kwargs)
         state["blocked"] = None
         if session.plan is None or is_prefill(cache, pruning.layer - 1) or args[0].shape[1] != 1:
             state["previous"] = None
