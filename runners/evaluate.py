@@ -114,7 +114,7 @@ def plan_cells(cfg: DictConfig) -> list[tuple[str, float, DictConfig | None]]:
         config = reducer_config(name)
         for benchmark in benchmarks:
             reducer = cell_reducer(cfg, name, config, budget, benchmark)  # bad parameters fail here
-            check_kv_reuse(cfg.kv_reuse, reducer, cfg.positions)
+            check_kv_reuse(cfg.kv_reuse, reducer)
         cells.append((name, budget, config))
     return cells
 

@@ -110,7 +110,7 @@ class ReducedVideoLLM(lmms):
         self.reducer = reducer
         self.positions = positions
         self.kv_reuse = kv_reuse in (True, "true", "True", "1")
-        check_kv_reuse(self.kv_reuse, reducer, positions)
+        check_kv_reuse(self.kv_reuse, reducer)
         self.target_fps, self.max_frames = float(target_fps), int(max_frames)
         self.max_new_tokens = int(max_new_tokens)
         self.record_dir = None if record_dir is None else Path(record_dir)

@@ -139,7 +139,7 @@ def test_bad_input_names_the_problem():
     with pytest.raises(ValueError, match="limit must be >= 0"):
         select_merges(torch.zeros(2, 1, 1), 0.6, -1)
     with pytest.raises(ValueError, match="query-agnostic reducer; 'framefusion' looks at the question"):
-        check_kv_reuse(True, build_reducer("framefusion", budget=0.5), "original")
+        check_kv_reuse(True, build_reducer("framefusion", budget=0.5))
 
 
 def test_in_the_model_without_merging_it_keeps_fastvs_tokens():

@@ -103,11 +103,14 @@ def test_qwen2_5_temporal_ids_follow_the_sampled_frame_rate(tmp_path):
     assert inputs["second_per_grid_ts"].tolist() == [2 / 0.5]  # two frames per temporal patch
 
 
-def test_kv_reuse_prefills_each_video_once_with_the_same_answers(setup, tmp_path):
+@pytest.mark.parametrize("positions", ["original", "compact"])
+def test_kv_reuse_prefills_each_video_once_with_the_same_answers(setup, tmp_path, positions):
+    """The plumbing: the random tiny model answers the same whatever the positions, so tests/test_reuse.py compares
+    the logits."""
     _, tiny, task_manager = setup
     for reuse in (False, True):
-        model = ReducedVideoLLM(tiny, reducer="vidcom2", budget=0.5, max_new_tokens=4, kv_reuse=reuse,
-                                record_dir=tmp_path / str(reuse))  # fmt: skip
+        model = ReducedVideoLLM(tiny, reducer="vidcom2", budget=0.5, positions=positions, max_new_tokens=4,
+                                kv_reuse=reuse, record_dir=tmp_path / str(reuse))  # fmt: skip
         evaluate(model, task_manager)
     plain, reused = (sorted(read_records(tmp_path / str(reuse)), key=lambda r: r["doc_id"]) for reuse in (False, True))
     assert [r["prediction"] for r in plain] == [r["prediction"] for r in reused]
@@ -126,9 +129,9 @@ class AsksTheQuestion(Reducer):
         raise AssertionError("never called")
 
 
-def test_kv_reuse_is_refused_for_query_aware_reducers_and_compact_positions(setup):
+def test_kv_reuse_is_refused_for_query_aware_reducers(setup):
     _, tiny, _ = setup
     with pytest.raises(ValueError, match="query-agnostic reducer; 'asks_the_question' looks at the question"):
         ReducedVideoLLM(tiny, reducer=AsksTheQuestion(), kv_reuse=True)
-    with pytest.raises(ValueError, match="compact positions renumber"):
-        ReducedVideoLLM(tiny, reducer="sttm", budget=0.5, positions="compact", kv_reuse=True)
+    with pytest.raises(ValueError, match="query-agnostic reducer; 'fastv' looks at the question"):
+        ReducedVideoLLM(tiny, reducer="fastv", budget=0.5, positions="compact", kv_reuse=True)

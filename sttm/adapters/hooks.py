@@ -18,6 +18,12 @@ patch's M-RoPE (t, h, w) ids); text keeps its positions and decoding continues a
 ``compact`` (LLaVA only) renumbers the reduced prompt 0..N'−1 while decoding continues at the full length, as the
 STTM authors' LLaVA code does. A forward without a cache over prompt + generated tokens places the generated
 tokens as cached decoding does, so the two agree.
+
+Forwards on top of a reduced cache: one new token is a decoding step; several continue the last prefilled prompt
+(KV-cache reuse, :mod:`sttm.adapters.reuse`: a question after its video prefix). A continued prompt is placed as a
+prefill of the whole prompt places it, in both modes (``original``: after the full prefix; ``compact``: after the
+reduced one, in the reduced layers), its tokens join the plan of the cache, and decoding continues after the full
+prompt.
 """
 
 from __future__ import annotations
@@ -102,7 +108,6 @@ class Plan:
     valid:           [B, N'] bool, False for the filler slots that left-pad rows shorter than the longest.
     visual:          [B, N'] bool, True for the video's tokens.
     attention_mask:  [B, N'] the 2-D mask of the reduced sequence.
-    positions:       [B, N'] or [3|4, B, N'] its position ids.
     """
 
     keep: torch.Tensor
@@ -110,7 +115,6 @@ class Plan:
     visual: torch.Tensor
     full: int
     attention_mask: torch.Tensor
-    positions: torch.Tensor
 
     @property
     def length(self) -> int:
@@ -203,7 +207,9 @@ def default_positions(states: torch.Tensor) -> torch.Tensor:
 
 
 class ReductionSession:
-    """The state shared by the hooks of one reduction point: the pending request and the plan of the cache."""
+    """The state shared by the hooks of one reduction point: the pending request, the plan of the last prefill that
+    filled a cache (``prefilled``) and the plan of the prompt the cache holds now (``plan``: the prefill's, or it
+    followed by a continued prompt)."""
 
     def __init__(self, model, reducer: Reducer, positions: str) -> None:
         if positions not in POSITION_MODES:
@@ -217,6 +223,7 @@ class ReductionSession:
         self.videos: list[VideoSpan] | None = None
         self.prompt_length: int | None = None
         self.prompt: torch.Tensor | None = None
+        self.prefilled: Plan | None = None
         self.plan: Plan | None = None
 
     def capture_request(self, module, args, kwargs) -> None:
@@ -249,11 +256,12 @@ class ReductionSession:
         position_ids: torch.Tensor | None,
         attention_mask: torch.Tensor | None,
         evidence: dict[str, torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, Plan]:
+    ) -> tuple[torch.Tensor, Plan, torch.Tensor]:
         """Reduce each row's video in ``states`` [B, L, C] (positions [B|1, L] or [R, B, L], 2-D mask [B, L]);
         ``evidence`` holds what the reducer needs besides the grid, aligned with the sequence ([B, L, ...]).
 
-        Returns the reduced states [B, N', C] and the plan; logs the reductions.
+        Returns the reduced states [B, N', C], the plan and the reduced sequence's position ids [B, N'] or
+        [R, B, N']; logs the reductions.
         """
         length, device = states.shape[1], states.device
         tokens, keeps, reductions = [], [], []
@@ -283,31 +291,71 @@ class ReductionSession:
         if self.positions == "compact":
             renumbered = (mask.cumsum(-1) - 1).clamp(min=0).to(positions.device)
             positions = torch.where(keep.to(positions.device) < self.prompt_length, renumbered, positions)
-        return reduced, Plan(keep, valid, visual, length, mask, positions)
+        return reduced, Plan(keep, valid, visual, length, mask), positions
 
     def remember(self, plan: Plan, caching: bool, reduces_first_layer: bool) -> None:
         """Keep the plan for decoding if the forward fills a cache; where the first layer's cache holds the reduced
         prompt, the Qwen models' ``rope_deltas`` absorb the N − N' tokens it lacks."""
-        self.plan = plan if caching else None
+        self.prefilled = self.plan = plan if caching else None
         rope_deltas = getattr(self.model.model, "rope_deltas", None)
         if self.plan is not None and reduces_first_layer and rope_deltas is not None:
             self.model.model.rope_deltas = rope_deltas + (plan.full - plan.length)
 
-    def decode_with_reduced_first_layer(self, kwargs: dict) -> dict:
-        """A decoding step's language-model arguments when the first layer's cache holds the reduced prompt: the
-        2-D mask keeps the kept columns and new tokens' positions continue after the full prompt."""
-        plan, cache, embeds = self.plan, kwargs["past_key_values"], kwargs["inputs_embeds"]
+    def place_new_tokens(self, kwargs: dict, layer: int) -> tuple[Plan, int, torch.Tensor]:
+        """Before a language-model forward (``kwargs``) of q tokens on top of the cache, whose reduced layers start
+        at ``layer``: one token is a decoding step; several continue the last prefilled prompt (a question after its
+        video prefix, :mod:`sttm.adapters.reuse`), whose cache must then hold just that prompt.
+
+        Returns the plan of the cached prompt, the g tokens generated after it, and the new tokens' positions in the
+        reduced layers [B, q]: a decoding step's continue after the full sequence (from N + g), a continued prompt's
+        after the full prompt (original) or after the reduced one (compact: from N', as in a prefill of the whole
+        prompt). Except for a compact continued prompt, the model's own position ids win where it gives them (Qwen's
+        M-RoPE ids [R, B, q]). A continued prompt then joins the plan, so that decoding continues after it.
+        """
+        cache, embeds = cache_of(kwargs), kwargs["inputs_embeds"]
         batch, queries = embeds.shape[:2]
-        generated = cache.get_seq_length(0) - plan.length
+        continues_prompt = queries > 1
+        if continues_prompt:
+            if cache.get_seq_length(layer) != self.prefilled.length:
+                raise ValueError(
+                    "a forward of several tokens on a reduced cache must continue the last prefilled prompt, "
+                    "but the cache holds more than that prompt"
+                )
+            self.plan = self.prefilled
+        plan = self.plan
+        generated = cache.get_seq_length(layer) - plan.length
+        positions = kwargs.get("position_ids")
+        after_reduced = continues_prompt and self.positions == "compact"
+        if positions is None or after_reduced:
+            start = plan.attention_mask.sum(-1, keepdim=True) if after_reduced else plan.full + generated
+            positions = (start + torch.arange(queries, device=plan.attention_mask.device)).expand(batch, queries)
+            positions = positions.to(embeds.device)
+        if continues_prompt:
+            mask = kwargs.get("attention_mask")
+            added = torch.ones(batch, queries, dtype=torch.long) if mask is None else mask[:, -queries:]
+            self.plan = continued_plan(plan, added)
+        return plan, generated, positions
+
+    def forward_on_reduced_first_layer(self, kwargs: dict) -> dict:
+        """The language-model arguments of a forward on top of the cache when its first layer holds the reduced
+        prompt: the 2-D mask keeps the kept columns and the new tokens get their positions
+        (:meth:`place_new_tokens`)."""
+        plan, generated, positions = self.place_new_tokens(kwargs, 0)
+        embeds = kwargs["inputs_embeds"]
+        batch, queries = embeds.shape[:2]
         mask = kwargs.get("attention_mask")
         if mask is not None or not plan.valid.all():
             if mask is None:
                 mask = torch.ones(batch, plan.full + generated + queries, dtype=torch.long, device=embeds.device)
             kwargs["attention_mask"] = torch.cat([plan.attention_mask.to(mask.dtype), mask[:, plan.full :]], dim=1)
-        if kwargs.get("position_ids") is None:
-            step = torch.arange(queries, device=embeds.device) + plan.full + generated
-            kwargs["position_ids"] = step.expand(batch, queries)
+        kwargs["position_ids"] = positions
         return kwargs
+
+
+def cache_of(kwargs: dict):
+    """The cache a forward's keyword arguments carry, or None: ``past_key_values`` (transformers 5.17), ``cache``
+    (5.24)."""
+    return kwargs.get("cache", kwargs.get("past_key_values"))
 
 
 def is_prefill(cache, layer: int) -> bool:
@@ -318,7 +366,7 @@ def fills_cache(model, kwargs: dict) -> bool:
     """Whether a language-model forward with ``kwargs`` fills a cache (it makes one when asked and given none)."""
     use_cache = kwargs.get("use_cache")
     use_cache = model.config.text_config.use_cache if use_cache is None else use_cache
-    return kwargs.get("past_key_values") is not None or bool(use_cache)
+    return cache_of(kwargs) is not None or bool(use_cache)
 
 
 def decode_columns(plan: Plan, generated: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -328,6 +376,15 @@ def decode_columns(plan: Plan, generated: int) -> tuple[torch.Tensor, torch.Tens
     tail = torch.arange(plan.full, plan.full + generated, device=plan.keep.device).expand(batch, generated)
     allowed = torch.cat([plan.valid, torch.ones_like(tail, dtype=torch.bool)], dim=1)
     return torch.cat([plan.keep, tail], dim=1), allowed
+
+
+def continued_plan(plan: Plan, attention_mask: torch.Tensor) -> Plan:
+    """``plan`` followed by q more prompt tokens, all kept, whose 2-D mask is ``attention_mask`` [B, q]."""
+    queries = attention_mask.shape[1]
+    keep, valid = decode_columns(plan, queries)
+    visual = torch.nn.functional.pad(plan.visual, (0, queries), value=False)
+    mask = torch.cat([plan.attention_mask, attention_mask.to(plan.attention_mask)], dim=1)
+    return Plan(keep, valid, visual, plan.full + queries, mask)
 
 
 def reduced_layer_mask(mask, rows: torch.Tensor | None, columns: torch.Tensor, allowed: torch.Tensor, queries: int):
@@ -386,24 +443,24 @@ def pre_llm(
     check_needs(reducer, frozenset() if frame_evidence is None else frozenset({"importance", "keys"}), "pre_llm")
 
     def on_text_model(module, args, kwargs):
-        cache = kwargs.get("past_key_values")
+        cache = cache_of(kwargs)
         if is_prefill(cache, 0):
-            session.plan = None
+            session.plan = session.prefilled = None
             if session.locate_videos(kwargs.get("position_ids")):
                 embeds = kwargs["inputs_embeds"]
                 evidence = {
                     name: frames_to_sequence(values, session.videos, embeds.shape[1])
                     for name, values in (frame_evidence or {}).items()
                 }
-                reduced, plan = session.reduce(
+                reduced, plan, position_ids = session.reduce(
                     embeds, kwargs.get("position_ids"), kwargs.get("attention_mask"), evidence
                 )
                 # an explicit mask: without one and without a cache, transformers reads position ids that jump
                 # (as original positions do) as packed sequences
-                kwargs.update(inputs_embeds=reduced, attention_mask=plan.attention_mask, position_ids=plan.positions)
+                kwargs.update(inputs_embeds=reduced, attention_mask=plan.attention_mask, position_ids=position_ids)
                 session.remember(plan, fills_cache(model, kwargs), reduces_first_layer=True)
         elif session.plan is not None:
-            kwargs = session.decode_with_reduced_first_layer(kwargs)
+            kwargs = session.forward_on_reduced_first_layer(kwargs)
         return args, kwargs
 
     handles = [
@@ -458,17 +515,23 @@ def llm_layer(model, reducer: Reducer, layer: int, positions: str = "original") 
     state = {}
 
     def on_text_model(module, args, kwargs):
-        cache = kwargs.get("past_key_values")
+        cache = cache_of(kwargs)
         state["prefill"] = is_prefill(cache, layer)
         if state["prefill"]:
-            session.plan = None
+            session.plan = session.prefilled = None
             state.update(attention_mask=kwargs.get("attention_mask"), plan=None)
             state["has_videos"] = session.locate_videos(kwargs.get("position_ids"))
         elif layer == 0 and session.plan is not None:
-            kwargs = session.decode_with_reduced_first_layer(kwargs)
+            kwargs = session.forward_on_reduced_first_layer(kwargs)
         elif session.plan is not None:
-            generated = cache.get_seq_length(layer) - session.plan.length + kwargs["inputs_embeds"].shape[1]
-            state["decode_columns"] = decode_columns(session.plan, generated)
+            plan, generated, new_positions = session.place_new_tokens(kwargs, layer)
+            state["decode_columns"] = decode_columns(plan, generated + kwargs["inputs_embeds"].shape[1])
+            # compact: the reduced layers place a continued prompt after the reduced prompt, the full ones after
+            # the full prompt
+            if positions == "compact":
+                state["rotary"] = new_positions, text_model.rotary_emb(kwargs["inputs_embeds"], new_positions)
+            else:
+                state["rotary"] = None
         return args, kwargs
 
     scored_layer = layer - reducer.importance_lag
@@ -485,13 +548,15 @@ def llm_layer(model, reducer: Reducer, layer: int, positions: str = "original") 
             on_scored_layer(module, args, kwargs)
         if state["prefill"] and state["has_videos"]:
             evidence = {"importance": state.pop("importance")} if "importance" in reducer.needs else {}
-            reduced, plan = session.reduce(args[0], kwargs.get("position_ids"), state["attention_mask"], evidence)
+            reduced, plan, position_ids = session.reduce(
+                args[0], kwargs.get("position_ids"), state["attention_mask"], evidence
+            )
             session.remember(plan, fills_cache(model, kwargs), reduces_first_layer=layer == 0)
             cos, sin = kwargs["position_embeddings"]
             if positions == "original":
-                state["position_embeddings"] = (gather_along(cos, plan.keep, -2), gather_along(sin, plan.keep, -2))
+                state["rotary"] = position_ids, (gather_along(cos, plan.keep, -2), gather_along(sin, plan.keep, -2))
             else:
-                state["position_embeddings"] = text_model.rotary_emb(reduced, plan.positions)
+                state["rotary"] = position_ids, text_model.rotary_emb(reduced, position_ids)
             state["plan"] = plan
             args = (reduced, *args[1:])
         return on_reduced_layer(module, args, kwargs)
@@ -503,11 +568,12 @@ def llm_layer(model, reducer: Reducer, layer: int, positions: str = "original") 
         mask, queries = kwargs.get("attention_mask"), args[0].shape[1]
         if state["prefill"]:
             kwargs["attention_mask"] = reduced_layer_mask(mask, plan.keep, plan.keep, plan.valid, queries)
-            kwargs["position_embeddings"] = state["position_embeddings"]
-            if kwargs.get("position_ids") is not None:
-                kwargs["position_ids"] = plan.positions
         else:
             kwargs["attention_mask"] = reduced_layer_mask(mask, None, *state["decode_columns"], queries)
+        if state["rotary"] is not None:
+            position_ids, kwargs["position_embeddings"] = state["rotary"]
+            if kwargs.get("position_ids") is not None:
+                kwargs["position_ids"] = position_ids
         return args, kwargs
 
     if not 0 <= scored_layer <= layer:
@@ -558,7 +624,7 @@ def kv_pruning_hooks(model, session: ReductionSession, pruning: KVPruning) -> li
     state = {"previous": None, "blocked": None}
 
     def score(module, args, kwargs):
-        cache = kwargs.get("past_key_values")
+        cache = cache_of(kwargs)
         state["blocked"] = None
         if session.plan is None or is_prefill(cache, pruning.layer - 1) or args[0].shape[1] != 1:
             state["previous"] = None

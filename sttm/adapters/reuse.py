@@ -4,8 +4,11 @@ The prompt is [system + video | question + assistant header]: its prefix, up to 
 not depend on the question. Attention is causal and a query-agnostic reducer looks only at the prefix, so the
 prefix's cache, reduction included, is the same for every question about the video. ``prefill_prefix`` runs the
 model (and the reducer, inside a reduction point) on the prefix once; ``greedy_from_prefix`` copies that cache,
-prefills only the question's tokens and decodes greedily, with original positions (the hooks place the question
-after the full prefix, as in a prefill of the whole prompt).
+prefills only the question's tokens and decodes greedily. Inside the reduction point the question's forward
+continues the last prefilled prompt (``sttm.adapters.hooks.ReductionSession.place_new_tokens``) where a prefill of
+the whole prompt places it, in both position modes: after the full prefix with original positions, after the
+reduced one with compact positions; decoding then continues after the full prompt. So a video's questions come
+after its prefix's prefill and before the next prefill inside the same reduction point.
 """
 
 from __future__ import annotations
@@ -21,14 +24,10 @@ from sttm.api import Reducer
 SEQUENCE_INPUTS = ("input_ids", "attention_mask", "mm_token_type_ids")
 
 
-def check_kv_reuse(kv_reuse: bool, reducer: Reducer | None, positions: str) -> None:
-    """Reuse needs a reduction that does not depend on the question, and positions that do not renumber it."""
-    if not kv_reuse:
-        return
-    if reducer is not None and reducer.query_aware:
+def check_kv_reuse(kv_reuse: bool, reducer: Reducer | None) -> None:
+    """Reuse needs a reduction that does not depend on the question."""
+    if kv_reuse and reducer is not None and reducer.query_aware:
         raise ValueError(f"kv_reuse needs a query-agnostic reducer; {reducer.name!r} looks at the question")
-    if positions != "original":
-        raise ValueError("kv_reuse keeps original positions: compact positions renumber the question's tokens")
 
 
 def prefix_length(input_ids: torch.Tensor, video_token_id: int) -> int:
@@ -78,10 +77,13 @@ class Continuation:
 
 def greedy_from_prefix(model, prefix: Prefix, input_ids: torch.Tensor, max_new_tokens: int) -> Continuation:
     """Greedy decoding of the prompt ``input_ids`` [1, L] whose first tokens are ``prefix``'s, from a copy of its
-    cache: only the L − P question tokens are prefilled. Stops at the end-of-sequence token. Plain greedy: logits
-    processors of the checkpoint's generation config (e.g. a repetition penalty) are not applied."""
+    cache: only the L − P question tokens are prefilled, in one forward (the hooks tell it from a decoding step by
+    its several tokens). Stops at the end-of-sequence token. Plain greedy: logits processors of the checkpoint's
+    generation config (e.g. a repetition penalty) are not applied."""
     if not torch.equal(input_ids[:, : prefix.length], prefix.input_ids):
         raise ValueError("the prompt does not start with the prefilled video prefix")
+    if input_ids.shape[1] - prefix.length < 2:
+        raise ValueError("the question after the video prefix needs two tokens or more: one reads as a decoding step")
     cache = copy.deepcopy(prefix.cache)
     eos = model.generation_config.eos_token_id
     stop = set(eos if isinstance(eos, list) else [eos]) - {None}
