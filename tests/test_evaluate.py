@@ -28,7 +28,7 @@ def compose_evaluate(tmp_path: Path, *overrides: str):
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         overrides = [
             f"results_dir={tmp_path / 'results'}", f"model.pretrained={tmp_path / 'tiny'}",
-            "model.build_if_missing=true", *overrides,
+            "++model.build_if_missing=true", *overrides,
         ]  # fmt: skip
         return compose(config_name="evaluate", overrides=overrides)
 
