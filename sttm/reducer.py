@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, keep_everything, register
 from sttm.merge import VARIANTS, QuadTree, build_quadtree, count_tokens, group_nodes, merge_video
 
-#: bisection rounds of the budget search over the spatial threshold.
-_SEARCH_ROUNDS = 14
 #: in budget mode the temporal threshold's gap below the spatial one closes over the top of this range, so that
 #: the least merging searched is τ_s = τ_t = 1.
 _GAP_CLOSES_OVER = 0.15
@@ -32,7 +32,9 @@ class STTM(Reducer):
     * ``budget``: per video, the thresholds whose kept fraction is as close to the budget as the quadtree allows
       without exceeding it. τ_t follows τ_s at ``budget_gap`` below it (0.2, the gap of most of the paper's
       LLaVA-Video settings; None: spatial merging only), a gap that closes for τ_s above 0.85 so that the least
-      merging searched is τ_s = τ_t = 1; τ_s is found by bisection in [-1, 1]. Budget 1.0 keeps every token.
+      merging searched is τ_s = τ_t = 1; τ_s is found by bisection in [-1, 1] down to adjacent float32 values
+      (similarities of flat regions tie near 1, so coarser steps can skip most of the reachable counts).
+      Budget 1.0 keeps every token.
       The chosen thresholds go to ``Reduction.info``. Below the quadtree's floor (root nodes, all merged over
       time) the floor is kept and ``info["budget_met"]`` is False.
 
@@ -113,8 +115,7 @@ class STTM(Reducer):
         if self._kept(tree, most_merging) > target:
             return self._thresholds_at(most_merging), False
         low, high = most_merging, least_merging  # kept(low) <= target < kept(high)
-        for _ in range(_SEARCH_ROUNDS):
-            middle = (low + high) / 2
+        while (middle := float(np.float32((low + high) / 2))) not in (low, high):
             kept = self._kept(tree, middle)
             if kept == target:  # no threshold can do better
                 return self._thresholds_at(middle), True

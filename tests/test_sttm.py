@@ -247,6 +247,20 @@ def test_budget_keeps_as_many_tokens_as_allowed_without_exceeding_it(budget):
     assert torch.equal(again.boxes, result.boxes)
 
 
+def test_budget_search_resolves_similarities_that_differ_only_near_one():
+    """Frames that repeat the first one up to perturbations of 1e-7..1e-5 in cosine similarity (flat regions in a
+    trained model's hidden states look like this): every count in between stays reachable."""
+    generator = torch.Generator().manual_seed(0)
+    first = torch.randn(1, 8, 8, 32, generator=generator)
+    scale = torch.logspace(-3.5, -2.5, 7)[:, None, None, None]
+    clip = VideoTokens(torch.cat([first, first + scale * torch.randn(7, 8, 8, 32, generator=generator)]))
+    result = STTM(budget=0.6).reduce(clip)
+    target = math.floor(0.6 * clip.num_tokens)
+    looser = STTM(budget=0.6)._thresholds_at(float(np.nextafter(np.float32(result.info["threshold"]), np.float32(1))))
+    looser_kept = STTM(threshold=looser[0], temporal_threshold=looser[1]).reduce(clip).num_kept
+    assert result.num_kept <= target and (result.num_kept == target or looser_kept > target)
+
+
 def test_budget_one_keeps_every_token():
     clip = video(3)
     result = STTM(budget=1.0).reduce(clip)
