@@ -51,9 +51,9 @@ def test_a_baseline_written_from_results_reads_back(tmp_path):
     assert tolerance == TOLERANCE and not compare(BASE, cells, tolerance)["regressed"].any()
 
 
-class KeepFirstTokens(reducer_class("sttm")):
-    """A broken STTM: as many tokens as STTM keeps, at the same stage, but the video's first ones, whatever they
-    show; the achieved ratio stays that of STTM, so only accuracy can give it away."""
+class KeepFirstTokens(reducer_class("tome")):
+    """A broken ToMe: as many tokens as ToMe keeps, at the same layer, but the video's first ones, whatever they
+    show; the achieved ratio stays that of ToMe, so only accuracy can give it away."""
 
     def reduce(self, video: VideoTokens) -> Reduction:
         kept, every = torch.arange(super().reduce(video).num_kept), keep_everything(video)
@@ -65,7 +65,7 @@ def test_a_reducer_that_keeps_the_wrong_tokens_fails_the_check_of_the_trained_mo
         cfg = compose(
             config_name="evaluate",
             overrides=[
-                "budget=0.15", "reducers=[sttm]", "limit=12", "benchmark.tasks=[toy_vnbench]",
+                "budget=0.5", "reducers=[tome]", "limit=12", "benchmark.tasks=[toy_nextqa]",
                 f"benchmark.data_dir={tmp_path / 'data'}", f"results_dir={tmp_path / 'results'}",
             ],
         )  # fmt: skip
@@ -73,11 +73,11 @@ def test_a_reducer_that_keeps_the_wrong_tokens_fails_the_check_of_the_trained_mo
     run(cfg)
     assert main([str(results), str(baseline), "--write"]) == 0
     assert main([str(results), str(baseline)]) == 0
-    shutil.rmtree(next(results.rglob("sttm/budget_0.15")))
-    monkeypatch.setitem(api._REGISTRY, "sttm", KeepFirstTokens)
+    shutil.rmtree(next(results.rglob("tome/budget_0.5")))
+    monkeypatch.setitem(api._REGISTRY, "tome", KeepFirstTokens)
     run(cfg)
     assert main([str(results), str(baseline)]) == 1
     output = capsys.readouterr().out
     assert "REGRESSION: 1 of 2 cells" in output
     table = check(results, baseline)
-    assert table.loc[table["reducer"] == "sttm", "why"].tolist() == ["accuracy"]
+    assert table.loc[table["reducer"] == "tome", "why"].tolist() == ["accuracy"]
