@@ -32,7 +32,7 @@ from transformers.video_utils import VideoMetadata
 
 from runners.records import QuestionRecord, append_record, records_by_question
 from sttm.adapters.hooks import is_qwen, newlines_per_video, reduction_point
-from sttm.adapters.loading import load_model
+from sttm.adapters.loading import load_model, video_question_prompt
 from sttm.adapters.reuse import check_kv_reuse, greedy_from_prefix, prefill_prefix
 from sttm.adapters.timing import timed_generate
 from sttm.adapters.video import VideoError, read_frames
@@ -214,8 +214,7 @@ class ReducedVideoLLM(lmms):
 
     def model_inputs(self, question: str, video) -> dict:
         """The processor's inputs for one question about ``video`` (a ``SampledVideo``)."""
-        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
-        text = self.processor.apply_chat_template(messages, add_generation_prompt=True)
+        text = video_question_prompt(self.processor, question)
         if not is_qwen(self.model):
             return self.processor(text=text, videos=[video.frames], return_tensors="pt")
         metadata = VideoMetadata(total_num_frames=len(video.frames), fps=video.fps)

@@ -43,8 +43,9 @@ from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGener
 
 from runners.tasks.local import doc_to_text
 from runners.tasks.multiple_choice import extract_answer_letter
-from runners.toybench import LETTERS, generate_split
-from runners.toybench.benchmarks import BENCHMARKS
+from runners.toybench import LETTERS, generate_split, lettered
+from runners.toybench.benchmarks import BENCHMARKS, Question
+from sttm.adapters.loading import video_question_prompt
 from sttm.adapters.tiny import FRAME_SIZE, PATCH_SIZE, placeholder_token_ids, text_config, tiny_processor
 from sttm.adapters.video import read_frames
 
@@ -80,13 +81,6 @@ def toy_config() -> LlavaOnevisionConfig:
 
 
 @dataclass(frozen=True)
-class Question:
-    text: str
-    correct: str
-    wrong: tuple[str, ...]
-
-
-@dataclass(frozen=True)
 class Video:
     path: str
     questions: tuple[Question, ...]
@@ -99,9 +93,9 @@ def read_split(jsonl: Path) -> list[Video]:
     for row in map(json.loads, jsonl.open()):
         options = [option.split(". ", 1)[1] for option in row["options"]]
         correct = options[LETTERS.index(row["answer"])]
-        wrong = tuple(sorted(text for text in options if text != correct))
+        wrong = sorted(text for text in options if text != correct)
         video = str(jsonl.parent / "videos" / Path(row["video"]).name)
-        questions.setdefault(video, {})[row["question"]] = Question(row["question"], correct, wrong)
+        questions.setdefault(video, {})[row["question"]] = Question(row["question"], correct, wrong, row["task_type"])
     return [Video(path, tuple(by_text.values())) for path, by_text in questions.items()]
 
 
@@ -114,13 +108,6 @@ def train_split(root: Path, videos_per_benchmark: int) -> dict[str, list[Video]]
             generate_split(name, "train", root, seed=0, count=videos_per_benchmark)
         splits[name] = read_split(jsonl)
     return splits
-
-
-def lettered(question: Question, answer_position: int, rng: np.random.Generator) -> tuple[list[str], str]:
-    """Options as "A. …" with the right one at ``answer_position`` and the wrong ones shuffled; its letter."""
-    options = [question.wrong[i] for i in rng.permutation(len(question.wrong))]
-    options.insert(answer_position, question.correct)
-    return [f"{LETTERS[i]}. {text}" for i, text in enumerate(options)], LETTERS[answer_position]
 
 
 def clip(benchmark: str, frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -298,9 +285,7 @@ class Prompts:
         self.end_of_turn = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
 
     def chat(self, question: str, options: list[str]) -> str:
-        text = doc_to_text({"question": question, "options": options})
-        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": text}]}]
-        return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+        return video_question_prompt(self.processor, doc_to_text({"question": question, "options": options}))
 
     def frames(self, video: Video) -> np.ndarray:
         return read_frames(video.path, self.target_fps, self.max_frames).frames
@@ -465,12 +450,15 @@ TRAINING_ARGUMENTS = ("videos_per_benchmark", "held_out", "clip_steps", "steps",
                       "lr", "warmup", "weight_decay", "seed")  # fmt: skip
 
 
+def training_settings(args: argparse.Namespace) -> dict:
+    return {name: getattr(args, name) for name in TRAINING_ARGUMENTS}
+
+
 def save_checkpoint(path: Path, model, optimizer, step: int, args: argparse.Namespace) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
-    settings = {name: getattr(args, name) for name in TRAINING_ARGUMENTS}
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "settings": settings},
-               temporary)  # fmt: skip
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step}
+    torch.save(state | {"settings": training_settings(args)}, temporary)
     temporary.replace(path)
 
 
@@ -479,7 +467,7 @@ def resume(path: Path, model, optimizer, args: argparse.Namespace) -> int:
     if not path.is_file():
         return 0
     state = torch.load(path, map_location=args.device)
-    settings = {name: getattr(args, name) for name in TRAINING_ARGUMENTS}
+    settings = training_settings(args)
     if state["settings"] != settings:
         raise ValueError(f"{path} was written with {state['settings']}, not {settings}: delete it to start afresh")
     model.load_state_dict(state["model"])

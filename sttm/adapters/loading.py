@@ -1,4 +1,4 @@
-"""Loading a video LLM through transformers' own classes, by local path or hub id.
+"""Loading a video LLM through transformers' own classes, by local path or hub id, and the chat prompt it is asked with.
 
 Families: LLaVA-OneVision (``LlavaOnevisionForConditionalGeneration``: llava-onevision-qwen2-*-ov-hf and LLaVA-Video
 checkpoints converted by ``scripts/convert_llava_video_to_hf.py``), Qwen2-VL (``Qwen2VLForConditionalGeneration``)
@@ -67,3 +67,9 @@ def load_model(
         device_map=device_map,
     )
     return model.eval(), AutoProcessor.from_pretrained(pretrained)
+
+
+def video_question_prompt(processor: ProcessorMixin, question: str) -> str:
+    """The chat prompt of one question about one video (the video first), ending with the assistant's turn."""
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True)
