@@ -159,6 +159,53 @@ def measure_call(device: torch.device, call) -> float:
     return clock.between("start", "end")
 
 
+def cut_forward(text_model, embeds: torch.Tensor, keep: torch.Tensor | None, layer: int) -> torch.Tensor:
+    """The language model's decoder layers and final norm over ``embeds`` [1, N, C], called one by one without
+    hooks, cache or mask (causal attention), the sequence cut to the ``keep`` indexes [N'] (None: all) at the input
+    of decoder ``layer``, each token keeping its position. Returns the last hidden states [1, N', C]."""
+    positions = torch.arange(embeds.shape[1], device=embeds.device)[None]
+    hidden, rotary = embeds, text_model.rotary_emb(embeds, positions)
+    for index, decoder in enumerate(text_model.layers):
+        if index == layer and keep is not None:
+            hidden, rotary = hidden[:, keep], tuple(values[:, keep] for values in rotary)
+        hidden = decoder(hidden, position_embeddings=rotary)
+    return text_model.norm(hidden)
+
+
+def layers_ms(text_model, embeds: torch.Tensor, keep: torch.Tensor | None, layer: int, repeats: int) -> float:
+    """Median milliseconds of :func:`cut_forward` over ``repeats`` calls after a warm-up."""
+    with torch.inference_mode():
+        times = [
+            measure_call(embeds.device, lambda: cut_forward(text_model, embeds, keep, layer))
+            for _ in range(repeats + 1)
+        ]
+    return statistics.median(times[1:])
+
+
+def ceiling_rows(name: str, model, inputs: dict, frames: int, budgets: list[float], repeats: int) -> list[dict]:
+    """What cutting the video to each budget at the language model's input and at ``LLM_LAYER`` can give at best:
+    the decoder layers alone on random embeddings of the prompt's length, an evenly spaced share of the video's
+    tokens kept, against the same layers on the whole prompt."""
+    text_model = model.model.language_model
+    placeholders = inputs["input_ids"][0] == model.config.video_token_id
+    embeds = torch.randn(1, len(placeholders), text_model.config.hidden_size, device=model.device, dtype=model.dtype)
+    full_ms = layers_ms(text_model, embeds, None, 0, repeats)
+    visual, text = placeholders.nonzero()[:, 0], (~placeholders).nonzero()[:, 0]
+    rows = []
+    for budget in budgets:
+        kept_visual = visual[torch.linspace(0, len(visual) - 1, round(budget * len(visual))).round().long()]
+        keep = torch.cat([text, kept_visual]).sort().values
+        for layer, method in (
+            (0, "ceiling: cut at the LLM's input"),
+            (LLM_LAYER, f"ceiling: cut at layer {LLM_LAYER}"),
+        ):
+            reduced_ms = layers_ms(text_model, embeds, keep, layer, repeats)
+            rows.append({"model": name, "frames": frames, "method": method, "budget": budget,
+                         "kept_ratio": len(kept_visual) / len(visual), "layers_ms": reduced_ms,
+                         "full_layers_ms": full_ms, "prefill_speedup": full_ms / reduced_ms})  # fmt: skip
+    return rows
+
+
 def fixed_thresholds(reducer: STTM, model, inputs: dict) -> STTM:
     """STTM at the thresholds its budget search picks for this video."""
     log: ReductionLog
@@ -207,6 +254,8 @@ def run(
         full = measure(model, inputs, None, repeats)
         rows.append({"model": name, "frames": frames, "method": "full tokens", "budget": 1.0, **full})
         print(rows[-1], flush=True)
+        rows += ceiling_rows(name, model, inputs, frames, budgets, repeats)
+        print(*rows[-2 * len(budgets) :], sep="\n", flush=True)
         for budget in budgets:
             settings = reducers_at(budget, family, names)
             sttm = next((reducer for method, reducer in settings if method == "sttm"), None)
@@ -237,6 +286,14 @@ def markdown(rows: list[dict], header: str) -> str:
                 f"vision + prefill per question {alone:.1f} ms alone, {shared:.1f} ms shared ({row['speedup']:.2f}x)"
             )
             lines.append(f"| {row['model']} | {row['frames']} | {row['method']}: {summary} |" + " |" * 10)
+            continue
+        if "layers_ms" in row:
+            summary = (
+                f"decoder layers alone {row['layers_ms']:.1f} ms against {row['full_layers_ms']:.1f} ms "
+                f"({row['prefill_speedup']:.2f}x)"
+            )
+            lines.append(f"| {row['model']} | {row['frames']} | {row['method']} | {row['budget']} | "
+                         f"{row['kept_ratio']:.3f} | {summary} |" + " |" * 8)  # fmt: skip
             continue
         if "note" in row:
             lines.append(f"| {row['model']} | {row['frames']} | {row['method']} | {row['budget']} | "

@@ -5,7 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from runners.latency import ARCHITECTURES, markdown, plot, real_size_config, reducers_at, request, run
+from runners.latency import (
+    ARCHITECTURES,
+    ceiling_rows,
+    cut_forward,
+    markdown,
+    plot,
+    real_size_config,
+    reducers_at,
+    request,
+    run,
+)
 from sttm.adapters.loading import MODEL_CLASSES
 from sttm.adapters.tiny import FRAME_SIZE, tiny_config
 
@@ -55,3 +65,31 @@ def test_the_whole_benchmark_runs_on_a_tiny_architecture(monkeypatch):
     assert all(0 < row["kept_ratio"] <= 0.5 + 1e-9 for name, row in measured.items() if name != "full tokens")
     assert rows[0]["speedup"] > 0 and rows[0]["reused_prefill_ms_per_question"] > 0
     assert "| tiny | 8 | sttm |" in markdown(rows, "## tiny")
+
+
+def test_the_ceiling_forward_is_the_language_model_on_the_kept_tokens():
+    model = MODEL_CLASSES["llava_onevision"]._from_config(tiny_config("llava_onevision")).eval()
+    text_model = model.model.language_model
+    embeds = torch.randn(1, 12, text_model.config.hidden_size)
+    keep = torch.tensor([0, 1, 4, 5, 9, 11])
+    with torch.no_grad():
+        whole = text_model(inputs_embeds=embeds).last_hidden_state
+        cut_at_input = text_model(inputs_embeds=embeds[:, keep], position_ids=keep[None]).last_hidden_state
+        torch.testing.assert_close(cut_forward(text_model, embeds, None, 2), whole)
+        torch.testing.assert_close(cut_forward(text_model, embeds, keep, 0), cut_at_input)
+        cut_later = cut_forward(text_model, embeds, keep, 1)
+    assert cut_later.shape == cut_at_input.shape and not torch.allclose(cut_later, cut_at_input)
+
+
+def test_ceilings_cut_the_video_to_each_budget(monkeypatch):
+    monkeypatch.setitem(ARCHITECTURES, "tiny", ("llava_onevision", FRAME_SIZE))
+    model = MODEL_CLASSES["llava_onevision"]._from_config(tiny_config("llava_onevision")).eval()
+    inputs = request("tiny", 8, device="cpu")
+    rows = ceiling_rows("tiny", model, inputs, 8, [0.5, 0.3], repeats=1)
+    assert [(row["budget"], row["method"]) for row in rows] == [
+        (0.5, "ceiling: cut at the LLM's input"), (0.5, "ceiling: cut at layer 2"),
+        (0.3, "ceiling: cut at the LLM's input"), (0.3, "ceiling: cut at layer 2"),
+    ]  # fmt: skip
+    visual = int((inputs["input_ids"] == model.config.video_token_id).sum())
+    assert [row["kept_ratio"] for row in rows] == [round(b * visual) / visual for b in (0.5, 0.5, 0.3, 0.3)]
+    assert "decoder layers alone" in markdown(rows, "## tiny")

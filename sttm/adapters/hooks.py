@@ -108,6 +108,7 @@ class Plan:
     valid:           [B, N'] bool, False for the filler slots that left-pad rows shorter than the longest.
     visual:          [B, N'] bool, True for the video's tokens.
     attention_mask:  [B, N'] the 2-D mask of the reduced sequence.
+    padded:          whether any row has filler slots (known on the host, so that no layer waits for the device).
     """
 
     keep: torch.Tensor
@@ -115,10 +116,16 @@ class Plan:
     visual: torch.Tensor
     full: int
     attention_mask: torch.Tensor
+    padded: bool
 
     @property
     def length(self) -> int:
         return self.keep.shape[1]
+
+    @property
+    def blocked_columns(self) -> torch.Tensor | None:
+        """[B, N'] True for the filler slots, or None when there are none."""
+        return ~self.valid if self.padded else None
 
 
 def is_qwen(model) -> bool:
@@ -281,6 +288,7 @@ class ReductionSession:
         self.log.calls.append(ReducedCall(tuple(reductions)))
         keep, valid = left_pad(keeps, 0)
         reduced, _ = left_pad(tokens, 0)
+        padded = len({len(row) for row in keeps}) > 1
         starts = torch.tensor([span.start for span in self.videos], device=device)[:, None]
         ends = torch.tensor([span.end for span in self.videos], device=device)[:, None]
         visual = valid & (keep >= starts) & (keep < ends)
@@ -291,7 +299,7 @@ class ReductionSession:
         if self.positions == "compact":
             renumbered = (mask.cumsum(-1) - 1).clamp(min=0).to(positions.device)
             positions = torch.where(keep.to(positions.device) < self.prompt_length, renumbered, positions)
-        return reduced, Plan(keep, valid, visual, length, mask), positions
+        return reduced, Plan(keep, valid, visual, length, mask, padded), positions
 
     def remember(self, plan: Plan, caching: bool, reduces_first_layer: bool) -> None:
         """Keep the plan for decoding if the forward fills a cache; where the first layer's cache holds the reduced
@@ -344,7 +352,7 @@ class ReductionSession:
         embeds = kwargs["inputs_embeds"]
         batch, queries = embeds.shape[:2]
         mask = kwargs.get("attention_mask")
-        if mask is not None or not plan.valid.all():
+        if mask is not None or plan.padded:
             if mask is None:
                 mask = torch.ones(batch, plan.full + generated + queries, dtype=torch.long, device=embeds.device)
             kwargs["attention_mask"] = torch.cat([plan.attention_mask.to(mask.dtype), mask[:, plan.full :]], dim=1)
@@ -369,33 +377,40 @@ def fills_cache(model, kwargs: dict) -> bool:
     return cache_of(kwargs) is not None or bool(use_cache)
 
 
-def decode_columns(plan: Plan, generated: int) -> tuple[torch.Tensor, torch.Tensor]:
+def decode_columns(plan: Plan, generated: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The full sequence's kv columns [B, N' + g] a reduced layer keeps while decoding (the kept prompt, then the
-    ``generated`` tokens since, the new ones included), and which of them are allowed (not filler)."""
+    ``generated`` tokens since, the new ones included), and which of them are blocked (filler; None: none)."""
     batch = plan.keep.shape[0]
     tail = torch.arange(plan.full, plan.full + generated, device=plan.keep.device).expand(batch, generated)
-    allowed = torch.cat([plan.valid, torch.ones_like(tail, dtype=torch.bool)], dim=1)
-    return torch.cat([plan.keep, tail], dim=1), allowed
+    blocked = plan.blocked_columns
+    if blocked is not None:
+        blocked = torch.nn.functional.pad(blocked, (0, generated), value=False)
+    return torch.cat([plan.keep, tail], dim=1), blocked
 
 
 def continued_plan(plan: Plan, attention_mask: torch.Tensor) -> Plan:
     """``plan`` followed by q more prompt tokens, all kept, whose 2-D mask is ``attention_mask`` [B, q]."""
     queries = attention_mask.shape[1]
-    keep, valid = decode_columns(plan, queries)
+    keep, _ = decode_columns(plan, queries)
+    valid = torch.nn.functional.pad(plan.valid, (0, queries), value=True)
     visual = torch.nn.functional.pad(plan.visual, (0, queries), value=False)
     mask = torch.cat([plan.attention_mask, attention_mask.to(plan.attention_mask)], dim=1)
-    return Plan(keep, valid, visual, plan.full + queries, mask)
+    return Plan(keep, valid, visual, plan.full + queries, mask, plan.padded)
 
 
-def reduced_layer_mask(mask, rows: torch.Tensor | None, columns: torch.Tensor, allowed: torch.Tensor, queries: int):
+def reduced_layer_mask(
+    mask, rows: torch.Tensor | None, columns: torch.Tensor, blocked: torch.Tensor | None, queries: int
+):
     """A layer's 4-D mask [B, 1, q, kv] (or None) restricted to the kept ``rows`` [B, q] (None: all) and ``columns``
-    [B, kv'], with the columns that are not ``allowed`` [B, kv'] blocked."""
+    [B, kv'], with the ``blocked`` columns [B, kv'] (None: none) masked."""
     if mask is None:
-        return None if allowed.all() else causal_mask(allowed, queries)
+        return None if blocked is None else causal_mask(~blocked, queries)
     if rows is not None:
         mask = gather_along(mask, rows, 2)
     mask = gather_along(mask, columns, 3)
-    return mask.masked_fill(~allowed[:, None, None, :].to(mask.device), masked_value(mask))
+    if blocked is None:
+        return mask
+    return mask.masked_fill(blocked[:, None, None, :].to(mask.device), masked_value(mask))
 
 
 @contextmanager
@@ -567,7 +582,7 @@ def llm_layer(model, reducer: Reducer, layer: int, positions: str = "original") 
             return args, kwargs
         mask, queries = kwargs.get("attention_mask"), args[0].shape[1]
         if state["prefill"]:
-            kwargs["attention_mask"] = reduced_layer_mask(mask, plan.keep, plan.keep, plan.valid, queries)
+            kwargs["attention_mask"] = reduced_layer_mask(mask, plan.keep, plan.keep, plan.blocked_columns, queries)
         else:
             kwargs["attention_mask"] = reduced_layer_mask(mask, None, *state["decode_columns"], queries)
         if state["rotary"] is not None:
