@@ -31,6 +31,8 @@ import math
 import shutil
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,19 +43,21 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
 
+from baselines.random_drop import RandomDrop
 from runners.tasks.local import doc_to_text
 from runners.tasks.multiple_choice import extract_answer_letter
 from runners.toybench import LETTERS, generate_split, lettered
 from runners.toybench.benchmarks import BENCHMARKS, Question
+from sttm.adapters.hooks import pre_llm
 from sttm.adapters.loading import video_question_prompt
 from sttm.adapters.tiny import FRAME_SIZE, PATCH_SIZE, placeholder_token_ids, text_config, tiny_processor
 from sttm.adapters.video import read_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_CONFIG = ROOT / "configs" / "model" / "tiny_llava_onevision.yaml"
-TEXT_MODEL = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=6, num_attention_heads=4,
+TEXT_MODEL = dict(hidden_size=192, intermediate_size=768, num_hidden_layers=8, num_attention_heads=4,
                   num_key_value_heads=4)  # fmt: skip
-VISION_TOWER = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2)
+VISION_TOWER = dict(hidden_size=96, intermediate_size=384, num_hidden_layers=3, num_attention_heads=2)
 IGNORE = -100
 # Frames that keep every answer of a benchmark's questions: its generator starts each event on this stride.
 CLIP_STRIDES = {
@@ -99,15 +103,18 @@ def read_split(jsonl: Path) -> list[Video]:
     return [Video(path, tuple(by_text.values())) for path, by_text in questions.items()]
 
 
-def train_split(root: Path, videos_per_benchmark: int) -> dict[str, list[Video]]:
-    """Each benchmark's train split under ``root``, generated where it is missing or of another size."""
-    splits = {}
-    for name in BENCHMARKS:
-        jsonl = root / name / "train.jsonl"
-        if not jsonl.is_file() or len(read_split(jsonl)) != videos_per_benchmark:
-            generate_split(name, "train", root, seed=0, count=videos_per_benchmark)
-        splits[name] = read_split(jsonl)
-    return splits
+def train_split(root: Path, videos_per_benchmark: int, workers: int = 1) -> dict[str, list[Video]]:
+    """Each benchmark's train split under ``root``, generated where it is missing or of another size (by up to
+    ``workers`` processes, one benchmark each)."""
+    missing = [
+        name for name in BENCHMARKS
+        if not (root / name / "train.jsonl").is_file()
+        or len(read_split(root / name / "train.jsonl")) != videos_per_benchmark
+    ]  # fmt: skip
+    with ProcessPoolExecutor(max(1, min(workers, len(missing)))) as pool:
+        list(pool.map(generate_split, missing, ["train"] * len(missing), [root] * len(missing),
+                      [0] * len(missing), [videos_per_benchmark] * len(missing)))  # fmt: skip
+    return {name: read_split(root / name / "train.jsonl") for name in BENCHMARKS}
 
 
 def clip(benchmark: str, frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -361,15 +368,21 @@ def merged(group: list[Batch]) -> Batch:
     )  # fmt: skip
 
 
-def forward(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed loss over the target tokens, and the logits that predict each suffix token."""
-    prefix = model(input_ids=batch.prefix_ids, pixel_values_videos=batch.pixel_values_videos, use_cache=True)
+def forward(model, batch: Batch, kept_share: float = 1.0, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed loss over the target tokens, and the logits that predict each suffix token. Below a ``kept_share`` of
+    1, a random share of each video's tokens (``seed``) is kept at the language model's input, at their positions,
+    as a token-dropping reducer keeps them, and the suffix continues after the full prefix's positions."""
+    reduction = nullcontext() if kept_share >= 1 else pre_llm(model, RandomDrop(kept_share, seed))
+    with reduction:
+        prefix = model(input_ids=batch.prefix_ids, pixel_values_videos=batch.pixel_values_videos, use_cache=True)
     cache = prefix.past_key_values
     cache.reorder_cache(batch.row_prefix)
+    rows, width = batch.suffix_ids.shape
+    after_prefix = batch.prefix_ids.shape[1] + torch.arange(width, device=batch.suffix_ids.device)
     logits = model(
         input_ids=batch.suffix_ids,
-        attention_mask=torch.cat([torch.ones_like(batch.prefix_ids[batch.row_prefix]), batch.suffix_mask], dim=1),
-        past_key_values=cache, use_cache=False,
+        attention_mask=torch.cat([batch.suffix_mask.new_ones(rows, cache.get_seq_length()), batch.suffix_mask], 1),
+        position_ids=after_prefix.expand(rows, width), past_key_values=cache, use_cache=False,
     ).logits  # fmt: skip
     # the logits at a position predict the next token, so the first suffix token is predicted by the prefix
     predicted = torch.cat([prefix.logits[batch.row_prefix, -1:], logits[:, :-1]], dim=1)
@@ -447,7 +460,7 @@ def learning_rate(step: int, peak: float, warmup: int, total: int) -> float:
 
 # the arguments a checkpoint must share with the run that resumes it
 TRAINING_ARGUMENTS = ("videos_per_benchmark", "held_out", "clip_steps", "steps", "videos_per_step", "positions",
-                      "lr", "warmup", "weight_decay", "seed")  # fmt: skip
+                      "lr", "warmup", "weight_decay", "seed", "drop_prob", "drop_min_share")  # fmt: skip
 
 
 def training_settings(args: argparse.Namespace) -> dict:
@@ -502,6 +515,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=1500, help="second stage: one whole video per step")
     parser.add_argument("--videos-per-step", type=int, default=1, help="videos of one benchmark in a step's batch")
     parser.add_argument("--positions", type=int, default=1, help="letters each question is asked with per step")
+    parser.add_argument(
+        "--drop-prob",
+        type=float,
+        default=0.0,
+        help="share of videos whose tokens are randomly dropped before the language model",
+    )
+    parser.add_argument(
+        "--drop-min-share",
+        type=float,
+        default=0.25,
+        help="such a video keeps a share of its tokens drawn uniformly from [this, 1)",
+    )
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--weight-decay", type=float, default=0.01)
@@ -509,6 +534,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads")
     parser.add_argument("--workers", type=int, default=0, help="processes preparing batches")
+    parser.add_argument("--generate-workers", type=int, default=1, help="processes writing the train split")
     parser.add_argument("--checkpoint-every", type=int, default=250)
     parser.add_argument("--log-every", type=int, default=0, help="recent training accuracy every N steps")
     parser.add_argument("--eval-every", type=int, default=0, help="held-out accuracy every N steps (0: at the end)")
@@ -521,7 +547,7 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     model_config = OmegaConf.load(MODEL_CONFIG)
     prompts = Prompts(tiny_processor("llava_onevision"), model_config.target_fps, model_config.max_frames.default)
-    splits = train_split(args.data, args.videos_per_benchmark)
+    splits = train_split(args.data, args.videos_per_benchmark, args.generate_workers)
     total = args.clip_steps + args.steps
     torch.manual_seed(args.seed)
     model = LlavaOnevisionForConditionalGeneration._from_config(toy_config(), attn_implementation="sdpa")
@@ -543,8 +569,12 @@ def main(argv: list[str] | None = None) -> dict:
             group["lr"] = learning_rate(step, args.lr, args.warmup, total)
         targets = sum(int(batch.targets.sum()) for batch in batches)
         rows, step_loss = [], 0.0
-        for batch in batches:
-            loss_sum, predicted = forward(model, batch.to(args.device))
+        dropping = np.random.default_rng([args.seed, step, 1])
+        for index, batch in enumerate(batches):
+            kept_share = 1.0
+            if dropping.random() < args.drop_prob:
+                kept_share = dropping.uniform(args.drop_min_share, 1.0)
+            loss_sum, predicted = forward(model, batch.to(args.device), kept_share, seed=step * 1000 + index)
             loss = loss_sum / targets
             loss.backward()
             step_loss += loss.item()

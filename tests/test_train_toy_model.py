@@ -67,6 +67,25 @@ def test_stacked_videos_get_the_logits_each_gets_alone(splits):
             rows += len(batch.suffix_ids)
 
 
+def test_dropping_keeps_a_share_of_the_video_at_its_positions(splits):
+    batch, model = first_batch(splits, "toy_videomme"), toy_model().eval()
+    visual = int((batch.prefix_ids == model.config.video_token_id).sum())
+    kept = {}
+
+    def record_length(module, args, kwargs):
+        kept.setdefault("length", args[0].shape[1])
+
+    handle = model.model.language_model.layers[0].register_forward_pre_hook(record_length, with_kwargs=True)
+    with torch.no_grad():
+        loss_sum, predicted = forward(model, batch, kept_share=0.3, seed=1)
+        other_seed = forward(model, batch, kept_share=0.3, seed=2)[1]
+    handle.remove()
+    newline = 1  # LLaVA-OneVision ends a video with one newline token, which reducers keep
+    assert kept["length"] == batch.prefix_ids.shape[1] - visual + newline + round(0.3 * (visual - newline))
+    assert torch.isfinite(loss_sum) and predicted.shape == forward(model, batch)[1].shape
+    assert not torch.allclose(predicted, other_seed)
+
+
 def test_a_few_steps_lower_the_loss_on_their_batch(splits):
     batch, model = first_batch(splits, "toy_nextqa"), toy_model().train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
