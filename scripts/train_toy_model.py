@@ -460,7 +460,7 @@ def learning_rate(step: int, peak: float, warmup: int, total: int) -> float:
 
 # the arguments a checkpoint must share with the run that resumes it
 TRAINING_ARGUMENTS = ("videos_per_benchmark", "held_out", "clip_steps", "steps", "videos_per_step", "positions",
-                      "lr", "warmup", "weight_decay", "seed", "drop_prob", "drop_min_share")  # fmt: skip
+                      "lr", "warmup", "weight_decay", "seed", "drop_prob", "drop_min_share", "init_from")  # fmt: skip
 
 
 def training_settings(args: argparse.Namespace) -> dict:
@@ -527,6 +527,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.25,
         help="such a video keeps a share of its tokens drawn uniformly from [this, 1)",
     )
+    parser.add_argument("--init-from", help="start from the weights of a model folder this script wrote")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--weight-decay", type=float, default=0.01)
@@ -552,6 +553,8 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(args.seed)
     model = LlavaOnevisionForConditionalGeneration._from_config(toy_config(), attn_implementation="sdpa")
     wiring = wire_option_lookup(model, answer_words(splits, prompts.tokenizer), args.seed)
+    if args.init_from is not None:  # a model this script trained: its wired entries are the wiring's values
+        model.load_state_dict(LlavaOnevisionForConditionalGeneration.from_pretrained(args.init_from).state_dict())
     model.to(args.device).train()
     wired = [(parameter, mask.to(args.device), parameter.detach().clone()) for parameter, mask in wiring]
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=args.weight_decay)

@@ -131,3 +131,12 @@ def test_a_run_writes_a_folder_that_loads_and_a_second_run_resumes(splits, tmp_p
     assert AutoModelForImageTextToText.from_pretrained(tmp_path / "model").config.model_type == "llava_onevision"
     main(arguments)
     assert f"resumed from {tmp_path / 'checkpoint.pt'} at step 2" in capsys.readouterr().out
+    continued = tmp_path / "continued"
+    main([*arguments[:-4], "--output", str(continued), "--checkpoint", str(tmp_path / "continued.pt"),
+          "--init-from", str(tmp_path / "model"), "--lr", "0"])  # fmt: skip
+    trained, restarted = (
+        LlavaOnevisionForConditionalGeneration.from_pretrained(p) for p in (tmp_path / "model", continued)
+    )
+    assert all(
+        torch.equal(a, b) for a, b in zip(trained.state_dict().values(), restarted.state_dict().values(), strict=True)
+    )
