@@ -52,6 +52,7 @@ from sttm.adapters.hooks import pre_llm
 from sttm.adapters.loading import video_question_prompt
 from sttm.adapters.tiny import FRAME_SIZE, PATCH_SIZE, placeholder_token_ids, text_config, tiny_processor
 from sttm.adapters.video import read_frames
+from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, patch_boxes
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_CONFIG = ROOT / "configs" / "model" / "tiny_llava_onevision.yaml"
@@ -368,12 +369,43 @@ def merged(group: list[Batch]) -> Batch:
     )  # fmt: skip
 
 
-def forward(model, batch: Batch, kept_share: float = 1.0, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed loss over the target tokens, and the logits that predict each suffix token. Below a ``kept_share`` of
-    1, a random share of each video's tokens (``seed``) is kept at the language model's input, at their positions,
-    as a token-dropping reducer keeps them, and the suffix continues after the full prefix's positions."""
-    reduction = nullcontext() if kept_share >= 1 else pre_llm(model, RandomDrop(kept_share, seed))
-    with reduction:
+class TemporalDuplicates(Reducer):
+    """Keeps the ``budget`` share of a video's tokens least like the token at their place in the previous frame
+    (cosine similarity; the first frame's come first): drops what repeats over time, as merging methods do."""
+
+    stage = Stage.PRE_LLM
+    query_aware = False
+
+    def __init__(self, budget: float) -> None:
+        self.budget = check_budget(budget)
+
+    def reduce(self, video: VideoTokens) -> Reduction:
+        frames, height, width, channels = video.grid.shape
+        similarity = torch.nn.functional.cosine_similarity(video.grid[1:], video.grid[:-1], dim=-1)
+        similarity = torch.cat([similarity.new_full((1, height, width), -2.0), similarity]).flatten()
+        count = max(1, round(self.budget * video.num_tokens))
+        kept = similarity.topk(count, largest=False).indices.sort().values
+        tokens = video.grid.reshape(-1, channels)[kept]
+        return Reduction(tokens, patch_boxes(kept, height, width), torch.ones_like(kept), video.num_tokens)
+
+
+def dropping_reducer(
+    rng: np.random.Generator, random_prob: float, temporal_prob: float, min_share: float, seed: int
+) -> Reducer | None:
+    """The reducer a training video meets before the language model: with ``random_prob`` random dropping, with
+    ``temporal_prob`` :class:`TemporalDuplicates`, each keeping a share drawn from [``min_share``, 1); else none."""
+    draw = rng.random()
+    if draw >= random_prob + temporal_prob:
+        return None
+    share = rng.uniform(min_share, 1.0)
+    return RandomDrop(share, seed) if draw < random_prob else TemporalDuplicates(share)
+
+
+def forward(model, batch: Batch, reducer: Reducer | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed loss over the target tokens, and the logits that predict each suffix token. With a ``reducer``, each
+    video's tokens are reduced at the language model's input (original positions) and the suffix continues after
+    the full prefix's positions."""
+    with nullcontext() if reducer is None else pre_llm(model, reducer):
         prefix = model(input_ids=batch.prefix_ids, pixel_values_videos=batch.pixel_values_videos, use_cache=True)
     cache = prefix.past_key_values
     cache.reorder_cache(batch.row_prefix)
@@ -460,7 +492,8 @@ def learning_rate(step: int, peak: float, warmup: int, total: int) -> float:
 
 # the arguments a checkpoint must share with the run that resumes it
 TRAINING_ARGUMENTS = ("videos_per_benchmark", "held_out", "clip_steps", "steps", "videos_per_step", "positions",
-                      "lr", "warmup", "weight_decay", "seed", "drop_prob", "drop_min_share", "init_from")  # fmt: skip
+                      "lr", "warmup", "weight_decay", "seed", "drop_prob", "temporal_drop_prob", "drop_min_share",
+                      "init_from")  # fmt: skip
 
 
 def training_settings(args: argparse.Namespace) -> dict:
@@ -522,6 +555,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="share of videos whose tokens are randomly dropped before the language model",
     )
     parser.add_argument(
+        "--temporal-drop-prob",
+        type=float,
+        default=0.0,
+        help="share of videos that keep only the tokens least like the previous frame's (TemporalDuplicates)",
+    )
+    parser.add_argument(
         "--drop-min-share",
         type=float,
         default=0.25,
@@ -574,10 +613,10 @@ def main(argv: list[str] | None = None) -> dict:
         rows, step_loss = [], 0.0
         dropping = np.random.default_rng([args.seed, step, 1])
         for index, batch in enumerate(batches):
-            kept_share = 1.0
-            if dropping.random() < args.drop_prob:
-                kept_share = dropping.uniform(args.drop_min_share, 1.0)
-            loss_sum, predicted = forward(model, batch.to(args.device), kept_share, seed=step * 1000 + index)
+            reducer = dropping_reducer(
+                dropping, args.drop_prob, args.temporal_drop_prob, args.drop_min_share, seed=step * 1000 + index
+            )
+            loss_sum, predicted = forward(model, batch.to(args.device), reducer)
             loss = loss_sum / targets
             loss.backward()
             step_loss += loss.item()

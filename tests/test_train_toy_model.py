@@ -7,8 +7,10 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText, LlavaOnevisionForConditionalGeneration
 
+from baselines.random_drop import RandomDrop
 from scripts.train_toy_model import (
     Prompts,
+    TemporalDuplicates,
     answer_words,
     answered,
     clip,
@@ -23,6 +25,7 @@ from scripts.train_toy_model import (
 )
 from sttm.adapters.loading import load_model
 from sttm.adapters.tiny import tiny_processor
+from sttm.api import VideoTokens
 
 
 @pytest.fixture(scope="module")
@@ -77,13 +80,23 @@ def test_dropping_keeps_a_share_of_the_video_at_its_positions(splits):
 
     handle = model.model.language_model.layers[0].register_forward_pre_hook(record_length, with_kwargs=True)
     with torch.no_grad():
-        loss_sum, predicted = forward(model, batch, kept_share=0.3, seed=1)
-        other_seed = forward(model, batch, kept_share=0.3, seed=2)[1]
+        loss_sum, predicted = forward(model, batch, RandomDrop(0.3, seed=1))
+        other_seed = forward(model, batch, RandomDrop(0.3, seed=2))[1]
     handle.remove()
     newline = 1  # LLaVA-OneVision ends a video with one newline token, which reducers keep
     assert kept["length"] == batch.prefix_ids.shape[1] - visual + newline + round(0.3 * (visual - newline))
     assert torch.isfinite(loss_sum) and predicted.shape == forward(model, batch)[1].shape
     assert not torch.allclose(predicted, other_seed)
+
+
+def test_temporal_duplicates_keep_the_first_frame_and_what_changes_after_it():
+    grid = torch.randn(1, 2, 3, 8).expand(4, 2, 3, 8).clone()
+    grid[2, 1, 0] = torch.randn(8)
+    reduction = TemporalDuplicates(budget=8 / 24)(VideoTokens(grid))
+    kept = [tuple(box[:3]) for box in reduction.boxes.tolist()]
+    # the change, and the return to the first frame's token after it
+    assert kept == [(0, 0, 0), (0, 0, 1), (0, 0, 2), (0, 1, 0), (0, 1, 1), (0, 1, 2), (2, 1, 0), (3, 1, 0)]
+    torch.testing.assert_close(reduction.tokens[-2], grid[2, 1, 0])
 
 
 def test_a_few_steps_lower_the_loss_on_their_batch(splits):
