@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, patch_boxes, register
+from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, keep_subset, register
 
 SCOPES = ("video", "frame")
 
@@ -57,10 +57,9 @@ class DivPrune(Reducer):
         self.scope = scope
 
     def reduce(self, video: VideoTokens) -> Reduction:
-        t, h, w, c = video.grid.shape
+        t, _, _, c = video.grid.shape
         sets = video.grid.reshape(1 if self.scope == "video" else t, -1, c)
         count = max(1, round(self.budget * sets.shape[1]))
         chosen = most_diverse(cosine_distances(sets), count).sort(dim=1).values
         kept = (chosen + torch.arange(len(sets), device=chosen.device)[:, None] * sets.shape[1]).flatten()
-        boxes = patch_boxes(kept, h, w)
-        return Reduction(video.grid.reshape(-1, c)[kept], boxes, torch.ones_like(kept), video.num_tokens)
+        return keep_subset(video, kept)

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from sttm.adapters.hooks import KVPruning
-from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, patch_boxes, register
+from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, keep_subset, register
 
 #: the kept fraction DyCoke's TTM approaches on long videos at prune ratio 1: one whole frame in four
 BUDGET_FLOOR = 0.25
@@ -114,6 +114,4 @@ class DyCoke(Reducer):
         kept = dycoke_ttm(video.grid.reshape(t, h * w, c), kept_per_frame)
         whole_frames = int((reference_frames(t) < 0).sum())
         info = {"prune_ratio": prune_ratio, "kept_per_pruned_frame": kept_per_frame, "floor": whole_frames / t}
-        tokens = video.grid.reshape(-1, c)[kept]
-        boxes = patch_boxes(kept, h, w)
-        return Reduction(tokens, boxes, torch.ones_like(kept), video.num_tokens, info=info)
+        return keep_subset(video, kept, info=info)

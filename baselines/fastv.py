@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, patch_boxes, register
+from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, keep_subset, register
 
 
 def most_attended(importance: torch.Tensor, count: int) -> torch.Tensor:
@@ -42,9 +42,6 @@ class FastV(Reducer):
         self.layer = layer
 
     def reduce(self, video: VideoTokens) -> Reduction:
-        _, h, w, c = video.grid.shape
         count = max(1, int(self.budget * video.num_tokens))
         kept = most_attended(video.importance, count).to(video.grid.device)
-        tokens = video.grid.reshape(-1, c)[kept]
-        return Reduction(tokens, patch_boxes(kept, h, w), torch.ones_like(kept), video.num_tokens,
-                         info={"prune_ratio": 1 - self.budget})  # fmt: skip
+        return keep_subset(video, kept, info={"prune_ratio": 1 - self.budget})

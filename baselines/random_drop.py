@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, patch_boxes, register
+from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, keep_subset, register
 
 
 def random_slots(num_tokens: int, count: int, seed: int) -> torch.Tensor:
@@ -32,6 +32,4 @@ class RandomDrop(Reducer):
     def reduce(self, video: VideoTokens) -> Reduction:
         count = max(1, round(self.budget * video.num_tokens))
         kept = random_slots(video.num_tokens, count, self.seed).to(video.grid.device)
-        tokens = video.grid.reshape(video.num_tokens, -1)[kept]
-        _, h, w, _ = video.grid.shape
-        return Reduction(tokens, patch_boxes(kept, h, w), torch.ones_like(kept), video.num_tokens)
+        return keep_subset(video, kept)

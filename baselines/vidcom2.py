@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, patch_boxes, register
+from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, keep_subset, register
 
 GAUSSIAN_WIDTHS = (1 / 8, 1 / 4, 1 / 2, 1.0, 2.0)
 
@@ -81,8 +81,4 @@ class VidCom2(Reducer):
         rates = frame_rates(video_typicality, self.budget, self.temperature)
         keep = keep_least_typical(video_typicality + frame_typicality, rates).flatten()
         kept = keep.nonzero().squeeze(1)
-        boxes = patch_boxes(kept, h, w)
-        kept_tokens = video.grid.reshape(t * h * w, c)[kept]
-        return Reduction(
-            kept_tokens, boxes, torch.ones_like(kept), video.num_tokens, info={"frame_rates": rates.tolist()}
-        )
+        return keep_subset(video, kept, info={"frame_rates": rates.tolist()})

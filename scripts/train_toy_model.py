@@ -52,7 +52,7 @@ from sttm.adapters.hooks import pre_llm
 from sttm.adapters.loading import video_question_prompt
 from sttm.adapters.tiny import FRAME_SIZE, PATCH_SIZE, placeholder_token_ids, text_config, tiny_processor
 from sttm.adapters.video import read_frames
-from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, patch_boxes
+from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, keep_subset
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_CONFIG = ROOT / "configs" / "model" / "tiny_llava_onevision.yaml"
@@ -380,13 +380,11 @@ class TemporalDuplicates(Reducer):
         self.budget = check_budget(budget)
 
     def reduce(self, video: VideoTokens) -> Reduction:
-        frames, height, width, channels = video.grid.shape
+        _, height, width, _ = video.grid.shape
         similarity = torch.nn.functional.cosine_similarity(video.grid[1:], video.grid[:-1], dim=-1)
         similarity = torch.cat([similarity.new_full((1, height, width), -2.0), similarity]).flatten()
         count = max(1, round(self.budget * video.num_tokens))
-        kept = similarity.topk(count, largest=False).indices.sort().values
-        tokens = video.grid.reshape(-1, channels)[kept]
-        return Reduction(tokens, patch_boxes(kept, height, width), torch.ones_like(kept), video.num_tokens)
+        return keep_subset(video, similarity.topk(count, largest=False).indices.sort().values)
 
 
 def dropping_reducer(

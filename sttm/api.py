@@ -128,11 +128,17 @@ def patch_boxes(flat: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return torch.stack([frame, y, x, y + 1, x + 1], dim=1)
 
 
+def keep_subset(video: VideoTokens, kept: torch.Tensor, info: dict[str, Any] | None = None) -> Reduction:
+    """The tokens at the flat grid indices ``kept`` [N], unchanged and in that order, each standing for its own
+    patch: what a dropping method keeps."""
+    _, h, w, c = video.grid.shape
+    tokens = video.grid.reshape(-1, c)[kept]
+    return Reduction(tokens, patch_boxes(kept, h, w), torch.ones_like(kept), video.num_tokens, info=info or {})
+
+
 def keep_everything(video: VideoTokens) -> Reduction:
     """Every token kept unchanged, each standing for its own patch: any reducer's result at budget 1.0."""
-    t, h, w, c = video.grid.shape
-    boxes = patch_boxes(torch.arange(video.num_tokens, device=video.grid.device), h, w)
-    return Reduction(video.grid.reshape(-1, c), boxes, torch.ones_like(boxes[:, 0]), video.num_tokens)
+    return keep_subset(video, torch.arange(video.num_tokens, device=video.grid.device))
 
 
 class Reducer(ABC):
