@@ -38,6 +38,9 @@ def check_budget(budget: float) -> float:
     return budget
 
 
+NON_FINITE_GRID = "grid holds non-finite values (NaN or inf)"
+
+
 @dataclass(frozen=True)
 class VideoTokens:
     """The visual tokens of one video, and what a method may need besides them.
@@ -66,8 +69,10 @@ class VideoTokens:
             raise ValueError(f"grid must be a floating-point tensor, got dtype {grid.dtype}")
         if grid.numel() == 0:
             raise ValueError(f"grid is empty: shape {tuple(grid.shape)} (a video needs at least one frame)")
-        if not bool(torch.isfinite(grid).all()):
-            raise ValueError("grid holds non-finite values (NaN or inf)")
+        # elsewhere than on the CPU, Reducer.__call__ reads this check after the reduction, so that the host does
+        # not wait here for the work queued before the grid
+        if grid.device.type == "cpu" and not bool(torch.isfinite(grid).all()):
+            raise ValueError(NON_FINITE_GRID)
         if self.importance is not None and tuple(self.importance.shape) != tuple(grid.shape[:3]):
             raise ValueError(
                 f"importance must have shape [T, H, W] = {tuple(grid.shape[:3])}, got {tuple(self.importance.shape)}"
@@ -173,6 +178,7 @@ class Reducer(ABC):
         missing = sorted(need for need in self.needs if getattr(video, need) is None)
         if missing:
             raise ValueError(f"reducer {self.name!r} needs {' and '.join(missing)} besides the grid")
+        finite = None if video.grid.device.type == "cpu" else torch.isfinite(video.grid).all()
         if video.grid.is_cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
@@ -184,6 +190,8 @@ class Reducer(ABC):
             t0 = time.perf_counter()
             result = self.reduce(video)
             elapsed = (time.perf_counter() - t0) * 1e3
+        if finite is not None and not finite:
+            raise ValueError(NON_FINITE_GRID)
         return replace(result, reducer_ms=elapsed)
 
 

@@ -18,9 +18,11 @@ Two variants:
 
 Both pair the first row/column at odd sizes (a choice of partition, not a defect).
 
-The algorithm works on dense per-level maps; index tensors that depend only on the grid shape are built once
-per shape (``grid_layout``). The host waits on the device only to compact the node list, once per round of the
-label propagation (as the authors' loop does), and to compact the survivors.
+The algorithm works on dense maps of fixed size: per-level maps for the quadtree, and one slot per grid patch for
+the nodes (a node sits at the slot of its top-left patch), so that no intermediate size depends on the data.
+Index tensors that depend only on the grid shape are built once per shape (``grid_layout``). The host waits on
+the device only to learn when the label propagation has settled (once per ``ROUNDS_PER_CHECK`` rounds) and to
+compact the survivors: on a GPU the rest is queued behind the work before it, which hides its launch cost.
 
 Numerics: similarities in float32, pyramid levels accumulated in float32 and stored in the input dtype (as
 ``avg_pool2d`` does); temporal group sums accumulate in float32 (the authors accumulate in the input dtype, in
@@ -287,14 +289,17 @@ def emitted_nodes(tree: QuadTree, threshold: float) -> list[torch.Tensor]:
 
 @dataclass(frozen=True)
 class Nodes:
-    """The spatially merged tokens of a video in the authors' order: frame-major, raster order of top-left.
+    """The spatially merged tokens of a video, one slot per grid patch (S = T·H·W): a node sits at the slot of its
+    top-left patch, so the slots' frame-major raster order is the authors' order of the nodes.
 
-    features:     [N, C] (patch sums when the tree holds sums).
-    boxes:        [N, 5] int64 (t, y0, x0, y1, x1).
-    num_patches:  [N] int64.
-    cover:        [T, H, W] int64 index of the node covering each grid patch.
+    is_node:      [S] bool, which slots hold a node; the other rows below are undefined.
+    features:     [S, C] (patch sums when the tree holds sums).
+    boxes:        [S, 5] int64 (t, y0, x0, y1, x1).
+    num_patches:  [S] int64.
+    cover:        [T, H, W] int64 slot of the node covering each grid patch.
     """
 
+    is_node: torch.Tensor
     features: torch.Tensor
     boxes: torch.Tensor
     num_patches: torch.Tensor
@@ -302,47 +307,45 @@ class Nodes:
 
 
 def collect_nodes(tree: QuadTree, emitted: list[torch.Tensor]) -> Nodes:
-    """Gather the emitted nodes of every level into one list sorted by (t, y0, x0) (§1.5)."""
+    """Place the emitted nodes of every level at the slots of their top-left patches (§1.5)."""
     t, height, width, _ = tree.shape
     layout, cells = tree.layout, height * width
-    patches = torch.arange(cells, device=layout.cells.device)
+    device = layout.cells.device
+    patches = torch.arange(cells, device=device)
     # each patch has exactly one emitted ancestor-or-self: the node covering it
     ancestor_emitted = torch.cat([e.flatten(1) for e in emitted], dim=1)[:, layout.ancestor_cell]  # [T, L, H·W]
     cover_level = ancestor_emitted.max(dim=1).indices  # [T, H·W]
     cover_corner = layout.ancestor_corner.expand(t, -1, -1).gather(1, cover_level[:, None]).squeeze(1)
-    keys = (cover_corner == patches).flatten().nonzero().squeeze(1)  # ascending: the authors' order
-    node_at = torch.full((t * cells,), -1, dtype=torch.long, device=keys.device)
-    node_at[keys] = torch.arange(len(keys), device=keys.device)
-    frames = torch.arange(t, device=keys.device)[:, None] * cells
-    cover = node_at[frames + cover_corner].view(t, height, width)
-
-    frame, corner, level = keys // cells, keys % cells, cover_level.flatten()[keys]
+    frames = torch.arange(t, device=device)[:, None] * cells
+    slots = torch.arange(t * cells, device=device)
+    frame, corner, level = slots // cells, slots % cells, cover_level.flatten()
     y, x = corner // width, corner % width
     y1, x1, cell = layout.corner_info[level, corner].unbind(dim=1)
-    features = gather_node_features(tree, keys, level, frame, cell)
+    features = gather_node_features(tree, slots, level, frame, cell)
     boxes = torch.stack([frame, y, x, y1, x1], dim=1)
-    return Nodes(features, boxes, (y1 - y) * (x1 - x), cover)
+    is_node = (cover_corner == patches).flatten()
+    return Nodes(is_node, features, boxes, (y1 - y) * (x1 - x), (frames + cover_corner).view(t, height, width))
 
 
 def gather_node_features(
-    tree: QuadTree, keys: torch.Tensor, level: torch.Tensor, frame: torch.Tensor, cell: torch.Tensor
+    tree: QuadTree, slots: torch.Tensor, level: torch.Tensor, frame: torch.Tensor, cell: torch.Tensor
 ) -> torch.Tensor:
-    """[N, C] features of nodes given by level, frame and cell within the level; finest-level nodes by key.
+    """[S, C] features of nodes given by level, frame and cell within the level; finest-level nodes by slot.
 
     Reads the finest level in place rather than copying it into one bank with the coarse levels.
     """
     finest = tree.features[-1].flatten(0, 2)
     if len(tree.features) == 1:
-        return finest[keys]
+        return finest[slots]
     leaf = level == len(tree.features) - 1
     coarse = torch.cat([f.flatten(0, 2) for f in tree.features[:-1]])
     cells, cells_before = tree.layout.cells[level].unbind(dim=1)
     coarse_index = len(tree.features[-1]) * cells_before + frame * cells + cell
-    return torch.where(leaf[:, None], finest[torch.where(leaf, keys, 0)], coarse[torch.where(leaf, 0, coarse_index)])
+    return torch.where(leaf[:, None], finest[torch.where(leaf, slots, 0)], coarse[torch.where(leaf, 0, coarse_index)])
 
 
 def neighbours_in_time(nodes: Nodes) -> tuple[torch.Tensor, torch.Tensor]:
-    """[N] each node's partner in the next frame and in the previous one (its own frame at the video's ends).
+    """[S] each node's partner (a slot) in the next frame and in the previous one (its own frame at the video's ends).
 
     Two quadtree nodes of consecutive frames are nested (§2.1) iff they overlap, and then the smaller one's
     top-left patch lies in both. So every nested pair is (node, the next frame's node at its top-left) or
@@ -354,56 +357,81 @@ def neighbours_in_time(nodes: Nodes) -> tuple[torch.Tensor, torch.Tensor]:
     return nodes.cover[(frame + 1).clamp_max(t - 1), y, x], nodes.cover[(frame - 1).clamp_min(0), y, x]
 
 
+#: rounds of the label propagation queued between two looks at whether it has settled.
+ROUNDS_PER_CHECK = 8
+
+
 def propagate_labels(
-    num_nodes: int, earlier: torch.Tensor, later: torch.Tensor, linked: torch.Tensor, until_consistent: bool
+    num_slots: int, earlier: torch.Tensor, later: torch.Tensor, linked: torch.Tensor, until_consistent: bool
 ) -> torch.Tensor:
-    """[N] group label (smallest member index) of each node, by the authors' min-label propagation (§2.3).
+    """[S] group label (smallest member slot) of each slot, by the authors' min-label propagation (§2.3).
 
     Each round, both ends of every linked pair take the pair's smaller label (``amin`` scatters), then every
     label jumps to its label's label. ``until_consistent=False`` is the authors' loop: it stops at the first
     round whose labels are idempotent, which can be before every linked pair agrees. ``True`` goes on until
-    every linked pair shares a label (connected components).
+    every linked pair shares a label (connected components). Rounds after the one that settles leave the labels
+    as they are, so the host looks only every ``ROUNDS_PER_CHECK`` rounds.
     """
-    dummy = num_nodes  # unlinked pairs point both ends here, so they never lower a real label
+    dummy = num_slots  # unlinked pairs point both ends here, so they never lower a real label
     earlier, later = torch.where(linked, earlier, dummy), torch.where(linked, later, dummy)
     ends = torch.cat([earlier, later])
-    labels = torch.arange(num_nodes + 1, device=earlier.device)
+    labels = torch.arange(num_slots + 1, device=earlier.device)
+    settled = torch.zeros((), dtype=torch.bool, device=earlier.device)
     while True:
-        smaller = labels[ends].view(2, -1).amin(dim=0)
-        labels.scatter_reduce_(0, earlier, smaller, reduce="amin")
-        labels.scatter_reduce_(0, later, smaller, reduce="amin")
-        labels = labels[labels]
-        settled = torch.equal(labels, labels[labels])
-        if settled and until_consistent:
-            settled = torch.equal(labels[earlier], labels[later])
+        for _ in range(ROUNDS_PER_CHECK):
+            smaller = labels[ends].view(2, -1).amin(dim=0)
+            updated = labels.scatter_reduce(0, earlier, smaller, reduce="amin")
+            updated = updated.scatter_reduce_(0, later, smaller, reduce="amin")
+            labels = torch.where(settled, labels, updated[updated])
+            now_settled = (labels == labels[labels]).all()
+            if until_consistent:
+                now_settled &= (labels[earlier] == labels[later]).all()
+            settled = settled | now_settled
         if settled:
-            return labels[:num_nodes]
+            return labels[:num_slots]
 
 
 def most_similar_links(
-    earlier: torch.Tensor, later: torch.Tensor, linked: torch.Tensor, sim: torch.Tensor, num_nodes: int
+    earlier: torch.Tensor, later: torch.Tensor, linked: torch.Tensor, sim: torch.Tensor, num_slots: int
 ) -> torch.Tensor:
-    """[P] bool: keep, for each later node, only its link to the most similar earlier node (ties: lowest index)."""
+    """[P] bool: keep, for each later node, only its link to the most similar earlier node (ties: lowest slot)."""
     score = torch.where(linked, sim, -math.inf)
-    best = torch.full((num_nodes,), -math.inf, device=sim.device).scatter_reduce(0, later, score, reduce="amax")
+    best = torch.full((num_slots,), -math.inf, device=sim.device).scatter_reduce(0, later, score, reduce="amax")
     is_best = linked & (score == best[later])
-    candidate = torch.where(is_best, earlier, num_nodes)
-    chosen = torch.full_like(best, num_nodes, dtype=torch.long).scatter_reduce(0, later, candidate, reduce="amin")
+    candidate = torch.where(is_best, earlier, num_slots)
+    chosen = torch.full_like(best, num_slots, dtype=torch.long).scatter_reduce(0, later, candidate, reduce="amin")
     return is_best & (earlier == chosen[later])
 
 
+def representatives(nodes: Nodes, labels: torch.Tensor | None) -> torch.Tensor:
+    """[S] bool: the slots that become tokens, each node's group's member of smallest slot (every node when
+    ``labels`` is None)."""
+    if labels is None:
+        return nodes.is_node
+    return nodes.is_node & (labels == torch.arange(len(labels), device=labels.device))
+
+
 def merge_groups(nodes: Nodes, labels: torch.Tensor, sums: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Replace each group by one token at its representative, the member of smallest index (§2.4).
+    """Replace each group by one token at its representative (§2.4).
 
     Returns features [N', C] (the members' unweighted mean, or with ``sums`` their patch-weighted mean), boxes
-    [N', 5] (the representative's box) and num_patches [N'] (the group's total).
+    [N', 5] (the representative's box) and num_patches [N'] (the group's total). Members are added in slot order,
+    the representative first.
     """
-    representative = labels == torch.arange(len(labels), device=labels.device)
-    keep, merged = representative.nonzero().squeeze(1), (~representative).nonzero().squeeze(1)
-    group = (torch.cumsum(representative, 0) - 1)[labels]
-    total = nodes.features[keep].float().index_add_(0, group[merged], nodes.features[merged].float())
-    patches = nodes.num_patches[keep].index_add(0, group[merged], nodes.num_patches[merged])
-    divisor = patches if sums else torch.bincount(group, minlength=len(keep))
+    representative = representatives(nodes, labels)
+    keep = representative.nonzero().squeeze(1)
+    outside = len(keep)  # the row that collects the slots holding no node
+    group = torch.where(nodes.is_node, (torch.cumsum(representative, 0) - 1)[labels], outside)
+    channels = nodes.features.shape[1]
+    total = nodes.features.new_zeros(outside + 1, channels, dtype=torch.float32)
+    total = total.index_add_(0, group, nodes.features.float())[:outside]
+    patches = torch.zeros(outside + 1, dtype=torch.long, device=group.device).index_add_(0, group, nodes.num_patches)
+    patches = patches[:outside]
+    if sums:
+        divisor = patches
+    else:
+        divisor = torch.zeros(outside + 1, dtype=torch.long, device=group.device)
+        divisor = divisor.index_add_(0, group, torch.ones_like(group))[:outside]
     return (total / divisor[:, None]).to(nodes.features.dtype), nodes.boxes[keep], patches
 
 
@@ -418,16 +446,17 @@ def group_nodes(
     nodes = collect_nodes(tree, emitted_nodes(tree, threshold))
     if temporal_threshold <= 0:
         return nodes, None
-    num_nodes = len(nodes.boxes)
+    num_slots = len(nodes.boxes)
     next_partner, previous_partner = neighbours_in_time(nodes)
-    own = torch.arange(num_nodes, device=next_partner.device)
+    own = torch.arange(num_slots, device=next_partner.device)
     frame, last_frame = nodes.boxes[:, 0], nodes.cover.shape[0] - 1
     earlier, later = torch.cat([own, previous_partner]), torch.cat([next_partner, own])
     sim = partner_similarity(nodes.features, torch.stack([next_partner, previous_partner]), head_dim).flatten()
-    linked = torch.cat([frame < last_frame, frame > 0]) & (sim >= temporal_threshold)
+    in_time = torch.cat([nodes.is_node & (frame < last_frame), nodes.is_node & (frame > 0)])
+    linked = in_time & (sim >= temporal_threshold)
     if variant == "corrected":
-        linked = most_similar_links(earlier, later, linked, sim, num_nodes)
-    labels = propagate_labels(num_nodes, earlier, later, linked, until_consistent=variant == "corrected")
+        linked = most_similar_links(earlier, later, linked, sim, num_slots)
+    labels = propagate_labels(num_slots, earlier, later, linked, until_consistent=variant == "corrected")
     return nodes, labels
 
 
@@ -448,9 +477,7 @@ def partner_similarity(features: torch.Tensor, partners: torch.Tensor, head_dim:
 
 def count_tokens(nodes: Nodes, labels: torch.Tensor | None) -> int:
     """Tokens left after grouping: one per group."""
-    if labels is None:
-        return len(nodes.boxes)
-    return int((labels == torch.arange(len(labels), device=labels.device)).sum())
+    return int(representatives(nodes, labels).sum())
 
 
 def merge_video(
@@ -460,6 +487,8 @@ def merge_video(
     nodes, labels = group_nodes(tree, threshold, temporal_threshold, variant, head_dim)
     if labels is not None:
         return merge_groups(nodes, labels, tree.sums)
+    keep = nodes.is_node.nonzero().squeeze(1)
+    features, num_patches = nodes.features[keep], nodes.num_patches[keep]
     if tree.sums:
-        return nodes.features / nodes.num_patches[:, None].to(nodes.features.dtype), nodes.boxes, nodes.num_patches
-    return nodes.features, nodes.boxes, nodes.num_patches
+        features = features / num_patches[:, None].to(features.dtype)
+    return features, nodes.boxes[keep], num_patches

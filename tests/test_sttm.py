@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from sttm import check_golden
+from sttm import check_golden, merge
 from sttm.api import VideoTokens
 from sttm.merge import build_quadtree, merge_video
 from sttm.reducer import STTM
@@ -214,6 +214,38 @@ def test_official_stops_label_propagation_early_corrected_finds_whole_groups():
     official = STTM(threshold=0.99, temporal_threshold=0.5, root_level=0).reduce(VideoTokens(grid))
     assert official.num_kept == 7  # u1 + b merged, u2 left alone
     assert official.info == {"threshold": 0.99, "temporal_threshold": 0.5, "variant": "official"}
+
+
+def round_by_round_labels(num_slots, earlier, later, linked, until_consistent):
+    """The authors' min-label propagation as a plain loop that looks at the labels after every round; also
+    returns how many rounds it ran."""
+    earlier, later = torch.where(linked, earlier, num_slots), torch.where(linked, later, num_slots)
+    labels, rounds = torch.arange(num_slots + 1), 0
+    while True:
+        rounds += 1
+        smaller = torch.minimum(labels[earlier], labels[later])
+        labels.scatter_reduce_(0, earlier, smaller, reduce="amin")
+        labels.scatter_reduce_(0, later, smaller, reduce="amin")
+        labels = labels[labels]
+        if torch.equal(labels, labels[labels]) and (
+            not until_consistent or torch.equal(labels[earlier], labels[later])
+        ):
+            return labels[:num_slots], rounds
+
+
+@pytest.mark.parametrize("until_consistent", [False, True])
+@pytest.mark.parametrize("seed", range(4))
+def test_label_propagation_checked_every_few_rounds_equals_checking_every_round(seed, until_consistent):
+    """Long chains linked from their far end need more rounds than one block between the host's checks."""
+    generator = torch.Generator().manual_seed(seed)
+    num_slots = 3000
+    order = torch.randperm(num_slots, generator=generator)
+    earlier = torch.cat([order[:-1], torch.randint(num_slots, (500,), generator=generator)])
+    later = torch.cat([order[1:], torch.randint(num_slots, (500,), generator=generator)])
+    linked = torch.rand(len(earlier), generator=generator) < 0.97
+    expected, rounds = round_by_round_labels(num_slots, earlier, later, linked, until_consistent)
+    assert rounds > merge.ROUNDS_PER_CHECK
+    assert torch.equal(merge.propagate_labels(num_slots, earlier, later, linked, until_consistent), expected)
 
 
 def test_official_averages_members_unweighted_corrected_by_patch_count():

@@ -289,9 +289,12 @@ class ReductionSession:
         keep, valid = left_pad(keeps, 0)
         reduced, _ = left_pad(tokens, 0)
         padded = len({len(row) for row in keeps}) > 1
-        starts = torch.tensor([span.start for span in self.videos], device=device)[:, None]
-        ends = torch.tensor([span.end for span in self.videos], device=device)[:, None]
-        visual = valid & (keep >= starts) & (keep < ends)
+        # where each row's kept video begins once left-padded (host integers: nothing waits for the device)
+        firsts = [keep.shape[1] - len(row) + span.start for row, span in zip(keeps, self.videos, strict=True)]
+        slots = torch.arange(keep.shape[1], device=device)
+        visual = torch.stack(
+            [(slots >= first) & (slots < first + r.num_kept) for first, r in zip(firsts, reductions, strict=True)]
+        )
         mask = torch.ones_like(keep) if attention_mask is None else gather_along(attention_mask, keep, 1)
         mask = mask * valid.to(mask.device)
         full_positions = default_positions(states) if position_ids is None else position_ids
