@@ -41,6 +41,11 @@ def check_budget(budget: float) -> float:
 NON_FINITE_GRID = "grid holds non-finite values (NaN or inf)"
 
 
+def all_finite(values: torch.Tensor) -> torch.Tensor:
+    """0-d bool: whether ``values`` (non-empty) hold no NaN or inf, in one reduction (min and max carry both)."""
+    return torch.isfinite(torch.stack(values.aminmax())).all()
+
+
 @dataclass(frozen=True)
 class VideoTokens:
     """The visual tokens of one video, and what a method may need besides them.
@@ -71,7 +76,7 @@ class VideoTokens:
             raise ValueError(f"grid is empty: shape {tuple(grid.shape)} (a video needs at least one frame)")
         # elsewhere than on the CPU, Reducer.__call__ reads this check after the reduction, so that the host does
         # not wait here for the work queued before the grid
-        if grid.device.type == "cpu" and not bool(torch.isfinite(grid).all()):
+        if grid.device.type == "cpu" and not all_finite(grid):
             raise ValueError(NON_FINITE_GRID)
         if self.importance is not None and tuple(self.importance.shape) != tuple(grid.shape[:3]):
             raise ValueError(
@@ -178,7 +183,7 @@ class Reducer(ABC):
         missing = sorted(need for need in self.needs if getattr(video, need) is None)
         if missing:
             raise ValueError(f"reducer {self.name!r} needs {' and '.join(missing)} besides the grid")
-        finite = None if video.grid.device.type == "cpu" else torch.isfinite(video.grid).all()
+        finite = None if video.grid.device.type == "cpu" else all_finite(video.grid)
         if video.grid.is_cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()

@@ -321,27 +321,23 @@ def collect_nodes(tree: QuadTree, emitted: list[torch.Tensor]) -> Nodes:
     frame, corner, level = slots // cells, slots % cells, cover_level.flatten()
     y, x = corner // width, corner % width
     y1, x1, cell = layout.corner_info[level, corner].unbind(dim=1)
-    features = gather_node_features(tree, slots, level, frame, cell)
+    features = node_features(tree, level, frame, cell)
     boxes = torch.stack([frame, y, x, y1, x1], dim=1)
     is_node = (cover_corner == patches).flatten()
     return Nodes(is_node, features, boxes, (y1 - y) * (x1 - x), (frames + cover_corner).view(t, height, width))
 
 
-def gather_node_features(
-    tree: QuadTree, slots: torch.Tensor, level: torch.Tensor, frame: torch.Tensor, cell: torch.Tensor
-) -> torch.Tensor:
-    """[S, C] features of nodes given by level, frame and cell within the level; finest-level nodes by slot.
-
-    Reads the finest level in place rather than copying it into one bank with the coarse levels.
-    """
+def node_features(tree: QuadTree, level: torch.Tensor, frame: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+    """[S, C] the features of the nodes at the slots, given by level, frame and cell within the level [S]: a slot's
+    finest-level node is the finest level's row of the same index, read in place."""
     finest = tree.features[-1].flatten(0, 2)
     if len(tree.features) == 1:
-        return finest[slots]
+        return finest
     leaf = level == len(tree.features) - 1
     coarse = torch.cat([f.flatten(0, 2) for f in tree.features[:-1]])
     cells, cells_before = tree.layout.cells[level].unbind(dim=1)
     coarse_index = len(tree.features[-1]) * cells_before + frame * cells + cell
-    return torch.where(leaf[:, None], finest[torch.where(leaf, slots, 0)], coarse[torch.where(leaf, 0, coarse_index)])
+    return torch.where(leaf[:, None], finest, coarse[torch.where(leaf, 0, coarse_index)])
 
 
 def neighbours_in_time(nodes: Nodes) -> tuple[torch.Tensor, torch.Tensor]:
@@ -372,10 +368,11 @@ def propagate_labels(
     every linked pair shares a label (connected components). Rounds after the one that settles leave the labels
     as they are, so the host looks only every ``ROUNDS_PER_CHECK`` rounds.
     """
-    dummy = num_slots  # unlinked pairs point both ends here, so they never lower a real label
-    earlier, later = torch.where(linked, earlier, dummy), torch.where(linked, later, dummy)
+    # an unlinked pair becomes a loop on one slot, which changes no label (and spreads the writes over slots)
+    loop = torch.arange(len(linked), device=linked.device) % num_slots
+    earlier, later = torch.where(linked, earlier, loop), torch.where(linked, later, loop)
     ends = torch.cat([earlier, later])
-    labels = torch.arange(num_slots + 1, device=earlier.device)
+    labels = torch.arange(num_slots, device=earlier.device)
     settled = torch.zeros((), dtype=torch.bool, device=earlier.device)
     while True:
         for _ in range(ROUNDS_PER_CHECK):
@@ -388,7 +385,7 @@ def propagate_labels(
                 now_settled &= (labels[earlier] == labels[later]).all()
             settled = settled | now_settled
         if settled:
-            return labels[:num_slots]
+            return labels
 
 
 def most_similar_links(
@@ -415,23 +412,14 @@ def merge_groups(nodes: Nodes, labels: torch.Tensor, sums: bool) -> tuple[torch.
     """Replace each group by one token at its representative (§2.4).
 
     Returns features [N', C] (the members' unweighted mean, or with ``sums`` their patch-weighted mean), boxes
-    [N', 5] (the representative's box) and num_patches [N'] (the group's total). Members are added in slot order,
-    the representative first.
+    [N', 5] (the representative's box) and num_patches [N'] (the group's total).
     """
     representative = representatives(nodes, labels)
-    keep = representative.nonzero().squeeze(1)
-    outside = len(keep)  # the row that collects the slots holding no node
-    group = torch.where(nodes.is_node, (torch.cumsum(representative, 0) - 1)[labels], outside)
-    channels = nodes.features.shape[1]
-    total = nodes.features.new_zeros(outside + 1, channels, dtype=torch.float32)
-    total = total.index_add_(0, group, nodes.features.float())[:outside]
-    patches = torch.zeros(outside + 1, dtype=torch.long, device=group.device).index_add_(0, group, nodes.num_patches)
-    patches = patches[:outside]
-    if sums:
-        divisor = patches
-    else:
-        divisor = torch.zeros(outside + 1, dtype=torch.long, device=group.device)
-        divisor = divisor.index_add_(0, group, torch.ones_like(group))[:outside]
+    keep, merged = representative.nonzero().squeeze(1), (nodes.is_node & ~representative).nonzero().squeeze(1)
+    group = (torch.cumsum(representative, 0) - 1)[labels[merged]]
+    total = nodes.features[keep].float().index_add_(0, group, nodes.features[merged].float())
+    patches = nodes.num_patches[keep].index_add(0, group, nodes.num_patches[merged])
+    divisor = patches if sums else torch.ones_like(patches).index_add_(0, group, torch.ones_like(group))
     return (total / divisor[:, None]).to(nodes.features.dtype), nodes.boxes[keep], patches
 
 

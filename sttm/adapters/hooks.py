@@ -202,6 +202,9 @@ def causal_mask(allowed_columns: torch.Tensor, queries: int) -> torch.Tensor:
 def left_pad(rows: list[torch.Tensor], fill) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack [n_b, ...] rows into [B, max n_b, ...], filling on the left; also return the [B, N] valid mask."""
     length = max(len(row) for row in rows)
+    if all(len(row) == length for row in rows):
+        padded = rows[0][None] if len(rows) == 1 else torch.stack(rows)
+        return padded, torch.ones(padded.shape[:2], dtype=torch.bool, device=padded.device)
     padded = torch.stack([torch.cat([row.new_full((length - len(row), *row.shape[1:]), fill), row]) for row in rows])
     valid = torch.stack([torch.arange(length, device=padded.device) >= length - len(row) for row in rows])
     return padded, valid
