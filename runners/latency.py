@@ -35,7 +35,7 @@ from sttm.adapters.loading import MODEL_CLASSES
 from sttm.adapters.reuse import greedy_from_prefix, prefill_prefix
 from sttm.adapters.timing import Clock, timed_generate
 from sttm.adapters.tiny import placeholder_token_ids, tiny_processor
-from sttm.api import Reducer, Stage, build_reducer, reducer_class
+from sttm.api import Reducer, Reduction, Stage, VideoTokens, build_reducer, keep_subset, reducer_class
 from sttm.reducer import STTM
 
 QWEN2_7B = dict(
@@ -182,6 +182,25 @@ def layers_ms(text_model, embeds: torch.Tensor, keep: torch.Tensor | None, layer
     return statistics.median(times[1:])
 
 
+def evenly_spaced(count: int, budget: float, device) -> torch.Tensor:
+    """[round(budget·count)] indexes spread evenly over 0..count−1."""
+    return torch.linspace(0, count - 1, round(budget * count), device=device).round().long()
+
+
+class EvenlySpaced(Reducer):
+    """A reducer that costs nothing: an evenly spaced share of the video's tokens, kept at decoder ``layer``. Timed
+    through the same hooks as the others, it shows what reduction at that layer gives inside the harness."""
+
+    name = "evenly spaced"
+    stage = Stage.LLM_LAYER
+
+    def __init__(self, budget: float, layer: int = LLM_LAYER) -> None:
+        self.budget, self.layer = budget, layer
+
+    def reduce(self, video: VideoTokens) -> Reduction:
+        return keep_subset(video, evenly_spaced(video.num_tokens, self.budget, video.grid.device))
+
+
 def ceiling_rows(name: str, model, inputs: dict, frames: int, budgets: list[float], repeats: int) -> list[dict]:
     """What cutting the video to each budget at the language model's input and at ``LLM_LAYER`` can give at best:
     the decoder layers alone on random embeddings of the prompt's length, an evenly spaced share of the video's
@@ -193,7 +212,7 @@ def ceiling_rows(name: str, model, inputs: dict, frames: int, budgets: list[floa
     visual, text = placeholders.nonzero()[:, 0], (~placeholders).nonzero()[:, 0]
     rows = []
     for budget in budgets:
-        kept_visual = visual[torch.linspace(0, len(visual) - 1, round(budget * len(visual))).round().long()]
+        kept_visual = visual[evenly_spaced(len(visual), budget, visual.device)]
         keep = torch.cat([text, kept_visual]).sort().values
         for layer, method in (
             (0, "ceiling: cut at the LLM's input"),
@@ -257,7 +276,9 @@ def run(
         rows += ceiling_rows(name, model, inputs, frames, budgets, repeats)
         print(*rows[-2 * len(budgets) :], sep="\n", flush=True)
         for budget in budgets:
-            settings = reducers_at(budget, family, names)
+            settings = [(f"ceiling: {EvenlySpaced.name} at layer {LLM_LAYER}, no cost, through the hooks",
+                         EvenlySpaced(budget))]  # fmt: skip
+            settings += reducers_at(budget, family, names)
             sttm = next((reducer for method, reducer in settings if method == "sttm"), None)
             if isinstance(sttm, STTM):
                 settings.append(("sttm (fixed thresholds)", fixed_thresholds(sttm, model, inputs)))

@@ -7,6 +7,7 @@ import torch
 
 from runners.latency import (
     ARCHITECTURES,
+    EvenlySpaced,
     ceiling_rows,
     cut_forward,
     markdown,
@@ -18,6 +19,7 @@ from runners.latency import (
 )
 from sttm.adapters.loading import MODEL_CLASSES
 from sttm.adapters.tiny import FRAME_SIZE, tiny_config
+from sttm.api import VideoTokens, flat_positions
 
 
 @pytest.mark.parametrize(("name", "billions"), [("llava_onevision_7b", 8.03), ("qwen2_vl_7b", 8.29)])
@@ -61,7 +63,8 @@ def test_the_whole_benchmark_runs_on_a_tiny_architecture(monkeypatch):
     monkeypatch.setattr("runners.latency.real_size_config", lambda name: tiny_config("llava_onevision"))
     rows = run("tiny", [8], [0.5], repeats=1, attention="sdpa", kv_reuse=2, device="cpu")
     measured = {row["method"]: row for row in rows if "kept_ratio" in row}
-    assert {"full tokens", "sttm", "sttm (fixed thresholds)", "tome", "vidcom2", "dycoke", "pool"} <= set(measured)
+    no_cost = "ceiling: evenly spaced at layer 2, no cost, through the hooks"
+    assert {"full tokens", no_cost, "sttm", "sttm (fixed thresholds)", "tome", "vidcom2", "dycoke"} <= set(measured)
     assert all(0 < row["kept_ratio"] <= 0.5 + 1e-9 for name, row in measured.items() if name != "full tokens")
     assert rows[0]["speedup"] > 0 and rows[0]["reused_prefill_ms_per_question"] > 0
     assert "| tiny | 8 | sttm |" in markdown(rows, "## tiny")
@@ -93,3 +96,12 @@ def test_ceilings_cut_the_video_to_each_budget(monkeypatch):
     visual = int((inputs["input_ids"] == model.config.video_token_id).sum())
     assert [row["kept_ratio"] for row in rows] == [round(b * visual) / visual for b in (0.5, 0.5, 0.3, 0.3)]
     assert "decoder layers alone" in markdown(rows, "## tiny")
+
+
+def test_the_no_cost_reducer_keeps_an_evenly_spaced_share_of_the_grid():
+    grid = torch.randn(4, 3, 3, 8)
+    reduction = EvenlySpaced(0.25)(VideoTokens(grid))
+    assert reduction.num_kept == 9 and reduction.num_patches.sum() == 9
+    kept = flat_positions(reduction.boxes, 3, 3)
+    assert kept[0] == 0 and kept[-1] == 35 and len(set((kept[1:] - kept[:-1]).tolist())) <= 2
+    torch.testing.assert_close(reduction.tokens, grid.reshape(-1, 8)[kept])
