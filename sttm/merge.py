@@ -22,7 +22,8 @@ The algorithm works on dense maps of fixed size: per-level maps for the quadtree
 the nodes (a node sits at the slot of its top-left patch), so that no intermediate size depends on the data.
 Index tensors that depend only on the grid shape are built once per shape (``grid_layout``). The host waits on
 the device only to learn when the label propagation has settled (once per ``ROUNDS_PER_CHECK`` rounds) and to
-compact the survivors: on a GPU the rest is queued behind the work before it, which hides its launch cost.
+compact the survivors and the merged members: on a GPU the rest is queued behind the work before it, which
+hides its launch cost.
 
 Numerics: similarities in float32, pyramid levels accumulated in float32 and stored in the input dtype (as
 ``avg_pool2d`` does); temporal group sums accumulate in float32 (the authors accumulate in the input dtype, in
