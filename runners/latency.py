@@ -159,15 +159,23 @@ def measure_call(device: torch.device, call) -> float:
     return clock.between("start", "end")
 
 
+def text_positions(text_model, length: int, device) -> torch.Tensor:
+    """Positions 0..L−1 as the language model's rotary embedding takes them: [1, L], or [3, 1, L] for M-RoPE."""
+    positions = torch.arange(length, device=device)[None]
+    if (text_model.config.rope_parameters or {}).get("mrope_section"):
+        return positions.expand(3, 1, length)
+    return positions
+
+
 def cut_forward(text_model, embeds: torch.Tensor, keep: torch.Tensor | None, layer: int) -> torch.Tensor:
     """The language model's decoder layers and final norm over ``embeds`` [1, N, C], called one by one without
     hooks, cache or mask (causal attention), the sequence cut to the ``keep`` indexes [N'] (None: all) at the input
     of decoder ``layer``, each token keeping its position. Returns the last hidden states [1, N', C]."""
-    positions = torch.arange(embeds.shape[1], device=embeds.device)[None]
+    positions = text_positions(text_model, embeds.shape[1], embeds.device)
     hidden, rotary = embeds, text_model.rotary_emb(embeds, positions)
     for index, decoder in enumerate(text_model.layers):
         if index == layer and keep is not None:
-            hidden, rotary = hidden[:, keep], tuple(values[:, keep] for values in rotary)
+            hidden, rotary = hidden[:, keep], tuple(values[..., keep, :] for values in rotary)
         hidden = decoder(hidden, position_embeddings=rotary)
     return text_model.norm(hidden)
 

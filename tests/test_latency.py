@@ -16,6 +16,7 @@ from runners.latency import (
     reducers_at,
     request,
     run,
+    text_positions,
 )
 from sttm.adapters.loading import MODEL_CLASSES
 from sttm.adapters.tiny import FRAME_SIZE, tiny_config
@@ -70,23 +71,27 @@ def test_the_whole_benchmark_runs_on_a_tiny_architecture(monkeypatch):
     assert "| tiny | 8 | sttm |" in markdown(rows, "## tiny")
 
 
-def test_the_ceiling_forward_is_the_language_model_on_the_kept_tokens():
-    model = MODEL_CLASSES["llava_onevision"]._from_config(tiny_config("llava_onevision")).eval()
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_vl"])
+def test_the_ceiling_forward_is_the_language_model_on_the_kept_tokens(family):
+    model = MODEL_CLASSES[family]._from_config(tiny_config(family)).eval()
     text_model = model.model.language_model
     embeds = torch.randn(1, 12, text_model.config.hidden_size)
     keep = torch.tensor([0, 1, 4, 5, 9, 11])
+    kept_positions = text_positions(text_model, 12, "cpu")[..., keep]
+    assert kept_positions.shape == ((3, 1, 6) if family == "qwen2_vl" else (1, 6))
     with torch.no_grad():
         whole = text_model(inputs_embeds=embeds).last_hidden_state
-        cut_at_input = text_model(inputs_embeds=embeds[:, keep], position_ids=keep[None]).last_hidden_state
+        cut_at_input = text_model(inputs_embeds=embeds[:, keep], position_ids=kept_positions).last_hidden_state
         torch.testing.assert_close(cut_forward(text_model, embeds, None, 2), whole)
         torch.testing.assert_close(cut_forward(text_model, embeds, keep, 0), cut_at_input)
         cut_later = cut_forward(text_model, embeds, keep, 1)
     assert cut_later.shape == cut_at_input.shape and not torch.allclose(cut_later, cut_at_input)
 
 
-def test_ceilings_cut_the_video_to_each_budget(monkeypatch):
-    monkeypatch.setitem(ARCHITECTURES, "tiny", ("llava_onevision", FRAME_SIZE))
-    model = MODEL_CLASSES["llava_onevision"]._from_config(tiny_config("llava_onevision")).eval()
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_vl"])
+def test_ceilings_cut_the_video_to_each_budget(monkeypatch, family):
+    monkeypatch.setitem(ARCHITECTURES, "tiny", (family, FRAME_SIZE))
+    model = MODEL_CLASSES[family]._from_config(tiny_config(family)).eval()
     inputs = request("tiny", 8, device="cpu")
     rows = ceiling_rows("tiny", model, inputs, 8, [0.5, 0.3], repeats=1)
     assert [(row["budget"], row["method"]) for row in rows] == [
