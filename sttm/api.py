@@ -54,6 +54,9 @@ class VideoTokens:
     importance:  optional [T, H, W] per-token score (e.g. attention received), for methods that rank tokens.
     keys:        optional [T, H, W, K] attention keys of the tokens, for methods that compare tokens by them.
     question:    the question text, for query-aware methods.
+
+    Malformed input raises ValueError here; a grid holding NaN or inf does so here on the CPU, and elsewhere when a
+    reducer is called with it (``Reducer.__call__``).
     """
 
     grid: torch.Tensor
