@@ -32,7 +32,6 @@ import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +47,7 @@ from runners.tasks.local import doc_to_text
 from runners.tasks.multiple_choice import extract_answer_letter
 from runners.toybench import LETTERS, generate_split, lettered
 from runners.toybench.benchmarks import BENCHMARKS, Question
-from sttm.adapters.hooks import pre_llm
+from sttm.adapters.hooks import reduction_point
 from sttm.adapters.loading import video_question_prompt
 from sttm.adapters.tiny import FRAME_SIZE, PATCH_SIZE, placeholder_token_ids, text_config, tiny_processor
 from sttm.adapters.video import read_frames
@@ -403,7 +402,7 @@ def forward(model, batch: Batch, reducer: Reducer | None = None) -> tuple[torch.
     """Summed loss over the target tokens, and the logits that predict each suffix token. With a ``reducer``, each
     video's tokens are reduced at the language model's input (original positions) and the suffix continues after
     the full prefix's positions."""
-    with nullcontext() if reducer is None else pre_llm(model, reducer):
+    with reduction_point(model, reducer):
         prefix = model(input_ids=batch.prefix_ids, pixel_values_videos=batch.pixel_values_videos, use_cache=True)
     cache = prefix.past_key_values
     cache.reorder_cache(batch.row_prefix)
