@@ -39,6 +39,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from sttm.group_means import group_means
+
 VARIANTS = ("official", "corrected")
 
 
@@ -119,15 +121,15 @@ class Layout:
     steps:            ``steps[l]`` pairs level l + 1 into level l.
     ancestor_cell:    [L, H·W] each patch's level-l ancestor, as an index into all levels' cells concatenated.
     ancestor_corner:  [L, H·W] the flat finest-grid index of that ancestor's top-left patch.
-    corner_info:      [L, H·W, 3] for the level-l node whose top-left patch is p: (y1, x1, its cell in the level).
-    cells:            [L, 2] cells per frame of each level, and in the levels before it.
+    corner_ends:      [L, H·W, 2] (y1, x1) of the level-l node whose top-left patch is p.
+    corners:          per level [h·w] the flat finest-grid index of each cell's top-left patch.
     """
 
     steps: list[Step]
     ancestor_cell: torch.Tensor
     ancestor_corner: torch.Tensor
-    corner_info: torch.Tensor
-    cells: torch.Tensor
+    corner_ends: torch.Tensor
+    corners: list[torch.Tensor]
 
 
 @functools.lru_cache(maxsize=32)
@@ -155,18 +157,17 @@ def grid_layout(height: int, width: int, root_level: int, device: torch.device) 
         x1.insert(0, x1[0][step.cols.second])
     cells = torch.tensor([h * w for h, w in sizes], device=device)
     cells_before = torch.cumsum(cells, 0) - cells
-    # per level, [h·w] flat finest-grid index (y0·W + x0) of each node's top-left patch
-    corner_of = [(top[:, None] * width + left[None, :]).flatten() for top, left in zip(y0, x0, strict=True)]
-    corner_info = torch.zeros(len(sizes), height * width, 3, dtype=torch.long, device=device)
-    for lvl, (h, w) in enumerate(sizes):
-        ends = torch.stack(torch.broadcast_tensors(y1[lvl][:, None], x1[lvl][None, :]), dim=-1).flatten(0, 1)
-        corner_info[lvl, corner_of[lvl]] = torch.cat([ends, torch.arange(h * w, device=device)[:, None]], dim=1)
+    corners = [(top[:, None] * width + left[None, :]).flatten() for top, left in zip(y0, x0, strict=True)]
+    corner_ends = torch.zeros(len(sizes), height * width, 2, dtype=torch.long, device=device)
+    for lvl in range(len(sizes)):
+        ends = torch.broadcast_tensors(y1[lvl][:, None], x1[lvl][None, :])
+        corner_ends[lvl, corners[lvl]] = torch.stack(ends, dim=-1).flatten(0, 1)
     return Layout(
         steps=steps,
         ancestor_cell=torch.stack(ancestor) + cells_before[:, None],
-        ancestor_corner=torch.stack([corners[cell] for corners, cell in zip(corner_of, ancestor, strict=True)]),
-        corner_info=corner_info,
-        cells=torch.stack([cells, cells_before], dim=1),
+        ancestor_corner=torch.stack([corner[cell] for corner, cell in zip(corners, ancestor, strict=True)]),
+        corner_ends=corner_ends,
+        corners=corners,
     )
 
 
@@ -188,7 +189,7 @@ def pool_level(x: torch.Tensor, step: Step, sums: bool) -> torch.Tensor:
     Accumulates in float32 and rounds once to x's dtype, as the authors' ``avg_pool2d`` / ``lp_pool2d(p=1)``.
     """
     padded = blocks(pad_to_even(x))
-    if not sums and bool(step.all_paired):
+    if not sums and step.all_paired:
         return padded.mean(dim=(2, 4))
     total = padded.sum(dim=(2, 4))
     return total if sums else total / step.children[None, :, :, None].to(total.dtype)
@@ -201,32 +202,43 @@ def batched_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.bmm(a.float(), b.float()).flatten(1)
 
 
+def chunk_norms(x: torch.Tensor, chunks: int) -> torch.Tensor:
+    """[..., C] -> [..., chunks] float32 norms of ``chunks`` equal channel chunks."""
+    return torch.linalg.vector_norm(x.unflatten(-1, (chunks, -1)), dim=-1, dtype=torch.float32)
+
+
 def split_similarity(
-    parent: torch.Tensor, child: torch.Tensor, step: Step, compare_missing_children: bool, head_dim: int | None
+    parent: torch.Tensor,
+    child: torch.Tensor,
+    parent_norms: torch.Tensor,
+    child_norms: torch.Tensor,
+    step: Step,
+    compare_missing_children: bool,
 ) -> torch.Tensor:
     """[T, h, w] the smallest cosine between each parent [T, h, w, C] and its child slots in child [T, hc, wc, C].
 
-    The cosine is ``F.cosine_similarity``'s, in float32; with ``head_dim`` it is averaged over channel chunks.
-    A missing slot is compared with the frame's child (0, 0) when ``compare_missing_children`` (the authors'
-    behaviour, §1.4) and skipped otherwise.
+    ``parent_norms`` [T, h, w, K] and ``child_norms`` [T, hc, wc, K] are ``chunk_norms`` of the two levels. The
+    cosine is ``F.cosine_similarity``'s, in float32, averaged over the K channel chunks. A missing slot is compared
+    with the frame's child (0, 0) when ``compare_missing_children`` (the authors' behaviour, §1.4) and skipped
+    otherwise.
     """
     t, h, w, c = parent.shape
-    chunk = head_dim or c
-    n_chunks = c // chunk
-    kids = blocks(pad_to_even(child)).permute(0, 1, 3, 2, 4, 5).reshape(t * h * w, 4, n_chunks, chunk)
-    dots = batched_dot(kids.transpose(1, 2).reshape(-1, 4, chunk), parent.reshape(t * h * w * n_chunks, chunk, 1)).view(
-        t, h, w, n_chunks, 4
-    )
-    kid_norms = torch.linalg.vector_norm(kids, dim=-1, dtype=torch.float32).view(t, h, w, 4, n_chunks)
-    parent_norms = torch.linalg.vector_norm(parent.view(t, h, w, n_chunks, chunk), dim=-1, dtype=torch.float32)
+    chunks = parent_norms.shape[-1]
+    chunk = c // chunks
+    # each parent row against its two child rows, read in place: a parent's own children lie on the diagonals
+    parent_rows = parent.reshape(t * h, w, chunks, chunk).transpose(1, 2).reshape(-1, w, chunk)
+    child_rows = pad_to_even(child).reshape(t * h, 4 * w, chunks, chunk).permute(0, 2, 3, 1).reshape(-1, chunk, 4 * w)
+    row_dots = batched_dot(parent_rows, child_rows).view(t, h, chunks, w, 2, w, 2)
+    dots = row_dots.diagonal(dim1=3, dim2=5).permute(0, 1, 5, 2, 3, 4).reshape(t, h, w, chunks, 4)
+    kid_norms = blocks(pad_to_even(child_norms)).permute(0, 1, 3, 5, 2, 4).reshape(t, h, w, chunks, 4)
     parent_norms = parent_norms.clamp_min(1e-8)
-    cos = dots / (parent_norms[..., None] * kid_norms.clamp_min(1e-8).transpose(-1, -2))
+    cos = dots / (parent_norms[..., None] * kid_norms.clamp_min(1e-8))
     min_sim = cos.mean(dim=3).masked_fill(~step.present, math.inf).amin(dim=-1)  # [T, h, w]
     if compare_missing_children and not step.all_paired:
-        corner = child[:, :1, :1].expand(t, h, w, c)
-        corner_dots = batched_dot(corner.reshape(-1, 1, chunk), parent.reshape(-1, chunk, 1)).view(t, h, w, n_chunks)
-        corner_norms = torch.linalg.vector_norm(corner.reshape(t, h, w, n_chunks, chunk), dim=-1, dtype=torch.float32)
-        corner_cos = (corner_dots / (parent_norms * corner_norms.clamp_min(1e-8))).mean(dim=-1)
+        parents_by_chunk = parent.reshape(t, h * w, chunks, chunk).transpose(1, 2).reshape(-1, h * w, chunk)
+        corner_dots = batched_dot(parents_by_chunk, child[:, 0, 0].reshape(-1, chunk, 1)).view(t, chunks, h, w)
+        corner_norms = child_norms[:, 0, 0].clamp_min(1e-8)[:, None, None]
+        corner_cos = (corner_dots.permute(0, 2, 3, 1) / (parent_norms * corner_norms)).mean(dim=-1)
         missing = step.children < 4
         min_sim = torch.where(missing, torch.minimum(min_sim, corner_cos), min_sim)
     return min_sim
@@ -239,11 +251,13 @@ class QuadTree:
     layout:    the grid's ``Layout``.
     features:  per level [T, h, w, C], root level first, finest (the input) last; patch means, or patch sums
                when ``sums`` is set.
+    norms:     per level [T, h, w, K] ``chunk_norms`` of the features (K chunks: ``head_dim`` wide, or one).
     min_sim:   per level but the finest, [T, h, w] smallest parent-child cosine (a node stops when ≥ τ_s).
     """
 
     layout: Layout
     features: list[torch.Tensor]
+    norms: list[torch.Tensor]
     min_sim: list[torch.Tensor]
     sums: bool
 
@@ -256,18 +270,19 @@ def build_quadtree(
     grid: torch.Tensor, root_level: int, variant: str, weighted_avg: bool, head_dim: int | None
 ) -> QuadTree:
     """Pool ``grid`` [T, H, W, C] up to ``root_level`` of ``pyramid_sizes(H, W)`` and score every split (§1)."""
-    _, height, width, _ = grid.shape
+    _, height, width, channels = grid.shape
     layout = grid_layout(height, width, root_level, grid.device)
     sums = weighted_avg or variant == "corrected"
     features = [grid]
     for step in reversed(layout.steps):
         features.insert(0, pool_level(features[0], step, sums))
+    norms = [chunk_norms(level, channels // (head_dim or channels)) for level in features]
     compare_missing = variant == "official"
     min_sim = [
-        split_similarity(features[lvl], features[lvl + 1], step, compare_missing, head_dim)
+        split_similarity(features[lvl], features[lvl + 1], norms[lvl], norms[lvl + 1], step, compare_missing)
         for lvl, step in enumerate(layout.steps)
     ]
-    return QuadTree(layout, features, min_sim, sums)
+    return QuadTree(layout, features, norms, min_sim, sums)
 
 
 def emitted_nodes(tree: QuadTree, threshold: float) -> list[torch.Tensor]:
@@ -295,6 +310,7 @@ class Nodes:
 
     is_node:      [S] bool, which slots hold a node; the other rows below are undefined.
     features:     [S, C] (patch sums when the tree holds sums).
+    norms:        [S, K] their ``chunk_norms``.
     boxes:        [S, 5] int64 (t, y0, x0, y1, x1).
     num_patches:  [S] int64.
     cover:        [T, H, W] int64 slot of the node covering each grid patch.
@@ -302,6 +318,7 @@ class Nodes:
 
     is_node: torch.Tensor
     features: torch.Tensor
+    norms: torch.Tensor
     boxes: torch.Tensor
     num_patches: torch.Tensor
     cover: torch.Tensor
@@ -311,7 +328,7 @@ def collect_nodes(tree: QuadTree, emitted: list[torch.Tensor]) -> Nodes:
     """Place the emitted nodes of every level at the slots of their top-left patches (§1.5)."""
     t, height, width, _ = tree.shape
     layout, cells = tree.layout, height * width
-    device = layout.cells.device
+    device = layout.ancestor_cell.device
     patches = torch.arange(cells, device=device)
     # each patch has exactly one emitted ancestor-or-self: the node covering it
     ancestor_emitted = torch.cat([e.flatten(1) for e in emitted], dim=1)[:, layout.ancestor_cell]  # [T, L, H·W]
@@ -319,26 +336,37 @@ def collect_nodes(tree: QuadTree, emitted: list[torch.Tensor]) -> Nodes:
     cover_corner = layout.ancestor_corner.expand(t, -1, -1).gather(1, cover_level[:, None]).squeeze(1)
     frames = torch.arange(t, device=device)[:, None] * cells
     slots = torch.arange(t * cells, device=device)
-    frame, corner, level = slots // cells, slots % cells, cover_level.flatten()
+    frame, corner = slots // cells, slots % cells
     y, x = corner // width, corner % width
-    y1, x1, cell = layout.corner_info[level, corner].unbind(dim=1)
-    features = node_features(tree, level, frame, cell)
-    boxes = torch.stack([frame, y, x, y1, x1], dim=1)
-    is_node = (cover_corner == patches).flatten()
-    return Nodes(is_node, features, boxes, (y1 - y) * (x1 - x), (frames + cover_corner).view(t, height, width))
+    y1, x1 = layout.corner_ends[cover_level.flatten(), corner].unbind(dim=1)
+    features, norms = (place_nodes(levels, emitted, layout.corners) for levels in (tree.features, tree.norms))
+    return Nodes(
+        is_node=(cover_corner == patches).flatten(),
+        features=features,
+        norms=norms,
+        boxes=torch.stack([frame, y, x, y1, x1], dim=1),
+        num_patches=(y1 - y) * (x1 - x),
+        cover=(frames + cover_corner).view(t, height, width),
+    )
 
 
-def node_features(tree: QuadTree, level: torch.Tensor, frame: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
-    """[S, C] the features of the nodes at the slots, given by level, frame and cell within the level [S]: a slot's
-    finest-level node is the finest level's row of the same index, read in place."""
-    finest = tree.features[-1].flatten(0, 2)
-    if len(tree.features) == 1:
+def place_nodes(levels: list[torch.Tensor], emitted: list[torch.Tensor], corners: list[torch.Tensor]) -> torch.Tensor:
+    """[S, D] the rows of ``levels`` (per level [T, h, w, D], finest last) at the slots of the emitted nodes.
+
+    A slot's finest-level node is the finest level's row of the same index; every emitted coarser node is then
+    written over the slot of its top-left patch (the coarser nodes that are not emitted go to a spare row).
+    """
+    finest = levels[-1].flatten(0, 2)
+    if len(levels) == 1:
         return finest
-    leaf = level == len(tree.features) - 1
-    coarse = torch.cat([f.flatten(0, 2) for f in tree.features[:-1]])
-    cells, cells_before = tree.layout.cells[level].unbind(dim=1)
-    coarse_index = len(tree.features[-1]) * cells_before + frame * cells + cell
-    return torch.where(leaf[:, None], finest, coarse[torch.where(leaf, 0, coarse_index)])
+    slots, cells = len(finest), len(corners[-1])
+    placed = finest.new_empty(slots + 1, finest.shape[1])
+    placed[:slots] = finest
+    frames = torch.arange(levels[-1].shape[0], device=finest.device)[:, None] * cells
+    for level, emitted_here, corner in zip(levels[:-1], emitted[:-1], corners[:-1], strict=True):
+        target = torch.where(emitted_here.flatten(1), frames + corner, slots).flatten()
+        placed.index_copy_(0, target, level.flatten(0, 2))
+    return placed[:slots]
 
 
 def neighbours_in_time(nodes: Nodes) -> tuple[torch.Tensor, torch.Tensor]:
@@ -378,8 +406,7 @@ def propagate_labels(
     while True:
         for _ in range(ROUNDS_PER_CHECK):
             smaller = labels[ends].view(2, -1).amin(dim=0)
-            updated = labels.scatter_reduce(0, earlier, smaller, reduce="amin")
-            updated = updated.scatter_reduce_(0, later, smaller, reduce="amin")
+            updated = labels.scatter_reduce(0, ends, smaller.repeat(2), reduce="amin")
             labels = torch.where(settled, labels, updated[updated])
             now_settled = (labels == labels[labels]).all()
             if until_consistent:
@@ -413,19 +440,25 @@ def merge_groups(nodes: Nodes, labels: torch.Tensor, sums: bool) -> tuple[torch.
     """Replace each group by one token at its representative (§2.4).
 
     Returns features [N', C] (the members' unweighted mean, or with ``sums`` their patch-weighted mean), boxes
-    [N', 5] (the representative's box) and num_patches [N'] (the group's total).
+    [N', 5] (the representative's box) and num_patches [N'] (the group's total). Each group is summed in slot
+    order from its representative, in float32.
     """
+    num_slots = len(labels)
     representative = representatives(nodes, labels)
-    keep, merged = representative.nonzero().squeeze(1), (nodes.is_node & ~representative).nonzero().squeeze(1)
-    group = (torch.cumsum(representative, 0) - 1)[labels[merged]]
-    total = nodes.features[keep].float().index_add_(0, group, nodes.features[merged].float())
-    patches = nodes.num_patches[keep].index_add(0, group, nodes.num_patches[merged])
-    divisor = patches if sums else torch.ones_like(patches).index_add_(0, group, torch.ones_like(group))
-    return (total / divisor[:, None]).to(nodes.features.dtype), nodes.boxes[keep], patches
+    group = torch.where(nodes.is_node, labels, num_slots)  # the slots without a node go after every group
+    members = group.int().sort(stable=True).indices
+    members_per_group = group.new_zeros(num_slots + 1).index_add_(0, group, torch.ones_like(group))[:num_slots]
+    patches = group.new_zeros(num_slots + 1).index_add_(0, group, nodes.num_patches)[:num_slots]
+    ends = torch.cumsum(members_per_group, 0)  # at a representative's slot: where its group's members end
+    num_groups, num_nodes = torch.stack([representative.sum(), ends[-1]]).tolist()  # the one wait for the device
+    keep = torch.nonzero_static(representative, size=num_groups).squeeze(1)
+    divisors = (patches if sums else members_per_group)[keep]
+    features = group_means(nodes.features, members[:num_nodes], F.pad(ends[keep], (1, 0)), divisors)
+    return features, nodes.boxes[keep], patches[keep]
 
 
 def group_nodes(
-    tree: QuadTree, threshold: float, temporal_threshold: float, variant: str, head_dim: int | None
+    tree: QuadTree, threshold: float, temporal_threshold: float, variant: str
 ) -> tuple[Nodes, torch.Tensor | None]:
     """The spatially merged nodes and, if temporal merging is on, each node's group label (§1–§2.3).
 
@@ -440,7 +473,7 @@ def group_nodes(
     own = torch.arange(num_slots, device=next_partner.device)
     frame, last_frame = nodes.boxes[:, 0], nodes.cover.shape[0] - 1
     earlier, later = torch.cat([own, previous_partner]), torch.cat([next_partner, own])
-    sim = partner_similarity(nodes.features, torch.stack([next_partner, previous_partner]), head_dim).flatten()
+    sim = temporal_similarity(nodes, earlier, later)
     in_time = torch.cat([nodes.is_node & (frame < last_frame), nodes.is_node & (frame > 0)])
     linked = in_time & (sim >= temporal_threshold)
     if variant == "corrected":
@@ -449,19 +482,31 @@ def group_nodes(
     return nodes, labels
 
 
-def partner_similarity(features: torch.Tensor, partners: torch.Tensor, head_dim: int | None) -> torch.Tensor:
-    """[K, N] the authors' temporal similarity <a/(|a|+1e-8), b/(|b|+1e-8)> of each node and its K partners.
+def frame_pair_dots(features: torch.Tensor, chunks: int) -> torch.Tensor:
+    """[T', K, P, P] float32 dot products of every position of each frame with every position of the next one, per
+    channel chunk (K chunks), from ``features`` [T, P, C]; T' = T − 1 (a single frame is paired with itself).
 
-    ``partners`` is [K, N]. In float32 (§2.2); with ``head_dim``, averaged over channel chunks of that width.
+    One batched matrix product over the frames in place: for a few hundred positions per frame it reads the video
+    twice and costs less than gathering each node's partners.
     """
-    n, c = features.shape
-    k = len(partners)
-    chunk = head_dim or c
-    norms = torch.linalg.vector_norm(features.view(n, -1, chunk), dim=-1, dtype=torch.float32) + 1e-8  # [N, h]
-    others = features[partners.flatten()].view(k, n, -1, chunk)
-    dots = batched_dot(features.view(-1, 1, chunk), others.permute(1, 2, 3, 0).reshape(-1, chunk, k))
-    cos = dots.view(n, -1, k) / (norms[:, :, None] * norms[partners].permute(1, 2, 0))
-    return cos.mean(dim=1).T
+    t, positions, _ = features.shape
+    pairs = max(t - 1, 1)
+    earlier = features[:pairs].unflatten(-1, (chunks, -1)).transpose(1, 2).reshape(pairs * chunks, positions, -1)
+    later = features[t - pairs :].unflatten(-1, (chunks, -1)).permute(0, 2, 3, 1).reshape(pairs * chunks, -1, positions)
+    return batched_dot(earlier, later).view(pairs, chunks, positions, positions)
+
+
+def temporal_similarity(nodes: Nodes, earlier: torch.Tensor, later: torch.Tensor) -> torch.Tensor:
+    """[P] the authors' temporal similarity <a/(|a|+1e-8), b/(|b|+1e-8)> of the nodes at slots ``earlier`` [P] and
+    ``later`` [P], each later one in the frame after its earlier one (other pairs get an arbitrary value). In float32
+    (§2.2), averaged over the nodes' channel chunks.
+    """
+    t, height, width = nodes.cover.shape
+    cells = height * width
+    dots = frame_pair_dots(nodes.features.view(t, cells, -1), nodes.norms.shape[1])
+    frame = (earlier // cells).clamp_max(len(dots) - 1)
+    norms = nodes.norms + 1e-8
+    return (dots[frame, :, earlier % cells, later % cells] / (norms[earlier] * norms[later])).mean(dim=-1)
 
 
 def count_tokens(nodes: Nodes, labels: torch.Tensor | None) -> int:
@@ -470,10 +515,10 @@ def count_tokens(nodes: Nodes, labels: torch.Tensor | None) -> int:
 
 
 def merge_video(
-    tree: QuadTree, threshold: float, temporal_threshold: float, variant: str, head_dim: int | None
+    tree: QuadTree, threshold: float, temporal_threshold: float, variant: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """STTM on a built quadtree: (features [N, C], boxes [N, 5], num_patches [N]); see ``group_nodes``."""
-    nodes, labels = group_nodes(tree, threshold, temporal_threshold, variant, head_dim)
+    nodes, labels = group_nodes(tree, threshold, temporal_threshold, variant)
     if labels is not None:
         return merge_groups(nodes, labels, tree.sums)
     keep = nodes.is_node.nonzero().squeeze(1)

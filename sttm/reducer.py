@@ -91,7 +91,7 @@ class STTM(Reducer):
             thresholds, budget_met = (self.threshold, self.temporal_threshold), True
         else:
             thresholds, budget_met = self._search_thresholds(tree, video.num_tokens)
-        tokens, boxes, num_patches = merge_video(tree, *thresholds, self.variant, self.head_dim)
+        tokens, boxes, num_patches = merge_video(tree, *thresholds, self.variant)
         info = {"threshold": thresholds[0], "temporal_threshold": thresholds[1], "variant": self.variant}
         if self.budget is not None:
             info["budget_met"] = budget_met
@@ -104,7 +104,7 @@ class STTM(Reducer):
         return spatial, max(spatial - gap, 1e-3)
 
     def _kept(self, tree: QuadTree, spatial: float) -> int:
-        return count_tokens(*group_nodes(tree, *self._thresholds_at(spatial), self.variant, self.head_dim))
+        return count_tokens(*group_nodes(tree, *self._thresholds_at(spatial), self.variant))
 
     def _search_thresholds(self, tree: QuadTree, num_tokens: int) -> tuple[tuple[float, float], bool]:
         """The least merging whose kept count stays within ``budget·num_tokens`` (bisection on τ_s)."""

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -159,7 +163,7 @@ def test_same_input_same_output(variant):
 def test_a_threshold_above_one_keeps_every_token_unchanged(variant):
     clip = video(3, 13, 13)
     tree = build_quadtree(clip.grid, root_level=1, variant=variant, weighted_avg=False, head_dim=None)
-    tokens, boxes, patches = merge_video(tree, 1.0 + 1e-6, -1.0, variant, None)
+    tokens, boxes, patches = merge_video(tree, 1.0 + 1e-6, -1.0, variant)
     assert torch.allclose(tokens, clip.grid.reshape(-1, 32), atol=1e-6, rtol=0)
     assert torch.equal(boxes[:, 1:3] + 1, boxes[:, 3:5]) and torch.equal(patches, torch.ones_like(patches))
 
@@ -246,6 +250,31 @@ def test_label_propagation_checked_every_few_rounds_equals_checking_every_round(
     expected, rounds = round_by_round_labels(num_slots, earlier, later, linked, until_consistent)
     assert rounds > merge.ROUNDS_PER_CHECK
     assert torch.equal(merge.propagate_labels(num_slots, earlier, later, linked, until_consistent), expected)
+
+
+GROUP_MEANS_UNDER_THE_TRITON_INTERPRETER = """
+import torch
+from sttm.group_means import torch_group_means, triton_group_means
+generator = torch.Generator().manual_seed(0)
+sizes = torch.tensor([1, 3, 1, 7, 2, 1, 4])
+for channels in (3, 1024, 1500):
+    table = 1000 * torch.randn(50, channels, generator=generator)
+    members = torch.randperm(50, generator=generator)[: int(sizes.sum())]
+    bounds = torch.nn.functional.pad(sizes.cumsum(0), (1, 0))
+    divisors = torch.tensor([1, 3, 2, 9, 2, 5, 4])
+    expected = torch_group_means(table, members, bounds, divisors)
+    assert torch.equal(triton_group_means(table, members, bounds, divisors), expected), channels
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
+def test_the_triton_kernel_adds_up_each_group_as_the_torch_path_does():
+    """The GPU kernel, run by Triton's interpreter on the CPU: float32 sums in member order, then one division (the
+    interpreter rounds to bfloat16 by truncation, so half precision is left to the GPU)."""
+    environment = {**os.environ, "TRITON_INTERPRET": "1"}
+    command = [sys.executable, "-c", GROUP_MEANS_UNDER_THE_TRITON_INTERPRETER]
+    finished = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
 
 
 def test_official_averages_members_unweighted_corrected_by_patch_count():

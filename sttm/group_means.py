@@ -1,0 +1,71 @@
+"""The mean of each group of rows of a table: STTM's temporal merge, in one pass over the members on a GPU.
+
+Group g holds the rows ``members[bounds[g]:bounds[g + 1]]`` of ``table``; its mean is their sum, accumulated in
+float32 in the order given, divided by ``divisors[g]`` and rounded once to the table's dtype. On CUDA (with Triton)
+one program per group and block of channels reads each member row once. Elsewhere the members are gathered,
+widened to float32 and added up with ``index_add_``, which on the CPU adds in the order given, so both give the same
+numbers.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # Triton comes with CUDA builds of torch; without it every device takes the torch path
+    triton = None
+
+#: channels per Triton program.
+CHANNEL_BLOCK = 1024
+
+
+def group_means(
+    table: torch.Tensor, members: torch.Tensor, bounds: torch.Tensor, divisors: torch.Tensor
+) -> torch.Tensor:
+    """[G, C] the groups' means of rows of ``table`` [R, C]: ``members`` [M] row indexes grouped, ``bounds`` [G + 1]
+    each group's first member and the end, ``divisors`` [G] (see the module docstring)."""
+    if table.is_cuda and triton is not None:
+        return triton_group_means(table, members, bounds, divisors)
+    return torch_group_means(table, members, bounds, divisors)
+
+
+def torch_group_means(
+    table: torch.Tensor, members: torch.Tensor, bounds: torch.Tensor, divisors: torch.Tensor
+) -> torch.Tensor:
+    num_groups, channels = len(bounds) - 1, table.shape[1]
+    sizes = bounds.diff()
+    group = torch.repeat_interleave(torch.arange(num_groups, device=table.device), sizes, output_size=len(members))
+    sums = table.new_zeros(num_groups, channels, dtype=torch.float32).index_add_(0, group, table[members].float())
+    return (sums / divisors[:, None]).to(table.dtype)
+
+
+def triton_group_means(
+    table: torch.Tensor, members: torch.Tensor, bounds: torch.Tensor, divisors: torch.Tensor
+) -> torch.Tensor:
+    num_groups, channels = len(bounds) - 1, table.shape[1]
+    table = table.contiguous()
+    means = table.new_empty(num_groups, channels)
+    grid = (num_groups, triton.cdiv(channels, CHANNEL_BLOCK))
+    _group_means_kernel[grid](table, members, bounds, divisors, means, channels, BLOCK=CHANNEL_BLOCK)
+    return means
+
+
+if triton is not None:
+
+    @triton.jit
+    def _group_means_kernel(table, members, bounds, divisors, means, channels, BLOCK: tl.constexpr):
+        group = tl.program_id(0)
+        columns = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        inside = columns < channels
+        total = tl.zeros([BLOCK], dtype=tl.float32)
+        for member in range(tl.load(bounds + group), tl.load(bounds + group + 1)):
+            row = tl.load(members + member).to(tl.int64)
+            total += tl.load(table + row * channels + columns, mask=inside).to(tl.float32)
+        mean = tl.math.div_rn(total, tl.load(divisors + group).to(tl.float32))
+        tl.store(
+            means + group.to(tl.int64) * channels + columns,
+            mean.to(means.dtype.element_ty, fp_downcast_rounding="rtne"),
+            mask=inside,
+        )
