@@ -21,13 +21,17 @@ Both pair the first row/column at odd sizes (a choice of partition, not a defect
 The algorithm works on dense maps of fixed size: per-level maps for the quadtree, and one slot per grid patch for
 the nodes (a node sits at the slot of its top-left patch), so that no intermediate size depends on the data.
 Index tensors that depend only on the grid shape are built once per shape (``grid_layout``). The host waits on
-the device only to learn when the label propagation has settled (once per ``ROUNDS_PER_CHECK`` rounds) and to
-compact the survivors and the merged members: on a GPU the rest is queued behind the work before it, which
-hides its launch cost.
+the device only to learn when the label propagation has settled (once per ``ROUNDS_PER_CHECK`` rounds) and once
+to learn how many tokens the merge leaves: on a GPU the rest is queued behind the work before it, which hides its
+launch cost. Similarities are matrix products that read the levels in place: each parent row against its two
+child rows, and each frame against the next (every position against every position, which for a few hundred
+positions per frame costs less than gathering each node's partner).
 
-Numerics: similarities in float32, pyramid levels accumulated in float32 and stored in the input dtype (as
-``avg_pool2d`` does); temporal group sums accumulate in float32 (the authors accumulate in the input dtype, in
-an order that is not deterministic on GPU). On float32 inputs this matches the authors' arithmetic.
+Numerics: similarities in float32 (half-precision products accumulate in float32), pyramid levels accumulated in
+float32 and stored in the input dtype (as ``avg_pool2d`` does); temporal group sums accumulate in float32 in slot
+order from the representative (``sttm.group_means``; the authors accumulate in the input dtype, in an order that
+is not deterministic on GPU). On float32 inputs this matches the authors' arithmetic. On a GPU the matrix
+products sum in another order than on the CPU, which can tip a similarity lying within rounding of a threshold.
 """
 
 from __future__ import annotations
