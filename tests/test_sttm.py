@@ -143,6 +143,14 @@ def test_patch_counts_sum_to_the_grid(shape, variant):
 
 
 @pytest.mark.parametrize("variant", ["official", "corrected"])
+def test_a_single_frame_has_nothing_to_merge_over_time(variant):
+    clip = video(1, seed=4)
+    spatial = STTM(threshold=0.8, variant=variant).reduce(clip)
+    with_temporal = STTM(threshold=0.8, temporal_threshold=1e-3, variant=variant).reduce(clip)
+    assert torch.equal(with_temporal.boxes, spatial.boxes) and torch.equal(with_temporal.tokens, spatial.tokens)
+
+
+@pytest.mark.parametrize("variant", ["official", "corrected"])
 def test_kept_fraction_never_rises_when_a_threshold_falls(variant):
     clip = video(8, seed=2)
     falling = [0.99, 0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.4, 0.0, -1.0]
