@@ -347,10 +347,12 @@ def plot(rows: list[dict], path: Path) -> None:
     measured = [row for row in rows if "prefill_speedup" in row and "kept_ratio" in row]
     figure, axes = plt.subplots(1, len({row["frames"] for row in measured}) or 1, figsize=(12, 4.5), squeeze=False)
     for axis, frames in zip(axes[0], sorted({row["frames"] for row in measured}), strict=False):
-        for method in sorted({row["method"] for row in measured}):
+        for index, method in enumerate(sorted({row["method"] for row in measured})):
             points = sorted((r["kept_ratio"], r["prefill_speedup"]) for r in measured
                             if r["method"] == method and r["frames"] == frames)  # fmt: skip
-            axis.plot(*zip(*points, strict=True), marker="o", label=method)
+            style = "--" if method.startswith("ceiling") else "-"
+            colour = plt.get_cmap("tab20").colors[index % 20]
+            axis.plot(*zip(*points, strict=True), style, marker="o", color=colour, label=method)
         axis.set(title=f"{rows[0]['model']}, {frames} frames", xlabel="kept ratio", ylabel="prefill speed-up (x)")
         axis.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7)
