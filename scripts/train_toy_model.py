@@ -45,8 +45,9 @@ from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGener
 from baselines.random_drop import RandomDrop
 from runners.tasks.local import doc_to_text
 from runners.tasks.multiple_choice import extract_answer_letter
-from runners.toybench import LETTERS, generate_split, lettered
-from runners.toybench.benchmarks import BENCHMARKS, Question
+from runners.toybench import LETTERS, generate_split, is_current, lettered
+from runners.toybench.benchmarks import BENCHMARKS, DIRECTIONS, EFFECTS, Question
+from runners.toybench.render import BACKGROUNDS, COLORS, SHAPES
 from sttm.adapters.hooks import reduction_point
 from sttm.adapters.loading import video_question_prompt
 from sttm.adapters.tiny import FRAME_SIZE, PATCH_SIZE, placeholder_token_ids, text_config, tiny_processor
@@ -104,11 +105,11 @@ def read_split(jsonl: Path) -> list[Video]:
 
 
 def train_split(root: Path, videos_per_benchmark: int, workers: int = 1) -> dict[str, list[Video]]:
-    """Each benchmark's train split under ``root``, generated where it is missing or of another size (by up to
-    ``workers`` processes, one benchmark each)."""
+    """Each benchmark's train split under ``root``, generated where it is missing, out of date or of another size
+    (by up to ``workers`` processes, one benchmark each)."""
     missing = [
         name for name in BENCHMARKS
-        if not (root / name / "train.jsonl").is_file()
+        if not is_current(root / name / "train.jsonl")
         or len(read_split(root / name / "train.jsonl")) != videos_per_benchmark
     ]  # fmt: skip
     with ProcessPoolExecutor(max(1, min(workers, len(missing)))) as pool:
@@ -130,10 +131,10 @@ def clip(benchmark: str, frames: np.ndarray, rng: np.random.Generator) -> np.nda
     return frames[np.sort(np.concatenate([needles, filler]))]
 
 
-def answer_words(splits: dict[str, list[Video]], tokenizer) -> list[str]:
-    """The last word of every option in the train split, the words the option lookup matches."""
-    options = {text for videos in splits.values() for video in videos for question in video.questions
-               for text in (question.correct, *question.wrong)}  # fmt: skip
+def answer_words(tokenizer) -> list[str]:
+    """The words the option lookup matches: the last word of every option the generators can write. They come
+    from the generators' word pools, not from a split, so that a model keeps its wiring when questions change."""
+    options = [*COLORS, *BACKGROUNDS, *SHAPES, *EFFECTS, *DIRECTIONS, *(str(n) for n in range(1, 6))]
     return sorted({tokenizer.tokenize(text)[-1] for text in options})
 
 
@@ -428,28 +429,35 @@ def answered(predicted: torch.Tensor, batch: Batch) -> tuple[list[bool], list[bo
     return hits.scatter(1, batch.letter_positions[:, None], True).all(1).tolist(), letters.tolist()
 
 
+def step_schedule(weights: dict[str, int]) -> list[str]:
+    """One cycle of steps: each benchmark ``weights[name]`` times, spread over the cycle."""
+    slots = [(turn / weight, index, name) for index, (name, weight) in enumerate(weights.items())
+             for turn in range(weight)]  # fmt: skip
+    return [name for *_, name in sorted(slots)]
+
+
 class TrainingSteps(torch.utils.data.Dataset):
     """The batches of each step (``num_workers`` > 0 prepares the next ones while the model trains): benchmarks in
-    turn, ``videos_per_step`` of one benchmark's training videos a step, in a fresh order every pass, cut to clips
-    for the first ``clip_steps``."""
+    the turns of ``schedule`` (a cycle of benchmark names), ``videos_per_step`` of one benchmark's training videos
+    a step, in a fresh order every pass, cut to clips for the first ``clip_steps``."""
 
     def __init__(
         self, splits: dict[str, list[Video]], held_out: int, seed: int, prompts: Prompts, clip_steps: int,
-        positions: int, videos_per_step: int,
+        positions: int, videos_per_step: int, schedule: list[str],
     ) -> None:  # fmt: skip
         self.splits, self.held_out, self.seed, self.prompts = splits, held_out, seed, prompts
         self.clip_steps, self.positions, self.names = clip_steps, positions, list(splits)
-        self.videos_per_step = videos_per_step
+        self.videos_per_step, self.schedule = videos_per_step, schedule
 
     def __getitem__(self, step: int) -> tuple[str, str, list[Batch]]:
-        name = self.names[step % len(self.names)]
+        cycle, slot = divmod(step, len(self.schedule))
+        name = self.schedule[slot]
+        turn = cycle * self.schedule.count(name) + self.schedule[:slot].count(name)  # this benchmark's earlier steps
         training = self.splits[name][: len(self.splits[name]) - self.held_out]
         stage = "clip" if step < self.clip_steps else "video"
         rng = np.random.default_rng([self.seed, step])
         batches = []
-        for seen in range(
-            step // len(self.names) * self.videos_per_step, (step // len(self.names) + 1) * self.videos_per_step
-        ):
+        for seen in range(turn * self.videos_per_step, (turn + 1) * self.videos_per_step):
             order = np.random.default_rng([self.seed, self.names.index(name), seen // len(training)])
             video = training[order.permutation(len(training))[seen % len(training)]]
             frames = self.prompts.frames(video)
@@ -490,7 +498,7 @@ def learning_rate(step: int, peak: float, warmup: int, total: int) -> float:
 # the arguments a checkpoint must share with the run that resumes it
 TRAINING_ARGUMENTS = ("videos_per_benchmark", "held_out", "clip_steps", "steps", "videos_per_step", "positions",
                       "lr", "warmup", "weight_decay", "seed", "drop_prob", "temporal_drop_prob", "drop_min_share",
-                      "init_from")  # fmt: skip
+                      "init_from", "benchmark_weights")  # fmt: skip
 
 
 def training_settings(args: argparse.Namespace) -> dict:
@@ -534,6 +542,20 @@ def save_model(model, output: Path, training: dict) -> None:
     shutil.rmtree(previous, ignore_errors=True)
 
 
+def benchmark_weights(text: str) -> dict[str, int]:
+    weights = dict.fromkeys(BENCHMARKS, 1)
+    for item in filter(None, text.split(",")):
+        name, _, count = item.partition("=")
+        if name not in weights or not count.isdigit():
+            raise argparse.ArgumentTypeError(
+                f"{item!r} is not name=count with a benchmark among {', '.join(BENCHMARKS)} and a count >= 0"
+            )
+        weights[name] = int(count)
+    if not any(weights.values()):
+        raise argparse.ArgumentTypeError("every benchmark has weight 0: nothing to train on")
+    return weights
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=ROOT / "data" / "toybench", help="root of the train split")
@@ -563,6 +585,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.25,
         help="such a video keeps a share of its tokens drawn uniformly from [this, 1)",
     )
+    parser.add_argument(
+        "--benchmark-weights",
+        type=benchmark_weights,
+        default=dict.fromkeys(BENCHMARKS, 1),
+        help="steps per benchmark in each cycle, as name=count,… (unnamed benchmarks: 1; 0 leaves one out)",
+    )
     parser.add_argument("--init-from", help="start from the weights of a model folder this script wrote")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=100)
@@ -588,7 +616,7 @@ def main(argv: list[str] | None = None) -> dict:
     total = args.clip_steps + args.steps
     torch.manual_seed(args.seed)
     model = LlavaOnevisionForConditionalGeneration._from_config(toy_config(), attn_implementation="sdpa")
-    wiring = wire_option_lookup(model, answer_words(splits, prompts.tokenizer), args.seed)
+    wiring = wire_option_lookup(model, answer_words(prompts.tokenizer), args.seed)
     if args.init_from is not None:  # a model this script trained: its wired entries are the wiring's values
         model.load_state_dict(LlavaOnevisionForConditionalGeneration.from_pretrained(args.init_from).state_dict())
     model.to(args.device).train()
@@ -596,7 +624,8 @@ def main(argv: list[str] | None = None) -> dict:
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=args.weight_decay)
     start = resume(args.checkpoint, model, optimizer, args)
     loader = torch.utils.data.DataLoader(
-        TrainingSteps(splits, args.held_out, args.seed, prompts, args.clip_steps, args.positions, args.videos_per_step),
+        TrainingSteps(splits, args.held_out, args.seed, prompts, args.clip_steps, args.positions, args.videos_per_step,
+                      step_schedule(args.benchmark_weights)),
         sampler=range(start, total),
         batch_size=None, num_workers=args.workers,
     )  # fmt: skip

@@ -115,7 +115,7 @@ def test_a_few_steps_lower_the_loss_on_their_batch(splits):
 
 def test_the_wired_lookup_names_the_letter_of_the_option_that_holds_the_answer_and_stays_through_a_step(splits):
     model = toy_model()
-    wiring = wire_option_lookup(model, answer_words(splits, tiny_processor("llava_onevision").tokenizer), seed=0)
+    wiring = wire_option_lookup(model, answer_words(tiny_processor("llava_onevision").tokenizer), seed=0)
     wired = [(parameter, mask, parameter.detach().clone()) for parameter, mask in wiring]
     batch = first_batch(splits, "toy_egoschema", positions=5)  # the right direction at each of the five letters
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)

@@ -5,7 +5,8 @@
 Writes ``OUT_DIR/<benchmark>/{test,train}.jsonl``, ``OUT_DIR/<benchmark>/videos/*.mp4`` and the lmms-eval
 task ``OUT_DIR/<benchmark>/<benchmark>.yaml`` (load it with ``TaskManager(include_path=OUT_DIR)``). Video paths
 in the JSONL are absolute: the data belongs to the machine that generated it. The train split comes from the
-same generators with another seed. Re-running skips splits that are complete.
+same generators with another seed. Re-running skips splits that are complete and were written by this
+``SUITE_VERSION`` of the generators (each row records the version that wrote it).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from runners.toybench.render import write_video
 
 LETTERS = "ABCDE"
 SPLIT_SEEDS = {"test": 0, "train": 1_000}
+SUITE_VERSION = 2  # 2: no answer names a shape; LongVideoBench's stretches keep their main colours to themselves
 
 
 def lettered(question: Question, answer_position: int, rng: np.random.Generator) -> tuple[list[str], str]:
@@ -58,10 +60,20 @@ def generate_split(name: str, split: str, out: Path, seed: int, count: int) -> P
                         "task_type": question.task_type,
                         "try": attempt,
                         "split": split,
+                        "suite_version": SUITE_VERSION,
                     }
                 )
     write_atomically(jsonl, "".join(json.dumps(row) + "\n" for row in rows))
     return jsonl
+
+
+def is_current(jsonl: Path) -> bool:
+    """Whether a split's JSONL exists and was written by this version of the generators."""
+    if not jsonl.is_file():
+        return False
+    with jsonl.open() as rows:
+        first = rows.readline()
+    return bool(first) and json.loads(first).get("suite_version") == SUITE_VERSION
 
 
 def write_task_yaml(name: str, out: Path) -> Path:
@@ -76,14 +88,15 @@ def generate(
     splits: tuple[str, ...] = ("test", "train"),
     names: list[str] | None = None,
 ) -> list[Path]:
-    """Every benchmark's (or the ``names`` given) splits under ``out`` (a complete split is left as it is)."""
+    """Every benchmark's (or the ``names`` given) splits under ``out`` (a complete, current split is left as it
+    is)."""
     written = []
     for name, (_, test_videos) in BENCHMARKS.items():
         if names is not None and name not in names:
             continue
         for split in splits:
             jsonl = out / name / f"{split}.jsonl"
-            if not jsonl.is_file():
+            if not is_current(jsonl):
                 count = test_videos * (train_factor if split == "train" else 1)
                 generate_split(name, split, out, seed, count)
             written.append(jsonl)
