@@ -436,6 +436,13 @@ def step_schedule(weights: dict[str, int]) -> list[str]:
     return [name for *_, name in sorted(slots)]
 
 
+def scheduled(schedule: list[str], step: int) -> tuple[str, int]:
+    """The benchmark that ``step`` trains on, and how many earlier steps trained on it."""
+    cycle, slot = divmod(step, len(schedule))
+    name = schedule[slot]
+    return name, cycle * schedule.count(name) + schedule[:slot].count(name)
+
+
 class TrainingSteps(torch.utils.data.Dataset):
     """The batches of each step (``num_workers`` > 0 prepares the next ones while the model trains): benchmarks in
     the turns of ``schedule`` (a cycle of benchmark names), ``videos_per_step`` of one benchmark's training videos
@@ -450,9 +457,7 @@ class TrainingSteps(torch.utils.data.Dataset):
         self.videos_per_step, self.schedule = videos_per_step, schedule
 
     def __getitem__(self, step: int) -> tuple[str, str, list[Batch]]:
-        cycle, slot = divmod(step, len(self.schedule))
-        name = self.schedule[slot]
-        turn = cycle * self.schedule.count(name) + self.schedule[:slot].count(name)  # this benchmark's earlier steps
+        name, turn = scheduled(self.schedule, step)
         training = self.splits[name][: len(self.splits[name]) - self.held_out]
         stage = "clip" if step < self.clip_steps else "video"
         rng = np.random.default_rng([self.seed, step])

@@ -8,9 +8,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from runners.toybench import generate, generate_split
+from runners.toybench import SUITE_VERSION, generate, generate_split, is_current
 from runners.toybench.benchmarks import BENCHMARKS
-from runners.toybench.render import COLORS, SIZE, read_video
+from runners.toybench.render import BACKGROUNDS, COLORS, SHAPES, SIZE, read_video
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +57,57 @@ def colors_in(frames: np.ndarray) -> set[str]:
     return present
 
 
+def colors_per_frame(frames: np.ndarray) -> list[set[str]]:
+    return [colors_in(frame[None]) for frame in frames]
+
+
+def answer_text(row: dict) -> str:
+    return row["options"][ord(row["answer"]) - 65].split(". ", 1)[1]
+
+
+def option_texts(row: dict) -> list[str]:
+    return [option.split(". ", 1)[1] for option in row["options"]]
+
+
+def test_no_question_asks_which_shape_an_object_had(suite):
+    docs, _ = suite
+    for name, rows in docs.items():
+        if name != "toy_nextqa":  # its events ("it turned into a square") happen to one object in one place
+            assert not any(set(option_texts(row)) & set(SHAPES) for row in rows), name
+
+
+def test_the_first_colour_of_a_long_video_is_the_one_its_earliest_event_shows(suite):
+    docs, out = suite
+    rows = [row for row in docs["toy_mlvu"] if row["task_type"] == "order"][:15]
+    for row in rows:
+        shown = [colors for colors in colors_per_frame(read_video(out / "toy_mlvu" / row["video"])) if colors]
+        assert shown[0] == {answer_text(row)}, row["question_id"]
+
+
+def test_video_mme_absent_and_following_colours_match_the_pixels(suite):
+    docs, out = suite
+    for row in docs["toy_videomme"][:30]:
+        per_frame = colors_per_frame(read_video(out / "toy_videomme" / row["video"]))
+        order = list(dict.fromkeys(color for colors in per_frame for color in sorted(colors)))
+        answer = answer_text(row)
+        if row["task_type"] == "absence":
+            assert answer not in order and set(option_texts(row)) - {answer} <= set(order), row["question_id"]
+        elif row["task_type"] == "sequence":
+            named = row["question"].removesuffix("?").split()[-1]
+            assert order[order.index(named) + 1] == answer, row["question_id"]
+
+
+def test_the_square_has_the_answer_colour_exactly_while_the_named_background_shows(suite):
+    docs, out = suite
+    for row in docs["toy_longvideobench"][:20]:
+        frames = read_video(out / "toy_longvideobench" / row["video"]).astype(int)
+        named = BACKGROUNDS[row["question"].removesuffix("?").split()[-1]]
+        share = (np.abs(frames - named).sum(-1) < 30).mean(axis=(1, 2))
+        assert set(np.round(share, 1)) <= {0.0, 1.0}, row["question_id"]  # a stretch is all one colour
+        while_named = colors_per_frame(frames[share > 0.5].astype(np.uint8))
+        assert while_named and all(colors == {answer_text(row)} for colors in while_named), row["question_id"]
+
+
 def test_a_retrieval_needle_is_in_the_video_and_its_distractors_are_not(suite):
     docs, out = suite
     retrieval = [r for r in docs["toy_vnbench"] if r["task_type"] == "ret" and r["try"] == 0]
@@ -94,3 +145,13 @@ def test_train_split_differs_from_test(tmp_path):
         read_video(tmp_path / "toy_nextqa" / "videos" / "train0000.mp4"),
     )
     assert test.name == "test.jsonl" and train.name == "train.jsonl"
+
+
+def test_a_split_written_by_another_version_of_the_generators_is_written_again(tmp_path):
+    jsonl = generate_split("toy_nextqa", "test", tmp_path, seed=0, count=2)
+    assert is_current(jsonl)
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    jsonl.write_text("".join(json.dumps(row | {"suite_version": SUITE_VERSION - 1}) + "\n" for row in rows))
+    assert not is_current(jsonl)
+    generate(tmp_path, train_factor=0, splits=("test",), names=["toy_nextqa"])
+    assert is_current(jsonl) and len(jsonl.read_text().splitlines()) == 140

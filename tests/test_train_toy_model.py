@@ -18,7 +18,9 @@ from scripts.train_toy_model import (
     keep_wired,
     main,
     question_rows,
+    scheduled,
     stacked,
+    step_schedule,
     toy_config,
     train_split,
     wire_option_lookup,
@@ -153,3 +155,16 @@ def test_a_run_writes_a_folder_that_loads_and_a_second_run_resumes(splits, tmp_p
     assert all(
         torch.equal(a, b) for a, b in zip(trained.state_dict().values(), restarted.state_dict().values(), strict=True)
     )
+
+
+def test_weighted_steps_visit_each_benchmark_as_often_as_its_weight_and_its_videos_in_order():
+    weights = {"toy_vnbench": 2, "toy_mlvu": 0, "toy_longvideobench": 3, "toy_nextqa": 1}
+    schedule = step_schedule(weights)
+    turns: dict[str, list[int]] = {}
+    for step in range(6 * len(schedule)):
+        name, turn = scheduled(schedule, step)
+        turns.setdefault(name, []).append(turn)
+    assert {name: len(seen) for name, seen in turns.items()} == {"toy_vnbench": 12, "toy_longvideobench": 18,
+                                                                 "toy_nextqa": 6}  # fmt: skip
+    assert all(seen == list(range(len(seen))) for seen in turns.values())
+    assert schedule[:3] == ["toy_vnbench", "toy_longvideobench", "toy_nextqa"]  # spread, not in blocks
