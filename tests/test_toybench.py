@@ -103,8 +103,8 @@ def test_the_square_has_the_answer_colour_exactly_while_the_named_background_sho
         frames = read_video(out / "toy_longvideobench" / row["video"]).astype(int)
         named = BACKGROUNDS[row["question"].removesuffix("?").split()[-1]]
         share = (np.abs(frames - named).sum(-1) < 30).mean(axis=(1, 2))
-        assert set(np.round(share, 1)) <= {0.0, 1.0}, row["question_id"]  # a stretch is all one colour
-        while_named = colors_per_frame(frames[share > 0.5].astype(np.uint8))
+        assert set(np.round(share, 1)) <= {0.0, 0.5}, row["question_id"]  # the named colour is never a minor band
+        while_named = colors_per_frame(frames[share > 0.4].astype(np.uint8))
         assert while_named and all(colors == {answer_text(row)} for colors in while_named), row["question_id"]
 
 

@@ -24,7 +24,7 @@ from runners.toybench.render import write_video
 
 LETTERS = "ABCDE"
 SPLIT_SEEDS = {"test": 0, "train": 1_000}
-SUITE_VERSION = 2  # 2: no question asks for a shape; LongVideoBench's stretches are plain
+SUITE_VERSION = 2  # 2: no question asks for a shape; LongVideoBench's stretches keep their main colours to themselves
 
 
 def lettered(question: Question, answer_position: int, rng: np.random.Generator) -> tuple[list[str], str]:

@@ -49,14 +49,15 @@ def pick(rng: np.random.Generator, pool, count: int) -> list:
 
 
 def scenes(
-    rng: np.random.Generator, frames: int, segments: int, plain: bool = False
+    rng: np.random.Generator, frames: int, segments: int, distinct_mains: bool = False
 ) -> tuple[list[np.ndarray], list[str]]:
     """A haystack: ``segments`` stretches of static banded background, and the main (half-frame) colour of each.
-    With ``plain``, each stretch is all one colour."""
+    With ``distinct_mains``, no stretch has another stretch's main colour in a minor band."""
     names = pick(rng, list(BACKGROUNDS), segments)
     frames_out, starts = [], np.array_split(np.arange(frames), segments)
     for name, stretch in zip(names, starts, strict=True):
-        others = [] if plain else pick(rng, [b for b in BACKGROUNDS if b != name], int(rng.integers(1, 3)))
+        excluded = names if distinct_mains else [name]
+        others = pick(rng, [b for b in BACKGROUNDS if b not in excluded], int(rng.integers(1, 3)))
         plate = background([name, *others], vertical=bool(rng.integers(2)))
         frames_out.extend([plate] * len(stretch))
     return frames_out, names
@@ -125,7 +126,7 @@ def toy_mlvu(rng: np.random.Generator) -> Video:
 
 def toy_longvideobench(rng: np.random.Generator) -> Video:
     segments = 4
-    frames, names = scenes(rng, 32, segments, plain=True)
+    frames, names = scenes(rng, 32, segments, distinct_mains=True)
     colors = pick(rng, list(COLORS), segments)
     where = spot(rng)
     for stretch, color in zip(np.array_split(np.arange(32), segments), colors, strict=True):
@@ -133,7 +134,7 @@ def toy_longvideobench(rng: np.random.Generator) -> Video:
             frames[at] = draw(frames[at], "square", color, where)
     asked = int(rng.integers(segments))
     question = Question(
-        f"What color was the square while the background was {names[asked]}?",
+        f"What color was the square while half of the background was {names[asked]}?",
         colors[asked],
         [c for i, c in enumerate(colors) if i != asked],
         "referring",
