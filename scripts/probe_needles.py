@@ -1,0 +1,96 @@
+"""Where the offline model reads a needle from: toy VNBench retrieval with the needle's own tokens removed.
+
+    python -m scripts.probe_needles [--model models/tiny_llava_onevision] [--whole-frames]
+
+Before the language model, removes the tokens whose pixels differ from the previous frame's (the needle's, in its
+frame and in the frame after it, where it is gone; scene cuts aside), or as many random tokens of the same
+frames, keeps every other token, and prints the accuracy of the retrieval questions for no removal, the needle's
+tokens and random ones. If the needle's colour is still read with its own tokens gone, the vision tower has
+spread it over its frame, and dropping tokens at random cannot lose it. ``--whole-frames`` removes every token of
+those frames instead, to show that the needle is not read from elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from transformers import LlavaOnevisionForConditionalGeneration
+
+from scripts.train_toy_model import CHANGED_PIXEL_LEVEL, MODEL_CONFIG, Prompts, Video
+from sttm.adapters.hooks import reduction_point
+from sttm.adapters.tiny import FRAME_SIZE, PATCH_SIZE, tiny_processor
+from sttm.api import Reducer, Reduction, Stage, VideoTokens, keep_subset
+
+
+def changed_tokens(frames: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
+    """[T, H, W] bool: the tokens whose pixels differ from the previous frame's (by more than H.264 noise), in
+    frames where less than half of the tokens do (not at a cut to the next scene)."""
+    changed = np.zeros(frames.shape[:3], dtype=bool)
+    changed[1:] = np.abs(np.diff(frames.astype(np.int16), axis=0)).max(-1) > CHANGED_PIXEL_LEVEL
+    frames_count, rows, columns = changed.shape
+    blocks = changed.reshape(frames_count, grid[0], rows // grid[0], grid[1], columns // grid[1])
+    tokens = torch.from_numpy(blocks.any(axis=(2, 4)))
+    return tokens & (tokens.flatten(1).float().mean(1) < 0.5)[:, None, None]
+
+
+class DropTokens(Reducer):
+    """Removes the tokens of ``dropped`` ([T, H, W] bool) and keeps every other one."""
+
+    stage = Stage.PRE_LLM
+    query_aware = False
+    budget = 1.0
+
+    def __init__(self, dropped: torch.Tensor) -> None:
+        self.dropped = dropped
+
+    def reduce(self, video: VideoTokens) -> Reduction:
+        if tuple(self.dropped.shape) != tuple(video.grid.shape[:3]):
+            raise ValueError(f"mask of shape {tuple(self.dropped.shape)} for a grid of {tuple(video.grid.shape[:3])}")
+        return keep_subset(video, torch.nonzero(~self.dropped.flatten()).flatten().to(video.grid.device))
+
+
+def at_random_in_the_same_frames(needle: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """As many tokens as ``needle`` marks in each frame, chosen at random within that frame."""
+    frames = needle.flatten(1)
+    chosen = torch.zeros_like(frames)
+    for frame, count in enumerate(frames.sum(1).tolist()):
+        chosen[frame, torch.randperm(frames.shape[1], generator=generator)[:count]] = True
+    return chosen.view_as(needle)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=Path("models/tiny_llava_onevision"))
+    parser.add_argument("--data", type=Path, default=Path("data/toybench"), help="where `make toybench` wrote it")
+    parser.add_argument("--whole-frames", action="store_true", help="remove every token of the needle's frames")
+    args = parser.parse_args()
+    config = OmegaConf.load(MODEL_CONFIG)
+    model = LlavaOnevisionForConditionalGeneration.from_pretrained(args.model).eval()
+    prompts = Prompts(tiny_processor("llava_onevision"), config.target_fps, config.max_frames.default)
+    rows = [json.loads(line) for line in (args.data / "toy_vnbench" / "test.jsonl").open()]
+    retrieval = [row for row in rows if row["task_type"] == "ret" and row["try"] == 0]
+    side = FRAME_SIZE // PATCH_SIZE // 2  # LLaVA-OneVision pools each frame's patches 2x2
+    grid = (side, side)
+    for removal in ("none", "needle", "random"):
+        generator, right, removed = torch.Generator().manual_seed(0), 0, 0
+        for row in retrieval:
+            frames = prompts.frames(Video(row["video"], ()))
+            needle = changed_tokens(frames, grid)
+            if args.whole_frames:
+                needle = needle.flatten(1).any(1)[:, None, None].expand_as(needle)
+            dropped = needle if removal == "needle" else at_random_in_the_same_frames(needle, generator)
+            removed += int(dropped.sum()) if removal != "none" else 0
+            with torch.inference_mode(), reduction_point(model, None if removal == "none" else DropTokens(dropped)):
+                letter = prompts.answer(model, frames, row["question"], row["options"], config.max_new_tokens)
+            right += letter == row["answer"]
+        print(f"tokens removed: {removal:>6} ({removed / len(retrieval):.1f} a video): "
+              f"{100 * right / len(retrieval):.1f}% of {len(retrieval)} retrieval questions")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
