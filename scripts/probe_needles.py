@@ -21,7 +21,7 @@ import torch
 from omegaconf import OmegaConf
 from transformers import LlavaOnevisionForConditionalGeneration
 
-from scripts.train_toy_model import CHANGED_PIXEL_LEVEL, MODEL_CONFIG, Prompts, Video
+from scripts.train_toy_model import MODEL_CONFIG, Prompts, Video, changed_pixels
 from sttm.adapters.hooks import reduction_point
 from sttm.adapters.tiny import FRAME_SIZE, PATCH_SIZE, tiny_processor
 from sttm.api import Reducer, Reduction, Stage, VideoTokens, keep_subset
@@ -31,7 +31,7 @@ def changed_tokens(frames: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
     """[T, H, W] bool: the tokens whose pixels differ from the previous frame's (by more than H.264 noise), in
     frames where less than half of the tokens do (not at a cut to the next scene)."""
     changed = np.zeros(frames.shape[:3], dtype=bool)
-    changed[1:] = np.abs(np.diff(frames.astype(np.int16), axis=0)).max(-1) > CHANGED_PIXEL_LEVEL
+    changed[1:] = changed_pixels(frames)
     frames_count, rows, columns = changed.shape
     blocks = changed.reshape(frames_count, grid[0], rows // grid[0], grid[1], columns // grid[1])
     tokens = torch.from_numpy(blocks.any(axis=(2, 4)))

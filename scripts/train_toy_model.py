@@ -118,12 +118,18 @@ def train_split(root: Path, videos_per_benchmark: int, workers: int = 1) -> dict
     return {name: read_split(root / name / "train.jsonl") for name in BENCHMARKS}
 
 
+def changed_pixels(frames: np.ndarray) -> np.ndarray:
+    """[T − 1, H, W] bool: the pixels of each frame after the first that differ from the previous frame's by more
+    than H.264 noise."""
+    return np.abs(np.diff(frames.astype(np.int16), axis=0)).max(-1) > CHANGED_PIXEL_LEVEL
+
+
 def clip(benchmark: str, frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """The frames the benchmark's answers depend on (see ``CLIP_STRIDES``); VNBench: its needle frames, padded
     with other frames to ``NEEDLE_CLIP_FRAMES``, in order."""
     if benchmark in CLIP_STRIDES:
         return frames[CLIP_STRIDES[benchmark]]
-    changed = (np.abs(np.diff(frames.astype(np.int16), axis=0)).max(-1) > CHANGED_PIXEL_LEVEL).mean((1, 2))
+    changed = changed_pixels(frames).mean((1, 2))
     differs = np.concatenate([[True], changed > CHANGED_FRACTION, [True]])
     needles = np.flatnonzero(differs[:-1] & differs[1:])
     others = np.setdiff1d(np.arange(len(frames)), needles)
