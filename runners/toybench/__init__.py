@@ -24,7 +24,8 @@ from runners.toybench.render import write_video
 
 LETTERS = "ABCDE"
 SPLIT_SEEDS = {"test": 0, "train": 1_000}
-SUITE_VERSION = 2  # 2: no question asks for a shape; LongVideoBench's stretches keep their main colours to themselves
+# 2: no question asks for a shape; 3: LongVideoBench refers to a stretch by a white ball shown in it
+SUITE_VERSION = 3
 
 
 def lettered(question: Question, answer_position: int, rng: np.random.Generator) -> tuple[list[str], str]:
