@@ -8,6 +8,8 @@ import torch
 from transformers import AutoModelForImageTextToText, LlavaOnevisionForConditionalGeneration
 
 from baselines.random_drop import RandomDrop
+from runners.toybench.benchmarks import toy_longvideobench
+from runners.toybench.render import COLORS
 from scripts.train_toy_model import (
     Prompts,
     TemporalDuplicates,
@@ -168,3 +170,14 @@ def test_weighted_steps_visit_each_benchmark_as_often_as_its_weight_and_its_vide
                                                                  "toy_nextqa": 6}  # fmt: skip
     assert all(seen == list(range(len(seen))) for seen in turns.values())
     assert schedule[:3] == ["toy_vnbench", "toy_longvideobench", "toy_nextqa"]  # spread, not in blocks
+
+
+def test_a_longvideobench_clip_keeps_one_frame_with_the_white_ball_and_the_square_of_every_stretch():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        frames, [question] = toy_longvideobench(rng)
+        kept = clip("toy_longvideobench", np.stack(frames), rng)
+        shown = [{name for name, rgb in COLORS.items() if (frame == rgb).all(-1).sum() > 100} for frame in kept]
+        with_ball = [colors - {"white"} for colors in shown if "white" in colors]
+        assert with_ball == [{question.correct}]
+        assert set().union(*shown) - {"white"} == {question.correct, *question.wrong}

@@ -133,7 +133,7 @@ def toy_mlvu(rng: np.random.Generator) -> Video:
 
 def toy_longvideobench(rng: np.random.Generator) -> Video:
     """Four stretches with a square that changes colour from one to the next; in the middle of one stretch a
-    white ball shows for a while. The question refers to the stretch by the ball, always the same referent: the
+    white ball shows for 4 frames. The question refers to the stretch by the ball, always the same referent: the
     offline model does not learn to bind a name in the question to frames (results/toybench/README.md)."""
     segments = 4
     frames, _ = scenes(rng, 32, 2)
