@@ -7,7 +7,9 @@ frame and in the frame after it, where it is gone; scene cuts aside), or as many
 frames, keeps every other token, and prints the accuracy of the retrieval questions for no removal, the needle's
 tokens and random ones. If the needle's colour is still read with its own tokens gone, the vision tower has
 spread it over its frame, and dropping tokens at random cannot lose it. ``--whole-frames`` removes every token of
-those frames instead, to show that the needle is not read from elsewhere.
+those frames instead, to show that the needle is not read from elsewhere. ``--tower-layers`` prints instead, for the
+patch embeddings and each vision encoder layer's output, how much a needle changes its frame's features at the
+needle's patches and at patches far from it: where the far change is near zero, a token holds only its own pixels.
 """
 
 from __future__ import annotations
@@ -63,17 +65,63 @@ def at_random_in_the_same_frames(needle: torch.Tensor, generator: torch.Generato
     return chosen.view_as(needle)
 
 
+FAR_PATCHES = 3  # patches at least this many rows or columns away from every needle patch count as far
+
+
+def change_by_tower_layer(model, pixel_values: torch.Tensor, needle: torch.Tensor) -> torch.Tensor:
+    """[L + 1, 2]: for the patch embeddings and each of the tower's L encoder layers, the mean norm of (needle
+    frame − frame before) at the needle's patches and at far patches, over the frame before's mean patch norm.
+
+    pixel_values: [2, C, H, W], the frame before and the needle's frame; needle: [H', W'] bool on the patch grid.
+    """
+    with torch.inference_mode():
+        hidden_states = model.model.vision_tower(pixel_values, output_hidden_states=True).hidden_states
+    near = needle.flatten()
+    reach = 2 * FAR_PATCHES - 1
+    far = ~(torch.nn.functional.max_pool2d(needle[None, None].float(), reach, 1, FAR_PATCHES - 1) > 0).flatten()
+    rows = []
+    for hidden in hidden_states:
+        change = (hidden[1] - hidden[0]).norm(dim=-1) / hidden[0].norm(dim=-1).mean()
+        rows.append([change[near].mean(), change[far].mean()])
+    return torch.tensor(rows)
+
+
+def print_change_by_tower_layer(model, prompts: Prompts, retrieval: list[dict]) -> None:
+    patches = FRAME_SIZE // PATCH_SIZE
+    changes = []
+    for row in retrieval:
+        frames = prompts.frames(Video(row["video"], ()))
+        needle = changed_tokens(frames, (patches, patches))
+        needle_frames = torch.nonzero(needle.flatten(1).any(1)).flatten().tolist()
+        if not needle_frames or needle_frames[0] == 0:
+            continue
+        at = needle_frames[0]
+        pixel_values = prompts.processor.video_processor(videos=[frames[at - 1 : at + 1]], return_tensors="pt")
+        changes.append(change_by_tower_layer(model, pixel_values["pixel_values_videos"][0], needle[at]))
+    if not changes:
+        raise SystemExit("no retrieval video has a needle after its first frame: nothing to compare")
+    mean = torch.stack(changes).mean(0)
+    print(f"relative change of the needle's frame's patch features, mean over {len(changes)} retrieval videos:")
+    for layer, (at_needle, far) in enumerate(mean.tolist()):
+        name = "patch embeddings" if layer == 0 else f"encoder layer {layer}"
+        print(f"{name:>16}: needle's patches {at_needle:.3f}, patches {FAR_PATCHES}+ away {far:.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=Path("models/tiny_llava_onevision"))
     parser.add_argument("--data", type=Path, default=Path("data/toybench"), help="where `make toybench` wrote it")
     parser.add_argument("--whole-frames", action="store_true", help="remove every token of the needle's frames")
+    parser.add_argument("--tower-layers", action="store_true", help="how far each tower layer spreads a needle")
     args = parser.parse_args()
     config = OmegaConf.load(MODEL_CONFIG)
     model = LlavaOnevisionForConditionalGeneration.from_pretrained(args.model).eval()
     prompts = Prompts(tiny_processor("llava_onevision"), config.target_fps, config.max_frames.default)
     rows = [json.loads(line) for line in (args.data / "toy_vnbench" / "test.jsonl").open()]
     retrieval = [row for row in rows if row["task_type"] == "ret" and row["try"] == 0]
+    if args.tower_layers:
+        print_change_by_tower_layer(model, prompts, retrieval)
+        return
     side = FRAME_SIZE // PATCH_SIZE // 2  # LLaVA-OneVision pools each frame's patches 2x2
     grid = (side, side)
     for removal in ("none", "needle", "random"):
