@@ -93,13 +93,13 @@ def print_change_by_tower_layer(model, prompts: Prompts, retrieval: list[dict]) 
         frames = prompts.frames(Video(row["video"], ()))
         needle = changed_tokens(frames, (patches, patches))
         needle_frames = torch.nonzero(needle.flatten(1).any(1)).flatten().tolist()
-        if not needle_frames or needle_frames[0] == 0:
+        if not needle_frames:
             continue
         at = needle_frames[0]
         pixel_values = prompts.processor.video_processor(videos=[frames[at - 1 : at + 1]], return_tensors="pt")
         changes.append(change_by_tower_layer(model, pixel_values["pixel_values_videos"][0], needle[at]))
     if not changes:
-        raise SystemExit("no retrieval video has a needle after its first frame: nothing to compare")
+        raise SystemExit("no retrieval video has a frame that changes from the one before: nothing to compare")
     mean = torch.stack(changes).mean(0)
     print(f"relative change of the needle's frame's patch features, mean over {len(changes)} retrieval videos:")
     for layer, (at_needle, far) in enumerate(mean.tolist()):
