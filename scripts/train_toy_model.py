@@ -72,7 +72,7 @@ NEEDLE_CLIP_FRAMES = 8
 CHANGED_PIXEL_LEVEL, CHANGED_FRACTION = 60, 0.005  # a needle changes ~1.7% of the pixels; H.264 noise far less
 
 
-def toy_config() -> LlavaOnevisionConfig:
+def toy_config(vision_feature_layer: int = -1) -> LlavaOnevisionConfig:
     """The tiny configuration of ``sttm.adapters.tiny`` with a wider and deeper language model and vision tower."""
     return LlavaOnevisionConfig(
         vision_config=dict(
@@ -80,7 +80,7 @@ def toy_config() -> LlavaOnevisionConfig:
             **VISION_TOWER,
         ),
         text_config=text_config(model_type="qwen2") | TEXT_MODEL,
-        vision_feature_layer=-1, vision_feature_select_strategy="full",
+        vision_feature_layer=vision_feature_layer, vision_feature_select_strategy="full",
         image_grid_pinpoints=[[FRAME_SIZE, FRAME_SIZE]], **placeholder_token_ids("llava_onevision"),
     )  # fmt: skip
 
@@ -509,7 +509,7 @@ def learning_rate(step: int, peak: float, warmup: int, total: int) -> float:
 # the arguments a checkpoint must share with the run that resumes it
 TRAINING_ARGUMENTS = ("videos_per_benchmark", "held_out", "clip_steps", "steps", "videos_per_step", "positions",
                       "lr", "warmup", "weight_decay", "seed", "drop_prob", "temporal_drop_prob", "drop_min_share",
-                      "init_from", "benchmark_weights")  # fmt: skip
+                      "init_from", "fresh_vision_encoder", "vision_feature_layer", "benchmark_weights")  # fmt: skip
 
 
 def training_settings(args: argparse.Namespace) -> dict:
@@ -603,6 +603,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="steps per benchmark in each cycle, as name=count,… (unnamed benchmarks: 1; 0 leaves one out)",
     )
     parser.add_argument("--init-from", help="start from the weights of a model folder this script wrote")
+    parser.add_argument(
+        "--fresh-vision-encoder",
+        action="store_true",
+        help="with --init-from: keep the vision encoder layers at their initial weights, not the folder's",
+    )
+    parser.add_argument(
+        "--vision-feature-layer",
+        type=int,
+        default=-1,
+        help="the tower's hidden state the LLM reads, counted from the end (-1: the last encoder layer's output)",
+    )
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--weight-decay", type=float, default=0.01)
@@ -614,7 +625,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--checkpoint-every", type=int, default=250)
     parser.add_argument("--log-every", type=int, default=0, help="recent training accuracy every N steps")
     parser.add_argument("--eval-every", type=int, default=0, help="held-out accuracy every N steps (0: at the end)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.fresh_vision_encoder and args.init_from is None:
+        parser.error("--fresh-vision-encoder keeps the rest of an --init-from folder: name one")
+    hidden_states = VISION_TOWER["num_hidden_layers"] + 1
+    # counted from the end only: transformers 5.24 takes a layer of 0 for "no hidden states"
+    if not -hidden_states <= args.vision_feature_layer <= -1:
+        parser.error(f"--vision-feature-layer {args.vision_feature_layer}: the tower has {hidden_states} hidden "
+                     f"states, -1 (last) to -{hidden_states} (patch embeddings)")  # fmt: skip
+    return args
+
+
+def is_vision_encoder_weight(name: str) -> bool:
+    return "vision_tower." in name and ".encoder.layers." in name
+
+
+def load_initial_weights(model, folder: str, fresh_vision_encoder: bool = False) -> None:
+    """Load the weights of a model folder this script wrote into ``model``; with ``fresh_vision_encoder``, all but
+    the vision encoder layers', which keep ``model``'s own."""
+    loaded = LlavaOnevisionForConditionalGeneration.from_pretrained(folder).state_dict()
+    if fresh_vision_encoder:
+        loaded = {name: value for name, value in loaded.items() if not is_vision_encoder_weight(name)}
+    model.load_state_dict(model.state_dict() | loaded)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -626,10 +658,12 @@ def main(argv: list[str] | None = None) -> dict:
     splits = train_split(args.data, args.videos_per_benchmark, args.generate_workers)
     total = args.clip_steps + args.steps
     torch.manual_seed(args.seed)
-    model = LlavaOnevisionForConditionalGeneration._from_config(toy_config(), attn_implementation="sdpa")
+    model = LlavaOnevisionForConditionalGeneration._from_config(
+        toy_config(args.vision_feature_layer), attn_implementation="sdpa"
+    )
     wiring = wire_option_lookup(model, answer_words(prompts.tokenizer), args.seed)
     if args.init_from is not None:  # a model this script trained: its wired entries are the wiring's values
-        model.load_state_dict(LlavaOnevisionForConditionalGeneration.from_pretrained(args.init_from).state_dict())
+        load_initial_weights(model, args.init_from, args.fresh_vision_encoder)
     model.to(args.device).train()
     wired = [(parameter, mask.to(args.device), parameter.detach().clone()) for parameter, mask in wiring]
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=args.weight_decay)

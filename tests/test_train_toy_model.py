@@ -11,14 +11,18 @@ from baselines.random_drop import RandomDrop
 from runners.toybench.benchmarks import toy_longvideobench
 from runners.toybench.render import COLORS
 from scripts.train_toy_model import (
+    VISION_TOWER,
     Prompts,
     TemporalDuplicates,
     answer_words,
     answered,
     clip,
     forward,
+    is_vision_encoder_weight,
     keep_wired,
+    load_initial_weights,
     main,
+    parse_args,
     question_rows,
     scheduled,
     stacked,
@@ -181,3 +185,35 @@ def test_a_longvideobench_clip_keeps_one_frame_with_the_white_ball_and_the_squar
         with_ball = [colors - {"white"} for colors in shown if "white" in colors]
         assert with_ball == [{question.correct}]
         assert set().union(*shown) - {"white"} == {question.correct, *question.wrong}
+
+
+def test_a_fresh_vision_encoder_keeps_its_own_weights_and_takes_the_rest_from_the_folder(tmp_path):
+    torch.manual_seed(1)
+    LlavaOnevisionForConditionalGeneration._from_config(toy_config()).save_pretrained(tmp_path)
+    saved = LlavaOnevisionForConditionalGeneration.from_pretrained(tmp_path).state_dict()
+    torch.manual_seed(0)
+    model = LlavaOnevisionForConditionalGeneration._from_config(toy_config())
+    own = {name: value.clone() for name, value in model.state_dict().items()}
+
+    load_initial_weights(model, str(tmp_path), fresh_vision_encoder=True)
+
+    encoder = [name for name in own if is_vision_encoder_weight(name)]
+    assert len(encoder) > 0 and "model.vision_tower.embeddings.patch_embedding.weight" not in encoder
+    for name, value in model.state_dict().items():
+        expected = own[name] if name in encoder else saved[name]
+        assert torch.equal(value, expected), name
+    load_initial_weights(model, str(tmp_path))
+    assert all(torch.equal(value, saved[name]) for name, value in model.state_dict().items())
+
+
+def test_a_fresh_vision_encoder_needs_a_folder_for_the_rest():
+    with pytest.raises(SystemExit):
+        parse_args(["--fresh-vision-encoder"])
+
+
+@pytest.mark.parametrize("layer", ["0", "1", str(-VISION_TOWER["num_hidden_layers"] - 2)])
+def test_the_vision_feature_layer_counts_from_the_end_within_the_tower(layer):
+    embeddings = -VISION_TOWER["num_hidden_layers"] - 1
+    assert parse_args(["--vision-feature-layer", str(embeddings)]).vision_feature_layer == embeddings
+    with pytest.raises(SystemExit):
+        parse_args(["--vision-feature-layer", layer])
