@@ -291,6 +291,11 @@ def test_a_reducer_is_refused_where_its_needs_cannot_be_met():
     with pytest.raises(ValueError, match="LLaVA-OneVision models only"):
         with reduction_point(tiny_model("qwen2_vl"), RecordsVisionEvidence()):
             pass
+    reads_embeddings = tiny_model("llava_onevision")
+    reads_embeddings.config.vision_feature_layer = -len(reads_embeddings.model.vision_tower.encoder.layers) - 1
+    with pytest.raises(ValueError, match="is the patch embeddings"):
+        with reduction_point(reads_embeddings, RecordsVisionEvidence()):
+            pass
 
 
 class EverythingWithKVPruning(Everything):

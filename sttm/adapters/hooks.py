@@ -507,7 +507,10 @@ def vision(model, reducer: Reducer, positions: str = "original") -> Iterator[Red
     if not isinstance(feature_layer, int):
         raise ValueError(f"the vision reduction point needs one vision_feature_layer, got {feature_layer}")
     # hidden_states[i] is the output of encoder layer i - 1 (hidden_states[0] is the embeddings)
-    layer = encoder_layers[feature_layer % (len(encoder_layers) + 1) - 1]
+    read = feature_layer % (len(encoder_layers) + 1)
+    if read == 0:
+        raise ValueError(f"vision_feature_layer {feature_layer} is the patch embeddings: no encoder layer made them")
+    layer = encoder_layers[read - 1]
     evidence: dict[str, torch.Tensor] = {}
 
     def on_encoder_layer(module, args):
