@@ -23,7 +23,7 @@ import torch
 from omegaconf import OmegaConf
 from transformers import LlavaOnevisionForConditionalGeneration
 
-from scripts.train_toy_model import MODEL_CONFIG, Prompts, Video, changed_pixels
+from scripts.train_toy_model import CUT_SHARE, MODEL_CONFIG, Prompts, Video, changed_patches
 from sttm.adapters.hooks import reduction_point
 from sttm.adapters.tiny import FRAME_SIZE, PATCH_SIZE, tiny_processor
 from sttm.api import Reducer, Reduction, Stage, VideoTokens, keep_subset
@@ -31,13 +31,9 @@ from sttm.api import Reducer, Reduction, Stage, VideoTokens, keep_subset
 
 def changed_tokens(frames: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
     """[T, H, W] bool: the tokens whose pixels differ from the previous frame's (by more than H.264 noise), in
-    frames where less than half of the tokens do (not at a cut to the next scene)."""
-    changed = np.zeros(frames.shape[:3], dtype=bool)
-    changed[1:] = changed_pixels(frames)
-    frames_count, rows, columns = changed.shape
-    blocks = changed.reshape(frames_count, grid[0], rows // grid[0], grid[1], columns // grid[1])
-    tokens = torch.from_numpy(blocks.any(axis=(2, 4)))
-    return tokens & (tokens.flatten(1).float().mean(1) < 0.5)[:, None, None]
+    frames that are not a cut to the next scene."""
+    tokens = changed_patches(frames, grid)
+    return tokens & (tokens.flatten(1).float().mean(1) < CUT_SHARE)[:, None, None]
 
 
 class DropTokens(Reducer):

@@ -31,7 +31,9 @@ import math
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +72,7 @@ CLIP_STRIDES = {
 }
 NEEDLE_CLIP_FRAMES = 8
 CHANGED_PIXEL_LEVEL, CHANGED_FRACTION = 60, 0.005  # a needle changes ~1.7% of the pixels; H.264 noise far less
+CUT_SHARE = 0.5  # a frame where this share of the patches changes is a cut to another scene, not a local change
 
 
 def toy_config(vision_feature_layer: int = -1) -> LlavaOnevisionConfig:
@@ -122,6 +125,44 @@ def changed_pixels(frames: np.ndarray) -> np.ndarray:
     """[T − 1, H, W] bool: the pixels of each frame after the first that differ from the previous frame's by more
     than H.264 noise."""
     return np.abs(np.diff(frames.astype(np.int16), axis=0)).max(-1) > CHANGED_PIXEL_LEVEL
+
+
+def changed_patches(frames: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
+    """[T, H, W] bool on a ``grid`` of patches: those holding a pixel that differs from the previous frame's by more
+    than H.264 noise (none in the first frame)."""
+    changed = np.zeros(frames.shape[:3], dtype=bool)
+    changed[1:] = changed_pixels(frames)
+    frames_count, rows, columns = changed.shape
+    blocks = changed.reshape(frames_count, grid[0], rows // grid[0], grid[1], columns // grid[1])
+    return torch.from_numpy(blocks.any(axis=(2, 4)))
+
+
+def far_change(features: torch.Tensor, changed: torch.Tensor, margin: int) -> torch.Tensor:
+    """How much features change from one frame to the next where the pixels do not: the mean squared change at
+    patches more than ``margin`` rows or columns away from every changed patch, over the mean squared feature norm.
+    Frames after a cut (``CUT_SHARE`` of their patches changed) and the first frame count for nothing; 0 means
+    that every feature holds only its own neighbourhood's pixels.
+
+    features: [V, T, H, W, C]; changed: [V, T, H, W] bool, as ``changed_patches`` marks them.
+    """
+    after = changed[:, 1:].flatten(0, 1).float()
+    near = torch.nn.functional.max_pool2d(after[:, None], 2 * margin + 1, 1, margin)[:, 0] > 0
+    cut = after.flatten(1).mean(1) >= CUT_SHARE
+    far = ~near & ~cut[:, None, None]
+    change = (features[:, 1:] - features[:, :-1]).flatten(0, 1).pow(2).sum(-1)
+    return change[far].sum() / far.sum().clamp(min=1) / features.pow(2).sum(-1).mean()
+
+
+@contextmanager
+def projector_inputs(model) -> Iterator[list[torch.Tensor]]:
+    """The vision features each forward hands to the multimodal projector ([frames, patches, C] each), as the
+    model selected them from its tower's hidden states."""
+    captured: list[torch.Tensor] = []
+    handle = model.model.multi_modal_projector.register_forward_pre_hook(lambda _, args: captured.append(args[0]))
+    try:
+        yield captured
+    finally:
+        handle.remove()
 
 
 def clip(benchmark: str, frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -271,8 +312,9 @@ def keep_wired(wired: list[tuple[torch.nn.Parameter, torch.Tensor, torch.Tensor]
 class Batch:
     """Rows that continue prefixes (the chat header and the visual tokens of one video each, all of one length):
     each prefix runs once and row i continues prefix ``row_prefix[i]``. ``targets`` marks the tokens the loss is
-    taken on (the answer and the end of the turn), ``answers`` the answer's tokens (option text and letter) and
-    ``letter_positions`` where each row's letter is."""
+    taken on (the answer and the end of the turn), ``answers`` the answer's tokens (option text and letter),
+    ``letter_positions`` where each row's letter is and ``changed_patches`` ([videos, T, H, W]) which patches of
+    each prefix's video change from the frame before."""
 
     prefix_ids: torch.Tensor
     pixel_values_videos: torch.Tensor
@@ -282,6 +324,7 @@ class Batch:
     answers: torch.Tensor
     letter_positions: torch.Tensor
     row_prefix: torch.Tensor
+    changed_patches: torch.Tensor
 
     def to(self, device: str) -> Batch:
         for name, value in vars(self).items():
@@ -330,6 +373,7 @@ class Prompts:
             answers=padded(answers, False),
             letter_positions=torch.tensor(letter_positions),
             row_prefix=torch.zeros(len(rows), dtype=torch.long),
+            changed_patches=changed_patches(frames, (FRAME_SIZE // PATCH_SIZE,) * 2)[None],
         )
 
     def answer(self, model, frames: np.ndarray, question: str, options: list[str], max_new_tokens: int) -> str:
@@ -372,6 +416,7 @@ def merged(group: list[Batch]) -> Batch:
         suffix_ids=rows("suffix_ids"), suffix_mask=rows("suffix_mask"), targets=rows("targets"),
         answers=rows("answers"), letter_positions=torch.cat([batch.letter_positions for batch in group]),
         row_prefix=torch.cat([torch.full_like(batch.row_prefix, i) for i, batch in enumerate(group)]),
+        changed_patches=torch.cat([batch.changed_patches for batch in group]),
     )  # fmt: skip
 
 
@@ -509,7 +554,8 @@ def learning_rate(step: int, peak: float, warmup: int, total: int) -> float:
 # the arguments a checkpoint must share with the run that resumes it
 TRAINING_ARGUMENTS = ("videos_per_benchmark", "held_out", "clip_steps", "steps", "videos_per_step", "positions",
                       "lr", "warmup", "weight_decay", "seed", "drop_prob", "temporal_drop_prob", "drop_min_share",
-                      "init_from", "fresh_vision_encoder", "vision_feature_layer", "benchmark_weights")  # fmt: skip
+                      "init_from", "fresh_vision_encoder", "vision_feature_layer", "benchmark_weights",
+                      "locality_weight", "locality_margin")  # fmt: skip
 
 
 def training_settings(args: argparse.Namespace) -> dict:
@@ -614,6 +660,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=-1,
         help="the tower's hidden state the LLM reads, counted from the end (-1: the last encoder layer's output)",
     )
+    parser.add_argument(
+        "--locality-weight",
+        type=float,
+        default=0.0,
+        help="weight of far_change, the change of features where the pixels around them did not change, in the loss",
+    )
+    parser.add_argument(
+        "--locality-margin", type=int, default=1, help="patches around a changed one that far_change leaves free"
+    )
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--weight-decay", type=float, default=0.01)
@@ -676,35 +731,44 @@ def main(argv: list[str] | None = None) -> dict:
     )  # fmt: skip
     progress = tqdm(loader, initial=start, total=total, desc="training", unit="step")
     recent_loss: list[float] = []
+    recent_far_change: list[float] = []
     recent: dict[tuple[str, str], list[tuple[bool, bool]]] = {}
     for step, (stage, name, batches) in enumerate(progress, start):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args.lr, args.warmup, total)
         targets = sum(int(batch.targets.sum()) for batch in batches)
-        rows, step_loss = [], 0.0
+        videos = sum(len(batch.changed_patches) for batch in batches)
+        rows, step_loss, step_far_change = [], 0.0, 0.0
         dropping = np.random.default_rng([args.seed, step, 1])
         for index, batch in enumerate(batches):
             reducer = dropping_reducer(
                 dropping, args.drop_prob, args.temporal_drop_prob, args.drop_min_share, seed=step * 1000 + index
             )
-            loss_sum, predicted = forward(model, batch.to(args.device), reducer)
+            with projector_inputs(model) as captured:
+                loss_sum, predicted = forward(model, batch.to(args.device), reducer)
+            grid = batch.changed_patches.shape
+            features = captured[0].unflatten(0, grid[:2]).unflatten(2, grid[2:])
+            locality = far_change(features, batch.changed_patches, args.locality_margin) * grid[0] / videos
             loss = loss_sum / targets
-            loss.backward()
+            (loss + args.locality_weight * locality).backward()
             step_loss += loss.item()
+            step_far_change += locality.item()
             rows += zip(*answered(predicted.detach(), batch), strict=True)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         keep_wired(wired)
         recent_loss = [*recent_loss[-59:], step_loss]
+        recent_far_change = [*recent_far_change[-59:], step_far_change]
         key = (stage, name)
         recent[key] = [*recent.get(key, []), *rows][-100:]
-        progress.set_postfix(stage=stage, loss=f"{np.mean(recent_loss):.3f}")
+        progress.set_postfix(stage=stage, loss=f"{np.mean(recent_loss):.3f}", far=f"{np.mean(recent_far_change):.3f}")
         done = step + 1
         if done % args.checkpoint_every == 0 or done == total:
             save_checkpoint(args.checkpoint, model, optimizer, done, args)
         if args.log_every and done % args.log_every == 0:
-            progress.write(f"step {done} {stage}, option text/letter right in the last 100 rows: " + ", ".join(
+            progress.write(f"step {done} {stage}, far change {np.mean(recent_far_change):.3f}, option text/letter "
+                           "right in the last 100 rows: " + ", ".join(
                 f"{name} {100 * np.mean([a for a, _ in rows]):.0f}/{100 * np.mean([b for _, b in rows]):.0f}%"
                 for (row_stage, name), rows in recent.items() if row_stage == stage
             ))  # fmt: skip

@@ -16,13 +16,16 @@ from scripts.train_toy_model import (
     TemporalDuplicates,
     answer_words,
     answered,
+    changed_patches,
     clip,
+    far_change,
     forward,
     is_vision_encoder_weight,
     keep_wired,
     load_initial_weights,
     main,
     parse_args,
+    projector_inputs,
     question_rows,
     scheduled,
     stacked,
@@ -32,7 +35,7 @@ from scripts.train_toy_model import (
     wire_option_lookup,
 )
 from sttm.adapters.loading import load_model
-from sttm.adapters.tiny import tiny_processor
+from sttm.adapters.tiny import FRAME_SIZE, PATCH_SIZE, tiny_processor
 from sttm.api import VideoTokens
 
 
@@ -217,3 +220,57 @@ def test_the_vision_feature_layer_counts_from_the_end_within_the_tower(layer):
     assert parse_args(["--vision-feature-layer", str(embeddings)]).vision_feature_layer == embeddings
     with pytest.raises(SystemExit):
         parse_args(["--vision-feature-layer", layer])
+
+
+def test_changed_patches_mark_where_a_frame_differs_from_the_one_before():
+    frames = np.zeros((3, FRAME_SIZE, FRAME_SIZE, 3), np.uint8)
+    frames[1, 3 * PATCH_SIZE + 2 : 3 * PATCH_SIZE + 9, 5 * PATCH_SIZE : 6 * PATCH_SIZE] = 255
+    frames[2] = 10  # below H.264 noise
+    patches = FRAME_SIZE // PATCH_SIZE
+
+    changed = changed_patches(frames, (patches, patches))
+
+    assert changed.shape == (3, patches, patches)
+    assert torch.nonzero(changed).tolist() == [[1, 3, 5], [2, 3, 5]]  # appears, then is gone
+
+
+def test_far_change_counts_only_what_moves_away_from_the_changed_pixels():
+    torch.manual_seed(0)
+    frames, side, channels = 4, 6, 5
+    changed = torch.zeros(1, frames, side, side, dtype=torch.bool)
+    changed[0, 1:3, 2, 2] = True  # a needle shows in frame 1 only
+    changed[0, 3] = True  # a cut: every patch changes
+    local = torch.randn(1, 1, side, side, channels).repeat(1, frames, 1, 1, 1)
+    local[0, 1, 2, 2] += 3.0
+    local[0, 3] = torch.randn(side, side, channels)
+    assert far_change(local, changed, margin=0) == 0
+
+    neighbour = local.clone()
+    neighbour[0, 1, 3, 3] += 1.0
+    assert far_change(neighbour, changed, margin=1) == 0
+    assert far_change(neighbour, changed, margin=0) > 0
+
+    offset = torch.randn(channels)
+    spread = local.clone()
+    spread[0, 1] += offset  # frame 1 everywhere, so the change into frame 1 and out of it into frame 2
+    expected = offset.pow(2).sum() / spread.pow(2).sum(-1).mean()
+    torch.testing.assert_close(far_change(spread, changed, margin=1), expected)
+
+
+def test_far_change_of_the_projector_inputs_trains_the_vision_tower(splits):
+    batch, model = first_batch(splits, "toy_vnbench"), toy_model().train()
+    optimizer = torch.optim.AdamW(model.model.vision_tower.parameters(), lr=1e-2)
+    grid = batch.changed_patches.shape
+    assert grid[2:] == (FRAME_SIZE // PATCH_SIZE,) * 2 and batch.changed_patches.any()
+    changes = []
+    for _ in range(3):
+        with projector_inputs(model) as captured:
+            forward(model, batch)
+        (features,) = captured
+        assert features.shape[:2] == (grid[0] * grid[1], grid[2] * grid[3])
+        change = far_change(features.unflatten(0, grid[:2]).unflatten(2, grid[2:]), batch.changed_patches, 1)
+        change.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        changes.append(change.item())
+    assert changes[0] > 0 and changes[-1] < changes[0]
