@@ -138,19 +138,23 @@ def changed_patches(frames: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
 
 
 def far_change(features: torch.Tensor, changed: torch.Tensor, margin: int) -> torch.Tensor:
-    """How much features change from one frame to the next where the pixels do not: the mean squared change at
-    patches more than ``margin`` rows or columns away from every changed patch, over the mean squared feature norm.
-    Frames after a cut (``CUT_SHARE`` of their patches changed) and the first frame count for nothing; 0 means
-    that every feature holds only its own neighbourhood's pixels.
+    """How much features change where the pixels do not: in each pair of consecutive frames with a local change
+    (some patches changed, less than ``CUT_SHARE`` of them), the mean squared change at patches more than
+    ``margin`` rows or columns away from every changed one, over the earlier frame's mean squared feature norm;
+    averaged over those pairs (0 without any). 0 means that every feature holds only its own neighbourhood's pixels.
 
     features: [V, T, H, W, C]; changed: [V, T, H, W] bool, as ``changed_patches`` marks them.
     """
     after = changed[:, 1:].flatten(0, 1).float()
     near = torch.nn.functional.max_pool2d(after[:, None], 2 * margin + 1, 1, margin)[:, 0] > 0
-    cut = after.flatten(1).mean(1) >= CUT_SHARE
-    far = ~near & ~cut[:, None, None]
-    change = (features[:, 1:] - features[:, :-1]).flatten(0, 1).pow(2).sum(-1)
-    return change[far].sum() / far.sum().clamp(min=1) / features.pow(2).sum(-1).mean()
+    share = after.flatten(1).mean(1)
+    local = (share > 0) & (share < CUT_SHARE)
+    if not local.any():
+        return features.new_zeros(())
+    far = (~near[local]).float()
+    earlier, later = features[:, :-1].flatten(0, 1)[local], features[:, 1:].flatten(0, 1)[local]
+    change = ((later - earlier).pow(2).sum(-1) * far).sum((1, 2)) / far.sum((1, 2)).clamp(min=1)
+    return (change / earlier.pow(2).sum(-1).mean((1, 2))).mean()
 
 
 @contextmanager
@@ -667,7 +671,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="weight of far_change, the change of features where the pixels around them did not change, in the loss",
     )
     parser.add_argument(
-        "--locality-margin", type=int, default=1, help="patches around a changed one that far_change leaves free"
+        "--locality-margin",
+        type=int,
+        default=0,
+        help="patches around a changed one that far_change leaves free (0: the changed ones only)",
     )
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=100)
