@@ -139,9 +139,10 @@ def changed_patches(frames: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
 
 def far_change(features: torch.Tensor, changed: torch.Tensor, margin: int) -> torch.Tensor:
     """How much features change where the pixels do not: in each pair of consecutive frames with a local change
-    (some patches changed, less than ``CUT_SHARE`` of them), the mean squared change at patches more than
-    ``margin`` rows or columns away from every changed one, over the earlier frame's mean squared feature norm;
-    averaged over those pairs (0 without any). 0 means that every feature holds only its own neighbourhood's pixels.
+    (some patches changed, less than ``CUT_SHARE`` of them), the mean norm of the change at patches more than
+    ``margin`` rows or columns away from every changed one, over the earlier frame's mean feature norm; averaged
+    over those pairs (0 without any). 0 means that every feature holds only its own neighbourhood's pixels. A norm,
+    not its square, so that as a loss it pushes a small leak towards 0 as hard as a large one.
 
     features: [V, T, H, W, C]; changed: [V, T, H, W] bool, as ``changed_patches`` marks them.
     """
@@ -153,8 +154,8 @@ def far_change(features: torch.Tensor, changed: torch.Tensor, margin: int) -> to
         return features.new_zeros(())
     far = (~near[local]).float()
     earlier, later = features[:, :-1].flatten(0, 1)[local], features[:, 1:].flatten(0, 1)[local]
-    change = ((later - earlier).pow(2).sum(-1) * far).sum((1, 2)) / far.sum((1, 2)).clamp(min=1)
-    return (change / earlier.pow(2).sum(-1).mean((1, 2))).mean()
+    change = (torch.linalg.vector_norm(later - earlier, dim=-1) * far).sum((1, 2)) / far.sum((1, 2)).clamp(min=1)
+    return (change / torch.linalg.vector_norm(earlier, dim=-1).mean((1, 2))).mean()
 
 
 @contextmanager

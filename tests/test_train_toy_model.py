@@ -254,9 +254,7 @@ def test_far_change_counts_only_what_moves_away_from_the_changed_pixels():
     spread = local.clone()
     spread[0, 1] += offset  # frame 1 everywhere, so the change into frame 1 and out of it into frame 2
     # both pairs around frame 1 change locally; each is scaled by its earlier frame; frame 0 has no pair before it
-    expected = (
-        offset.pow(2).sum() * (1 / spread[0, 0].pow(2).sum(-1).mean() + 1 / spread[0, 1].pow(2).sum(-1).mean()) / 2
-    )
+    expected = offset.norm() * (1 / spread[0, 0].norm(dim=-1).mean() + 1 / spread[0, 1].norm(dim=-1).mean()) / 2
     torch.testing.assert_close(far_change(spread, changed, margin=1), expected)
     assert far_change(spread[:, 3:], changed[:, 3:], margin=1) == 0  # no local change to measure
 
