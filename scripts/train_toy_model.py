@@ -560,7 +560,7 @@ def learning_rate(step: int, peak: float, warmup: int, total: int) -> float:
 TRAINING_ARGUMENTS = ("videos_per_benchmark", "held_out", "clip_steps", "steps", "videos_per_step", "positions",
                       "lr", "warmup", "weight_decay", "seed", "drop_prob", "temporal_drop_prob", "drop_min_share",
                       "init_from", "fresh_vision_encoder", "vision_feature_layer", "benchmark_weights",
-                      "locality_weight", "locality_margin")  # fmt: skip
+                      "locality_weight", "locality_margin", "local_vision_encoder")  # fmt: skip
 
 
 def training_settings(args: argparse.Namespace) -> dict:
@@ -666,6 +666,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the tower's hidden state the LLM reads, counted from the end (-1: the last encoder layer's output)",
     )
     parser.add_argument(
+        "--local-vision-encoder",
+        action="store_true",
+        help="zero and freeze the vision encoder's attention outputs: no patch's features see another patch",
+    )
+    parser.add_argument(
         "--locality-weight",
         type=float,
         default=0.0,
@@ -712,6 +717,15 @@ def load_initial_weights(model, folder: str, fresh_vision_encoder: bool = False)
     model.load_state_dict(model.state_dict() | loaded)
 
 
+def silence_vision_attention(model) -> None:
+    """Zero and freeze the output projection of each vision encoder layer's attention, so that a patch's features
+    depend on its own pixels only (its position embedding and the layers' MLPs act patch by patch)."""
+    tower = model.model.vision_tower
+    for layer in getattr(tower, "vision_model", tower).encoder.layers:
+        layer.self_attn.out_proj.weight.data.zero_()
+        layer.self_attn.out_proj.weight.requires_grad_(False)
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -727,6 +741,8 @@ def main(argv: list[str] | None = None) -> dict:
     wiring = wire_option_lookup(model, answer_words(prompts.tokenizer), args.seed)
     if args.init_from is not None:  # a model this script trained: its wired entries are the wiring's values
         load_initial_weights(model, args.init_from, args.fresh_vision_encoder)
+    if args.local_vision_encoder:
+        silence_vision_attention(model)
     model.to(args.device).train()
     wired = [(parameter, mask.to(args.device), parameter.detach().clone()) for parameter, mask in wiring]
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=args.weight_decay)

@@ -10,6 +10,7 @@ from transformers import AutoModelForImageTextToText, LlavaOnevisionForCondition
 from baselines.random_drop import RandomDrop
 from runners.toybench.benchmarks import toy_longvideobench
 from runners.toybench.render import COLORS
+from scripts.probe_needles import change_by_tower_layer
 from scripts.train_toy_model import (
     VISION_TOWER,
     Prompts,
@@ -28,6 +29,7 @@ from scripts.train_toy_model import (
     projector_inputs,
     question_rows,
     scheduled,
+    silence_vision_attention,
     stacked,
     step_schedule,
     toy_config,
@@ -276,3 +278,21 @@ def test_far_change_of_the_projector_inputs_trains_the_vision_tower(splits):
         optimizer.zero_grad()
         changes.append(change.item())
     assert changes[0] > 0 and changes[-1] < changes[0]
+
+
+def test_a_silenced_vision_attention_keeps_each_patch_to_its_own_pixels_through_training(splits):
+    model = toy_model().train()
+    silence_vision_attention(model)
+    batch = first_batch(splits, "toy_vnbench")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    (forward(model, batch)[0] / batch.targets.sum()).backward()
+    optimizer.step()
+
+    patches = FRAME_SIZE // PATCH_SIZE
+    before = torch.rand(3, FRAME_SIZE, FRAME_SIZE)
+    after = before.clone()
+    after[:, :PATCH_SIZE, :PATCH_SIZE] = 1.0
+    needle = torch.zeros(patches, patches, dtype=torch.bool)
+    needle[0, 0] = True
+    change = change_by_tower_layer(model.eval(), torch.stack([before, after]), needle)
+    assert (change[:, 0] > 0).all() and (change[:, 1] == 0).all()
