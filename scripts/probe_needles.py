@@ -23,7 +23,7 @@ import torch
 from omegaconf import OmegaConf
 from transformers import LlavaOnevisionForConditionalGeneration
 
-from scripts.train_toy_model import CUT_SHARE, MODEL_CONFIG, Prompts, Video, changed_patches
+from scripts.train_toy_model import CUT_SHARE, MODEL_CONFIG, Prompts, Video, changed_patches, far_change
 from sttm.adapters.hooks import reduction_point
 from sttm.adapters.tiny import FRAME_SIZE, PATCH_SIZE, tiny_processor
 from sttm.api import Reducer, Reduction, Stage, VideoTokens, keep_subset
@@ -73,12 +73,12 @@ def change_by_tower_layer(model, pixel_values: torch.Tensor, needle: torch.Tenso
     with torch.inference_mode():
         hidden_states = model.model.vision_tower(pixel_values, output_hidden_states=True).hidden_states
     near = needle.flatten()
-    reach = 2 * FAR_PATCHES - 1
-    far = ~(torch.nn.functional.max_pool2d(needle[None, None].float(), reach, 1, FAR_PATCHES - 1) > 0).flatten()
+    changed = torch.stack([torch.zeros_like(needle), needle])[None]
     rows = []
     for hidden in hidden_states:
         change = (hidden[1] - hidden[0]).norm(dim=-1) / hidden[0].norm(dim=-1).mean()
-        rows.append([change[near].mean(), change[far].mean()])
+        grid = hidden.unflatten(1, needle.shape)[None]
+        rows.append([change[near].mean(), far_change(grid, changed, margin=FAR_PATCHES - 1)])
     return torch.tensor(rows)
 
 

@@ -50,7 +50,7 @@ from runners.tasks.multiple_choice import extract_answer_letter
 from runners.toybench import LETTERS, generate_split, is_current, lettered
 from runners.toybench.benchmarks import BENCHMARKS, DIRECTIONS, EFFECTS, Question
 from runners.toybench.render import BACKGROUNDS, COLORS, SHAPES
-from sttm.adapters.hooks import reduction_point
+from sttm.adapters.hooks import reduction_point, vision_encoder_layers
 from sttm.adapters.loading import video_question_prompt
 from sttm.adapters.tiny import FRAME_SIZE, PATCH_SIZE, placeholder_token_ids, text_config, tiny_processor
 from sttm.adapters.video import read_frames
@@ -720,8 +720,7 @@ def load_initial_weights(model, folder: str, fresh_vision_encoder: bool = False)
 def silence_vision_attention(model) -> None:
     """Zero and freeze the output projection of each vision encoder layer's attention, so that a patch's features
     depend on its own pixels only (its position embedding and the layers' MLPs act patch by patch)."""
-    tower = model.model.vision_tower
-    for layer in getattr(tower, "vision_model", tower).encoder.layers:
+    for layer in vision_encoder_layers(model):
         layer.self_attn.out_proj.weight.data.zero_()
         layer.self_attn.out_proj.weight.requires_grad_(False)
 

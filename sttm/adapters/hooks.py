@@ -432,6 +432,12 @@ def text_model_of(model):
     return model.model.language_model
 
 
+def vision_encoder_layers(model) -> torch.nn.ModuleList:
+    """The encoder layers of a LLaVA-OneVision model's SigLIP tower (a bare transformer or one inside a model)."""
+    tower = model.model.vision_tower
+    return getattr(tower, "vision_model", tower).encoder.layers
+
+
 def check_needs(reducer: Reducer, provided: frozenset[str], point: str) -> None:
     missing = sorted(reducer.needs - provided)
     if missing:
@@ -501,8 +507,7 @@ def vision(model, reducer: Reducer, positions: str = "original") -> Iterator[Red
     are (LLaVA-OneVision's SigLIP; Qwen's windowed vision attention is not read)."""
     if is_qwen(model):
         raise ValueError("the vision reduction point reads SigLIP attention: LLaVA-OneVision models only")
-    tower = model.model.vision_tower
-    encoder_layers = getattr(tower, "vision_model", tower).encoder.layers
+    encoder_layers = vision_encoder_layers(model)
     feature_layer = model.config.vision_feature_layer
     if not isinstance(feature_layer, int):
         raise ValueError(f"the vision reduction point needs one vision_feature_layer, got {feature_layer}")
