@@ -23,10 +23,17 @@ import torch
 from omegaconf import OmegaConf
 from transformers import LlavaOnevisionForConditionalGeneration
 
-from scripts.train_toy_model import CUT_SHARE, MODEL_CONFIG, Prompts, Video, changed_patches, far_change
+from scripts.train_toy_model import (
+    CUT_SHARE,
+    MODEL_CONFIG,
+    DropTokens,
+    Prompts,
+    Video,
+    changed_patches,
+    far_change,
+)
 from sttm.adapters.hooks import reduction_point
 from sttm.adapters.tiny import FRAME_SIZE, PATCH_SIZE, tiny_processor
-from sttm.api import Reducer, Reduction, Stage, VideoTokens, keep_subset
 
 
 def changed_tokens(frames: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
@@ -34,22 +41,6 @@ def changed_tokens(frames: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
     frames that are not a cut to the next scene."""
     tokens = changed_patches(frames, grid)
     return tokens & (tokens.flatten(1).float().mean(1) < CUT_SHARE)[:, None, None]
-
-
-class DropTokens(Reducer):
-    """Removes the tokens of ``dropped`` ([T, H, W] bool) and keeps every other one."""
-
-    stage = Stage.PRE_LLM
-    query_aware = False
-    budget = 1.0
-
-    def __init__(self, dropped: torch.Tensor) -> None:
-        self.dropped = dropped
-
-    def reduce(self, video: VideoTokens) -> Reduction:
-        if tuple(self.dropped.shape) != tuple(video.grid.shape[:3]):
-            raise ValueError(f"mask of shape {tuple(self.dropped.shape)} for a grid of {tuple(video.grid.shape[:3])}")
-        return keep_subset(video, torch.nonzero(~self.dropped.flatten()).flatten().to(video.grid.device))
 
 
 def at_random_in_the_same_frames(needle: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -129,7 +120,7 @@ def main() -> None:
                 needle = needle.flatten(1).any(1)[:, None, None].expand_as(needle)
             dropped = needle if removal == "needle" else at_random_in_the_same_frames(needle, generator)
             removed += int(dropped.sum()) if removal != "none" else 0
-            with torch.inference_mode(), reduction_point(model, None if removal == "none" else DropTokens(dropped)):
+            with torch.inference_mode(), reduction_point(model, None if removal == "none" else DropTokens([dropped])):
                 letter = prompts.answer(model, frames, row["question"], row["options"], config.max_new_tokens)
             right += letter == row["answer"]
         print(f"tokens removed: {removal:>6} ({removed / len(retrieval):.1f} a video): "

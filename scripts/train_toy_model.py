@@ -31,7 +31,7 @@ import math
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -73,6 +73,9 @@ CLIP_STRIDES = {
 NEEDLE_CLIP_FRAMES = 8
 CHANGED_PIXEL_LEVEL, CHANGED_FRACTION = 60, 0.005  # a needle changes ~1.7% of the pixels; H.264 noise far less
 CUT_SHARE = 0.5  # a frame where this share of the patches changes is a cut to another scene, not a local change
+# every shape colour has a channel above this level, no background colour has one
+SHAPE_LEVEL = (max(map(max, BACKGROUNDS.values())) + min(map(max, COLORS.values()))) / 2
+TOKEN_GRID = (FRAME_SIZE // PATCH_SIZE // 2,) * 2  # LLaVA-OneVision pools each frame's patch grid by 2
 
 
 def toy_config(vision_feature_layer: int = -1) -> LlavaOnevisionConfig:
@@ -127,14 +130,49 @@ def changed_pixels(frames: np.ndarray) -> np.ndarray:
     return np.abs(np.diff(frames.astype(np.int16), axis=0)).max(-1) > CHANGED_PIXEL_LEVEL
 
 
+def any_in_block(pixels: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
+    """[T, H, W] bool on a ``grid`` of equal blocks of ``pixels`` ([T, rows, columns] bool): any pixel set."""
+    frames_count, rows, columns = pixels.shape
+    blocks = pixels.reshape(frames_count, grid[0], rows // grid[0], grid[1], columns // grid[1])
+    return torch.from_numpy(blocks.any(axis=(2, 4)))
+
+
 def changed_patches(frames: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
     """[T, H, W] bool on a ``grid`` of patches: those holding a pixel that differs from the previous frame's by more
     than H.264 noise (none in the first frame)."""
     changed = np.zeros(frames.shape[:3], dtype=bool)
     changed[1:] = changed_pixels(frames)
-    frames_count, rows, columns = changed.shape
-    blocks = changed.reshape(frames_count, grid[0], rows // grid[0], grid[1], columns // grid[1])
-    return torch.from_numpy(blocks.any(axis=(2, 4)))
+    return any_in_block(changed, grid)
+
+
+def shape_tokens(frames: np.ndarray) -> torch.Tensor:
+    """[T, H, W] bool on the grid of visual tokens: those holding a pixel of a shape."""
+    return any_in_block(frames.max(-1) > SHAPE_LEVEL, TOKEN_GRID)
+
+
+def hidden_needles(
+    question: Question, frames: np.ndarray, rng: np.random.Generator
+) -> tuple[Question, torch.Tensor] | None:
+    """A VNBench counting question about n needles with the tokens (``shape_tokens``) of all but k of them
+    removed, k drawn uniformly from 1 to n: the question whose answer is k, and the removed tokens ([T, H, W]
+    bool). As every count from 1 to n is as likely, only the needles' own tokens tell it: removing an object's
+    tokens means removing the object, which a vision tower that spreads the object over its frame defeats. None
+    where nothing is removed (k = n) and for another question."""
+    if question.task_type != "cnt":
+        return None
+    tokens = shape_tokens(frames)
+    needle_frames = torch.nonzero(tokens.flatten(1).any(1)).flatten().numpy()
+    if str(len(needle_frames)) != question.correct:
+        return None
+    kept = int(rng.integers(1, len(needle_frames) + 1))
+    hidden = rng.choice(needle_frames, size=len(needle_frames) - kept, replace=False)
+    if not len(hidden):
+        return None
+    removed = torch.zeros_like(tokens)
+    removed[hidden] = tokens[hidden]
+    options = [question.correct, *question.wrong]
+    wrong = [option for option in options if option != str(kept)]
+    return Question(question.text, str(kept), wrong, question.task_type, question.tries), removed
 
 
 def far_change(features: torch.Tensor, changed: torch.Tensor, margin: int) -> torch.Tensor:
@@ -158,12 +196,30 @@ def far_change(features: torch.Tensor, changed: torch.Tensor, margin: int) -> to
     return (change / torch.linalg.vector_norm(earlier, dim=-1).mean((1, 2))).mean()
 
 
+def with_noise(features: torch.Tensor, scale: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``features`` [frames, patches, C] plus Gaussian noise whose norm is about ``scale`` times their mean norm,
+    half of its variance shared by the patches of a frame and half each patch's own. A signal much smaller than
+    the noise, even one that every patch of a frame carries alike, cannot be read through it."""
+    frames, patches, channels = features.shape
+    size = scale * torch.linalg.vector_norm(features.detach(), dim=-1).mean() / (2 * channels) ** 0.5
+
+    def gaussian(*shape: int) -> torch.Tensor:
+        return torch.randn(shape, generator=generator, device=features.device, dtype=features.dtype)
+
+    return features + size * (gaussian(frames, 1, channels) + gaussian(frames, patches, channels))
+
+
 @contextmanager
-def projector_inputs(model) -> Iterator[list[torch.Tensor]]:
+def projector_inputs(model, noise: float = 0.0) -> Iterator[list[torch.Tensor]]:
     """The vision features each forward hands to the multimodal projector ([frames, patches, C] each), as the
-    model selected them from its tower's hidden states."""
+    model selected them from its tower's hidden states; with ``noise``, the projector gets them ``with_noise``."""
     captured: list[torch.Tensor] = []
-    handle = model.model.multi_modal_projector.register_forward_pre_hook(lambda _, args: captured.append(args[0]))
+
+    def capture(_, args: tuple) -> tuple | None:
+        captured.append(args[0])
+        return (with_noise(args[0], noise), *args[1:]) if noise else None
+
+    handle = model.model.multi_modal_projector.register_forward_pre_hook(capture)
     try:
         yield captured
     finally:
@@ -318,8 +374,9 @@ class Batch:
     """Rows that continue prefixes (the chat header and the visual tokens of one video each, all of one length):
     each prefix runs once and row i continues prefix ``row_prefix[i]``. ``targets`` marks the tokens the loss is
     taken on (the answer and the end of the turn), ``answers`` the answer's tokens (option text and letter),
-    ``letter_positions`` where each row's letter is and ``changed_patches`` ([videos, T, H, W]) which patches of
-    each prefix's video change from the frame before."""
+    ``letter_positions`` where each row's letter is, ``changed_patches`` ([videos, T, H, W]) which patches of
+    each prefix's video change from the frame before and ``removed_tokens`` ([videos, T, H', W'] on the token
+    grid) which of its visual tokens the language model does not get (``hidden_needles``)."""
 
     prefix_ids: torch.Tensor
     pixel_values_videos: torch.Tensor
@@ -330,6 +387,7 @@ class Batch:
     letter_positions: torch.Tensor
     row_prefix: torch.Tensor
     changed_patches: torch.Tensor
+    removed_tokens: torch.Tensor
 
     def to(self, device: str) -> Batch:
         for name, value in vars(self).items():
@@ -352,9 +410,14 @@ class Prompts:
     def frames(self, video: Video) -> np.ndarray:
         return read_frames(video.path, self.target_fps, self.max_frames).frames
 
-    def batch(self, rows: list[tuple[Question, list[str], str]], frames: np.ndarray) -> Batch:
-        """Rows of (question, lettered options, right letter) about ``frames``, answered "<option text> <letter>"."""
+    def batch(
+        self, rows: list[tuple[Question, list[str], str]], frames: np.ndarray, removed: torch.Tensor | None = None
+    ) -> Batch:
+        """Rows of (question, lettered options, right letter) about ``frames``, answered "<option text> <letter>",
+        without the visual tokens ``removed`` marks ([T, H, W] bool on the token grid; none by default)."""
         inputs = self.processor(text=self.chat(rows[0][0].text, rows[0][1]), videos=[frames], return_tensors="pt")
+        if removed is None:
+            removed = torch.zeros((len(frames), *TOKEN_GRID), dtype=torch.bool)
         last_visual = int(torch.nonzero(inputs["input_ids"][0] == self.video_token_id).max())
         suffixes, answers, letter_positions = [], [], []
         for question, options, letter in rows:
@@ -379,6 +442,7 @@ class Prompts:
             letter_positions=torch.tensor(letter_positions),
             row_prefix=torch.zeros(len(rows), dtype=torch.long),
             changed_patches=changed_patches(frames, (FRAME_SIZE // PATCH_SIZE,) * 2)[None],
+            removed_tokens=removed[None],
         )
 
     def answer(self, model, frames: np.ndarray, question: str, options: list[str], max_new_tokens: int) -> str:
@@ -422,7 +486,26 @@ def merged(group: list[Batch]) -> Batch:
         answers=rows("answers"), letter_positions=torch.cat([batch.letter_positions for batch in group]),
         row_prefix=torch.cat([torch.full_like(batch.row_prefix, i) for i, batch in enumerate(group)]),
         changed_patches=torch.cat([batch.changed_patches for batch in group]),
+        removed_tokens=torch.cat([batch.removed_tokens for batch in group]),
     )  # fmt: skip
+
+
+class DropTokens(Reducer):
+    """Removes from the i-th video it reduces the tokens of ``dropped[i]`` ([T, H, W] bool) and keeps every other
+    one."""
+
+    stage = Stage.PRE_LLM
+    query_aware = False
+    budget = 1.0
+
+    def __init__(self, dropped: Sequence[torch.Tensor]) -> None:
+        self.dropped = iter(dropped)
+
+    def reduce(self, video: VideoTokens) -> Reduction:
+        dropped = next(self.dropped)
+        if tuple(dropped.shape) != tuple(video.grid.shape[:3]):
+            raise ValueError(f"mask of shape {tuple(dropped.shape)} for a grid of {tuple(video.grid.shape[:3])}")
+        return keep_subset(video, torch.nonzero(~dropped.flatten()).flatten().to(video.grid.device))
 
 
 class TemporalDuplicates(Reducer):
@@ -502,15 +585,16 @@ def scheduled(schedule: list[str], step: int) -> tuple[str, int]:
 class TrainingSteps(torch.utils.data.Dataset):
     """The batches of each step (``num_workers`` > 0 prepares the next ones while the model trains): benchmarks in
     the turns of ``schedule`` (a cycle of benchmark names), ``videos_per_step`` of one benchmark's training videos
-    a step, in a fresh order every pass, cut to clips for the first ``clip_steps``."""
+    a step, in a fresh order every pass, cut to clips for the first ``clip_steps``; with ``hide_needles_prob``, a
+    VNBench counting video loses some of its needles' tokens and the answer counts those left (``hidden_needles``)."""
 
     def __init__(
         self, splits: dict[str, list[Video]], held_out: int, seed: int, prompts: Prompts, clip_steps: int,
-        positions: int, videos_per_step: int, schedule: list[str],
+        positions: int, videos_per_step: int, schedule: list[str], hide_needles_prob: float = 0.0,
     ) -> None:  # fmt: skip
         self.splits, self.held_out, self.seed, self.prompts = splits, held_out, seed, prompts
         self.clip_steps, self.positions, self.names = clip_steps, positions, list(splits)
-        self.videos_per_step, self.schedule = videos_per_step, schedule
+        self.videos_per_step, self.schedule, self.hide_needles_prob = videos_per_step, schedule, hide_needles_prob
 
     def __getitem__(self, step: int) -> tuple[str, str, list[Batch]]:
         name, turn = scheduled(self.schedule, step)
@@ -524,7 +608,13 @@ class TrainingSteps(torch.utils.data.Dataset):
             frames = self.prompts.frames(video)
             if stage == "clip":
                 frames = clip(name, frames, rng)
-            batches.append(self.prompts.batch(question_rows(video.questions, self.positions, rng), frames))
+            questions, removed = video.questions, None
+            if self.hide_needles_prob and len(questions) == 1 and rng.random() < self.hide_needles_prob:
+                hidden = hidden_needles(questions[0], frames, rng)
+                if hidden is not None:
+                    question, removed = hidden
+                    questions = (question,)
+            batches.append(self.prompts.batch(question_rows(questions, self.positions, rng), frames, removed))
         return stage, name, stacked(batches)
 
 
@@ -682,6 +772,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0,
         help="patches around a changed one that far_change leaves free (0: the changed ones only)",
     )
+    parser.add_argument(
+        "--hide-needles-prob",
+        type=float,
+        default=0.0,
+        help="share of VNBench counting videos that lose some needles' tokens, answered with the count left",
+    )
+    parser.add_argument(
+        "--feature-noise",
+        type=float,
+        default=0.0,
+        help="noise on the LLM's vision features in training, as a share of their mean norm (see with_noise)",
+    )
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--weight-decay", type=float, default=0.01)
@@ -748,7 +850,7 @@ def main(argv: list[str] | None = None) -> dict:
     start = resume(args.checkpoint, model, optimizer, args)
     loader = torch.utils.data.DataLoader(
         TrainingSteps(splits, args.held_out, args.seed, prompts, args.clip_steps, args.positions, args.videos_per_step,
-                      step_schedule(args.benchmark_weights)),
+                      step_schedule(args.benchmark_weights), args.hide_needles_prob),
         sampler=range(start, total),
         batch_size=None, num_workers=args.workers,
     )  # fmt: skip
@@ -767,7 +869,9 @@ def main(argv: list[str] | None = None) -> dict:
             reducer = dropping_reducer(
                 dropping, args.drop_prob, args.temporal_drop_prob, args.drop_min_share, seed=step * 1000 + index
             )
-            with projector_inputs(model) as captured:
+            if batch.removed_tokens.any():
+                reducer = DropTokens(batch.removed_tokens)
+            with projector_inputs(model, args.feature_noise) as captured:
                 loss_sum, predicted = forward(model, batch.to(args.device), reducer)
             grid = batch.changed_patches.shape
             features = captured[0].unflatten(0, grid[:2]).unflatten(2, grid[2:])

@@ -8,11 +8,13 @@ import torch
 from transformers import AutoModelForImageTextToText, LlavaOnevisionForConditionalGeneration
 
 from baselines.random_drop import RandomDrop
-from runners.toybench.benchmarks import toy_longvideobench
+from runners.toybench.benchmarks import toy_longvideobench, toy_vnbench
 from runners.toybench.render import COLORS
 from scripts.probe_needles import change_by_tower_layer
 from scripts.train_toy_model import (
+    TOKEN_GRID,
     VISION_TOWER,
+    DropTokens,
     Prompts,
     TemporalDuplicates,
     answer_words,
@@ -21,6 +23,7 @@ from scripts.train_toy_model import (
     clip,
     far_change,
     forward,
+    hidden_needles,
     is_vision_encoder_weight,
     keep_wired,
     load_initial_weights,
@@ -29,12 +32,14 @@ from scripts.train_toy_model import (
     projector_inputs,
     question_rows,
     scheduled,
+    shape_tokens,
     silence_vision_attention,
     stacked,
     step_schedule,
     toy_config,
     train_split,
     wire_option_lookup,
+    with_noise,
 )
 from sttm.adapters.loading import load_model
 from sttm.adapters.tiny import FRAME_SIZE, PATCH_SIZE, tiny_processor
@@ -296,3 +301,72 @@ def test_a_silenced_vision_attention_keeps_each_patch_to_its_own_pixels_through_
     needle[0, 0] = True
     change = change_by_tower_layer(model.eval(), torch.stack([before, after]), needle)
     assert (change[:, 0] > 0).all() and (change[:, 1] == 0).all()
+
+
+def vnbench_video(task_type: str, needles: int = 0) -> tuple[np.ndarray, object]:
+    rng = np.random.default_rng(0)
+    while True:
+        frames, (question,) = toy_vnbench(rng)
+        if question.task_type == task_type and (not needles or question.correct == str(needles)):
+            return np.stack(frames), question
+
+
+@pytest.mark.parametrize("needles", [2, 4])
+def test_hidden_needles_lose_all_their_tokens_and_every_count_left_is_as_likely(needles):
+    frames, question = vnbench_video("cnt", needles)
+    shapes = shape_tokens(frames)
+    needle_frames = set(torch.nonzero(shapes.flatten(1).any(1)).flatten().tolist())
+    assert len(needle_frames) == needles
+
+    answers = []
+    for seed in range(400):
+        hidden = hidden_needles(question, frames, np.random.default_rng(seed))
+        if hidden is None:
+            answers.append(needles)
+            continue
+        left_question, removed = hidden
+        hidden_frames = set(torch.nonzero(removed.flatten(1).any(1)).flatten().tolist())
+        assert hidden_frames < needle_frames and hidden_frames
+        assert torch.equal(removed[sorted(hidden_frames)], shapes[sorted(hidden_frames)])
+        assert not removed[sorted(set(range(len(frames))) - hidden_frames)].any()
+        assert left_question.correct == str(needles - len(hidden_frames))
+        assert sorted([left_question.correct, *left_question.wrong]) == sorted([question.correct, *question.wrong])
+        answers.append(int(left_question.correct))
+    shares = np.bincount(answers, minlength=needles + 1)[1:] / len(answers)
+    np.testing.assert_allclose(shares, 1 / needles, atol=0.08)
+
+
+def test_only_a_counting_question_with_two_needles_or_more_hides_needles():
+    rng = np.random.default_rng(0)
+    for task_type, needles in [("cnt", 1), ("ret", 0), ("ord", 0)]:
+        frames, question = vnbench_video(task_type, needles)
+        assert all(hidden_needles(question, frames, rng) is None for _ in range(8))
+    assert shape_tokens(vnbench_video("ord")[0]).flatten(1).any(1).sum() == 3
+
+
+def test_drop_tokens_removes_from_each_video_its_own_tokens():
+    grids = [torch.randn(2, *TOKEN_GRID, 4) for _ in range(2)]
+    dropped = torch.zeros(2, 2, *TOKEN_GRID, dtype=torch.bool)
+    dropped[0, 1, 0, :3] = True
+    dropped[1, 0, 2, 2] = True
+    reducer = DropTokens(dropped)
+
+    for grid, marks in zip(grids, dropped, strict=True):
+        kept = reducer.reduce(VideoTokens(grid)).tokens
+        torch.testing.assert_close(kept, grid[~marks])
+    with pytest.raises(ValueError, match="mask of shape"):
+        DropTokens(dropped[:, :1]).reduce(VideoTokens(grids[0]))
+
+
+def test_feature_noise_reaches_the_projector_at_its_share_of_the_norm_and_not_the_captured_features(splits):
+    model = toy_model().eval()
+    batch = first_batch(splits, "toy_egoschema")
+    handed: list[torch.Tensor] = []
+    model.model.multi_modal_projector.register_forward_hook(lambda _, args, __: handed.append(args[0]))
+    with torch.no_grad(), projector_inputs(model, noise=0.3) as captured:
+        forward(model, batch)
+    clean, noisy = captured[0], handed[0]
+    share = (noisy - clean).norm(dim=-1).mean() / clean.norm(dim=-1).mean()
+    assert 0.25 < share < 0.35
+    features = torch.randn(4, 9, 96)
+    torch.testing.assert_close(with_noise(features, 0.0), features)
