@@ -10,6 +10,8 @@ spread it over its frame, and dropping tokens at random cannot lose it. ``--whol
 those frames instead, to show that the needle is not read from elsewhere. ``--tower-layers`` prints instead, for the
 patch embeddings and each vision encoder layer's output, how much a needle changes its frame's features at the
 needle's patches and at patches far from it: where the far change is near zero, a token holds only its own pixels.
+``--spread`` prints how the features the LLM reads lie: a far change measured against their norm is small where
+their mean is large, however far they vary around it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from transformers import LlavaOnevisionForConditionalGeneration
 from scripts.train_toy_model import (
     CUT_SHARE,
     MODEL_CONFIG,
+    TOKEN_GRID,
     DropTokens,
     Prompts,
     Video,
@@ -94,12 +97,37 @@ def print_change_by_tower_layer(model, prompts: Prompts, retrieval: list[dict]) 
         print(f"{name:>16}: needle's patches {at_needle:.3f}, patches {FAR_PATCHES}+ away {far:.3f}")
 
 
+def feature_spread(features: torch.Tensor, directions: int = 6) -> dict[str, torch.Tensor]:
+    """Of features [N, C]: their mean norm, the norm of their mean, and their standard deviation along each of
+    their first ``directions`` principal directions."""
+    centred = features - features.mean(0)
+    return {
+        "mean norm": torch.linalg.vector_norm(features, dim=-1).mean(),
+        "norm of the mean": torch.linalg.vector_norm(features.mean(0)),
+        "principal standard deviations": torch.linalg.svdvals(centred)[:directions] / len(features) ** 0.5,
+    }
+
+
+def print_feature_spread(model, prompts: Prompts, retrieval: list[dict]) -> None:
+    features = []
+    for row in retrieval:
+        frames = prompts.frames(Video(row["video"], ()))
+        pixel_values = prompts.processor.video_processor(videos=[frames], return_tensors="pt")["pixel_values_videos"]
+        with torch.inference_mode():
+            hidden_states = model.model.vision_tower(pixel_values[0], output_hidden_states=True).hidden_states
+        features.append(hidden_states[model.config.vision_feature_layer].flatten(0, 1))
+    print(f"the features the LLM reads, all patches of {len(retrieval)} retrieval videos:")
+    for name, value in feature_spread(torch.cat(features)).items():
+        print(f"{name}: " + ", ".join(f"{number:.1f}" for number in value.reshape(-1).tolist()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=Path("models/tiny_llava_onevision"))
     parser.add_argument("--data", type=Path, default=Path("data/toybench"), help="where `make toybench` wrote it")
     parser.add_argument("--whole-frames", action="store_true", help="remove every token of the needle's frames")
     parser.add_argument("--tower-layers", action="store_true", help="how far each tower layer spreads a needle")
+    parser.add_argument("--spread", action="store_true", help="the norm and spread of the features the LLM reads")
     args = parser.parse_args()
     config = OmegaConf.load(MODEL_CONFIG)
     model = LlavaOnevisionForConditionalGeneration.from_pretrained(args.model).eval()
@@ -109,13 +137,14 @@ def main() -> None:
     if args.tower_layers:
         print_change_by_tower_layer(model, prompts, retrieval)
         return
-    side = FRAME_SIZE // PATCH_SIZE // 2  # LLaVA-OneVision pools each frame's patches 2x2
-    grid = (side, side)
+    if args.spread:
+        print_feature_spread(model, prompts, retrieval)
+        return
     for removal in ("none", "needle", "random"):
         generator, right, removed = torch.Generator().manual_seed(0), 0, 0
         for row in retrieval:
             frames = prompts.frames(Video(row["video"], ()))
-            needle = changed_tokens(frames, grid)
+            needle = changed_tokens(frames, TOKEN_GRID)
             if args.whole_frames:
                 needle = needle.flatten(1).any(1)[:, None, None].expand_as(needle)
             dropped = needle if removal == "needle" else at_random_in_the_same_frames(needle, generator)

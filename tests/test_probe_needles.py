@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import LlavaOnevisionForConditionalGeneration
 
-from scripts.probe_needles import FAR_PATCHES, change_by_tower_layer
+from scripts.probe_needles import FAR_PATCHES, change_by_tower_layer, feature_spread
 from scripts.train_toy_model import VISION_TOWER, toy_config
 from sttm.adapters.tiny import FRAME_SIZE, PATCH_SIZE
 
@@ -26,3 +26,18 @@ def test_patch_embeddings_change_only_at_the_needle_and_attention_carries_it_fur
     assert change.shape == (VISION_TOWER["num_hidden_layers"] + 1, 2)
     assert change[0, 0] > 0 and change[0, 1] == 0
     assert (change[1:, 1] > 0).all()
+
+
+def test_a_constant_added_to_every_feature_raises_their_norm_and_leaves_their_spread():
+    torch.manual_seed(0)
+    features = torch.randn(500, 8) * torch.tensor([5.0, 3.0, 1.0, 0.5, 0.1, 0.1, 0.1, 0.1])
+    shifted = features + 100.0
+
+    spread, spread_shifted = feature_spread(features, directions=4), feature_spread(shifted, directions=4)
+
+    assert spread_shifted["mean norm"] > 20 * spread["mean norm"]
+    torch.testing.assert_close(spread_shifted["norm of the mean"], features.mean(0).__add__(100.0).norm())
+    torch.testing.assert_close(spread_shifted["principal standard deviations"], spread["principal standard deviations"])
+    torch.testing.assert_close(
+        spread["principal standard deviations"], torch.tensor([5.0, 3.0, 1.0, 0.5]), rtol=0.1, atol=0
+    )
