@@ -196,30 +196,12 @@ def far_change(features: torch.Tensor, changed: torch.Tensor, margin: int) -> to
     return (change / torch.linalg.vector_norm(earlier, dim=-1).mean((1, 2))).mean()
 
 
-def with_noise(features: torch.Tensor, scale: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """``features`` [frames, patches, C] plus Gaussian noise whose norm is about ``scale`` times their mean norm,
-    half of its variance shared by the patches of a frame and half each patch's own. A signal much smaller than
-    the noise, even one that every patch of a frame carries alike, cannot be read through it."""
-    frames, patches, channels = features.shape
-    size = scale * torch.linalg.vector_norm(features.detach(), dim=-1).mean() / (2 * channels) ** 0.5
-
-    def gaussian(*shape: int) -> torch.Tensor:
-        return torch.randn(shape, generator=generator, device=features.device, dtype=features.dtype)
-
-    return features + size * (gaussian(frames, 1, channels) + gaussian(frames, patches, channels))
-
-
 @contextmanager
-def projector_inputs(model, noise: float = 0.0) -> Iterator[list[torch.Tensor]]:
+def projector_inputs(model) -> Iterator[list[torch.Tensor]]:
     """The vision features each forward hands to the multimodal projector ([frames, patches, C] each), as the
-    model selected them from its tower's hidden states; with ``noise``, the projector gets them ``with_noise``."""
+    model selected them from its tower's hidden states."""
     captured: list[torch.Tensor] = []
-
-    def capture(_, args: tuple) -> tuple | None:
-        captured.append(args[0])
-        return (with_noise(args[0], noise), *args[1:]) if noise else None
-
-    handle = model.model.multi_modal_projector.register_forward_pre_hook(capture)
+    handle = model.model.multi_modal_projector.register_forward_pre_hook(lambda _, args: captured.append(args[0]))
     try:
         yield captured
     finally:
@@ -778,12 +760,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.0,
         help="share of VNBench counting videos that lose some needles' tokens, answered with the count left",
     )
-    parser.add_argument(
-        "--feature-noise",
-        type=float,
-        default=0.0,
-        help="noise on the LLM's vision features in training, as a share of their mean norm (see with_noise)",
-    )
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--weight-decay", type=float, default=0.01)
@@ -871,7 +847,7 @@ def main(argv: list[str] | None = None) -> dict:
             )
             if batch.removed_tokens.any():
                 reducer = DropTokens(batch.removed_tokens)
-            with projector_inputs(model, args.feature_noise) as captured:
+            with projector_inputs(model) as captured:
                 loss_sum, predicted = forward(model, batch.to(args.device), reducer)
             grid = batch.changed_patches.shape
             features = captured[0].unflatten(0, grid[:2]).unflatten(2, grid[2:])
