@@ -758,7 +758,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--hide-needles-prob",
         type=float,
         default=0.0,
-        help="share of VNBench counting videos that lose some needles' tokens, answered with the count left",
+        help="share of VNBench counting videos that keep the tokens of k of their n needles, k drawn from 1 to n, "
+        "answered k (hidden_needles)",
     )
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=100)

@@ -36,8 +36,7 @@ def test_a_constant_added_to_every_feature_raises_their_norm_and_leaves_their_sp
     spread, spread_shifted = feature_spread(features, directions=4), feature_spread(shifted, directions=4)
 
     assert spread_shifted["mean norm"] > 20 * spread["mean norm"]
-    torch.testing.assert_close(spread_shifted["norm of the mean"], features.mean(0).__add__(100.0).norm())
-    torch.testing.assert_close(spread_shifted["principal standard deviations"], spread["principal standard deviations"])
-    torch.testing.assert_close(
-        spread["principal standard deviations"], torch.tensor([5.0, 3.0, 1.0, 0.5]), rtol=0.1, atol=0
-    )
+    torch.testing.assert_close(spread_shifted["norm of the mean"], (features.mean(0) + 100.0).norm())
+    deviations = spread["principal standard deviations"]
+    torch.testing.assert_close(spread_shifted["principal standard deviations"], deviations)
+    torch.testing.assert_close(deviations, torch.tensor([5.0, 3.0, 1.0, 0.5]), rtol=0.1, atol=0)
