@@ -28,6 +28,7 @@ from transformers import LlavaOnevisionForConditionalGeneration
 from scripts.train_toy_model import (
     CUT_SHARE,
     MODEL_CONFIG,
+    PATCH_GRID,
     TOKEN_GRID,
     DropTokens,
     Prompts,
@@ -36,7 +37,7 @@ from scripts.train_toy_model import (
     far_change,
 )
 from sttm.adapters.hooks import reduction_point
-from sttm.adapters.tiny import FRAME_SIZE, PATCH_SIZE, tiny_processor
+from sttm.adapters.tiny import tiny_processor
 
 
 def changed_tokens(frames: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
@@ -77,11 +78,10 @@ def change_by_tower_layer(model, pixel_values: torch.Tensor, needle: torch.Tenso
 
 
 def print_change_by_tower_layer(model, prompts: Prompts, retrieval: list[dict]) -> None:
-    patches = FRAME_SIZE // PATCH_SIZE
     changes = []
     for row in retrieval:
         frames = prompts.frames(Video(row["video"], ()))
-        needle = changed_tokens(frames, (patches, patches))
+        needle = changed_tokens(frames, PATCH_GRID)
         needle_frames = torch.nonzero(needle.flatten(1).any(1)).flatten().tolist()
         if not needle_frames:
             continue

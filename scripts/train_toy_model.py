@@ -75,7 +75,8 @@ CHANGED_PIXEL_LEVEL, CHANGED_FRACTION = 60, 0.005  # a needle changes ~1.7% of t
 CUT_SHARE = 0.5  # a frame where this share of the patches changes is a cut to another scene, not a local change
 # every shape colour has a channel above this level, no background colour has one
 SHAPE_LEVEL = (max(map(max, BACKGROUNDS.values())) + min(map(max, COLORS.values()))) / 2
-TOKEN_GRID = (FRAME_SIZE // PATCH_SIZE // 2,) * 2  # LLaVA-OneVision pools each frame's patch grid by 2
+PATCH_GRID = (FRAME_SIZE // PATCH_SIZE,) * 2
+TOKEN_GRID = (PATCH_GRID[0] // 2, PATCH_GRID[1] // 2)  # LLaVA-OneVision pools each frame's patch grid by 2
 
 
 def toy_config(vision_feature_layer: int = -1) -> LlavaOnevisionConfig:
@@ -423,7 +424,7 @@ class Prompts:
             answers=padded(answers, False),
             letter_positions=torch.tensor(letter_positions),
             row_prefix=torch.zeros(len(rows), dtype=torch.long),
-            changed_patches=changed_patches(frames, (FRAME_SIZE // PATCH_SIZE,) * 2)[None],
+            changed_patches=changed_patches(frames, PATCH_GRID)[None],
             removed_tokens=removed[None],
         )
 
@@ -632,7 +633,7 @@ def learning_rate(step: int, peak: float, warmup: int, total: int) -> float:
 TRAINING_ARGUMENTS = ("videos_per_benchmark", "held_out", "clip_steps", "steps", "videos_per_step", "positions",
                       "lr", "warmup", "weight_decay", "seed", "drop_prob", "temporal_drop_prob", "drop_min_share",
                       "init_from", "fresh_vision_encoder", "vision_feature_layer", "benchmark_weights",
-                      "locality_weight", "locality_margin", "local_vision_encoder")  # fmt: skip
+                      "locality_weight", "locality_margin", "local_vision_encoder", "hide_needles_prob")  # fmt: skip
 
 
 def training_settings(args: argparse.Namespace) -> dict:
@@ -846,7 +847,7 @@ def main(argv: list[str] | None = None) -> dict:
             reducer = dropping_reducer(
                 dropping, args.drop_prob, args.temporal_drop_prob, args.drop_min_share, seed=step * 1000 + index
             )
-            if batch.removed_tokens.any():
+            if batch.removed_tokens.any():  # replaces the draw above, which later batches still count on
                 reducer = DropTokens(batch.removed_tokens)
             with projector_inputs(model) as captured:
                 loss_sum, predicted = forward(model, batch.to(args.device), reducer)
