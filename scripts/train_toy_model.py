@@ -30,6 +30,7 @@ import json
 import math
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -48,8 +49,8 @@ from baselines.random_drop import RandomDrop
 from runners.tasks.local import doc_to_text
 from runners.tasks.multiple_choice import extract_answer_letter
 from runners.toybench import LETTERS, generate_split, is_current, lettered
-from runners.toybench.benchmarks import BENCHMARKS, DIRECTIONS, EFFECTS, Question
-from runners.toybench.render import BACKGROUNDS, COLORS, SHAPES
+from runners.toybench.benchmarks import BENCHMARKS, DIRECTIONS, EFFECTS, Question, spot
+from runners.toybench.render import BACKGROUNDS, COLORS, SHAPES, draw, read_video, write_video
 from sttm.adapters.hooks import reduction_point, vision_encoder_layers
 from sttm.adapters.loading import video_question_prompt
 from sttm.adapters.tiny import FRAME_SIZE, PATCH_SIZE, placeholder_token_ids, text_config, tiny_processor
@@ -72,6 +73,7 @@ CLIP_STRIDES = {
 }
 NEEDLE_CLIP_FRAMES = 8
 CHANGED_PIXEL_LEVEL, CHANGED_FRACTION = 60, 0.005  # a needle changes ~1.7% of the pixels; H.264 noise far less
+RECODING_NOISE_LEVEL = 8  # H.264 a second time moves the pixels away from a new shape by up to 7 levels
 CUT_SHARE = 0.5  # a frame where this share of the patches changes is a cut to another scene, not a local change
 # every shape colour has a channel above this level, no background colour has one
 SHAPE_LEVEL = (max(map(max, BACKGROUNDS.values())) + min(map(max, COLORS.values()))) / 2
@@ -174,6 +176,40 @@ def hidden_needles(
     options = [question.correct, *question.wrong]
     wrong = [option for option in options if option != str(kept)]
     return Question(question.text, str(kept), wrong, question.task_type, question.tries), removed
+
+
+def with_decoy(
+    question: Question, frames: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, torch.Tensor] | None:
+    """A VNBench video with one needle more, which the language model does not get: ``frames`` with a shape of the
+    question's kind drawn in a frame that holds none, and the decoy's tokens (``shape_tokens`` of that frame;
+    [T, H, W] bool). The decoy's pixels come through H.264, as the generator writes videos: those that differ by
+    more than a second encoding's noise after it (which darkens a whole decoded video a little) replace the
+    decoded frame's. The answer stays: the decoy's colour is a wrong option's in retrieval, no ordered needle's in
+    ordering, and in counting the counted needles' own. A model that reads a needle from its frame's other tokens
+    takes the decoy for a needle; one that reads the needle's own tokens does not. None where every frame holds a
+    shape."""
+    empty = torch.nonzero(~shape_tokens(frames).flatten(1).any(1)).flatten().numpy()
+    if not len(empty):
+        return None
+    shape = next(name for name in SHAPES if name in question.text)
+    if question.task_type == "ret":
+        color = question.wrong[int(rng.integers(len(question.wrong)))]
+    elif question.task_type == "ord":
+        color = str(rng.choice([name for name in COLORS if name not in question.correct.split(", ")]))
+    else:
+        color = next(name for name in COLORS if f" {name} " in question.text)
+    at = int(rng.choice(empty))
+    drawn = [draw(frame, shape, color, spot(rng)) if index == at else frame for index, frame in enumerate(frames)]
+    with tempfile.TemporaryDirectory() as folder:
+        write_video(drawn, Path(folder) / "decoy.mp4")
+        encoded = read_video(Path(folder) / "decoy.mp4")[at]
+    decoyed = frames.copy()
+    decoy_pixels = np.abs(encoded.astype(np.int16) - frames[at]).max(-1) > RECODING_NOISE_LEVEL
+    decoyed[at][decoy_pixels] = encoded[decoy_pixels]
+    removed = torch.zeros((len(frames), *TOKEN_GRID), dtype=torch.bool)
+    removed[at] = shape_tokens(decoyed[at : at + 1])[0]
+    return decoyed, removed
 
 
 def far_change(features: torch.Tensor, changed: torch.Tensor, margin: int) -> torch.Tensor:
@@ -569,15 +605,18 @@ class TrainingSteps(torch.utils.data.Dataset):
     """The batches of each step (``num_workers`` > 0 prepares the next ones while the model trains): benchmarks in
     the turns of ``schedule`` (a cycle of benchmark names), ``videos_per_step`` of one benchmark's training videos
     a step, in a fresh order every pass, cut to clips for the first ``clip_steps``; with ``hide_needles_prob``, a
-    VNBench counting video loses some of its needles' tokens and the answer counts those left (``hidden_needles``)."""
+    VNBench counting video loses some of its needles' tokens and the answer counts those left (``hidden_needles``);
+    with ``decoy_prob``, a VNBench video that hides none gains a needle whose tokens it hides (``with_decoy``)."""
 
     def __init__(
         self, splits: dict[str, list[Video]], held_out: int, seed: int, prompts: Prompts, clip_steps: int,
         positions: int, videos_per_step: int, schedule: list[str], hide_needles_prob: float = 0.0,
+        decoy_prob: float = 0.0,
     ) -> None:  # fmt: skip
         self.splits, self.held_out, self.seed, self.prompts = splits, held_out, seed, prompts
         self.clip_steps, self.positions, self.names = clip_steps, positions, list(splits)
         self.videos_per_step, self.schedule, self.hide_needles_prob = videos_per_step, schedule, hide_needles_prob
+        self.decoy_prob = decoy_prob
 
     def __getitem__(self, step: int) -> tuple[str, str, list[Batch]]:
         name, turn = scheduled(self.schedule, step)
@@ -597,6 +636,10 @@ class TrainingSteps(torch.utils.data.Dataset):
                 if hidden is not None:
                     question, removed = hidden
                     questions = (question,)
+            if removed is None and name == "toy_vnbench" and self.decoy_prob and rng.random() < self.decoy_prob:
+                decoy = with_decoy(questions[0], frames, rng)
+                if decoy is not None:
+                    frames, removed = decoy
             batches.append(self.prompts.batch(question_rows(questions, self.positions, rng), frames, removed))
         return stage, name, stacked(batches)
 
@@ -633,7 +676,8 @@ def learning_rate(step: int, peak: float, warmup: int, total: int) -> float:
 TRAINING_ARGUMENTS = ("videos_per_benchmark", "held_out", "clip_steps", "steps", "videos_per_step", "positions",
                       "lr", "warmup", "weight_decay", "seed", "drop_prob", "temporal_drop_prob", "drop_min_share",
                       "init_from", "fresh_vision_encoder", "vision_feature_layer", "benchmark_weights",
-                      "locality_weight", "locality_margin", "local_vision_encoder", "hide_needles_prob")  # fmt: skip
+                      "locality_weight", "locality_margin", "local_vision_encoder", "hide_needles_prob",
+                      "decoy_prob")  # fmt: skip
 
 
 def training_settings(args: argparse.Namespace) -> dict:
@@ -762,6 +806,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="share of VNBench counting videos that keep the tokens of k of their n needles, k drawn from 1 to n, "
         "answered k (hidden_needles)",
     )
+    parser.add_argument(
+        "--decoy-prob",
+        type=float,
+        default=0.0,
+        help="share of VNBench videos (of those that hide no needle) given one needle more whose tokens the "
+        "language model does not get, the answer unchanged (with_decoy)",
+    )
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--weight-decay", type=float, default=0.01)
@@ -828,7 +879,7 @@ def main(argv: list[str] | None = None) -> dict:
     start = resume(args.checkpoint, model, optimizer, args)
     loader = torch.utils.data.DataLoader(
         TrainingSteps(splits, args.held_out, args.seed, prompts, args.clip_steps, args.positions, args.videos_per_step,
-                      step_schedule(args.benchmark_weights), args.hide_needles_prob),
+                      step_schedule(args.benchmark_weights), args.hide_needles_prob, args.decoy_prob),
         sampler=range(start, total),
         batch_size=None, num_workers=args.workers,
     )  # fmt: skip

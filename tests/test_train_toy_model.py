@@ -9,16 +9,19 @@ from transformers import AutoModelForImageTextToText, LlavaOnevisionForCondition
 
 from baselines.random_drop import RandomDrop
 from runners.toybench.benchmarks import toy_longvideobench, toy_vnbench
-from runners.toybench.render import COLORS
+from runners.toybench.render import COLORS, SHAPES, read_video, write_video
 from scripts.probe_needles import change_by_tower_layer
 from scripts.train_toy_model import (
+    SHAPE_LEVEL,
     TOKEN_GRID,
     VISION_TOWER,
     DropTokens,
     Prompts,
     TemporalDuplicates,
+    TrainingSteps,
     answer_words,
     answered,
+    any_in_block,
     changed_patches,
     clip,
     far_change,
@@ -39,6 +42,7 @@ from scripts.train_toy_model import (
     toy_config,
     train_split,
     wire_option_lookup,
+    with_decoy,
 )
 from sttm.adapters.loading import load_model
 from sttm.adapters.tiny import FRAME_SIZE, PATCH_SIZE, tiny_processor
@@ -341,6 +345,50 @@ def test_only_a_counting_question_with_two_needles_or_more_hides_needles():
         frames, question = vnbench_video(task_type, needles)
         assert all(hidden_needles(question, frames, rng) is None for _ in range(8))
     assert shape_tokens(vnbench_video("ord")[0]).flatten(1).any(1).sum() == 3
+
+
+def nearest_color(pixels: np.ndarray) -> str:
+    return min(COLORS, key=lambda name: np.abs(pixels.mean(0) - COLORS[name]).sum())
+
+
+@pytest.mark.parametrize("task_type", ["ret", "ord", "cnt"])
+def test_a_decoy_is_one_more_shape_of_the_question_in_an_empty_frame_whose_tokens_are_all_removed(task_type, tmp_path):
+    generated, question = vnbench_video(task_type)
+    write_video(list(generated), tmp_path / "video.mp4")
+    frames = read_video(tmp_path / "video.mp4")
+    assert sum(shape in question.text for shape in SHAPES) == 1
+    needle_frames = shape_tokens(frames).flatten(1).any(1)
+    for seed in range(3):
+        decoyed, removed = with_decoy(question, frames, np.random.default_rng(seed))
+
+        assert decoyed.shape == frames.shape and decoyed.dtype == np.uint8
+        (at,) = torch.nonzero(removed.flatten(1).any(1)).flatten().tolist()
+        assert not needle_frames[at]
+        assert torch.equal(removed[at], shape_tokens(decoyed)[at])
+        assert torch.equal(shape_tokens(decoyed)[needle_frames], shape_tokens(frames)[needle_frames])
+        others = [index for index in range(len(frames)) if index != at]
+        assert np.array_equal(decoyed[others], frames[others])
+        changed = np.abs(decoyed[at].astype(int) - frames[at]).max(-1) > 0
+        assert changed.sum() < 0.05 * changed.size and any_in_block(changed[None], TOKEN_GRID)[0][removed[at]].all()
+        color = nearest_color(decoyed[at][decoyed[at].max(-1) > SHAPE_LEVEL])
+        if task_type == "ret":
+            assert color in question.wrong
+        elif task_type == "ord":
+            assert color not in question.correct.split(", ")
+        else:
+            assert f" {color} " in question.text
+
+
+def test_only_vnbench_videos_get_decoys(splits):
+    prompts = Prompts(tiny_processor("llava_onevision"), target_fps=1.0, max_frames=32)
+    names = list(splits)
+    steps = TrainingSteps(splits, held_out=0, seed=0, prompts=prompts, clip_steps=0, positions=1, videos_per_step=2,
+                          schedule=names, decoy_prob=1.0)  # fmt: skip
+    for step, name in enumerate(names):
+        _, stepped, batches = steps[step]
+        assert stepped == name
+        removed_per_video = torch.cat([batch.removed_tokens for batch in batches]).flatten(1).sum(1)
+        assert (removed_per_video > 0).all() if name == "toy_vnbench" else (removed_per_video == 0).all()
 
 
 def test_drop_tokens_removes_from_each_video_its_own_tokens():
