@@ -73,7 +73,7 @@ CLIP_STRIDES = {
 }
 NEEDLE_CLIP_FRAMES = 8
 CHANGED_PIXEL_LEVEL, CHANGED_FRACTION = 60, 0.005  # a needle changes ~1.7% of the pixels; H.264 noise far less
-RECODING_NOISE_LEVEL = 8  # H.264 a second time moves the pixels away from a new shape by up to 7 levels
+REENCODING_NOISE_LEVEL = 8  # H.264 a second time moves the pixels away from a new shape by up to 7 levels
 CUT_SHARE = 0.5  # a frame where this share of the patches changes is a cut to another scene, not a local change
 # every shape colour has a channel above this level, no background colour has one
 SHAPE_LEVEL = (max(map(max, BACKGROUNDS.values())) + min(map(max, COLORS.values()))) / 2
@@ -205,7 +205,7 @@ def with_decoy(
         write_video(drawn, Path(folder) / "decoy.mp4")
         encoded = read_video(Path(folder) / "decoy.mp4")[at]
     decoyed = frames.copy()
-    decoy_pixels = np.abs(encoded.astype(np.int16) - frames[at]).max(-1) > RECODING_NOISE_LEVEL
+    decoy_pixels = np.abs(encoded.astype(np.int16) - frames[at]).max(-1) > REENCODING_NOISE_LEVEL
     decoyed[at][decoy_pixels] = encoded[decoy_pixels]
     removed = torch.zeros((len(frames), *TOKEN_GRID), dtype=torch.bool)
     removed[at] = shape_tokens(decoyed[at : at + 1])[0]
@@ -395,7 +395,7 @@ class Batch:
     taken on (the answer and the end of the turn), ``answers`` the answer's tokens (option text and letter),
     ``letter_positions`` where each row's letter is, ``changed_patches`` ([videos, T, H, W]) which patches of
     each prefix's video change from the frame before and ``removed_tokens`` ([videos, T, H', W'] on the token
-    grid) which of its visual tokens the language model does not get (``hidden_needles``)."""
+    grid) which of its visual tokens the language model does not get (``hidden_needles``, ``with_decoy``)."""
 
     prefix_ids: torch.Tensor
     pixel_values_videos: torch.Tensor
