@@ -164,7 +164,7 @@ def hidden_needles(
     if question.task_type != "cnt":
         return None
     tokens = shape_tokens(frames)
-    needle_frames = torch.nonzero(tokens.flatten(1).any(1)).flatten().numpy()
+    needle_frames = np.flatnonzero(tokens.flatten(1).any(1).numpy())
     if str(len(needle_frames)) != question.correct:
         return None
     kept = int(rng.integers(1, len(needle_frames) + 1))
@@ -189,7 +189,7 @@ def with_decoy(
     ordering, and in counting the counted needles' own. A model that reads a needle from its frame's other tokens
     takes the decoy for a needle; one that reads the needle's own tokens does not. None where every frame holds a
     shape."""
-    empty = torch.nonzero(~shape_tokens(frames).flatten(1).any(1)).flatten().numpy()
+    empty = np.flatnonzero(~shape_tokens(frames).flatten(1).any(1).numpy())
     if not len(empty):
         return None
     shape = next(name for name in SHAPES if name in question.text)
