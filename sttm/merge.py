@@ -257,6 +257,9 @@ class QuadTree:
                when ``sums`` is set.
     norms:     per level [T, h, w, K] ``chunk_norms`` of the features (K chunks: ``head_dim`` wide, or one).
     min_sim:   per level but the finest, [T, h, w] smallest parent-child cosine (a node stops when ≥ τ_s).
+    cells:     [T, Σ, C] every level's features side by side per frame, root level first (Σ cells; a node's
+               ``cell`` indexes them, as ``Layout.ancestor_cell`` does).
+    cell_norms: [T, Σ, K] their norms.
     """
 
     layout: Layout
@@ -264,6 +267,8 @@ class QuadTree:
     norms: list[torch.Tensor]
     min_sim: list[torch.Tensor]
     sums: bool
+    cells: torch.Tensor
+    cell_norms: torch.Tensor
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -286,104 +291,141 @@ def build_quadtree(
         split_similarity(features[lvl], features[lvl + 1], norms[lvl], norms[lvl + 1], step, compare_missing)
         for lvl, step in enumerate(layout.steps)
     ]
-    return QuadTree(layout, features, norms, min_sim, sums)
+    cells = torch.cat([level.flatten(1, 2) for level in features], dim=1)
+    cell_norms = torch.cat([level.flatten(1, 2) for level in norms], dim=1)
+    return QuadTree(layout, features, norms, min_sim, sums, cells, cell_norms)
 
 
-def emitted_nodes(tree: QuadTree, threshold: float) -> list[torch.Tensor]:
-    """Per level [T, h, w] bool: the nodes that become tokens (§1.4).
+def emitted_nodes(tree: QuadTree, thresholds: torch.Tensor) -> list[torch.Tensor]:
+    """Per level [K, T, h, w] bool: the nodes that become tokens at each of K spatial ``thresholds`` [K] (§1.4).
 
-    Searching from the root, a node whose children all reach ``threshold`` stops and becomes a token; the
+    Searching from the root, a node whose children all reach the threshold stops and becomes a token; the
     others split. Every node of the finest level that no ancestor covers becomes a token.
     """
     root = tree.features[0]
-    searched = torch.ones(root.shape[:3], dtype=torch.bool, device=root.device)
+    searched = torch.ones(len(thresholds), *root.shape[:3], dtype=torch.bool, device=root.device)
+    thresholds = thresholds.view(-1, 1, 1, 1)
     emitted = []
     for min_sim, step in zip(tree.min_sim, tree.layout.steps, strict=True):
-        stop = min_sim >= threshold
+        stop = min_sim >= thresholds
         emitted.append(searched & stop)
-        split = (searched & ~stop).flatten(1)
-        searched = split[:, step.parent_of].view(len(split), len(step.rows.parent), len(step.cols.parent))
+        split = (searched & ~stop).flatten(2)
+        searched = split[:, :, step.parent_of].view(*split.shape[:2], len(step.rows.parent), len(step.cols.parent))
     emitted.append(searched)
     return emitted
 
 
 @dataclass(frozen=True)
+class NodeMap:
+    """Where the nodes of a video sit at each of K spatial thresholds, one slot per grid patch (S = T·H·W): a node
+    sits at the slot of its top-left patch, so the slots' frame-major raster order is the authors' order.
+
+    is_node:  [K, S] bool, which slots hold a node.
+    cell:     [K, S] int64 the node covering each slot's patch, as an index into the tree's ``cells``.
+    level:    [K, S] int64 that node's level.
+    cover:    [K, S] int64 that node's slot.
+    """
+
+    is_node: torch.Tensor
+    cell: torch.Tensor
+    level: torch.Tensor
+    cover: torch.Tensor
+
+
+def node_map(tree: QuadTree, emitted: list[torch.Tensor]) -> NodeMap:
+    """Place the emitted nodes (per level [K, T, h, w]) at the slots of their top-left patches (§1.5)."""
+    t, height, width, _ = tree.shape
+    layout, cells = tree.layout, height * width
+    patches = torch.arange(cells, device=layout.ancestor_cell.device)
+    # each patch has exactly one emitted ancestor-or-self: the node covering it
+    ancestor_emitted = torch.cat([e.flatten(2) for e in emitted], dim=2)[:, :, layout.ancestor_cell]  # [K, T, L, H·W]
+    level = ancestor_emitted.max(dim=2).indices  # [K, T, H·W]
+    corner = layout.ancestor_corner[level, patches]
+    frames = torch.arange(t, device=patches.device)[:, None] * cells
+    return NodeMap(
+        is_node=(corner == patches).flatten(1),
+        cell=layout.ancestor_cell[level, patches].flatten(1),
+        level=level.flatten(1),
+        cover=(frames + corner).flatten(1),
+    )
+
+
+@dataclass(frozen=True)
 class Nodes:
-    """The spatially merged tokens of a video, one slot per grid patch (S = T·H·W): a node sits at the slot of its
-    top-left patch, so the slots' frame-major raster order is the authors' order of the nodes.
+    """The spatially merged tokens of a video at one threshold, one slot per grid patch (see ``NodeMap``).
 
     is_node:      [S] bool, which slots hold a node; the other rows below are undefined.
     features:     [S, C] (patch sums when the tree holds sums).
-    norms:        [S, K] their ``chunk_norms``.
     boxes:        [S, 5] int64 (t, y0, x0, y1, x1).
     num_patches:  [S] int64.
-    cover:        [T, H, W] int64 slot of the node covering each grid patch.
     """
 
     is_node: torch.Tensor
     features: torch.Tensor
-    norms: torch.Tensor
     boxes: torch.Tensor
     num_patches: torch.Tensor
-    cover: torch.Tensor
 
 
-def collect_nodes(tree: QuadTree, emitted: list[torch.Tensor]) -> Nodes:
-    """Place the emitted nodes of every level at the slots of their top-left patches (§1.5)."""
+def collect_nodes(tree: QuadTree, nodes: NodeMap, row: int = 0) -> Nodes:
+    """The features and boxes of the nodes of threshold ``row`` of ``nodes``."""
     t, height, width, _ = tree.shape
-    layout, cells = tree.layout, height * width
-    device = layout.ancestor_cell.device
-    patches = torch.arange(cells, device=device)
-    # each patch has exactly one emitted ancestor-or-self: the node covering it
-    ancestor_emitted = torch.cat([e.flatten(1) for e in emitted], dim=1)[:, layout.ancestor_cell]  # [T, L, H·W]
-    cover_level = ancestor_emitted.max(dim=1).indices  # [T, H·W]
-    cover_corner = layout.ancestor_corner.expand(t, -1, -1).gather(1, cover_level[:, None]).squeeze(1)
-    frames = torch.arange(t, device=device)[:, None] * cells
-    slots = torch.arange(t * cells, device=device)
+    cells = height * width
+    slots = torch.arange(t * cells, device=nodes.cell.device)
     frame, corner = slots // cells, slots % cells
     y, x = corner // width, corner % width
-    y1, x1 = layout.corner_ends[cover_level.flatten(), corner].unbind(dim=1)
-    features, norms = (place_nodes(levels, emitted, layout.corners) for levels in (tree.features, tree.norms))
+    y1, x1 = tree.layout.corner_ends[nodes.level[row], corner].unbind(dim=1)
     return Nodes(
-        is_node=(cover_corner == patches).flatten(),
-        features=features,
-        norms=norms,
+        is_node=nodes.is_node[row],
+        features=tree.cells[frame, nodes.cell[row]],
         boxes=torch.stack([frame, y, x, y1, x1], dim=1),
         num_patches=(y1 - y) * (x1 - x),
-        cover=(frames + cover_corner).view(t, height, width),
     )
 
 
-def place_nodes(levels: list[torch.Tensor], emitted: list[torch.Tensor], corners: list[torch.Tensor]) -> torch.Tensor:
-    """[S, D] the rows of ``levels`` (per level [T, h, w, D], finest last) at the slots of the emitted nodes.
-
-    A slot's finest-level node is the finest level's row of the same index; every emitted coarser node is then
-    written over the slot of its top-left patch (the coarser nodes that are not emitted go to a spare row).
-    """
-    finest = levels[-1].flatten(0, 2)
-    if len(levels) == 1:
-        return finest
-    slots, cells = len(finest), len(corners[-1])
-    placed = finest.new_empty(slots + 1, finest.shape[1])
-    placed[:slots] = finest
-    frames = torch.arange(levels[-1].shape[0], device=finest.device)[:, None] * cells
-    for level, emitted_here, corner in zip(levels[:-1], emitted[:-1], corners[:-1], strict=True):
-        target = torch.where(emitted_here.flatten(1), frames + corner, slots).flatten()
-        placed.index_copy_(0, target, level.flatten(0, 2))
-    return placed[:slots]
-
-
-def neighbours_in_time(nodes: Nodes) -> tuple[torch.Tensor, torch.Tensor]:
-    """[S] each node's partner (a slot) in the next frame and in the previous one (its own frame at the video's ends).
+def temporal_pairs(tree: QuadTree, nodes: NodeMap) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """[K, 2S] slots ``earlier`` and ``later`` of the node pairs of consecutive frames that may merge, and [K, 2S]
+    bool whether the pair is real (its earlier node is not in the last frame, its later one not in the first).
 
     Two quadtree nodes of consecutive frames are nested (§2.1) iff they overlap, and then the smaller one's
     top-left patch lies in both. So every nested pair is (node, the next frame's node at its top-left) or
     (the previous frame's node at its top-left, node); a pair of equal boxes is found both ways, and the
     grouping is indifferent to repeats.
     """
-    t = nodes.cover.shape[0]
-    frame, y, x = nodes.boxes[:, 0], nodes.boxes[:, 1], nodes.boxes[:, 2]
-    return nodes.cover[(frame + 1).clamp_max(t - 1), y, x], nodes.cover[(frame - 1).clamp_min(0), y, x]
+    t, height, width, _ = tree.shape
+    cells = height * width
+    own = torch.arange(t * cells, device=nodes.cover.device).expand_as(nodes.cover)
+    frame = own // cells
+    next_partner = nodes.cover.gather(1, torch.where(frame < t - 1, own + cells, own))
+    previous_partner = nodes.cover.gather(1, torch.where(frame > 0, own - cells, own))
+    real = torch.cat([nodes.is_node & (frame < t - 1), nodes.is_node & (frame > 0)], dim=1)
+    return torch.cat([own, previous_partner], dim=1), torch.cat([next_partner, own], dim=1), real
+
+
+def temporal_table(tree: QuadTree) -> torch.Tensor:
+    """[T', Σ, Σ] the authors' temporal similarity <a/(|a|+1e-8), b/(|b|+1e-8)> (§2.2) of every cell of every level
+    of each frame (Σ cells in all, ``tree.cells``) with every cell of the next frame, in float32, averaged over the
+    channel chunks; T' = T − 1 (a single frame is paired with itself). It does not depend on the thresholds, so a
+    budget search computes it once.
+    """
+    norms = tree.cell_norms + 1e-8  # [T, Σ, K]
+    dots = frame_pair_dots(tree.cells, norms.shape[-1])  # [T', K, Σ, Σ]
+    pairs = len(dots)
+    earlier, later = norms[:pairs].transpose(1, 2), norms[len(norms) - pairs :].transpose(1, 2)
+    return (dots / (earlier[..., :, None] * later[..., None, :])).mean(dim=1)
+
+
+def temporal_links(
+    tree: QuadTree, nodes: NodeMap, table: torch.Tensor, temporal_thresholds: torch.Tensor, variant: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The pairs of ``temporal_pairs`` ([K, 2S] earlier, later) and which of them link (≥ the row's τ_t)."""
+    earlier, later, real = temporal_pairs(tree, nodes)
+    cells = tree.shape[1] * tree.shape[2]
+    frame = (earlier // cells).clamp_max(len(table) - 1)
+    sim = table[frame, nodes.cell.gather(1, earlier), nodes.cell.gather(1, later)]
+    linked = real & (sim >= temporal_thresholds[:, None])
+    if variant == "corrected":
+        linked = most_similar_links(earlier, later, linked, sim)
+    return earlier, later, linked
 
 
 #: rounds of the label propagation queued between two looks at whether it has settled.
@@ -393,62 +435,68 @@ ROUNDS_PER_CHECK = 8
 def propagate_labels(
     num_slots: int, earlier: torch.Tensor, later: torch.Tensor, linked: torch.Tensor, until_consistent: bool
 ) -> torch.Tensor:
-    """[S] group label (smallest member slot) of each slot, by the authors' min-label propagation (§2.3).
+    """[K, S] group label (smallest member slot) of each slot, by the authors' min-label propagation (§2.3), for K
+    independent rows of slot pairs ``earlier``, ``later`` [K, P] (slots in 0..S−1) whose ``linked`` [K, P] pairs join.
 
     Each round, both ends of every linked pair take the pair's smaller label (``amin`` scatters), then every
-    label jumps to its label's label. ``until_consistent=False`` is the authors' loop: it stops at the first
+    label jumps to its label's label. ``until_consistent=False`` is the authors' loop: a row stops at the first
     round whose labels are idempotent, which can be before every linked pair agrees. ``True`` goes on until
-    every linked pair shares a label (connected components). Rounds after the one that settles leave the labels
-    as they are, so the host looks only every ``ROUNDS_PER_CHECK`` rounds.
+    every linked pair shares a label (connected components). Rounds after the one that settles a row leave its
+    labels as they are, so the host looks only every ``ROUNDS_PER_CHECK`` rounds, at all rows at once.
     """
+    rows = len(linked)
+    offsets = torch.arange(rows, device=linked.device)[:, None] * num_slots
     # an unlinked pair becomes a loop on one slot, which changes no label (and spreads the writes over slots)
-    loop = torch.arange(len(linked), device=linked.device) % num_slots
-    earlier, later = torch.where(linked, earlier, loop), torch.where(linked, later, loop)
+    loop = torch.arange(linked.shape[1], device=linked.device) % num_slots
+    earlier = (torch.where(linked, earlier, loop) + offsets).flatten()
+    later = (torch.where(linked, later, loop) + offsets).flatten()
     ends = torch.cat([earlier, later])
-    labels = torch.arange(num_slots, device=earlier.device)
-    settled = torch.zeros((), dtype=torch.bool, device=earlier.device)
+    labels = torch.arange(rows * num_slots, device=linked.device)
+    settled = torch.zeros(rows, 1, dtype=torch.bool, device=linked.device)
     while True:
         for _ in range(ROUNDS_PER_CHECK):
-            smaller = labels[ends].view(2, -1).amin(dim=0)
+            smaller = torch.minimum(labels[earlier], labels[later])
             updated = labels.scatter_reduce(0, ends, smaller.repeat(2), reduce="amin")
-            labels = torch.where(settled, labels, updated[updated])
-            now_settled = (labels == labels[labels]).all()
+            labels = torch.where(settled, labels.view(rows, -1), updated[updated].view(rows, -1)).flatten()
+            now_settled = (labels == labels[labels]).view(rows, -1).all(dim=1, keepdim=True)
             if until_consistent:
-                now_settled &= (labels[earlier] == labels[later]).all()
+                now_settled &= (labels[earlier] == labels[later]).view(rows, -1).all(dim=1, keepdim=True)
             settled = settled | now_settled
-        if settled:
-            return labels
+        if settled.all():
+            return labels.view(rows, -1) - offsets
 
 
 def most_similar_links(
-    earlier: torch.Tensor, later: torch.Tensor, linked: torch.Tensor, sim: torch.Tensor, num_slots: int
+    earlier: torch.Tensor, later: torch.Tensor, linked: torch.Tensor, sim: torch.Tensor
 ) -> torch.Tensor:
-    """[P] bool: keep, for each later node, only its link to the most similar earlier node (ties: lowest slot)."""
+    """[K, P] bool: keep, for each later node, only its link to the most similar earlier node (ties: lowest slot);
+    all [K, P], slots in 0..S−1 with S ≥ P / 2."""
+    num_slots = linked.shape[1]  # covers every slot of the two pair lists
     score = torch.where(linked, sim, -math.inf)
-    best = torch.full((num_slots,), -math.inf, device=sim.device).scatter_reduce(0, later, score, reduce="amax")
-    is_best = linked & (score == best[later])
+    best = torch.full_like(score, -math.inf).scatter_reduce(1, later, score, reduce="amax")
+    is_best = linked & (score == best.gather(1, later))
     candidate = torch.where(is_best, earlier, num_slots)
-    chosen = torch.full_like(best, num_slots, dtype=torch.long).scatter_reduce(0, later, candidate, reduce="amin")
-    return is_best & (earlier == chosen[later])
+    chosen = torch.full_like(later, num_slots).scatter_reduce(1, later, candidate, reduce="amin")
+    return is_best & (earlier == chosen.gather(1, later))
 
 
-def representatives(nodes: Nodes, labels: torch.Tensor | None) -> torch.Tensor:
-    """[S] bool: the slots that become tokens, each node's group's member of smallest slot (every node when
+def representatives(is_node: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """[..., S] bool: the slots that become tokens, each node's group's member of smallest slot (every node when
     ``labels`` is None)."""
     if labels is None:
-        return nodes.is_node
-    return nodes.is_node & (labels == torch.arange(len(labels), device=labels.device))
+        return is_node
+    return is_node & (labels == torch.arange(labels.shape[-1], device=labels.device))
 
 
 def merge_groups(nodes: Nodes, labels: torch.Tensor, sums: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Replace each group by one token at its representative (§2.4).
+    """Replace each group (``labels`` [S]) by one token at its representative (§2.4).
 
     Returns features [N', C] (the members' unweighted mean, or with ``sums`` their patch-weighted mean), boxes
     [N', 5] (the representative's box) and num_patches [N'] (the group's total). Each group is summed in slot
     order from its representative, in float32.
     """
     num_slots = len(labels)
-    representative = representatives(nodes, labels)
+    representative = representatives(nodes.is_node, labels)
     group = torch.where(nodes.is_node, labels, num_slots)  # the slots without a node go after every group
     members = group.int().sort(stable=True).indices
     members_per_group = group.new_zeros(num_slots + 1).index_add_(0, group, torch.ones_like(group))[:num_slots]
@@ -462,37 +510,28 @@ def merge_groups(nodes: Nodes, labels: torch.Tensor, sums: bool) -> tuple[torch.
 
 
 def group_nodes(
-    tree: QuadTree, threshold: float, temporal_threshold: float, variant: str
-) -> tuple[Nodes, torch.Tensor | None]:
-    """The spatially merged nodes and, if temporal merging is on, each node's group label (§1–§2.3).
-
-    ``threshold`` is τ_s (a node stops when every child is at least this similar); ``temporal_threshold`` is
-    τ_t (≤ 0 turns temporal merging off, and the labels are None).
+    tree: QuadTree,
+    thresholds: torch.Tensor,
+    temporal_thresholds: torch.Tensor | None,
+    variant: str,
+    table: torch.Tensor | None = None,
+) -> tuple[NodeMap, torch.Tensor | None]:
+    """The spatially merged nodes at each of K thresholds τ_s [K] (a node stops when every child is at least this
+    similar) and, if temporal merging is on (``temporal_thresholds`` τ_t [K], all > 0; None: off), each node's group
+    label [K, S] (§1–§2.3). ``table`` is the tree's ``temporal_table`` where the caller already has it.
     """
-    nodes = collect_nodes(tree, emitted_nodes(tree, threshold))
-    if temporal_threshold <= 0:
+    nodes = node_map(tree, emitted_nodes(tree, thresholds))
+    if temporal_thresholds is None:
         return nodes, None
-    num_slots = len(nodes.boxes)
-    next_partner, previous_partner = neighbours_in_time(nodes)
-    own = torch.arange(num_slots, device=next_partner.device)
-    frame, last_frame = nodes.boxes[:, 0], nodes.cover.shape[0] - 1
-    earlier, later = torch.cat([own, previous_partner]), torch.cat([next_partner, own])
-    sim = temporal_similarity(nodes, earlier, later)
-    in_time = torch.cat([nodes.is_node & (frame < last_frame), nodes.is_node & (frame > 0)])
-    linked = in_time & (sim >= temporal_threshold)
-    if variant == "corrected":
-        linked = most_similar_links(earlier, later, linked, sim, num_slots)
-    labels = propagate_labels(num_slots, earlier, later, linked, until_consistent=variant == "corrected")
+    table = temporal_table(tree) if table is None else table
+    earlier, later, linked = temporal_links(tree, nodes, table, temporal_thresholds, variant)
+    labels = propagate_labels(nodes.cover.shape[1], earlier, later, linked, until_consistent=variant == "corrected")
     return nodes, labels
 
 
 def frame_pair_dots(features: torch.Tensor, chunks: int) -> torch.Tensor:
     """[T', K, P, P] float32 dot products of every position of each frame with every position of the next one, per
-    channel chunk (K chunks), from ``features`` [T, P, C]; T' = T − 1 (a single frame is paired with itself).
-
-    One batched matrix product over the frames in place: for a few hundred positions per frame it reads the video
-    twice and costs less than gathering each node's partners.
-    """
+    channel chunk (K chunks), from ``features`` [T, P, C]; T' = T − 1 (a single frame is paired with itself)."""
     t, positions, _ = features.shape
     pairs = max(t - 1, 1)
     earlier = features[:pairs].unflatten(-1, (chunks, -1)).transpose(1, 2).reshape(pairs * chunks, positions, -1)
@@ -500,31 +539,27 @@ def frame_pair_dots(features: torch.Tensor, chunks: int) -> torch.Tensor:
     return batched_dot(earlier, later).view(pairs, chunks, positions, positions)
 
 
-def temporal_similarity(nodes: Nodes, earlier: torch.Tensor, later: torch.Tensor) -> torch.Tensor:
-    """[P] the authors' temporal similarity <a/(|a|+1e-8), b/(|b|+1e-8)> of the nodes at slots ``earlier`` [P] and
-    ``later`` [P], each later one in the frame after its earlier one (other pairs get an arbitrary value). In float32
-    (§2.2), averaged over the nodes' channel chunks.
-    """
-    t, height, width = nodes.cover.shape
-    cells = height * width
-    dots = frame_pair_dots(nodes.features.view(t, cells, -1), nodes.norms.shape[1])
-    frame = (earlier // cells).clamp_max(len(dots) - 1)
-    norms = nodes.norms + 1e-8
-    return (dots[frame, :, earlier % cells, later % cells] / (norms[earlier] * norms[later])).mean(dim=-1)
+def count_tokens(nodes: NodeMap, labels: torch.Tensor | None) -> torch.Tensor:
+    """[K] tokens left after grouping at each threshold: one per group."""
+    return representatives(nodes.is_node, labels).sum(dim=-1)
 
 
-def count_tokens(nodes: Nodes, labels: torch.Tensor | None) -> int:
-    """Tokens left after grouping: one per group."""
-    return int(representatives(nodes, labels).sum())
+def as_thresholds(values: list[float], device: torch.device) -> torch.Tensor:
+    """[K] float32 thresholds, each rounded as a comparison of a float32 tensor with a Python float rounds it."""
+    return torch.tensor(values, dtype=torch.float32, device=device)
 
 
 def merge_video(
-    tree: QuadTree, threshold: float, temporal_threshold: float, variant: str
+    tree: QuadTree, threshold: float, temporal_threshold: float, variant: str, table: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """STTM on a built quadtree: (features [N, C], boxes [N, 5], num_patches [N]); see ``group_nodes``."""
-    nodes, labels = group_nodes(tree, threshold, temporal_threshold, variant)
+    """STTM on a built quadtree: (features [N, C], boxes [N, 5], num_patches [N]); τ_t ≤ 0 turns temporal merging
+    off; see ``group_nodes``."""
+    device = tree.cells.device
+    temporal = as_thresholds([temporal_threshold], device) if temporal_threshold > 0 else None
+    node_maps, labels = group_nodes(tree, as_thresholds([threshold], device), temporal, variant, table)
+    nodes = collect_nodes(tree, node_maps)
     if labels is not None:
-        return merge_groups(nodes, labels, tree.sums)
+        return merge_groups(nodes, labels[0], tree.sums)
     keep = nodes.is_node.nonzero().squeeze(1)
     features, num_patches = nodes.features[keep], nodes.num_patches[keep]
     if tree.sums:

@@ -4,14 +4,28 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
+import torch
 
 from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, keep_everything, register
-from sttm.merge import VARIANTS, QuadTree, build_quadtree, count_tokens, group_nodes, merge_video
+from sttm.bisect import bisect
+from sttm.merge import (
+    VARIANTS,
+    QuadTree,
+    as_thresholds,
+    build_quadtree,
+    count_tokens,
+    group_nodes,
+    merge_video,
+    temporal_table,
+)
 
 #: in budget mode the temporal threshold's gap below the spatial one closes over the top of this range, so that
 #: the least merging searched is τ_s = τ_t = 1.
 _GAP_CLOSES_OVER = 0.15
+
+#: levels of the bisection counted in one batched pass (2^depth − 1 thresholds): on a GPU a pass costs its
+#: launches whatever its width, on a CPU its width.
+LOOKAHEAD_DEPTH_CUDA, LOOKAHEAD_DEPTH_CPU = 6, 3
 
 
 def _check_threshold(name: str, value: float) -> float:
@@ -33,7 +47,9 @@ class STTM(Reducer):
       without exceeding it. τ_t follows τ_s at ``budget_gap`` below it (0.2, the gap of most of the paper's
       LLaVA-Video settings; None: spatial merging only), a gap that closes for τ_s above 0.85 so that the least
       merging searched is τ_s = τ_t = 1; τ_s is found by bisection in [-1, 1] down to adjacent float32 values
-      (similarities of flat regions tie near 1, so coarser steps can skip most of the reachable counts).
+      (similarities of flat regions tie near 1, so coarser steps can skip most of the reachable counts); the
+      temporal similarities are computed once per video and the midpoints of several bisection levels are
+      counted in one pass, which visits the thresholds a one-at-a-time bisection visits and returns its choice.
       Budget 1.0 keeps every token.
       The chosen thresholds go to ``Reduction.info``. Below the quadtree's floor (root nodes, all merged over
       time) the floor is kept and ``info["budget_met"]`` is False.
@@ -88,10 +104,11 @@ class STTM(Reducer):
             raise ValueError(f"head_dim {self.head_dim} does not divide the {grid.shape[-1]} channels")
         tree = build_quadtree(grid, self.root_level, self.variant, self.weighted_avg, self.head_dim)
         if self.budget is None:
-            thresholds, budget_met = (self.threshold, self.temporal_threshold), True
+            thresholds, budget_met, table = (self.threshold, self.temporal_threshold), True, None
         else:
-            thresholds, budget_met = self._search_thresholds(tree, video.num_tokens)
-        tokens, boxes, num_patches = merge_video(tree, *thresholds, self.variant)
+            table = None if self.budget_gap is None else temporal_table(tree)
+            thresholds, budget_met = self._search_thresholds(tree, video.num_tokens, table)
+        tokens, boxes, num_patches = merge_video(tree, *thresholds, self.variant, table)
         info = {"threshold": thresholds[0], "temporal_threshold": thresholds[1], "variant": self.variant}
         if self.budget is not None:
             info["budget_met"] = budget_met
@@ -103,24 +120,20 @@ class STTM(Reducer):
         gap = self.budget_gap * min(1.0, (1.0 - spatial) / _GAP_CLOSES_OVER)
         return spatial, max(spatial - gap, 1e-3)
 
-    def _kept(self, tree: QuadTree, spatial: float) -> int:
-        return count_tokens(*group_nodes(tree, *self._thresholds_at(spatial), self.variant))
+    def _counts(self, tree: QuadTree, table: torch.Tensor | None, spatials: list[float]) -> list[int]:
+        """Tokens kept at each spatial threshold, its temporal one following it, in one batched pass."""
+        device = tree.cells.device
+        temporals = [self._thresholds_at(spatial)[1] for spatial in spatials]
+        temporal = None if table is None else as_thresholds(temporals, device)
+        nodes, labels = group_nodes(tree, as_thresholds(spatials, device), temporal, self.variant, table)
+        return count_tokens(nodes, labels).tolist()
 
-    def _search_thresholds(self, tree: QuadTree, num_tokens: int) -> tuple[tuple[float, float], bool]:
-        """The least merging whose kept count stays within ``budget·num_tokens`` (bisection on τ_s)."""
+    def _search_thresholds(
+        self, tree: QuadTree, num_tokens: int, table: torch.Tensor | None
+    ) -> tuple[tuple[float, float], bool]:
+        """The least merging whose kept count stays within ``budget·num_tokens``: bisection on τ_s, down to adjacent
+        float32 values, whose next ``lookahead_depth`` levels of midpoints are counted together (``bisect``)."""
         target = math.floor(self.budget * num_tokens + 1e-9)
-        most_merging, least_merging = -1.0, 1.0
-        if self._kept(tree, least_merging) <= target:
-            return self._thresholds_at(least_merging), True
-        if self._kept(tree, most_merging) > target:
-            return self._thresholds_at(most_merging), False
-        low, high = most_merging, least_merging  # kept(low) <= target < kept(high)
-        while (middle := float(np.float32((low + high) / 2))) not in (low, high):
-            kept = self._kept(tree, middle)
-            if kept == target:  # no threshold can do better
-                return self._thresholds_at(middle), True
-            if kept < target:
-                low = middle
-            else:
-                high = middle
-        return self._thresholds_at(low), True
+        depth = LOOKAHEAD_DEPTH_CUDA if tree.cells.is_cuda else LOOKAHEAD_DEPTH_CPU
+        spatial, met = bisect(lambda spatials: self._counts(tree, table, spatials), target, depth)
+        return self._thresholds_at(spatial), met

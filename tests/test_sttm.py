@@ -257,7 +257,8 @@ def test_label_propagation_checked_every_few_rounds_equals_checking_every_round(
     linked = torch.rand(len(earlier), generator=generator) < 0.97
     expected, rounds = round_by_round_labels(num_slots, earlier, later, linked, until_consistent)
     assert rounds > merge.ROUNDS_PER_CHECK
-    assert torch.equal(merge.propagate_labels(num_slots, earlier, later, linked, until_consistent), expected)
+    labels = merge.propagate_labels(num_slots, earlier[None], later[None], linked[None], until_consistent)
+    assert torch.equal(labels[0], expected)
 
 
 GROUP_MEANS_UNDER_THE_TRITON_INTERPRETER = """
