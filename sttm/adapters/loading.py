@@ -20,6 +20,8 @@ from transformers import (
     Qwen2VLForConditionalGeneration,
 )
 
+from sttm.adapters.pooling import pool_channels_last
+
 MODEL_CLASSES = {
     "llava_onevision": LlavaOnevisionForConditionalGeneration,
     "qwen2_vl": Qwen2VLForConditionalGeneration,
@@ -55,9 +57,11 @@ def load_model(
     dtype: str = "bfloat16",
     attn_implementation: str = "auto",
     device_map: str | dict | None = None,
+    channels_last_pooling: bool = True,
 ) -> tuple[PreTrainedModel, ProcessorMixin]:
     """The model in eval mode and its processor. ``device_map``: None (CPU), a device such as ``cuda:0``, or
-    ``auto`` to shard across the visible GPUs."""
+    ``auto`` to shard across the visible GPUs; ``channels_last_pooling``: LLaVA-OneVision pools its video features
+    on the channels-last view (``sttm.adapters.pooling``: the same values, without transformers' copy)."""
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
     model = MODEL_CLASSES[model_family(pretrained)].from_pretrained(
@@ -66,6 +70,8 @@ def load_model(
         attn_implementation=attention_implementation(attn_implementation),
         device_map=device_map,
     )
+    if channels_last_pooling:
+        pool_channels_last(model)
     return model.eval(), AutoProcessor.from_pretrained(pretrained)
 
 
