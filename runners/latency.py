@@ -33,9 +33,10 @@ from runners.evaluate import CONFIGS, reducer_config, reducer_params
 from sttm.adapters.hooks import ReductionLog, reduction_point
 from sttm.adapters.loading import MODEL_CLASSES
 from sttm.adapters.reuse import greedy_from_prefix, prefill_prefix
-from sttm.adapters.timing import Clock, timed_generate
+from sttm.adapters.timing import timed_generate
 from sttm.adapters.tiny import placeholder_token_ids, tiny_processor
 from sttm.api import Reducer, Reduction, Stage, VideoTokens, build_reducer, keep_subset, reducer_class
+from sttm.clock import timed
 from sttm.reducer import STTM
 
 QWEN2_7B = dict(
@@ -138,7 +139,7 @@ def kv_reuse_rows(name: str, model, frames: int, questions: int, repeats: int) -
     separate, shared = [], []
     for index in range(repeats + 1):
         with torch.inference_mode(), reduction_point(model, reducer):
-            times = [measure_call(model.device, lambda b=batch: model(**b, use_cache=True)) for batch in batches]
+            times = [timed(lambda b=batch: model(**b, use_cache=True), model.device)[1] for batch in batches]
             prefix = prefill_prefix(model, batches[0])
             question_ms = [greedy_from_prefix(model, prefix, batch["input_ids"], 1).prefill_ms for batch in batches]
         if index:
@@ -148,15 +149,6 @@ def kv_reuse_rows(name: str, model, frames: int, questions: int, repeats: int) -
     return [{"model": name, "frames": frames, "method": f"kv reuse, {questions} questions per video (sttm 0.5)",
              "prefill_ms_per_question": per_question, "reused_prefill_ms_per_question": reused,
              "speedup": per_question / reused}]  # fmt: skip
-
-
-def measure_call(device: torch.device, call) -> float:
-    """Milliseconds one call takes (CUDA events on GPU)."""
-    clock = Clock(device)
-    clock.mark("start")
-    call()
-    clock.mark("end")
-    return clock.between("start", "end")
 
 
 def text_positions(text_model, length: int, device) -> torch.Tensor:
@@ -184,8 +176,7 @@ def layers_ms(text_model, embeds: torch.Tensor, keep: torch.Tensor | None, layer
     """Median milliseconds of :func:`cut_forward` over ``repeats`` calls after a warm-up."""
     with torch.inference_mode():
         times = [
-            measure_call(embeds.device, lambda: cut_forward(text_model, embeds, keep, layer))
-            for _ in range(repeats + 1)
+            timed(lambda: cut_forward(text_model, embeds, keep, layer), embeds.device)[1] for _ in range(repeats + 1)
         ]
     return statistics.median(times[1:])
 
