@@ -29,8 +29,9 @@ golden: setup
 bench: setup
 	$(PY) scripts/bench_reducers.py
 
-# on a CUDA machine: every reducer at budgets 0.5/0.3/0.15 on 7B-size random-weight models (see runners/latency.py)
-LATENCY ?= results/latency/local
+# on a CUDA machine: every reducer at budgets 0.5/0.3/0.15 on 7B-size random-weight models (see runners/latency.py);
+# writes $(LATENCY).json, $(LATENCY).md and $(LATENCY)_<model>.png
+LATENCY ?= outputs/latency
 bench-latency: setup
 	$(PY) -m runners.latency --model llava_onevision_7b --frames 64 128 --output $(LATENCY)
 	$(PY) -m runners.latency --model qwen2_vl_7b --frames 128 --output $(LATENCY)

@@ -1,13 +1,10 @@
 """Latency at real scale on a GPU: vision encode, reducer, LLM prefill, TTFT, decode and memory for every reducer.
 
-    python -m runners.latency --model llava_onevision_7b --frames 64 128 --output results/latency/h100
-    python -m runners.latency --model qwen2_vl_7b --frames 128 --output results/latency/h100
+    python -m runners.latency --model llava_onevision_7b --frames 64 128 --output outputs/latency/h100
+    python -m runners.latency --model qwen2_vl_7b --frames 128 --output outputs/latency/h100
 
-Models are built from the published architectures with random bf16 weights (no download): LLaVA-OneVision-7B,
-which LLaVA-Video-7B shares (SigLIP-so400m-384 + Qwen2-7B, 196 tokens per frame), and Qwen2-VL-7B (its ViT-675M +
-Qwen2-7B, 256 tokens per two 448x448 frames). The video has scenes of flat-coloured blocks, so that random vision
-weights still give redundant tokens. Inputs go through the family's processor (with the offline tokenizer of
-``sttm.adapters.tiny``, whose placeholder ids the configs use).
+Models at their published sizes with random bf16 weights (no download) and the scene-video request, from
+``sttm.adapters.real_size``: LLaVA-OneVision-7B (which LLaVA-Video-7B shares) and Qwen2-VL-7B.
 
 Every reducer of ``configs/reducer`` runs at each budget inside its reduction point (LLM-layer methods at layer 2),
 with full tokens first; STTM also runs at the fixed thresholds its budget search chose, as the paper uses fixed
@@ -27,91 +24,18 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
-from transformers import LlavaOnevisionConfig, Qwen2VLConfig
 
 from runners.evaluate import CONFIGS, reducer_config, reducer_params
 from sttm.adapters.hooks import ReductionLog, reduction_point
-from sttm.adapters.loading import MODEL_CLASSES
+from sttm.adapters.real_size import ARCHITECTURES, QUESTION, architecture, random_model, request
 from sttm.adapters.reuse import greedy_from_prefix, prefill_prefix
-from sttm.adapters.timing import Clock, timed_generate
-from sttm.adapters.tiny import placeholder_token_ids, tiny_processor
+from sttm.adapters.timing import timed_generate
 from sttm.api import Reducer, Reduction, Stage, VideoTokens, build_reducer, keep_subset, reducer_class
+from sttm.clock import timed
 from sttm.reducer import STTM
 
-QWEN2_7B = dict(
-    hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
-    vocab_size=152_064, max_position_embeddings=32_768,
-)  # fmt: skip
-ARCHITECTURES = {
-    "llava_onevision_7b": ("llava_onevision", 384),
-    "qwen2_vl_7b": ("qwen2_vl", 448),
-}
 LLM_LAYER = 2
 TIMINGS = ("vision_ms", "prefill_ms", "ttft_ms", "decode_ms_per_token", "peak_memory_mb")
-
-
-def real_size_config(name: str, text_sizes: dict | None = None):
-    """The published architecture of ``name`` (a key of ARCHITECTURES), with the tiny tokenizer's placeholder ids;
-    ``text_sizes`` overrides the language model's Qwen2-7B sizes (e.g. Qwen2-72B's)."""
-    family, frame_size = ARCHITECTURES[name]
-    text = QWEN2_7B | (text_sizes or {})
-    ids = placeholder_token_ids(family)
-    if family == "llava_onevision":
-        config = LlavaOnevisionConfig(
-            vision_config=dict(
-                model_type="siglip_vision_model", hidden_size=1152, intermediate_size=4304, num_hidden_layers=26,
-                num_attention_heads=16, image_size=frame_size, patch_size=14,
-            ),
-            text_config=dict(model_type="qwen2", rope_parameters={"rope_type": "default", "rope_theta": 1e6},
-                             **text),
-            vision_feature_layer=-1, vision_feature_select_strategy="full", **ids,
-        )  # fmt: skip
-    else:
-        config = Qwen2VLConfig(
-            vision_config=dict(depth=32, embed_dim=1280, hidden_size=3584, mlp_ratio=4, num_heads=16, patch_size=14,
-                               spatial_merge_size=2, temporal_patch_size=2),
-            text_config=dict(rope_parameters={"rope_type": "default", "rope_theta": 1e6,
-                                              "mrope_section": [16, 24, 24]}, **text),
-            **ids,
-        )  # fmt: skip
-    return config
-
-
-def random_model(name: str, attn_implementation: str, device: str = "cuda"):
-    """The architecture with random bf16 weights, built on ``device``."""
-    family, _ = ARCHITECTURES[name]
-    torch.manual_seed(0)
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with torch.device(device):
-            model = MODEL_CLASSES[family]._from_config(real_size_config(name), attn_implementation=attn_implementation)
-    finally:
-        torch.set_default_dtype(default)
-    return model.eval()
-
-
-def scene_video(frames: int, size: int, seed: int = 0) -> torch.Tensor:
-    """[T, size, size, 3] uint8: 4-frame scenes of 12x12 flat blocks plus a little noise."""
-    generator = torch.Generator().manual_seed(seed)
-    scenes = []
-    for _ in range(0, frames, 4):
-        blocks = torch.rand(3, 12, 12, generator=generator)
-        scene = torch.nn.functional.interpolate(blocks[None], size=(size, size), mode="nearest")[0]
-        scenes.append(scene.expand(4, -1, -1, -1))
-    video = torch.cat(scenes)[:frames] + 0.03 * torch.randn(frames, 3, size, size, generator=generator)
-    return (video.clamp(0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1)
-
-
-QUESTION = "which color appeared first ? answer with the option letter ."
-
-
-def request(name: str, frames: int, device: str = "cuda", question: str = QUESTION) -> dict:
-    family, frame_size = ARCHITECTURES[name]
-    processor = tiny_processor(family, frame_size)
-    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
-    text = processor.apply_chat_template(messages, add_generation_prompt=True)
-    return processor(text=text, videos=[scene_video(frames, frame_size).numpy()], return_tensors="pt").to(device)
 
 
 def measure(model, inputs: dict, reducer: Reducer | None, repeats: int) -> dict:
@@ -138,7 +62,7 @@ def kv_reuse_rows(name: str, model, frames: int, questions: int, repeats: int) -
     separate, shared = [], []
     for index in range(repeats + 1):
         with torch.inference_mode(), reduction_point(model, reducer):
-            times = [measure_call(model.device, lambda b=batch: model(**b, use_cache=True)) for batch in batches]
+            times = [timed(lambda b=batch: model(**b, use_cache=True), model.device)[1] for batch in batches]
             prefix = prefill_prefix(model, batches[0])
             question_ms = [greedy_from_prefix(model, prefix, batch["input_ids"], 1).prefill_ms for batch in batches]
         if index:
@@ -148,15 +72,6 @@ def kv_reuse_rows(name: str, model, frames: int, questions: int, repeats: int) -
     return [{"model": name, "frames": frames, "method": f"kv reuse, {questions} questions per video (sttm 0.5)",
              "prefill_ms_per_question": per_question, "reused_prefill_ms_per_question": reused,
              "speedup": per_question / reused}]  # fmt: skip
-
-
-def measure_call(device: torch.device, call) -> float:
-    """Milliseconds one call takes (CUDA events on GPU)."""
-    clock = Clock(device)
-    clock.mark("start")
-    call()
-    clock.mark("end")
-    return clock.between("start", "end")
 
 
 def text_positions(text_model, length: int, device) -> torch.Tensor:
@@ -184,8 +99,7 @@ def layers_ms(text_model, embeds: torch.Tensor, keep: torch.Tensor | None, layer
     """Median milliseconds of :func:`cut_forward` over ``repeats`` calls after a warm-up."""
     with torch.inference_mode():
         times = [
-            measure_call(embeds.device, lambda: cut_forward(text_model, embeds, keep, layer))
-            for _ in range(repeats + 1)
+            timed(lambda: cut_forward(text_model, embeds, keep, layer), embeds.device)[1] for _ in range(repeats + 1)
         ]
     return statistics.median(times[1:])
 
@@ -270,7 +184,7 @@ def run(
     device: str = "cuda",
     names: list[str] | None = None,
 ) -> list[dict]:
-    family, _ = ARCHITECTURES[name]
+    family = architecture(name).family
     model = random_model(name, attention, device)
     rows = []
     for frames in frames_list:

@@ -19,12 +19,12 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 from sttm.api import Reducer, Stage, VideoTokens, available_reducers, build_reducer
+from sttm.clock import timed
 from sttm.synthetic import redundant_video
 
 #: STTM settings timed besides budget mode: the authors' LLaVA-Video-7B Video-MME thresholds (STTM_SPEC.md §4).
@@ -48,24 +48,11 @@ def settings_to_time(names: list[str], budgets: list[float]) -> list[tuple[str, 
     return runs
 
 
-def time_calls(call, warmup: int, repeats: int, cuda: bool) -> list[float]:
-    """Milliseconds of each timed call of ``call()``."""
+def time_calls(call, warmup: int, repeats: int, device: torch.device) -> list[float]:
+    """Milliseconds of each of ``repeats`` calls of ``call()`` on ``device``'s clock, after ``warmup`` untimed ones."""
     for _ in range(warmup):
         call()
-    times = []
-    for _ in range(repeats):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            call()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            call()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return times
+    return [timed(call, device)[1] for _ in range(repeats)]
 
 
 def authors_quadtree(checkout: Path):
@@ -106,16 +93,15 @@ def main(argv: list[str] | None = None) -> int:
     # random attention evidence for the methods that rank or compare tokens by it (72: SigLIP-so400m's head width)
     importance, keys = torch.rand(t, h, w, device=args.device), torch.randn(t, h, w, 72, device=args.device)
     video = VideoTokens(grid, importance=importance, keys=keys, question="benchmark")
-    cuda = grid.is_cuda
-    device_name = torch.cuda.get_device_name() if cuda else platform.processor() or "cpu"
+    device_name = torch.cuda.get_device_name() if grid.is_cuda else platform.processor() or "cpu"
     print(f"# {device_name}, torch {torch.__version__}, commit {git_commit()}, input {list(grid.shape)} {grid.dtype}")
 
     runs = settings_to_time(names, args.budgets)
-    time_calls(lambda: runs[0][2].reduce(video), args.warmup * 10, 0, cuda)  # clocks and allocator settle
+    time_calls(lambda: runs[0][2].reduce(video), args.warmup * 10, 0, grid.device)  # clocks and allocator settle
     rows = []
     for name, setting, reducer in runs:
         kept = reducer(video).kept_ratio
-        times = time_calls(lambda r=reducer: r.reduce(video), args.warmup, args.repeats, cuda)
+        times = time_calls(lambda r=reducer: r.reduce(video), args.warmup, args.repeats, grid.device)
         rows.append({"reducer": name, "setting": setting, "kept": kept, "times_ms": times})
 
     if args.authors_code:
@@ -129,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             _, _, their_boxes = authors_call()
             ours = build_reducer("sttm", threshold=spatial, temporal_threshold=temporal).reduce(video)
             same = torch.equal(their_boxes.long().cpu(), ours.boxes.cpu())
-            times = time_calls(authors_call, args.warmup, args.repeats, cuda)
+            times = time_calls(authors_call, args.warmup, args.repeats, grid.device)
             rows.append(
                 {
                     "reducer": "authors' STTM code",

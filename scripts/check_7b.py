@@ -2,12 +2,12 @@
 
     python scripts/check_7b.py --frames 64 128 --output check_7b.json
 
-Architecture from the published configs (SigLIP-so400m-384 + Qwen2-7B), built without a download. The video
-has scenes of flat-coloured blocks, so that even random vision weights give redundant tokens. For each frame
-count it times full tokens, STTM at layer 2 (budget mode, and at the fixed thresholds that budget mode chose,
-as the paper uses fixed thresholds) and VidCom2 before the LLM, at budgets 0.5 and 0.3: median of
-``--repeats`` calls after one warm-up. It also checks that cached decoding under STTM matches recomputing the
-reduced forward at every step (bf16 tolerance).
+Model and request from ``sttm.adapters.real_size``: the published architecture (SigLIP-so400m-384 + Qwen2-7B),
+built without a download, and a question about a video of flat-coloured scenes (so that even random vision
+weights give redundant tokens) through the family's processor. For each frame count it times full tokens, STTM
+at layer 2 (budget mode, and at the fixed thresholds that budget mode chose, as the paper uses fixed thresholds)
+and VidCom2 before the LLM, at budgets 0.5 and 0.3: median of ``--repeats`` calls after one warm-up. It also
+checks that cached decoding under STTM matches recomputing the reduced forward at every step (bf16 tolerance).
 """
 
 from __future__ import annotations
@@ -19,58 +19,14 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
 
 from baselines.vidcom2 import VidCom2
 from sttm.adapters.hooks import llm_layer, pre_llm
+from sttm.adapters.real_size import random_model, request
 from sttm.adapters.timing import timed_generate
 from sttm.reducer import STTM
 
-VIDEO_TOKEN, IMAGE_TOKEN = 151_647, 151_646
-
-
-def llava_onevision_7b() -> LlavaOnevisionForConditionalGeneration:
-    config = LlavaOnevisionConfig(
-        vision_config=dict(
-            model_type="siglip_vision_model", hidden_size=1152, intermediate_size=4304, num_hidden_layers=26,
-            num_attention_heads=16, image_size=384, patch_size=14,
-        ),
-        text_config=dict(
-            model_type="qwen2", hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-            num_attention_heads=28, num_key_value_heads=4, vocab_size=152_064, max_position_embeddings=32_768,
-        ),
-        image_token_id=IMAGE_TOKEN, video_token_id=VIDEO_TOKEN, vision_feature_layer=-1,
-        vision_feature_select_strategy="full",
-    )  # fmt: skip
-    config._attn_implementation = "sdpa"
-    torch.manual_seed(0)
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with torch.device("cuda"):
-            model = LlavaOnevisionForConditionalGeneration(config)
-    finally:
-        torch.set_default_dtype(default)
-    return model.eval()
-
-
-def scene_video(frames: int, seed: int = 0) -> torch.Tensor:
-    """[1, T, 3, 384, 384] bf16: 4-frame scenes of 12x12 flat blocks (27x27 patches) plus noise."""
-    generator = torch.Generator().manual_seed(seed)
-    scenes = []
-    for _ in range(0, frames, 4):
-        blocks = torch.rand(3, 12, 12, generator=generator) * 2 - 1
-        scene = torch.nn.functional.interpolate(blocks[None], size=(384, 384), mode="nearest")[0]
-        scenes.append(scene.expand(4, -1, -1, -1))
-    video = torch.cat(scenes)[:frames]
-    video = video + 0.1 * torch.randn(video.shape, generator=generator)
-    return video[None].to("cuda", torch.bfloat16)
-
-
-def request(frames: int) -> dict:
-    text_before, text_after = torch.arange(100, 114), torch.arange(200, 240)
-    ids = torch.cat([text_before, torch.full((frames * 196 + 1,), VIDEO_TOKEN), text_after])[None].cuda()
-    return {"input_ids": ids, "pixel_values_videos": scene_video(frames)}
+MODEL = "llava_onevision_7b"
 
 
 def measure(model, inputs, context, repeats: int) -> dict:
@@ -126,11 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
-    model = llava_onevision_7b()
+    model = random_model(MODEL, "sdpa")
     print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
     rows = []
     for frames in args.frames:
-        inputs = request(frames)
+        inputs = request(MODEL, frames)
         full = measure(model, inputs, NoReduction, args.repeats)
         rows.append({"frames": frames, "method": "full tokens", "budget": 1.0, **full})
         for budget in (0.5, 0.3):

@@ -27,9 +27,9 @@ import torch
 from accelerate import dispatch_model, infer_auto_device_map, init_empty_weights
 from accelerate.utils import get_balanced_memory, set_module_tensor_to_device
 
-from runners.latency import real_size_config, request
 from sttm.adapters.hooks import llm_layer, reduction_point
 from sttm.adapters.loading import MODEL_CLASSES
+from sttm.adapters.real_size import real_size_config, request
 from sttm.adapters.timing import timed_generate
 from sttm.reducer import STTM
 

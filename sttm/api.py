@@ -13,12 +13,13 @@ from __future__ import annotations
 import enum
 import importlib
 import pkgutil
-import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import torch
+
+from sttm.clock import timed
 
 
 class Stage(str, enum.Enum):
@@ -187,17 +188,7 @@ class Reducer(ABC):
         if missing:
             raise ValueError(f"reducer {self.name!r} needs {' and '.join(missing)} besides the grid")
         finite = None if video.grid.device.type == "cpu" else all_finite(video.grid)
-        if video.grid.is_cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            result = self.reduce(video)
-            end.record()
-            end.synchronize()
-            elapsed = start.elapsed_time(end)
-        else:
-            t0 = time.perf_counter()
-            result = self.reduce(video)
-            elapsed = (time.perf_counter() - t0) * 1e3
+        result, elapsed = timed(lambda: self.reduce(video), video.grid.device)
         if finite is not None and not finite:
             raise ValueError(NON_FINITE_GRID)
         return replace(result, reducer_ms=elapsed)

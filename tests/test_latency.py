@@ -1,4 +1,4 @@
-"""The real-scale latency benchmark's parts that run without a GPU: architectures, inputs, reducer list, tables."""
+"""The real-scale latency benchmark's parts that run without a GPU: reducer list, ceilings, tables, a tiny run."""
 
 from __future__ import annotations
 
@@ -6,36 +6,24 @@ import pytest
 import torch
 
 from runners.latency import (
-    ARCHITECTURES,
     EvenlySpaced,
     ceiling_rows,
     cut_forward,
     markdown,
     plot,
-    real_size_config,
     reducers_at,
-    request,
     run,
     text_positions,
 )
 from sttm.adapters.loading import MODEL_CLASSES
+from sttm.adapters.real_size import ARCHITECTURES, Architecture, request
 from sttm.adapters.tiny import FRAME_SIZE, tiny_config
 from sttm.api import VideoTokens, flat_positions
 
 
-@pytest.mark.parametrize(("name", "billions"), [("llava_onevision_7b", 8.03), ("qwen2_vl_7b", 8.29)])
-def test_architectures_have_the_published_sizes(name, billions):
-    family, _ = ARCHITECTURES[name]
-    with torch.device("meta"):
-        model = MODEL_CLASSES[family]._from_config(real_size_config(name))
-    assert sum(p.numel() for p in model.parameters()) / 1e9 == pytest.approx(billions, abs=0.02)
-
-
-@pytest.mark.parametrize(("name", "tokens_per_4_frames"), [("llava_onevision_7b", 4 * 196 + 1), ("qwen2_vl_7b", 512)])
-def test_requests_carry_the_models_visual_tokens(name, tokens_per_4_frames):
-    inputs = request(name, 4, device="cpu")
-    video_token = real_size_config(name).video_token_id
-    assert int((inputs["input_ids"] == video_token).sum()) == tokens_per_4_frames
+def tiny_architecture(family: str) -> Architecture:
+    """A name for the tiny model's family and frame size; its sizes come from ``tiny_config`` (patched in)."""
+    return Architecture(family, FRAME_SIZE, vision={}, text={})
 
 
 def test_every_reducer_config_runs_or_says_why_not():
@@ -60,8 +48,8 @@ def test_tables_and_plots_are_written(tmp_path):
 
 def test_the_whole_benchmark_runs_on_a_tiny_architecture(monkeypatch):
     """The GPU run, shrunk: the tiny LLaVA-OneVision in place of the 7B one, on the CPU, one repeat."""
-    monkeypatch.setitem(ARCHITECTURES, "tiny", ("llava_onevision", FRAME_SIZE))
-    monkeypatch.setattr("runners.latency.real_size_config", lambda name: tiny_config("llava_onevision"))
+    monkeypatch.setitem(ARCHITECTURES, "tiny", tiny_architecture("llava_onevision"))
+    monkeypatch.setattr("sttm.adapters.real_size.real_size_config", lambda name: tiny_config("llava_onevision"))
     rows = run("tiny", [8], [0.5], repeats=1, attention="sdpa", kv_reuse=2, device="cpu")
     measured = {row["method"]: row for row in rows if "kept_ratio" in row}
     no_cost = "ceiling: evenly spaced at layer 2, no cost, through the hooks"
@@ -90,7 +78,7 @@ def test_the_ceiling_forward_is_the_language_model_on_the_kept_tokens(family):
 
 @pytest.mark.parametrize("family", ["llava_onevision", "qwen2_vl"])
 def test_ceilings_cut_the_video_to_each_budget(monkeypatch, family):
-    monkeypatch.setitem(ARCHITECTURES, "tiny", (family, FRAME_SIZE))
+    monkeypatch.setitem(ARCHITECTURES, "tiny", tiny_architecture(family))
     model = MODEL_CLASSES[family]._from_config(tiny_config(family)).eval()
     inputs = request("tiny", 8, device="cpu")
     rows = ceiling_rows("tiny", model, inputs, 8, [0.5, 0.3], repeats=1)

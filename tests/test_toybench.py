@@ -8,8 +8,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from runners.toybench import SUITE_VERSION, generate, generate_split, is_current
-from runners.toybench.benchmarks import BENCHMARKS
+from runners.toybench import MAX_OPTIONS, SUITE_VERSION, generate, generate_split, is_current, lettered
+from runners.toybench.benchmarks import BENCHMARKS, Question
 from runners.toybench.render import COLORS, SHAPES, SIZE, read_video
 
 
@@ -154,3 +154,14 @@ def test_a_split_written_by_another_version_of_the_generators_is_written_again(t
     assert not is_current(jsonl)
     generate(tmp_path, train_factor=0, splits=("test",), names=["toy_nextqa"])
     assert is_current(jsonl) and len(jsonl.read_text().splitlines()) == 140
+
+
+def test_options_are_lettered_from_a_up_to_the_most_a_question_has():
+    rng = np.random.default_rng(0)
+    question = Question("Which color?", "red", ["blue", "green", "cyan", "plum"], "ret")
+    options, answer = lettered(question, 4, rng)
+    assert [line[:3] for line in options] == ["A. ", "B. ", "C. ", "D. ", "E. "] and answer == "E"
+    assert options[4] == "E. red"
+    too_many = Question("Which color?", "red", ["blue"] * MAX_OPTIONS, "ret")
+    with pytest.raises(ValueError, match=f"at most {MAX_OPTIONS} options, got {MAX_OPTIONS + 1}"):
+        lettered(too_many, 0, rng)

@@ -19,10 +19,12 @@ from tqdm import tqdm
 
 from runners.records import write_atomically
 from runners.tasks.local import write_local_task
+from runners.tasks.multiple_choice import LETTERS as OPTION_LETTERS
 from runners.toybench.benchmarks import BENCHMARKS, Question, videos
 from runners.toybench.render import write_video
 
-LETTERS = "ABCDE"
+MAX_OPTIONS = 5  # the most options a toy question has
+LETTERS = OPTION_LETTERS[:MAX_OPTIONS]
 SPLIT_SEEDS = {"test": 0, "train": 1_000}
 # 2: no question asks for a shape; 3: LongVideoBench refers to a stretch by a white ball shown in it
 SUITE_VERSION = 3
@@ -30,6 +32,10 @@ SUITE_VERSION = 3
 
 def lettered(question: Question, answer_position: int, rng: np.random.Generator) -> tuple[list[str], str]:
     """Options as "A. …" lines with the right one at ``answer_position``, and its letter."""
+    if len(question.wrong) + 1 > MAX_OPTIONS:
+        raise ValueError(
+            f"a toy question has at most {MAX_OPTIONS} options, got {len(question.wrong) + 1}: {question.text!r}"
+        )
     options = [question.wrong[i] for i in rng.permutation(len(question.wrong))]
     options.insert(answer_position, question.correct)
     return [f"{LETTERS[i]}. {text}" for i, text in enumerate(options)], LETTERS[answer_position]

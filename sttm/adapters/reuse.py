@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from sttm.adapters.timing import Clock
 from sttm.api import Reducer
+from sttm.clock import Clock, timed
 
 SEQUENCE_INPUTS = ("input_ids", "attention_mask", "mm_token_type_ids")
 
@@ -58,11 +58,8 @@ def prefill_prefix(model, inputs: dict) -> Prefix:
     reducer's work included in the time)."""
     length = prefix_length(inputs["input_ids"], model.config.video_token_id)
     prefix_inputs = {name: value[:, :length] if name in SEQUENCE_INPUTS else value for name, value in inputs.items()}
-    clock = Clock(model.device)
-    clock.mark("start")
-    output = model(**prefix_inputs, use_cache=True)
-    clock.mark("end")
-    return Prefix(prefix_inputs["input_ids"], output.past_key_values, clock.between("start", "end"))
+    output, prefill_ms = timed(lambda: model(**prefix_inputs, use_cache=True), model.device)
+    return Prefix(prefix_inputs["input_ids"], output.past_key_values, prefill_ms)
 
 
 @dataclass(frozen=True)

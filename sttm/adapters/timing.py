@@ -16,11 +16,12 @@ Clocks are marked from hooks and a logits processor; on GPU the events are read 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
+
+from sttm.clock import Clock
 
 
 @dataclass(frozen=True)
@@ -31,31 +32,6 @@ class Timing:
     decode_ms_per_token: float
     peak_memory_mb: float
     new_tokens: int
-
-
-class Clock:
-    """Marks points in time on the host or the device; ``between`` reads them (synchronising on GPU once)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-        self.marks: dict[str, object] = {}
-
-    def mark(self, name: str) -> None:
-        if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            self.marks[name] = event
-        else:
-            self.marks[name] = time.perf_counter()
-
-    def between(self, start: str, end: str) -> float:
-        if start not in self.marks or end not in self.marks:
-            return math.nan
-        first, last = self.marks[start], self.marks[end]
-        if self.cuda:
-            last.synchronize()
-            return first.elapsed_time(last)
-        return (last - first) * 1e3
 
 
 class _MarkTokens(LogitsProcessor):
