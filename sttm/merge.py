@@ -18,25 +18,25 @@ Two variants:
 
 Both pair the first row/column at odd sizes (a choice of partition, not a defect).
 
-The algorithm works on dense maps of fixed size: per-level maps for the quadtree, and one slot per grid patch for
-the nodes (a node sits at the slot of its top-left patch), so that no intermediate size depends on the data.
-Index tensors that depend only on the grid shape are built once per shape (``grid_layout``). The host waits on
-the device only to learn when the label propagation has settled (once per ``ROUNDS_PER_CHECK`` rounds) and once
-to learn how many tokens the merge leaves: on a GPU the rest is queued behind the work before it, which hides its
-launch cost. Similarities are matrix products that read the levels in place: each parent row against its two
-child rows, and each frame against the next (every position against every position, which for a few hundred
-positions per frame costs less than gathering each node's partner).
+The quadtree (``sttm.quadtree``) does not depend on the thresholds; this module groups its nodes at K thresholds at
+once (a budget search counts many of them in one pass; a merge is K = 1). It works on dense maps of fixed size: one
+slot per grid patch for the nodes (a node sits at the slot of its top-left patch), so that no intermediate size
+depends on the data. The temporal similarity of every cell of every level of a frame with every cell of the next
+frame is one batched matrix product per video (``temporal_table``; a few hundred cells per frame cost less than
+gathering each node's partners), read by the node pairs at each threshold. The host waits on the device only to
+learn when the label propagation has settled (once per ``ROUNDS_PER_CHECK`` rounds) and once to learn how many
+tokens the merge leaves (or, in a search, the counts): on a GPU the rest is queued behind the work before it,
+which hides its launch cost.
 
-Numerics: similarities in float32 (half-precision products accumulate in float32), pyramid levels accumulated in
-float32 and stored in the input dtype (as ``avg_pool2d`` does); temporal group sums accumulate in float32 in slot
-order from the representative (``sttm.group_means``; the authors accumulate in the input dtype, in an order that
-is not deterministic on GPU). On float32 inputs this matches the authors' arithmetic. On a GPU the matrix
-products sum in another order than on the CPU, which can tip a similarity lying within rounding of a threshold.
+Numerics: similarities in float32 (half-precision products accumulate in float32); temporal group sums accumulate
+in float32 in slot order from the representative (``sttm.group_means``; the authors accumulate in the input dtype,
+in an order that is not deterministic on GPU). On float32 inputs this matches the authors' arithmetic. On a GPU the
+matrix products sum in another order than on the CPU, which can tip a similarity lying within rounding of a
+threshold.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -44,256 +44,9 @@ import torch
 import torch.nn.functional as F
 
 from sttm.group_means import group_means
+from sttm.quadtree import QuadTree, batched_dot
 
 VARIANTS = ("official", "corrected")
-
-
-def pyramid_sizes(height: int, width: int) -> list[tuple[int, int]]:
-    """Grid sizes of the quadtree levels, coarsest first, halving (rounding up) until a side is 2 (§1.2)."""
-    if height < 2 or width < 2:
-        raise ValueError(f"the token grid must be at least 2x2, got {height}x{width}")
-    sizes = [(height, width)]
-    while height != 2 and width != 2:
-        height, width = math.ceil(height / 2), math.ceil(width / 2)
-        sizes.insert(0, (height, width))
-    return sizes
-
-
-@dataclass(frozen=True)
-class Axis:
-    """How one axis (rows or columns) of a child level pairs into the parent level, first index unpaired.
-
-    first:   [n_parent] child index of each parent's first child along the axis.
-    second:  [n_parent] child index of its second child (equal to ``first`` where there is none).
-    paired:  [n_parent] bool, whether the parent has a second child along the axis.
-    parent:  [n_child] parent index of each child.
-    """
-
-    first: torch.Tensor
-    second: torch.Tensor
-    paired: torch.Tensor
-    parent: torch.Tensor
-
-
-def pair_axis(n_child: int, device: torch.device) -> Axis:
-    """Pairing of an axis of length ``n_child``: (0,1),(2,3)… if even; (0),(1,2),(3,4)… if odd."""
-    n_parent = math.ceil(n_child / 2)
-    parents = torch.arange(n_parent, device=device)
-    odd = n_child % 2
-    second = 2 * parents + 1 - odd
-    first = (second - 1).clamp_min(0)
-    paired = second != first
-    parent = (torch.arange(n_child, device=device) + odd) // 2
-    return Axis(first=first, second=second, paired=paired, parent=parent)
-
-
-@dataclass(frozen=True)
-class Step:
-    """From a parent level [h, w] to its child level [hc, wc].
-
-    rows, cols:   the pairing of each axis.
-    present:      [h, w, 4] bool, which 2x2 slots of the ``pad_to_even`` child level hold a real child.
-    children:     [h, w] number of real children (1, 2 or 4).
-    all_paired:   whether every parent has 4 children (both child sides even).
-    parent_of:    [hc·wc] flat parent index of each child.
-    """
-
-    rows: Axis
-    cols: Axis
-    present: torch.Tensor
-    children: torch.Tensor
-    all_paired: bool
-    parent_of: torch.Tensor
-
-
-def make_step(child_height: int, child_width: int, device: torch.device) -> Step:
-    rows, cols = pair_axis(child_height, device), pair_axis(child_width, device)
-    # slots in ``pad_to_even`` layout: an unpaired parent's only child is in the second row (column)
-    always_row, always_col = torch.ones_like(rows.paired), torch.ones_like(cols.paired)
-    row_present = torch.stack([rows.paired, rows.paired, always_row, always_row], dim=-1)
-    col_present = torch.stack([cols.paired, always_col] * 2, dim=-1)
-    present = row_present[:, None, :] & col_present[None, :, :]
-    all_paired = child_height % 2 == 0 and child_width % 2 == 0
-    parent_of = (rows.parent[:, None] * len(cols.first) + cols.parent[None, :]).flatten()
-    return Step(rows, cols, present, present.sum(dim=-1), all_paired, parent_of)
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Index tensors that depend only on the grid shape and root level; levels root first, finest last.
-
-    steps:            ``steps[l]`` pairs level l + 1 into level l.
-    ancestor_cell:    [L, H·W] each patch's level-l ancestor, as an index into all levels' cells concatenated.
-    ancestor_corner:  [L, H·W] the flat finest-grid index of that ancestor's top-left patch.
-    corner_ends:      [L, H·W, 2] (y1, x1) of the level-l node whose top-left patch is p.
-    corners:          per level [h·w] the flat finest-grid index of each cell's top-left patch.
-    """
-
-    steps: list[Step]
-    ancestor_cell: torch.Tensor
-    ancestor_corner: torch.Tensor
-    corner_ends: torch.Tensor
-    corners: list[torch.Tensor]
-
-
-@functools.lru_cache(maxsize=32)
-def grid_layout(height: int, width: int, root_level: int, device: torch.device) -> Layout:
-    """The quadtree layout of a ``height``×``width`` grid from ``root_level`` of ``pyramid_sizes`` (§1.2–1.3)."""
-    all_sizes = pyramid_sizes(height, width)
-    if not -len(all_sizes) <= root_level < len(all_sizes):
-        raise ValueError(
-            f"root_level {root_level} is out of range for a {height}x{width} grid: "
-            f"its levels are {all_sizes} (indices 0..{len(all_sizes) - 1})"
-        )
-    sizes = all_sizes[root_level % len(all_sizes) :]
-    patches = torch.arange(height * width, device=device)
-    y0, y1 = [torch.arange(height, device=device)], [torch.arange(1, height + 1, device=device)]
-    x0, x1 = [torch.arange(width, device=device)], [torch.arange(1, width + 1, device=device)]
-    ancestor = [patches]  # per level, each patch's ancestor cell within that level
-    steps = []
-    for child_height, child_width in reversed(sizes[1:]):
-        step = make_step(child_height, child_width, device)
-        steps.insert(0, step)
-        ancestor.insert(0, step.parent_of[ancestor[0]])
-        y0.insert(0, y0[0][step.rows.first])
-        y1.insert(0, y1[0][step.rows.second])
-        x0.insert(0, x0[0][step.cols.first])
-        x1.insert(0, x1[0][step.cols.second])
-    cells = torch.tensor([h * w for h, w in sizes], device=device)
-    cells_before = torch.cumsum(cells, 0) - cells
-    corners = [(top[:, None] * width + left[None, :]).flatten() for top, left in zip(y0, x0, strict=True)]
-    corner_ends = torch.zeros(len(sizes), height * width, 2, dtype=torch.long, device=device)
-    for lvl in range(len(sizes)):
-        ends = torch.broadcast_tensors(y1[lvl][:, None], x1[lvl][None, :])
-        corner_ends[lvl, corners[lvl]] = torch.stack(ends, dim=-1).flatten(0, 1)
-    return Layout(
-        steps=steps,
-        ancestor_cell=torch.stack(ancestor) + cells_before[:, None],
-        ancestor_corner=torch.stack([corner[cell] for corner, cell in zip(corners, ancestor, strict=True)]),
-        corner_ends=corner_ends,
-        corners=corners,
-    )
-
-
-def pad_to_even(x: torch.Tensor) -> torch.Tensor:
-    """[T, hc, wc, C] with a zero row (column) in front of an odd side, so that the first one pairs with nothing."""
-    _, hc, wc, _ = x.shape
-    return F.pad(x, (0, 0, wc % 2, 0, hc % 2, 0)) if hc % 2 or wc % 2 else x
-
-
-def blocks(x: torch.Tensor) -> torch.Tensor:
-    """[T, 2h, 2w, C] -> [T, h, 2, w, 2, C] view of the 2x2 blocks."""
-    t, hh, ww, c = x.shape
-    return x.view(t, hh // 2, 2, ww // 2, 2, c)
-
-
-def pool_level(x: torch.Tensor, step: Step, sums: bool) -> torch.Tensor:
-    """[T, hc, wc, C] -> [T, h, w, C]: each parent's children summed (``sums``) or averaged unweighted.
-
-    Accumulates in float32 and rounds once to x's dtype, as the authors' ``avg_pool2d`` / ``lp_pool2d(p=1)``.
-    """
-    padded = blocks(pad_to_even(x))
-    if not sums and step.all_paired:
-        return padded.mean(dim=(2, 4))
-    total = padded.sum(dim=(2, 4))
-    return total if sums else total / step.children[None, :, :, None].to(total.dtype)
-
-
-def batched_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """[B, m, d] @ [B, d, n] -> [B, m·n] in float32 (half-precision products accumulate in float32 on GPU)."""
-    if a.is_cuda and a.dtype in (torch.bfloat16, torch.float16):
-        return torch.bmm(a, b, out_dtype=torch.float32).flatten(1)
-    return torch.bmm(a.float(), b.float()).flatten(1)
-
-
-def chunk_norms(x: torch.Tensor, chunks: int) -> torch.Tensor:
-    """[..., C] -> [..., chunks] float32 norms of ``chunks`` equal channel chunks."""
-    return torch.linalg.vector_norm(x.unflatten(-1, (chunks, -1)), dim=-1, dtype=torch.float32)
-
-
-def split_similarity(
-    parent: torch.Tensor,
-    child: torch.Tensor,
-    parent_norms: torch.Tensor,
-    child_norms: torch.Tensor,
-    step: Step,
-    compare_missing_children: bool,
-) -> torch.Tensor:
-    """[T, h, w] the smallest cosine between each parent [T, h, w, C] and its child slots in child [T, hc, wc, C].
-
-    ``parent_norms`` [T, h, w, K] and ``child_norms`` [T, hc, wc, K] are ``chunk_norms`` of the two levels. The
-    cosine is ``F.cosine_similarity``'s, in float32, averaged over the K channel chunks. A missing slot is compared
-    with the frame's child (0, 0) when ``compare_missing_children`` (the authors' behaviour, §1.4) and skipped
-    otherwise.
-    """
-    t, h, w, c = parent.shape
-    chunks = parent_norms.shape[-1]
-    chunk = c // chunks
-    # each parent row against its two child rows, read in place: a parent's own children lie on the diagonals
-    parent_rows = parent.reshape(t * h, w, chunks, chunk).transpose(1, 2).reshape(-1, w, chunk)
-    child_rows = pad_to_even(child).reshape(t * h, 4 * w, chunks, chunk).permute(0, 2, 3, 1).reshape(-1, chunk, 4 * w)
-    row_dots = batched_dot(parent_rows, child_rows).view(t, h, chunks, w, 2, w, 2)
-    dots = row_dots.diagonal(dim1=3, dim2=5).permute(0, 1, 5, 2, 3, 4).reshape(t, h, w, chunks, 4)
-    kid_norms = blocks(pad_to_even(child_norms)).permute(0, 1, 3, 5, 2, 4).reshape(t, h, w, chunks, 4)
-    parent_norms = parent_norms.clamp_min(1e-8)
-    cos = dots / (parent_norms[..., None] * kid_norms.clamp_min(1e-8))
-    min_sim = cos.mean(dim=3).masked_fill(~step.present, math.inf).amin(dim=-1)  # [T, h, w]
-    if compare_missing_children and not step.all_paired:
-        parents_by_chunk = parent.reshape(t, h * w, chunks, chunk).transpose(1, 2).reshape(-1, h * w, chunk)
-        corner_dots = batched_dot(parents_by_chunk, child[:, 0, 0].reshape(-1, chunk, 1)).view(t, chunks, h, w)
-        corner_norms = child_norms[:, 0, 0].clamp_min(1e-8)[:, None, None]
-        corner_cos = (corner_dots.permute(0, 2, 3, 1) / (parent_norms * corner_norms)).mean(dim=-1)
-        missing = step.children < 4
-        min_sim = torch.where(missing, torch.minimum(min_sim, corner_cos), min_sim)
-    return min_sim
-
-
-@dataclass(frozen=True)
-class QuadTree:
-    """Everything about a video's quadtree that does not depend on the thresholds.
-
-    layout:    the grid's ``Layout``.
-    features:  per level [T, h, w, C], root level first, finest (the input) last; patch means, or patch sums
-               when ``sums`` is set.
-    norms:     per level [T, h, w, K] ``chunk_norms`` of the features (K chunks: ``head_dim`` wide, or one).
-    min_sim:   per level but the finest, [T, h, w] smallest parent-child cosine (a node stops when ≥ τ_s).
-    cells:     [T, Σ, C] every level's features side by side per frame, root level first (Σ cells; a node's
-               ``cell`` indexes them, as ``Layout.ancestor_cell`` does).
-    cell_norms: [T, Σ, K] their norms.
-    """
-
-    layout: Layout
-    features: list[torch.Tensor]
-    norms: list[torch.Tensor]
-    min_sim: list[torch.Tensor]
-    sums: bool
-    cells: torch.Tensor
-    cell_norms: torch.Tensor
-
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        return tuple(self.features[-1].shape)  # type: ignore[return-value]
-
-
-def build_quadtree(
-    grid: torch.Tensor, root_level: int, variant: str, weighted_avg: bool, head_dim: int | None
-) -> QuadTree:
-    """Pool ``grid`` [T, H, W, C] up to ``root_level`` of ``pyramid_sizes(H, W)`` and score every split (§1)."""
-    _, height, width, channels = grid.shape
-    layout = grid_layout(height, width, root_level, grid.device)
-    sums = weighted_avg or variant == "corrected"
-    features = [grid]
-    for step in reversed(layout.steps):
-        features.insert(0, pool_level(features[0], step, sums))
-    norms = [chunk_norms(level, channels // (head_dim or channels)) for level in features]
-    compare_missing = variant == "official"
-    min_sim = [
-        split_similarity(features[lvl], features[lvl + 1], norms[lvl], norms[lvl + 1], step, compare_missing)
-        for lvl, step in enumerate(layout.steps)
-    ]
-    cells = torch.cat([level.flatten(1, 2) for level in features], dim=1)
-    cell_norms = torch.cat([level.flatten(1, 2) for level in norms], dim=1)
-    return QuadTree(layout, features, norms, min_sim, sums, cells, cell_norms)
 
 
 def emitted_nodes(tree: QuadTree, thresholds: torch.Tensor) -> list[torch.Tensor]:

@@ -8,16 +8,8 @@ import torch
 
 from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, keep_everything, register
 from sttm.bisect import bisect
-from sttm.merge import (
-    VARIANTS,
-    QuadTree,
-    as_thresholds,
-    build_quadtree,
-    count_tokens,
-    group_nodes,
-    merge_video,
-    temporal_table,
-)
+from sttm.merge import VARIANTS, as_thresholds, count_tokens, group_nodes, merge_video, temporal_table
+from sttm.quadtree import QuadTree, build_quadtree
 
 #: in budget mode the temporal threshold's gap below the spatial one closes over the top of this range, so that
 #: the least merging searched is τ_s = τ_t = 1.
@@ -55,7 +47,7 @@ class STTM(Reducer):
       time) the floor is kept and ``info["budget_met"]`` is False.
 
     ``variant`` is ``official`` (the authors' code, quirks included) or ``corrected`` (see ``sttm.merge``).
-    ``root_level`` indexes the quadtree levels (``sttm.merge.pyramid_sizes``); ``head_dim`` averages the
+    ``root_level`` indexes the quadtree levels (``sttm.quadtree.pyramid_sizes``); ``head_dim`` averages the
     similarity over channel chunks of that width; ``weighted_avg`` makes the official variant average by
     patch count (the corrected one always does).
     """

@@ -16,7 +16,8 @@ import torch
 
 from sttm import check_golden, merge
 from sttm.api import VideoTokens
-from sttm.merge import build_quadtree, merge_video
+from sttm.merge import merge_video
+from sttm.quadtree import build_quadtree
 from sttm.reducer import STTM
 from sttm.synthetic import redundant_video
 

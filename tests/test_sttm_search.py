@@ -12,7 +12,8 @@ import torch
 
 from sttm.api import VideoTokens
 from sttm.bisect import bisect
-from sttm.merge import as_thresholds, build_quadtree, count_tokens, group_nodes, merge_video, temporal_table
+from sttm.merge import as_thresholds, count_tokens, group_nodes, merge_video, temporal_table
+from sttm.quadtree import build_quadtree
 from sttm.reducer import STTM
 from sttm.synthetic import redundant_video
 
