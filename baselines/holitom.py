@@ -142,11 +142,12 @@ def segment_frames(static_counts: np.ndarray, max_window_size: int) -> tuple[np.
     by_end = np.where(widths > 0, static_counts[starts, np.clip(widths, 0, frames - 1)] * widths, 0)  # [e, s]
     best = np.zeros(frames + 1, dtype=np.int64)  # best[i]: tokens saved over frames 0 … i − 1
     first = np.arange(frames)
+    saves_any = (by_end > 0).any(axis=1)  # a window saving nothing never beats the frame alone
     for end in range(frames):
-        low = max(0, end - max_window_size + 1)
-        saved = best[low:end] + by_end[end, low:end]  # windows [s, end] for s = low … end − 1
         best[end + 1] = best[end]
-        if saved.size:
+        low = max(0, end - max_window_size + 1)
+        if saves_any[end] and low < end:
+            saved = best[low:end] + by_end[end, low:end]  # windows [s, end] for s = low … end − 1
             shortest = saved.size - 1 - int(saved[::-1].argmax())
             if saved[shortest] > best[end]:
                 best[end + 1], first[end] = saved[shortest], low + shortest
@@ -455,6 +456,11 @@ class HoliTom(Reducer):
             video.grid.reshape(t, h * w, c), video.importance.reshape(t, h * w), self.budget, self.tau, self.beta,
             self.neighbours, self.max_window_size, self.newline_position, self.variant,
         )  # fmt: skip
+        if len(result.tokens) == 0:
+            raise ValueError(
+                f"HoliTom keeps no token of this {t}x{h}x{w} video at budget {self.budget}: every segment is static "
+                f"and round(r' * static slots) = 0"
+            )
         info = {
             **self.knobs(),
             "segments": result.segments.tolist(),

@@ -40,6 +40,10 @@ GOLDEN = (Path(__file__).resolve().parents[1] / ".." / "shared" / "golden" / "ho
 needs_golden = pytest.mark.skipif(not GOLDEN.is_dir(), reason=f"reference vectors not found at {GOLDEN}")
 
 
+def randn(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
 def scenes(frames: int, height: int, width: int, channels: int, cuts=(), noise=0.05, seed=0) -> torch.Tensor:
     """[T, H, W, C] frames that repeat one background (plus noise) until each scene cut, then draw a new one."""
     generator = torch.Generator().manual_seed(seed)
@@ -69,7 +73,7 @@ def test_reference_check_fails_on_wrong_segments_or_merge_targets(tmp_path, caps
 
 
 @needs_golden
-def test_the_corrected_variant_departs_from_the_authors_outputs(tmp_path):
+def test_the_corrected_variant_departs_from_the_authors_outputs():
     data = dict(np.load(GOLDEN / "case018.npz"))  # 157 image tokens: clusters absorb up to 9 members in sequence
     params = {"image_token_start": 14, "image_token_length": 157, "HOLITOM_r": 0.5}
     hidden, attention = torch.from_numpy(data["hidden_states"]), torch.from_numpy(data["attention"])
@@ -91,18 +95,18 @@ def test_identical_frames_form_one_segment_whose_slots_are_averaged_into_its_fir
 
 
 def test_frames_without_static_slots_keep_their_most_attended_slots_in_slot_order():
-    grid, importance = torch.randn(3, 4, 5, 16), torch.rand(3, 4, 5)
+    grid, importance = randn(3, 4, 5, 64), torch.rand(3, 4, 5)  # cosines of random 64-d vectors stay far below τ
     reduction = HoliTom(budget=0.1)(VideoTokens(grid, importance=importance))
     assert reduction.info["segments"] == [[0, 0], [1, 1], [2, 2]] and reduction.info["retain_ratio_adjusted"] == 0.1
     kept = flat_positions(reduction.boxes, 4, 5)
     expected = [sorted((importance[t].flatten().topk(2).indices + 20 * t).tolist()) for t in range(3)]  # ceil(2.0)
     assert kept.tolist() == sum(expected, [])
-    assert torch.equal(reduction.tokens, grid.reshape(-1, 16)[kept]) and reduction.num_patches.tolist() == [1] * 6
+    assert torch.equal(reduction.tokens, grid.reshape(-1, 64)[kept]) and reduction.num_patches.tolist() == [1] * 6
 
 
 def test_one_token_order_puts_each_segments_static_tokens_before_its_frames_dynamic_ones():
-    grid = scenes(4, 3, 3, 8, cuts=(2,), noise=0.01)
-    grid[:, 0, 0] = torch.randn(4, 8)  # one slot changes every frame: dynamic everywhere
+    grid = scenes(4, 3, 3, 64, cuts=(2,), noise=0.01)
+    grid[:, 0, 0] = randn(4, 64)  # one slot changes every frame: dynamic everywhere
     importance = torch.rand(4, 3, 3)
     video = VideoTokens(grid, importance=importance)
     one_token = HoliTom(budget=0.6, tau=0.8)(video)  # r' = min(0.6 · 36 / 20, 1) = 1: every slot stays
@@ -144,7 +148,7 @@ def test_the_budget_maps_to_the_retain_ratio_and_the_scripts_threshold():
 def test_the_registry_builds_it_and_a_realistic_grid_keeps_about_the_budget():
     reducer = build_reducer("holitom", budget=0.25)
     assert reducer.stage is Stage.VISION and reducer.needs == {"importance"} and not reducer.query_aware
-    video = VideoTokens(torch.randn(8, 14, 14, 64), importance=torch.rand(8, 14, 14))
+    video = VideoTokens(randn(8, 14, 14, 64), importance=torch.rand(8, 14, 14))
     reduction = reducer(video)
     assert reduction.kept_ratio == 0.25  # no static slot: each frame keeps ceil(196 · 0.25) = 49
     grid = scenes(8, 14, 14, 64, cuts=(3, 6), noise=0.3)
@@ -165,19 +169,24 @@ def test_budget_one_keeps_everything_unchanged():
 
 
 def test_corrected_rounds_the_dynamic_count_like_the_static_one():
-    video = VideoTokens(torch.randn(2, 1, 5, 8), importance=torch.rand(2, 1, 5))  # no static slot: 5 dynamic a frame
+    video = VideoTokens(randn(2, 1, 5, 64), importance=torch.rand(2, 1, 5))  # no static slot: 5 dynamic a frame
     assert HoliTom(budget=0.5)(video).num_kept == 6  # ceil(2.5) per frame
     assert HoliTom(budget=0.5, variant="corrected")(video).num_kept == 4  # round(2.5), half to even
 
 
 def test_corrected_takes_the_density_over_k_neighbours_not_over_as_many_as_centres():
-    # one static segment's averaged slots: outliers at slots 0 and 4 around a tight cluster; one centre asked for
-    points = torch.tensor([[[5.0], [-0.1], [0.0], [0.1], [-5.0]]])
+    # two identical frames of 5 static slots, outliers at slots 0 and 4 around a tight cluster; r' = 0.2 asks for
+    # round(5 · 0.2) = 1 centre, so the authors' k = min(K, 1) = 1 makes every density 1
+    points = torch.tensor([[5.0, 1.0], [-0.1, 1.0], [0.0, 1.0], [0.1, 1.0], [-5.0, 1.0]])
+    video = VideoTokens(points.expand(2, 1, 5, 2).clone(), importance=torch.rand(2, 1, 5))
+    official, corrected = HoliTom(budget=0.1)(video), HoliTom(budget=0.1, variant="corrected")(video)
+    assert official.boxes[:, 2].tolist() == [0]  # equal densities: the lower slot counts as denser
+    assert torch.allclose(official.tokens, torch.tensor([[0.6 * 5 + 0.4 * -5 / 4, 1.0]]))  # β · centre + (1 − β) · mean
+    assert corrected.boxes[:, 2].tolist() == [2] and torch.allclose(corrected.tokens, torch.tensor([[0.0, 1.0]]))
+    assert official.num_patches.tolist() == corrected.num_patches.tolist() == [10]
     valid, one = torch.ones(1, 5, dtype=torch.bool), torch.tensor([1])
-    official, _ = dpc_knn_centres(points, valid, one, neighbours=one)  # k = min(K, m) = 1: every density is 1
-    corrected, _ = dpc_knn_centres(points, valid, one, neighbours=torch.tensor([5]))  # k = min(K, n_static)
-    assert official[0].nonzero().flatten().tolist() == [0]  # equal densities: the lower slot counts as denser
-    assert corrected[0].nonzero().flatten().tolist() == [2]  # the densest point, the cluster's middle
+    chosen, _ = dpc_knn_centres(points[None, :, :1], valid, one, neighbours=torch.tensor([5]))
+    assert chosen.flatten().tolist() == [False, False, True, False, False]
 
 
 def test_grid_mode_newlines_follow_rows_with_tokens_and_need_a_square_grid_in_the_official_variant():
@@ -257,6 +266,8 @@ def test_bad_input_names_the_problem():
         frame_similarity(torch.randn(4, 3))
     with pytest.raises(ValueError, match=r"needs frames \[T, L, C\] and attention \[T, L\]"):
         holitom_outer(torch.randn(2, 4, 3), torch.rand(2, 5), 0.25, 0.8)
+    with pytest.raises(ValueError, match="keeps no token of this 2x1x1 video at budget 0.01"):
+        HoliTom(budget=0.01)(VideoTokens(torch.ones(2, 1, 1, 3), importance=torch.rand(2, 1, 1)))
     with pytest.raises(ValueError, match=r"keeps round\(n \* 0.4\) = 0 of n = 1"):
         HoliTomInner(budget=0.4)(VideoTokens(torch.randn(1, 1, 1, 3), importance=torch.rand(1, 1, 1)))
     with pytest.raises(ValueError, match="must keep between 1 and 3 tokens"):
