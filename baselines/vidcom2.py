@@ -12,7 +12,8 @@ the base rate), and each frame keeps its least typical tokens, in their original
 discarded, not merged.
 
 Budget: the base rate itself (the reference's ``base_scale``); per-frame rates are clamped to 1 and each frame
-keeps at least one token, so the achieved ratio can differ from the budget by rounding.
+keeps at least one token, so the achieved ratio can differ from the budget by rounding. Budget 1.0 keeps every
+token (the clamp would otherwise drop the least distinct frames' last tokens).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, keep_subset, register
+from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, keep_everything, keep_subset, register
 
 GAUSSIAN_WIDTHS = (1 / 8, 1 / 4, 1 / 2, 1.0, 2.0)
 
@@ -74,6 +75,8 @@ class VidCom2(Reducer):
         self.temperature = temperature
 
     def reduce(self, video: VideoTokens) -> Reduction:
+        if self.budget == 1.0:
+            return keep_everything(video)
         t, h, w, c = video.grid.shape
         tokens = video.grid.reshape(t * h * w, c).float()
         frames = low_variance_channels(tokens, self.channel_fraction).view(t, h * w, -1)

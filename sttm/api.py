@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import importlib
+import numbers
 import pkgutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
@@ -32,7 +33,9 @@ class Stage(str, enum.Enum):
 
 
 def check_budget(budget: float) -> float:
-    """Return ``budget`` as a float, or raise ValueError unless it lies in (0, 1]."""
+    """Return ``budget`` as a float, or raise ValueError unless it is a number in (0, 1] (not a bool or a string)."""
+    if isinstance(budget, (bool, str)) or not isinstance(budget, numbers.Real):
+        raise ValueError(f"budget must be a number in (0, 1] (the kept fraction of visual tokens), got {budget!r}")
     budget = float(budget)
     if not 0.0 < budget <= 1.0:
         raise ValueError(f"budget must lie in (0, 1] (the kept fraction of visual tokens), got {budget}")
@@ -82,6 +85,10 @@ class VideoTokens:
         # not wait here for the work queued before the grid
         if grid.device.type == "cpu" and not all_finite(grid):
             raise ValueError(NON_FINITE_GRID)
+        for name in ("importance", "keys"):
+            evidence = getattr(self, name)
+            if evidence is not None and evidence.device.type == "cpu" and evidence.numel() and not all_finite(evidence):
+                raise ValueError(f"{name} holds non-finite values (NaN or inf)")
         if self.importance is not None and tuple(self.importance.shape) != tuple(grid.shape[:3]):
             raise ValueError(
                 f"importance must have shape [T, H, W] = {tuple(grid.shape[:3])}, got {tuple(self.importance.shape)}"

@@ -1,10 +1,10 @@
 """The mean of each group of rows of a table: STTM's temporal merge, in one pass over the members on a GPU.
 
 Group g holds the rows ``members[bounds[g]:bounds[g + 1]]`` of ``table``; its mean is their sum, accumulated in
-float32 in the order given, divided by ``divisors[g]`` and rounded once to the table's dtype. On CUDA (with Triton)
-one program per group and block of channels reads each member row once. Elsewhere the members are gathered,
-widened to float32 and added up with ``index_add_``, which on the CPU adds in the order given, so both give the same
-numbers.
+float32 (float64 for a float64 table) in the order given, divided by ``divisors[g]`` and rounded once to the table's
+dtype. On CUDA (with Triton) one program per group and block of channels reads each member row once. Elsewhere the
+members are gathered, widened and added up with ``index_add_``, which on the CPU adds in the order given, so both
+give the same numbers.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def group_means(
 ) -> torch.Tensor:
     """[G, C] the groups' means of rows of ``table`` [R, C]: ``members`` [M] row indexes grouped, ``bounds`` [G + 1]
     each group's first member and the end, ``divisors`` [G] (see the module docstring)."""
-    if table.is_cuda and triton is not None:
+    if table.is_cuda and triton is not None and table.dtype != torch.float64:
         return triton_group_means(table, members, bounds, divisors)
     return torch_group_means(table, members, bounds, divisors)
 
@@ -37,7 +37,8 @@ def torch_group_means(
     num_groups, channels = len(bounds) - 1, table.shape[1]
     sizes = bounds.diff()
     group = torch.repeat_interleave(torch.arange(num_groups, device=table.device), sizes, output_size=len(members))
-    sums = table.new_zeros(num_groups, channels, dtype=torch.float32).index_add_(0, group, table[members].float())
+    wide = torch.promote_types(table.dtype, torch.float32)
+    sums = table.new_zeros(num_groups, channels, dtype=wide).index_add_(0, group, table[members].to(wide))
     return (sums / divisors[:, None]).to(table.dtype)
 
 

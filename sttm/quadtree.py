@@ -168,16 +168,23 @@ def pool_level(x: torch.Tensor, step: Step, sums: bool) -> torch.Tensor:
     return total if sums else total / step.children[None, :, :, None].to(total.dtype)
 
 
+def similarity_dtype(dtype: torch.dtype) -> torch.dtype:
+    """What similarities are computed in: float32, or float64 for float64 features."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def batched_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """[B, m, d] @ [B, d, n] -> [B, m·n] in float32 (half-precision products accumulate in float32 on GPU)."""
+    """[B, m, d] @ [B, d, n] -> [B, m·n] in ``similarity_dtype`` (half-precision products accumulate in float32 on
+    GPU)."""
     if a.is_cuda and a.dtype in (torch.bfloat16, torch.float16):
         return torch.bmm(a, b, out_dtype=torch.float32).flatten(1)
-    return torch.bmm(a.float(), b.float()).flatten(1)
+    wide = similarity_dtype(a.dtype)
+    return torch.bmm(a.to(wide), b.to(wide)).flatten(1)
 
 
 def chunk_norms(x: torch.Tensor, chunks: int) -> torch.Tensor:
-    """[..., C] -> [..., chunks] float32 norms of ``chunks`` equal channel chunks."""
-    return torch.linalg.vector_norm(x.unflatten(-1, (chunks, -1)), dim=-1, dtype=torch.float32)
+    """[..., C] -> [..., chunks] norms of ``chunks`` equal channel chunks, in ``similarity_dtype``."""
+    return torch.linalg.vector_norm(x.unflatten(-1, (chunks, -1)), dim=-1, dtype=similarity_dtype(x.dtype))
 
 
 def split_similarity(

@@ -52,3 +52,26 @@ def test_query_aware_reducers_need_the_question():
 def test_importance_must_match_the_grid():
     with pytest.raises(ValueError, match=r"importance must have shape \[T, H, W\]"):
         VideoTokens(torch.randn(2, 4, 4, 8), importance=torch.rand(2, 4, 5))
+
+
+@pytest.mark.parametrize("budget", [True, False, "abc", "0.5", None])
+def test_a_budget_that_is_not_a_number_is_named(budget):
+    with pytest.raises(ValueError, match="budget must be a number in"):
+        check_budget(budget)
+
+
+@pytest.mark.parametrize("name", ["importance", "keys"])
+def test_non_finite_evidence_is_refused(name):
+    grid = torch.randn(2, 3, 3, 4)
+    evidence = torch.rand(2, 3, 3) if name == "importance" else torch.randn(2, 3, 3, 5)
+    evidence[1, 2, 0] = math.nan
+    with pytest.raises(ValueError, match=f"{name} holds non-finite values"):
+        VideoTokens(grid, **{name: evidence})
+
+
+@pytest.mark.parametrize("name", ["sttm", "tome", "vidcom2", "evs", "pool", "random"])
+def test_float64_grids_are_reduced_and_budget_one_keeps_every_token(name):
+    grid = torch.randn(4, 6, 6, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    half = build_reducer(name, budget=0.5)(VideoTokens(grid))
+    assert half.tokens.dtype == torch.float64 and 0 < half.num_kept < grid.shape[:3].numel()
+    assert build_reducer(name, budget=1.0)(VideoTokens(grid)).num_kept == grid.shape[:3].numel()
