@@ -1,13 +1,17 @@
-"""Check the ToMe and DyCoke baselines against the STTM authors' reference vectors.
+"""Check the baselines against their authors' reference vectors.
 
     python -m baselines.check_golden ../shared/golden/tome
     python -m baselines.check_golden ../shared/golden/dycoke
+    python -m baselines.check_golden ../shared/golden/flashvid
+    python -m baselines.check_golden ../shared/golden/flashvid/llm_prune
 
-Each ``caseNNN.npz`` holds a video [T, C, H, W], the parameters as JSON (``method``, ``prune_ratio``) and the
-output of the authors' ``tome_per_video`` or ``dycoke_ttm``: features [N, C] and the flat (t, h, w) index of
-each token's source slot; format in ``../shared/golden/README.md``. A case passes when the slot indices are
-identical and features are within 1e-5. Prints one line per case, then ``N passed, M failed``; exits 1 on any
-failure or when the folder has no cases.
+Each ``caseNNN.npz`` holds the inputs, the parameters as JSON (``method`` picks the case's runner in
+``CASE_RUNNERS``) and the authors' output; format in ``../shared/golden/README.md`` and each method's README.
+ToMe's and DyCoke's (the STTM authors' ``tome_per_video`` and ``dycoke_ttm``) and FlashVID's cases pass when the
+flat (t, h, w) slot index of every token is identical and features are within 1e-5 (FlashVID: rows sharing a slot
+in either order); FlashVID's pruning inside the LLM when its kept positions, hidden states and position ids are
+identical. Prints one line per case, then ``N passed, M failed``; exits 1 on any failure or when the folder has no
+cases.
 """
 
 from __future__ import annotations
@@ -20,39 +24,101 @@ import numpy as np
 import torch
 
 from baselines.dycoke import DyCoke
+from baselines.flashvid import FlashVID, fastv_prune
 from baselines.tome import ToMe
-from sttm.api import Reducer, VideoTokens, flat_positions
+from sttm.api import Reduction, VideoTokens, flat_positions
 from sttm.check_golden import FEATURE_TOLERANCE, check_cases
 
 
-def reducer_for(params: dict) -> Reducer:
-    """The reducer configured as the case's reference run."""
+def merge_case(case, params: dict, label: str) -> tuple[bool, str]:
+    """A ToMe or DyCoke case: the STTM authors' run at the case's prune ratio."""
     if params["method"] == "tome":
-        return ToMe(budget=1 - params["prune_ratio"])
-    if params["method"] == "dycoke":
-        return DyCoke(prune_ratio=params["prune_ratio"])
-    raise ValueError(f"no baseline check for method {params['method']!r}; choose tome or dycoke")
+        reducer = ToMe(budget=1 - params["prune_ratio"])
+    else:
+        reducer = DyCoke(prune_ratio=params["prune_ratio"])
+    return compare_slots(reducer.reduce(VideoTokens(video_grid(case))), case, label)
+
+
+def flashvid_case(case, params: dict, label: str) -> tuple[bool, str]:
+    """A FlashVID case: ``flashvid_compression`` with the case's ``FlashVidConfig``, r read as the authors do."""
+    config = params["config"]
+    reducer = FlashVID(
+        budget=config["retention_ratio"], alpha=config["alpha"], selection=config["token_selection_method"],
+        temporal_threshold=config["temporal_threshold"], do_segment=config["do_segment"],
+        segment_threshold=config["segment_threshold"], min_segment_num=config["min_segment_num"],
+        complementary_segment=config["complementary_segment"], expansion=config["expansion"], budget_mode="authors",
+    )  # fmt: skip
+    grid = video_grid(case)
+    attention = torch.from_numpy(case["attention"]).reshape(grid.shape[:3])
+    return compare_slots(reducer.reduce(VideoTokens(grid, importance=attention)), case, label, tied_rows=True)
+
+
+def flashvid_llm_case(case, params: dict, label: str) -> tuple[bool, str]:
+    """A case of FlashVID's pruning inside the LLM (``fastv_prune``)."""
+    keep, hidden, positions = fastv_prune(
+        torch.from_numpy(case["hidden_states"]), torch.from_numpy(case["attention"]),
+        params["visual_token_start_index"], params["visual_token_length"], params["llm_retention_ratio"],
+    )  # fmt: skip
+    label = f"{label} length={params['seq_len']} kept={len(keep)}/{len(case['keep_indices'])}"
+    for name, ours in (("keep_indices", keep), ("hidden_states_out", hidden), ("position_ids", positions)):
+        expected = torch.from_numpy(case[name])
+        if ours.shape != expected.shape or not torch.equal(ours, expected):
+            return False, f"{label} FAIL {name} differs"
+    return True, f"{label} PASS identical"
+
+
+#: the case runner of each method: (the case's arrays, its parameters, a label) -> (passed, a one-line description)
+CASE_RUNNERS = {"tome": merge_case, "dycoke": merge_case, "flashvid": flashvid_case,
+                "flashvid_llm_prune": flashvid_llm_case}  # fmt: skip
+
+
+def video_grid(case) -> torch.Tensor:
+    """The case's video [T, C, H, W] as the [T, H, W, C] grid."""
+    return torch.from_numpy(case["video"]).permute(0, 2, 3, 1)
+
+
+def max_diff_up_to_tied_rows(features: torch.Tensor, expected: torch.Tensor, token_idx: torch.Tensor) -> float:
+    """Max absolute difference of [N, C] rows, where two neighbouring rows of one slot may come in either order."""
+    diff = (features - expected).abs().amax(dim=1)
+    first = (token_idx[1:] == token_idx[:-1]).nonzero().flatten()
+    if len(first) and (first[1:] == first[:-1] + 1).any():
+        raise ValueError("more than two rows share a slot")
+    second = first + 1
+    in_order = torch.maximum(diff[first], diff[second])
+    swapped = torch.maximum((features[first] - expected[second]).abs().amax(dim=1),
+                            (features[second] - expected[first]).abs().amax(dim=1))  # fmt: skip
+    diff[first] = diff[second] = torch.minimum(in_order, swapped)
+    return diff.max().item() if len(diff) else 0.0
+
+
+def compare_slots(result: Reduction, case, label: str, tied_rows: bool = False) -> tuple[bool, str]:
+    """Pass when every token's slot index is the case's ``token_idx`` and features are within the tolerance."""
+    token_idx = flat_positions(result.boxes, case["video"].shape[2], case["video"].shape[3])
+    expected_idx = torch.from_numpy(case["token_idx"])
+    expected_features = torch.from_numpy(case["features"])
+    label = f"{label} shape={list(case['video'].shape)} tokens={result.num_kept}/{len(expected_idx)}"
+    if token_idx.shape != expected_idx.shape:
+        return False, f"{label} FAIL token count"
+    if not torch.equal(token_idx, expected_idx):
+        return False, f"{label} FAIL token_idx differs at {int((token_idx != expected_idx).sum())} tokens"
+    if tied_rows:
+        diff = max_diff_up_to_tied_rows(result.tokens, expected_features, token_idx)
+    else:
+        diff = (result.tokens - expected_features).abs().max().item()
+    if diff > FEATURE_TOLERANCE:
+        return False, f"{label} FAIL max feature diff {diff:.2e}"
+    return True, f"{label} PASS max feature diff {diff:.2e}"
 
 
 def run_case(path: Path) -> tuple[bool, str]:
     """Run one reference case; return (passed, a one-line description)."""
     case = np.load(path)
     params = json.loads(str(case["params"]))
-    grid = torch.from_numpy(case["video"]).permute(0, 2, 3, 1)
-    result = reducer_for(params).reduce(VideoTokens(grid))
-    token_idx = flat_positions(result.boxes, grid.shape[1], grid.shape[2])
-    expected_idx = torch.from_numpy(case["token_idx"])
-    expected_features = torch.from_numpy(case["features"])
-    shape = list(case["video"].shape)
-    label = f"{path.stem} {params['method']} shape={shape} tokens={result.num_kept}/{len(expected_idx)}"
-    if token_idx.shape != expected_idx.shape:
-        return False, f"{label} FAIL token count"
-    if not torch.equal(token_idx, expected_idx):
-        return False, f"{label} FAIL token_idx differs at {int((token_idx != expected_idx).sum())} tokens"
-    diff = (result.tokens - expected_features).abs().max().item()
-    if diff > FEATURE_TOLERANCE:
-        return False, f"{label} FAIL max feature diff {diff:.2e}"
-    return True, f"{label} PASS max feature diff {diff:.2e}"
+    if params["method"] not in CASE_RUNNERS:
+        raise ValueError(
+            f"no baseline check for method {params['method']!r}; choose one of {', '.join(sorted(CASE_RUNNERS))}"
+        )
+    return CASE_RUNNERS[params["method"]](case, params, f"{path.stem} {params['method']}")
 
 
 def main(argv: list[str] | None = None) -> int:
