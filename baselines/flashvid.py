@@ -1,0 +1,538 @@
+"""FlashVID: attention-and-diversity token selection and tree-based spatio-temporal merging, before the LLM.
+
+Paper: Fan et al., "FlashVID: Efficient Video Large Language Models via Training-free Tree-based Spatiotemporal
+Token Merging", ICLR 2026 (arXiv 2602.08024). Reference code: github.com/Fanziyang-v/FlashVID at commit
+``1d37422c5afcaa15ee46b5355f5ba798fa93290a``: ``flashvid/utils.py::flashvid_compression`` (with
+``segment``/``additional_segment``, ``segment_compression``, ``spatiotemporal_compression``, ``dpc_knn``),
+``flashvid/token_selection.py::attn_div_v2_based_token_selection`` (LLaVA) and ``attn_div_based_token_selection``
+(Qwen), and ``flashvid/utils.py::fastv_prune`` for the pruning step inside the LLM.
+
+Per video of T frames of N tokens, with a per-frame budget B split into ``n_ad = ceil(B·alpha)`` selected and
+``n_st = B − n_ad`` merged tokens:
+
+1. DySeg: frames are cut where the cosine of consecutive mean tokens drops below ``segment_threshold``; with fewer
+   than ``min_segment_num`` segments, the least similar transitions are cut too.
+2. ADTS, per frame: the cosine distances between its tokens, each column scaled by the token's vision-tower
+   attention (× 1e6) and, in ``attn_div_v2``, by its mean dot product with the segment's mean frame tokens; then a
+   greedy max-min selection of ``n_ad`` tokens (the first: the largest second-smallest column value).
+3. TSTM, temporal: in a segment, each other token links to its most similar non-selected token of the previous
+   frame and merges into it above ``temporal_threshold`` (cosine), forming trees rooted in their earliest frame.
+   If fewer than B·L tokens would remain, the threshold drops to the similarity of rank L·N − B·L (a soft floor).
+4. TSTM, spatial: the segment's roots are clustered by DPC-kNN, ``ceil(n_f · n_st·L / R)`` clusters in a frame of
+   n_f of the segment's R roots; a cluster is the mean of its members and sits at its centre's slot.
+
+It acts before the LLM and needs the vision tower's attention (``Stage.VISION``): ``importance`` is the attention
+each patch receives at the layer whose output the LLM uses (mean over heads and queries), pooled like the features,
+which is the reference's ``cls_attention``. The reference loops over segments and frames; here each step runs on all
+frames at once (the greedy selection one pick at a time, the tree sums one position in the segment at a time), in
+the reference's order of summation where rounding could show.
+
+Output: the selected tokens and the cluster tokens, sorted by slot (the authors' order); each token's box is its
+slot (the selected token, or the cluster centre, which is a tree root), and ``num_patches`` counts the input
+slots it stands for (a root's tree; a cluster's members' trees).
+
+Budget: by default (``budget_mode="direct"``) the budget b is the vision-side kept fraction, B = ceil(N·b). The
+authors' knob ``retention_ratio`` r is instead the average kept fraction over the LLM's layers, and their vision
+side keeps B = ceil(N·r·expansion) (expansion 1.25, which the pruning inside the LLM brings back to r: layer 20 of
+28 keeping 0.3, or layer 28 of 36 keeping 0.1); ``budget_mode="authors"`` reads the budget as r this way (the
+reference check uses it). ``Reduction.info`` records both ratios (r = vision ratio / expansion), B, n_ad, n_st and
+the other knobs. The achieved ratio exceeds the vision ratio by up to one token per frame (each frame's cluster
+count is rounded up), plus one per soft-floored segment. A budget with B ≥ N keeps every token (where the authors'
+code would fail or select tokens twice).
+
+``variant="official"`` (default) reproduces the reference, quirks included:
+
+* a tree root's token is its tree's sum over (1 + its direct children), not the tree's mean;
+* the soft floor merges strictly above the rank-k similarity, so it keeps one token more than B·L;
+* a one-frame segment clusters all N tokens of its frame, the selected ones included (with ratio n_st/N), so a
+  selected token can also sit in a cluster and a centre can share its slot (two rows with one box);
+* ``attn_div_v2`` does not exclude the tokens it already selected (a token can be selected twice);
+* cluster counts are rounded up in floating point (ceil(n_f · (M/R)), e.g. 196 · (53/196) gives 54 clusters).
+
+``variant="corrected"`` drops these: roots are tree means, the soft floor keeps exactly B·L tokens, one-frame
+segments cluster only the tokens not selected, every selection excludes the tokens already selected, and cluster
+counts are exact integer ceilings. In both variants, unlike the reference, the input is never modified in place,
+tied rows come out selected token first (the reference sorts unstably), and exact density ties in DPC-kNN go to
+the lower slot (the reference adds 1e-6 of random noise; its reference cases do not depend on it).
+
+Pruning inside the LLM (``fastv_prune``, registered as ``flashvid_llm``): before layer K, the visual tokens keep
+the ``ceil(n·ratio)`` the last prompt token attends to most at layer K − 1 (mean over heads), in their order and
+with their positions: FastV's ranking (:func:`baselines.fastv.most_attended`) with a count rounded up instead of
+down. FlashVID's reducer holds that stage's knobs (``llm_layer``, ``llm_keep``, ``llm_prune`` to
+switch it off) and hands it out as ``inner_stage()``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from baselines.fastv import most_attended
+from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, keep_subset, patch_boxes, register
+
+SELECTIONS = ("attn_div", "attn_div_v2")
+VARIANTS = ("official", "corrected")
+BUDGET_MODES = ("direct", "authors")
+
+#: the reference scales the vision tower's attention (about 1/729 per patch) before multiplying distances by it
+ATTENTION_SCALE = 1e6
+#: the reference's floor for the soft temporal threshold: never merge along an excluded (−1) link
+SOFT_THRESHOLD_FLOOR = -1.0 + 1e-6
+#: DPC-kNN's neighbourhood for local density: k = min(clusters, MAX_NEIGHBOURS)
+MAX_NEIGHBOURS = 7
+
+
+def frame_budget(tokens_per_frame: int, budget: float, budget_mode: str = "direct", expansion: float = 1.25) -> int:
+    """Tokens B kept per frame on the vision side: ceil(N·budget), or the authors' ceil(N·r·expansion) for r =
+    budget (Python floats, left to right, as the reference computes it)."""
+    if budget_mode == "authors":
+        return math.ceil(tokens_per_frame * budget * expansion)
+    return math.ceil(tokens_per_frame * budget)
+
+
+def split_budget(frame_tokens: int, alpha: float) -> tuple[int, int]:
+    """(selected, merged) tokens per frame: ``n_ad = ceil(B·alpha)`` by ADTS, ``n_st = B − n_ad`` by TSTM."""
+    selected = math.ceil(frame_tokens * alpha)
+    return selected, frame_tokens - selected
+
+
+def segment_frames(
+    frame_means: torch.Tensor, threshold: float = 0.9, min_segments: int = 8, complementary: bool = True
+) -> torch.Tensor:
+    """DySeg: [T, C] mean token per frame -> [T] int64 segment of each frame (0, 1, ... in order).
+
+    A segment ends after frame t where cos(m_t, m_{t+1}) < ``threshold``; with fewer than ``min_segments``
+    segments (and ``complementary``), the ``min_segments − segments`` transitions of lowest cosine among the
+    others (``topk``; all of them if fewer) are cut too.
+    """
+    unit = frame_means / frame_means.norm(p=2, dim=-1, keepdim=True)
+    transitions = (unit[:-1] * unit[1:]).sum(dim=-1)  # [T − 1]
+    cut = transitions < threshold
+    segments = int(cut.sum()) + 1
+    if complementary and segments < min_segments:
+        extra = transitions.masked_fill(cut, 1.0).topk(min(min_segments - segments, len(transitions)), largest=False)
+        cut = cut.index_fill(0, extra.indices, True)
+    return F.pad(cut.long().cumsum(0), (1, 0))
+
+
+def event_relevance(frames: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:
+    """ADTS v2's second calibration: [T, N, C] float tokens, [T] segments -> [T, N] mean dot product of each token
+    with the mean tokens of its segment's frames."""
+    frame_means = frames.mean(dim=1)  # [T, C]
+    same = (segment[:, None] == segment[None, :]).to(frames.dtype)  # [T, T]
+    segment_means = (same / same.sum(dim=1, keepdim=True)) @ frame_means  # [T, C]
+    return torch.bmm(frames, segment_means[:, :, None]).squeeze(-1)
+
+
+def calibrated_distances(
+    frames: torch.Tensor, attention: torch.Tensor, relevance: torch.Tensor | None = None
+) -> torch.Tensor:
+    """[T, N, C] tokens, [T, N] attention, optional [T, N] relevance -> [T, N, N] float32 cosine distances within
+    each frame, column n scaled by ``attention[n]·1e6`` and then by ``relevance[n]``."""
+    tokens = frames.float()
+    unit = tokens / tokens.norm(p=2, dim=-1, keepdim=True)
+    distances = (1.0 - torch.bmm(unit, unit.transpose(1, 2))) * (attention.float() * ATTENTION_SCALE)[:, None, :]
+    return distances if relevance is None else distances * relevance[:, None, :]
+
+
+def select_diverse(distances: torch.Tensor, count: int, exclude_selected: bool = True) -> torch.Tensor:
+    """Greedy max-min selection per frame: [T, N, N] distances -> [T, count] token indices, ascending.
+
+    The first pick maximises the second-smallest value of its column; each next pick maximises its smallest
+    distance to the picks so far (the first index on ties), the picks excluded. (ADTS v1 excludes them by setting
+    them to −1: the same picks while the others stay above −1, as attention ≤ 1 keeps them above −0.3.)
+    ``exclude_selected=False`` is ADTS v2's: picks stay candidates and may repeat.
+    """
+    frames, width, _ = distances.shape
+    pick = distances.topk(2, dim=1, largest=False).values[:, 1:].argmax(dim=2, keepdim=True)  # [T, 1, 1]
+    picks, nearest = [pick], distances.gather(1, pick.expand(frames, 1, width))  # [T, 1, N] nearest pick's distance
+    for _ in range(1, count):
+        if exclude_selected:
+            nearest.scatter_(2, pick, -math.inf)
+        pick = nearest.argmax(dim=2, keepdim=True)
+        picks.append(pick)
+        nearest = torch.minimum(nearest, distances.gather(1, pick.expand(frames, 1, width)))
+    return torch.cat(picks, dim=1).flatten(1).sort(dim=1).values
+
+
+def temporal_links(
+    frames: torch.Tensor, selected: torch.Tensor, starts: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each token's most similar token in the previous frame: [T, N, C] tokens, [T, N] bool selected by ADTS,
+    [T] bool first frames of segments -> ([T, N] cosine, −1 where excluded; [T, N] int64 index in frame t − 1).
+
+    Selected tokens neither link nor are linked to; a segment's first frame has no previous frame.
+    """
+    unit = frames / frames.norm(p=2, dim=-1, keepdim=True)
+    cosines = torch.bmm(unit[1:], unit[:-1].transpose(1, 2))  # [T − 1, N, N]: token n of frame t, m of t − 1
+    cosines = cosines.masked_fill(selected[1:, :, None] | selected[:-1, None, :], -1.0)
+    similarity, parent = cosines.max(dim=2)
+    similarity = F.pad(similarity, (0, 0, 1, 0), value=-1.0).masked_fill(starts[:, None], -1.0)
+    return similarity, F.pad(parent, (0, 0, 1, 0))
+
+
+def temporal_merges(
+    similarity: torch.Tensor,
+    segment: torch.Tensor,
+    position: torch.Tensor,
+    lengths: list[int],
+    frame_tokens: int,
+    threshold: float = 0.8,
+    exact_floor: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which tokens merge into their link: [T, N] similarity, [T] segment and position in it, the segments'
+    lengths -> ([T, N] bool merged, [S] bool segments whose threshold fell to the soft floor).
+
+    A token merges above ``threshold``. A segment of L frames that would keep fewer than ``frame_tokens``·L tokens
+    merges instead strictly above the k-th largest similarity, k = L·N − frame_tokens·L (floored at −1 + 1e-6), which
+    keeps one token more than that; ``exact_floor`` merges the k most similar (the lower slot on ties) above the
+    floor, keeping exactly frame_tokens·L where there are k to merge.
+    """
+    width = similarity.shape[1]
+    device = similarity.device
+    length = torch.tensor(lengths, device=device)
+    merged = similarity > threshold
+    kept = torch.zeros_like(length).index_add_(0, segment, (~merged).sum(dim=1))
+    floor = frame_tokens * length
+    soft = (kept < floor) & (length > 1)
+    slots = position[:, None] * width + torch.arange(width, device=device)  # [T, N] place in its segment's table
+    table = similarity.new_full((len(lengths), max(lengths) * width), -math.inf)
+    table[segment[:, None], slots] = similarity
+    ranked = table.sort(dim=1, descending=True, stable=True)
+    merges = length * width - floor  # [S] the merges the floor allows
+    if exact_floor:
+        rank = torch.empty_like(ranked.indices).scatter_(1, ranked.indices, torch.arange(table.shape[1], device=device)
+                                                         .expand_as(table))  # fmt: skip
+        floored = (rank[segment[:, None], slots] < merges[segment, None]) & (similarity > SOFT_THRESHOLD_FLOOR)
+    else:
+        soft_threshold = ranked.values.gather(1, (merges - 1)[:, None]).clamp(min=SOFT_THRESHOLD_FLOOR)
+        floored = similarity > soft_threshold[segment]
+    return torch.where(soft[segment, None], floored, merged), soft
+
+
+def frames_by_position(lengths: list[int]) -> tuple[list[int], list[int]]:
+    """A frame order for processing all segments together, position by position: (the frames [T], position 0 of
+    every segment first, each position's segments longest first; the number of frames at each position).
+
+    The segments that reach position p are then the first ones at position p − 1, in the same order.
+    """
+    starts = [sum(lengths[:index]) for index in range(len(lengths))]
+    longest_first = sorted(range(len(lengths)), key=lambda index: -lengths[index])
+    counts = [sum(length > step for length in lengths) for step in range(max(lengths))]
+    order = [starts[index] + step for step, count in enumerate(counts) for index in longest_first[:count]]
+    return order, counts
+
+
+def tree_sums(frames: torch.Tensor, merged: torch.Tensor, parent: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    """Each token plus the sums of its merged children, accumulated last frame first as the reference does:
+    [T, N, C] tokens, [T, N] bool merged, [T, N] parent in the previous frame, the segments' lengths -> [T, N, C]
+    (a tree root's value is its whole tree's sum).
+
+    The children's sums join their parents' frame at once (a matrix product, in slot order), so that rounding
+    follows the reference; all segments advance together, one position per step.
+    """
+    order, counts = frames_by_position(lengths)
+    index = torch.tensor(order, device=frames.device)
+    sums = frames.index_select(0, index)  # in ``order``; accumulated in place
+    frame_count, width = merged.shape
+    links = torch.zeros(frame_count, width, width, dtype=frames.dtype, device=frames.device)  # [T, child, parent]
+    parents, is_merged = parent.index_select(0, index), merged.index_select(0, index)
+    links.scatter_(2, parents[:, :, None], is_merged[:, :, None].to(frames.dtype))
+    offsets = [sum(counts[:step]) for step in range(len(counts))]
+    for step in range(len(counts) - 1, 0, -1):
+        children = slice(offsets[step], offsets[step] + counts[step])
+        parents = slice(offsets[step - 1], offsets[step - 1] + counts[step])
+        sums[parents] += torch.bmm(links[children].transpose(1, 2), sums[children])
+    return torch.empty_like(sums).index_copy_(0, index, sums)
+
+
+def child_counts(merged: torch.Tensor, parent: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[T, N] bool merged, [T, N] parent in the previous frame -> [T, N] each token's number of merged children."""
+    counts = torch.zeros(merged.shape, dtype=dtype, device=merged.device).scatter_add_(1, parent, merged.to(dtype))
+    return F.pad(counts[1:], (0, 0, 0, 1))
+
+
+def tree_roots(merged: torch.Tensor, parent: torch.Tensor, longest: int) -> torch.Tensor:
+    """[T, N] bool merged, [T, N] parent in the previous frame -> [T·N] flat slot of each token's tree root."""
+    frame_count, width = merged.shape
+    flat = torch.arange(frame_count * width, device=merged.device).view(frame_count, width)
+    pointer = torch.where(merged, flat - flat % width - width + parent, flat).flatten()
+    for _ in range((longest - 1).bit_length()):
+        pointer = pointer[pointer]
+    return pointer
+
+
+def cluster_counts(
+    valid: torch.Tensor, segment: torch.Tensor, lengths: list[int], merged_tokens: int, exact: bool = False
+) -> torch.Tensor:
+    """Clusters per frame: [T, N] bool tokens to cluster, [T] segments -> [T] int64.
+
+    A frame of n_f of its segment's R tokens gets ceil(n_f · M/R) clusters for M = ``merged_tokens``·L (in
+    floating point as the reference; ``exact``: as integers), or keeps its n_f tokens where M ≥ R.
+    """
+    per_frame = valid.sum(dim=1)
+    budget = (merged_tokens * torch.tensor(lengths, device=valid.device))[segment]
+    total = torch.zeros(len(lengths), dtype=per_frame.dtype, device=valid.device).index_add_(0, segment, per_frame)
+    total = total[segment]
+    if exact:
+        clusters = (per_frame * budget + total - 1) // total
+    else:
+        clusters = (per_frame.double() * (budget.double() / total.double())).ceil().long()
+    return torch.where(budget < total, clusters, per_frame)
+
+
+def dpc_knn(tokens: torch.Tensor, valid: torch.Tensor, clusters: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Density-peak clustering with kNN density, per frame: [B, N, C] tokens, [B, N] bool tokens to cluster, [B]
+    clusters (≤ the valid count) -> ([B, N] cluster of each token, [B, K] the centres' slots, K = max clusters;
+    a frame's clusters beyond its count and invalid tokens' clusters are meaningless).
+
+    Distances are Euclidean over sqrt(C) (float32); density exp(−mean of the k = min(clusters, 7) smallest squared
+    distances, self included); a token's delta is its distance to the nearest denser token (the largest distance of
+    the frame for the densest); the centres are the largest delta·density, in that order, and every token joins its
+    nearest centre (the first on ties). Density ties go to the lower slot.
+    """
+    batch, width, channels = tokens.shape
+    points = tokens.float()
+    squares = points.square().sum(dim=-1)  # [B, N]
+    # as torch.cdist's matrix-product path computes it: (−2·x·y + |x|²) + |y|², clamped, square-rooted
+    squared = torch.baddbmm(squares[:, :, None], points, points.transpose(1, 2), alpha=-2) + squares[:, None, :]
+    distances = squared.clamp(min=0).sqrt() / math.sqrt(channels)  # [B, N, N]
+    neighbours = clusters.clamp(max=MAX_NEIGHBOURS)
+    nearest = distances.masked_fill(~valid[:, None, :], math.inf).topk(min(MAX_NEIGHBOURS, width), largest=False)
+    used = torch.arange(nearest.values.shape[-1], device=tokens.device) < neighbours[:, None, None]
+    density = (-nearest.values.square()).masked_fill(~used, 0.0).sum(dim=-1).div(neighbours[:, None]).exp()
+    slot = torch.arange(width, device=tokens.device)
+    denser = (density[:, None, :] > density[:, :, None]) | (
+        (density[:, None, :] == density[:, :, None]) & (slot[None, :] < slot[:, None])
+    )  # [B, i, j]: j is denser than i
+    denser &= valid[:, None, :]
+    largest = distances.masked_fill(~(valid[:, :, None] & valid[:, None, :]), -math.inf).amax(dim=(1, 2))
+    delta = distances.masked_fill(~denser, math.inf).amin(dim=-1).minimum(largest[:, None])
+    score = (delta * density).masked_fill(~valid, -math.inf)
+    order = score.sort(dim=1, descending=True, stable=True).indices  # [B, N] slots by score
+    count = int(clusters.max()) if batch else 0
+    centres = order[:, :count]
+    is_centre = torch.arange(count, device=tokens.device) < clusters[:, None]  # [B, K]
+    to_centres = distances.gather(2, centres[:, None, :].expand(batch, width, count))
+    assignment = to_centres.masked_fill(~is_centre[:, None, :], math.inf).argmin(dim=-1)
+    rank = torch.empty_like(order).scatter_(1, order, slot.expand(batch, width))
+    return torch.where(rank < clusters[:, None], rank, assignment), centres
+
+
+def cluster_means(tokens: torch.Tensor, valid: torch.Tensor, assignment: torch.Tensor, count: int) -> torch.Tensor:
+    """[B, N, C] tokens, [B, N] bool valid, [B, N] cluster of each (< ``count``) -> [B, count, C] the mean of each
+    cluster's valid members (NaN where it has none), summed in slot order."""
+    batch, width, _ = tokens.shape
+    members = torch.zeros(batch, width, count, dtype=tokens.dtype, device=tokens.device)
+    members.scatter_(2, assignment[:, :, None], valid[:, :, None].to(tokens.dtype))
+    return torch.bmm(members.transpose(1, 2), tokens) / members.sum(dim=1)[:, :, None]
+
+
+def merged_tokens(
+    frames: torch.Tensor,
+    selected: torch.Tensor,
+    segment: torch.Tensor,
+    lengths: list[int],
+    frame_tokens: int,
+    merged_count: int,
+    threshold: float = 0.8,
+    corrected: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """TSTM: [T, N, C] tokens, [T, N] bool selected by ADTS, [T] segments of ``lengths``, B tokens a frame of which
+    ``merged_count`` merged -> the cluster tokens' ([M] flat slots, [M, C] values, [M] input slots each stands for),
+    frame by frame; and [S] bool the segments whose temporal threshold fell to the soft floor."""
+    frame_count, width, _ = frames.shape
+    device = frames.device
+    first = torch.tensor([0, *lengths[:-1]], device=device).cumsum(0)[segment]
+    position = torch.arange(frame_count, device=device) - first
+    similarity, parent = temporal_links(frames, selected, position == 0)
+    merged, soft = temporal_merges(similarity, segment, position, lengths, frame_tokens, threshold, corrected)
+    sums = tree_sums(frames, merged, parent, lengths)
+    sizes = torch.bincount(tree_roots(merged, parent, max(lengths)), minlength=frame_count * width)
+    sizes = sizes.view(frame_count, width)
+    if corrected:  # a root's tree mean
+        denominators = sizes.clamp(min=1).to(sums.dtype)
+    else:  # the reference's: its tree's sum over 1 + its direct children
+        denominators = child_counts(merged, parent, sums.dtype) + 1
+    roots = sums.div_(denominators[:, :, None])
+    valid = ~merged & ~selected
+    if not corrected:  # a one-frame segment clusters its whole frame
+        valid |= (torch.tensor(lengths, device=device) == 1)[segment, None]
+    clusters = cluster_counts(valid, segment, lengths, merged_count, exact=corrected)
+    assignment, centres = dpc_knn(roots, valid, clusters)
+    count = centres.shape[1]
+    means = cluster_means(roots, valid, assignment, count)
+    patches = torch.zeros(frame_count, count, dtype=torch.long, device=device)
+    patches.scatter_add_(1, assignment, sizes * valid)
+    frame, cluster = (torch.arange(count, device=device) < clusters[:, None]).nonzero(as_tuple=True)
+    return frame * width + centres[frame, cluster], means[frame, cluster], patches[frame, cluster], soft
+
+
+def fastv_prune(
+    hidden_states: torch.Tensor,
+    attention: torch.Tensor,
+    visual_start: int,
+    visual_length: int,
+    keep_ratio: float,
+    position_ids: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """FlashVID's pruning inside the LLM: [L, D] hidden states at the input of layer K, [heads, L] the last prompt
+    token's attention at layer K − 1, the visual span ``[visual_start, visual_start + visual_length)``, optional [L]
+    position ids -> ([L'] kept positions, ascending; [L', D] their hidden states; [L'] their position ids, the
+    original ones).
+
+    Every non-visual token stays; of the visual ones, the ``ceil(visual_length · keep_ratio)`` most attended (mean
+    over heads), the lower index on ties (FastV's ranking, :func:`baselines.fastv.most_attended`).
+    """
+    length = hidden_states.shape[0]
+    if attention.dim() != 2 or attention.shape[1] != length:
+        raise ValueError(f"attention must have shape [heads, {length}], got {tuple(attention.shape)}")
+    if not (0 <= visual_start and visual_length >= 1 and visual_start + visual_length <= length):
+        raise ValueError(f"visual span [{visual_start}, {visual_start + visual_length}) must lie in [0, {length}]")
+    if not 0.0 < keep_ratio <= 1.0:
+        raise ValueError(f"keep_ratio must lie in (0, 1], got {keep_ratio}")
+    visual_end = visual_start + visual_length
+    kept = most_attended(attention.mean(dim=0)[visual_start:visual_end], math.ceil(visual_length * keep_ratio))
+    device = hidden_states.device
+    keep = torch.cat([torch.arange(visual_start, device=device), kept.to(device) + visual_start,
+                      torch.arange(visual_end, length, device=device)])  # fmt: skip
+    positions = keep.clone() if position_ids is None else position_ids[keep]
+    return keep, hidden_states[keep], positions
+
+
+@register("flashvid_llm")
+class FlashVIDLLM(Reducer):
+    """FlashVID's pruning inside the LLM: the ``ceil(budget · n)`` visual tokens the last prompt token attends to
+    most at layer ``layer − 1``, in their order. FastV's computation with FlashVID's rounding (up, not down)."""
+
+    stage = Stage.LLM_LAYER
+    query_aware = True
+    needs = frozenset({"importance"})
+    importance_lag = 1
+
+    def __init__(self, budget: float = 0.3, layer: int = 20) -> None:
+        self.budget = check_budget(budget)
+        if layer < 1:
+            raise ValueError(f"FlashVID prunes by the attention of the layer before: layer must be >= 1, got {layer}")
+        self.layer = layer
+
+    def reduce(self, video: VideoTokens) -> Reduction:
+        kept = most_attended(video.importance, math.ceil(video.num_tokens * self.budget)).to(video.grid.device)
+        return keep_subset(video, kept, info={"llm_retention_ratio": self.budget, "pruning_layer": self.layer})
+
+
+@register("flashvid")
+class FlashVID(Reducer):
+    """FlashVID (Fan et al., ICLR 2026) before the LLM: per segment, ADTS-selected tokens plus TSTM clusters."""
+
+    stage = Stage.VISION
+    needs = frozenset({"importance"})
+
+    def __init__(
+        self,
+        budget: float = 0.3125,
+        alpha: float = 0.7,
+        selection: str = "attn_div_v2",
+        temporal_threshold: float = 0.8,
+        do_segment: bool = True,
+        segment_threshold: float = 0.9,
+        min_segment_num: int = 8,
+        complementary_segment: bool = True,
+        expansion: float = 1.25,
+        budget_mode: str = "direct",
+        variant: str = "official",
+        llm_prune: bool = True,
+        llm_layer: int = 20,
+        llm_keep: float = 0.3,
+    ) -> None:
+        self.budget = check_budget(budget)
+        if not 0.0 < alpha <= 1.0:
+            raise ValueError(f"alpha (the share of the frame budget ADTS selects) must lie in (0, 1], got {alpha}")
+        if not -1.0 <= temporal_threshold < 1.0:
+            raise ValueError(f"temporal_threshold (a cosine) must lie in [-1, 1), got {temporal_threshold}")
+        if min_segment_num < 1:
+            raise ValueError(f"min_segment_num must be >= 1, got {min_segment_num}")
+        if expansion <= 0:
+            raise ValueError(f"expansion must be > 0, got {expansion}")
+        for knob, value, choices in (("selection", selection, SELECTIONS), ("variant", variant, VARIANTS),
+                                     ("budget_mode", budget_mode, BUDGET_MODES)):  # fmt: skip
+            if value not in choices:
+                raise ValueError(f"{knob} must be one of {', '.join(choices)}, got {value!r}")
+        self.inner = FlashVIDLLM(budget=llm_keep, layer=llm_layer)
+        self.alpha, self.selection, self.temporal_threshold = alpha, selection, temporal_threshold
+        self.do_segment, self.segment_threshold = do_segment, segment_threshold
+        self.min_segment_num, self.complementary_segment = min_segment_num, complementary_segment
+        self.expansion, self.budget_mode, self.variant, self.llm_prune = expansion, budget_mode, variant, llm_prune
+
+    def inner_stage(self) -> FlashVIDLLM | None:
+        """The pruning step inside the LLM that goes with this reducer, or None where ``llm_prune`` is off."""
+        return self.inner if self.llm_prune else None
+
+    def knobs(self, tokens_per_frame: int) -> dict:
+        """The authors' knob values for a frame of ``tokens_per_frame`` tokens (``Reduction.info``)."""
+        frame_tokens = frame_budget(tokens_per_frame, self.budget, self.budget_mode, self.expansion)
+        selected, merged = split_budget(frame_tokens, self.alpha)
+        vision_ratio = self.budget * self.expansion if self.budget_mode == "authors" else self.budget
+        return {
+            "variant": self.variant, "budget_mode": self.budget_mode, "vision_ratio": vision_ratio,
+            "retention_ratio": vision_ratio / self.expansion, "expansion": self.expansion,
+            "tokens_per_frame": frame_tokens, "num_attn_div_tokens": selected, "num_sttm_tokens": merged,
+            "alpha": self.alpha, "token_selection_method": self.selection,
+            "temporal_threshold": self.temporal_threshold, "do_segment": self.do_segment,
+            "segment_threshold": self.segment_threshold, "min_segment_num": self.min_segment_num,
+            "complementary_segment": self.complementary_segment,
+            "pruning_layer": self.inner.layer if self.llm_prune else None,
+            "llm_retention_ratio": self.inner.budget if self.llm_prune else None,
+        }  # fmt: skip
+
+    def reduce(self, video: VideoTokens) -> Reduction:
+        t, h, w, c = video.grid.shape
+        width = h * w
+        if width < 2:
+            raise ValueError(f"FlashVID's ADTS needs at least 2 tokens per frame, got a {h}x{w} grid")
+        if video.importance is None:
+            raise ValueError("FlashVID needs importance (the attention each patch receives in the vision tower)")
+        info = self.knobs(width)
+        frame_tokens = info["tokens_per_frame"]
+        if frame_tokens >= width:
+            return keep_subset(video, torch.arange(video.num_tokens, device=video.grid.device), info=info)
+        corrected = self.variant == "corrected"
+        selected_count, merged_count = info["num_attn_div_tokens"], info["num_sttm_tokens"]
+        frames = video.grid.reshape(t, width, c)
+        device = frames.device
+        if self.do_segment:
+            segment = segment_frames(frames.mean(dim=1), self.segment_threshold, self.min_segment_num,
+                                     self.complementary_segment)  # fmt: skip
+        else:
+            segment = torch.zeros(t, dtype=torch.long, device=device)
+        lengths = torch.bincount(segment).tolist()
+        info.update(segment_lengths=lengths)
+
+        relevance = event_relevance(frames.float(), segment) if self.selection == "attn_div_v2" else None
+        distances = calibrated_distances(frames, video.importance.reshape(t, width), relevance)
+        exclude = corrected or self.selection == "attn_div"
+        chosen = select_diverse(distances, selected_count, exclude_selected=exclude)  # [T, n_ad]
+        rows = torch.arange(t, device=device)[:, None]
+        kept_idx = [(rows * width + chosen).flatten()]
+        kept_tokens, kept_patches = [frames[rows, chosen].reshape(-1, c)], [torch.ones_like(kept_idx[0])]
+
+        soft_segments = 0
+        if merged_count > 0:
+            selected = torch.zeros(t, width, dtype=torch.bool, device=device)
+            selected[rows, chosen] = True
+            slots, tokens, patches, soft = merged_tokens(
+                frames, selected, segment, lengths, frame_tokens, merged_count, self.temporal_threshold, corrected
+            )
+            kept_idx.append(slots)
+            kept_tokens.append(tokens)
+            kept_patches.append(patches)
+            soft_segments = int(soft.sum())
+        info.update(soft_threshold_segments=soft_segments)
+
+        token_idx = torch.cat(kept_idx)
+        order = token_idx.sort(stable=True).indices
+        tokens = torch.cat(kept_tokens)[order]
+        return Reduction(tokens, patch_boxes(token_idx[order], h, w), torch.cat(kept_patches)[order],
+                         video.num_tokens, info=info)  # fmt: skip
