@@ -90,13 +90,17 @@ def merge_case(case, params: dict, label: str) -> tuple[bool, str]:
     return compare(slots(result, case), result.tokens, case, label)
 
 
-def fastvid_case(case, params: dict, label: str) -> tuple[bool, str]:
-    """A FastVID case: the grid, ``attention`` [T, H·W] (ATS, pooled) and ``global_features`` [T, Cg] (DySeg)."""
+def fastvid_reduction(case, params: dict) -> Reduction:
+    """FastVID on a case: the grid, ``attention`` [T, H·W] (ATS, pooled) and ``global_features`` [T, Cg] (DySeg)."""
     grid = video_grid(case)
     reducer = FastVID(budget=params["retention_ratio"], dyseg_c=params["DySeg_c"], dyseg_tau=params["DySeg_tau"],
                       stprune_d=params["STPrune_d"], dtm_p=params["DTM_p"], dtm_beta=params["DTM_beta"])  # fmt: skip
     importance = torch.from_numpy(case["attention"]).reshape(grid.shape[:3])
-    result = reducer.reduce(VideoTokens(grid, importance=importance), torch.from_numpy(case["global_features"]))
+    return reducer.reduce(VideoTokens(grid, importance=importance), torch.from_numpy(case["global_features"]))
+
+
+def fastvid_case(case, params: dict, label: str) -> tuple[bool, str]:
+    result = fastvid_reduction(case, params)
     return compare(slots(result, case), result.tokens, case, label)
 
 

@@ -67,7 +67,7 @@ def test_every_reference_case_passes(capsys):
 def test_the_segments_and_anchor_counts_are_the_authors_in_every_reference_case():
     for path in sorted(GOLDEN.glob("case*.npz")):
         case, params, grid, importance = golden_case(path.stem)
-        reduction = check_golden.run_fastvid(case, params)
+        reduction = check_golden.fastvid_reduction(case, params)
         assert reduction.info["segment_sizes"] == case["segment_sizes"].tolist(), path.stem
         assert reduction.info["frame_context_counts"] == case["frm_context_num_list"].tolist(), path.stem
         assert reduction.info["frame_salient_num"] == params["frame_salient_num"]
