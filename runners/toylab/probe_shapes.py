@@ -1,8 +1,8 @@
 """How well the offline model's vision tower can learn to tell the synthetic benchmarks' four shapes apart.
 
-    python -m scripts.probe_shapes [--radius 14] [--steps 400]
+    python -m runners.toylab.probe_shapes [--radius 14] [--steps 400]
 
-Trains a fresh vision tower of ``scripts.train_toy_model.toy_config`` and a linear head to name the shape of one
+Trains a fresh vision tower of ``runners.toylab.model.toy_config`` and a linear head to name the shape of one
 object drawn on a banded background, read from the pooled token (LLaVA-OneVision's 2x2 bilinear pooling, 8x8
 tokens a frame) that holds the object's centre, and prints the accuracy on 256 new frames every 50 steps. This
 is the most direct signal a tower can get; the language model's questions give it far less.
@@ -18,7 +18,7 @@ from transformers import LlavaOnevisionForConditionalGeneration
 
 from runners.toybench.benchmarks import pick, spot
 from runners.toybench.render import BACKGROUNDS, COLORS, SHAPES, SIZE, background, draw
-from scripts.train_toy_model import toy_config
+from runners.toylab.model import toy_config
 
 POOLED = 8
 

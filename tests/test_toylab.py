@@ -1,4 +1,5 @@
-"""Training the offline suite's tiny model: the shared-prefix forward, a few steps, the written folder, resuming."""
+"""The toy lab (``runners.toylab``): the shared-prefix forward, a few steps, the written folder, resuming, the wiring,
+clips, augmentations and the locality loss."""
 
 from __future__ import annotations
 
@@ -10,40 +11,32 @@ from transformers import AutoModelForImageTextToText, LlavaOnevisionForCondition
 from baselines.random_drop import RandomDrop
 from runners.toybench.benchmarks import toy_longvideobench, toy_vnbench
 from runners.toybench.render import COLORS, SHAPES, read_video, write_video
-from scripts.probe_needles import change_by_tower_layer
-from scripts.train_toy_model import (
-    SHAPE_LEVEL,
-    TOKEN_GRID,
-    VISION_TOWER,
-    DropTokens,
+from runners.toylab.augmentations import DropTokens, TemporalDuplicates, hidden_needles, with_decoy
+from runners.toylab.data import (
     Prompts,
-    TemporalDuplicates,
     TrainingSteps,
-    answer_words,
-    answered,
-    any_in_block,
-    changed_patches,
     clip,
-    far_change,
-    forward,
-    hidden_needles,
-    is_vision_encoder_weight,
-    keep_wired,
-    load_initial_weights,
-    main,
-    parse_args,
-    projector_inputs,
     question_rows,
     scheduled,
-    shape_tokens,
-    silence_vision_attention,
     stacked,
     step_schedule,
-    toy_config,
     train_split,
-    wire_option_lookup,
-    with_decoy,
 )
+from runners.toylab.losses import answered, far_change, forward
+from runners.toylab.masks import SHAPE_LEVEL, any_in_block, changed_patches, shape_tokens
+from runners.toylab.model import (
+    TOKEN_GRID,
+    VISION_TOWER,
+    is_vision_encoder_weight,
+    load_initial_weights,
+    projector_inputs,
+    silence_vision_attention,
+    toy_config,
+)
+from runners.toylab.probe_needles import change_by_tower_layer
+from runners.toylab.replay import recorded_arguments
+from runners.toylab.train import main, parse_args
+from runners.toylab.wiring import answer_words, keep_wired, wire_option_lookup
 from sttm.adapters.loading import load_model
 from sttm.adapters.tiny import FRAME_SIZE, PATCH_SIZE, tiny_processor
 from sttm.api import VideoTokens
@@ -159,6 +152,7 @@ def test_a_run_writes_a_folder_that_loads_and_a_second_run_resumes(splits, tmp_p
     ]  # fmt: skip
     training = main(arguments)
     assert set(training["held_out_accuracy"]) == set(splits)
+    assert recorded_arguments(training["command"]) == arguments  # the replay reads the recorded command back
     model, processor = load_model(str(tmp_path / "model"), dtype="float32", attn_implementation="sdpa")
     assert model.config.text_config.hidden_size == toy_config().text_config.hidden_size
     assert processor.tokenizer.convert_ids_to_tokens(processor.tokenizer("red B")["input_ids"]) == ["red", "B"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import LlavaOnevisionForConditionalGeneration
 
-from scripts.probe_needles import FAR_PATCHES, change_by_tower_layer, feature_spread
-from scripts.train_toy_model import VISION_TOWER, toy_config
+from runners.toylab.model import VISION_TOWER, toy_config
+from runners.toylab.probe_needles import FAR_PATCHES, change_by_tower_layer, feature_spread
 from sttm.adapters.tiny import FRAME_SIZE, PATCH_SIZE
 
 

@@ -1,6 +1,6 @@
 """Where the offline model reads a needle from: toy VNBench retrieval with the needle's own tokens removed.
 
-    python -m scripts.probe_needles [--model models/tiny_llava_onevision] [--whole-frames]
+    python -m runners.toylab.probe_needles [--model models/tiny_llava_onevision] [--whole-frames]
 
 Before the language model, removes the tokens whose pixels differ from the previous frame's (the needle's, in its
 frame and in the frame after it, where it is gone; scene cuts aside), or as many random tokens of the same
@@ -25,17 +25,11 @@ import torch
 from omegaconf import OmegaConf
 from transformers import LlavaOnevisionForConditionalGeneration
 
-from scripts.train_toy_model import (
-    CUT_SHARE,
-    MODEL_CONFIG,
-    PATCH_GRID,
-    TOKEN_GRID,
-    DropTokens,
-    Prompts,
-    Video,
-    changed_patches,
-    far_change,
-)
+from runners.toylab.augmentations import DropTokens
+from runners.toylab.data import Prompts, Video
+from runners.toylab.losses import far_change
+from runners.toylab.masks import CUT_SHARE, changed_patches
+from runners.toylab.model import MODEL_CONFIG, PATCH_GRID, TOKEN_GRID
 from sttm.adapters.hooks import reduction_point
 from sttm.adapters.tiny import tiny_processor
 
