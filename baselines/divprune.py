@@ -89,8 +89,8 @@ def triton_most_diverse(distances: torch.Tensor, count: int) -> torch.Tensor:
 
 
 def greedy_warps(block: int) -> int:
-    """Warps of the greedy program for a set padded to ``block``: 32 values of the running minimum a thread."""
-    return max(1, min(32, block // 1024))
+    """Warps of the greedy program for a set padded to ``block``: at least 4, at most 32 values a thread."""
+    return max(4, min(32, block // 1024))
 
 
 if triton is not None:
@@ -117,19 +117,24 @@ if triton is not None:
         tl.store(nearest + which * size + columns, second, mask=columns < size)
 
     @triton.jit
+    def _first_maximum(values, columns, BLOCK: tl.constexpr):
+        """The first column holding the largest of ``values`` (a float max, then an int min: cheaper than argmax)."""
+        return tl.min(tl.where(values == tl.max(values, axis=0), columns, BLOCK), axis=0)
+
+    @triton.jit
     def _greedy_kernel(distances, nearest, chosen, size, count, BLOCK: tl.constexpr):
         which = tl.program_id(0).to(tl.int64)
         columns = tl.arange(0, BLOCK)
         inside = columns < size
         matrix = distances + which * size * size
         scores = tl.load(nearest + which * size + columns, mask=inside, other=float("-inf"))
-        pick = tl.argmax(scores, axis=0, tie_break_left=True)
+        pick = _first_maximum(scores, columns, BLOCK)
         to_kept = tl.full([BLOCK], float("inf"), tl.float32)
         for step in range(count):
             tl.store(chosen + which * count + step, pick.to(tl.int64))
             row = tl.load(matrix + pick.to(tl.int64) * size + columns, mask=inside, other=float("-inf"))
             to_kept = tl.minimum(to_kept, row)
-            pick = tl.argmax(to_kept, axis=0, tie_break_left=True)
+            pick = _first_maximum(to_kept, columns, BLOCK)
 
 
 @register("divprune")
