@@ -36,8 +36,8 @@ except ImportError:  # Triton comes with CUDA builds of torch; without it every 
 
 SCOPES = ("video", "frame")
 
-#: the largest set the greedy kernel holds in one program's registers (padded to a power of two); larger sets
-#: take the torch path.
+#: the largest set the greedy kernel holds in one program's registers (padded to a power of two); larger sets,
+#: and distances other than float32, take the torch path.
 MAX_SET_BLOCK = 32768
 #: the tile of the distance matrix one step of the nearest-other kernel reads: rows by columns.
 NEAREST_ROWS, NEAREST_COLUMNS = 32, 128
@@ -53,7 +53,8 @@ def most_diverse(distances: torch.Tensor, count: int) -> torch.Tensor:
     """[B, N, N] distances -> [B, count] indices chosen greedily for max-min diversity, in order of choice."""
     if count < 1:
         raise ValueError(f"DivPrune keeps at least one token per set, got count={count}")
-    if distances.is_cuda and triton is not None and triton.next_power_of_2(distances.shape[1]) <= MAX_SET_BLOCK:
+    on_kernel = distances.is_cuda and distances.dtype == torch.float32 and triton is not None
+    if on_kernel and triton.next_power_of_2(distances.shape[1]) <= MAX_SET_BLOCK:
         return triton_most_diverse(distances, count)
     return torch_most_diverse(distances, count)
 
