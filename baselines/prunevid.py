@@ -21,22 +21,32 @@ Stage 1, as the authors run it on one video's [T, L, C] tokens (L = H·W):
    (all of them on a tie; none when the longest is one frame), and each stretch of removed frames joins the longer
    of the blocks beside it (the left one on a tie, label 0 when there is none).
 2. In each segment of w frames, a slot is static when the mean cosine similarity of its w tokens over all pairs of
-   distinct frames exceeds tau (:func:`static_masks`); a static slot becomes one token, its mean over the segment.
-3. Each set of tokens, the segment's static tokens and each frame's dynamic ones, with more than 14 tokens is
-   clustered by DPC-kNN into ``int(n · cluster_ratio)`` clusters, each becoming its members' mean; a set of at
-   most 14 stays as it is.
+   distinct frames exceeds tau (:func:`segment_statistics`); a static slot becomes one token, its mean over the
+   segment.
+3. Each set of tokens, the segment's static tokens and each frame's dynamic ones, with more than 14 tokens (the
+   authors' constant, ``max_unclustered``) is clustered by DPC-kNN (k = 7) into ``int(n · cluster_ratio)``
+   clusters, each becoming its members' mean; a set of at most 14 stays as it is.
 4. Output order: per segment, its static tokens, then each frame's dynamic tokens; a clustered set in the order
-   of its cluster centres (descending DPC score), an unclustered one in raster order.
+   of its cluster centres (descending DPC score), an unclustered one in raster order. PLLaVA places these tokens
+   as one run of the prompt, at consecutive positions.
 
-A token's box is one patch: the slot of its cluster centre (an unclustered token's own slot), at the segment's first
-frame for a static token. ``num_patches`` counts the input slots it stands for (w per static slot). DPC-kNN adds
-``rand · 1e-6`` to the densities to break ties; the authors draw it from the global RNG on the features' device,
-here it comes from a CPU generator seeded with ``seed``, drawn in the authors' order and shapes, so the result is
-the authors' one with ``torch.manual_seed(seed)`` on the CPU, and the same on any device. Similarities and
-distances are computed in float32 (or wider), means in the grid's dtype.
+Here every set is one row of a single padded batch (members first, in raster order), so DPC-kNN runs once for all
+of them, and the host waits for the device twice (the frame labels, the static counts). A token's box is one patch:
+the slot of its cluster centre (an unclustered token's own slot), at the segment's first frame for a static token;
+``num_patches`` counts the input slots it stands for (w per static slot). DPC-kNN adds ``rand · 1e-6`` to the
+densities to break ties; the authors draw it from the global RNG on the features' device, here it comes from a CPU
+generator seeded with ``seed``, drawn in the authors' order and shapes, so the result is the authors' one after
+``torch.manual_seed(seed)`` on the CPU, and the same on any device. Similarities and distances are computed in
+float32 (or wider), means in the grid's dtype.
 
-``variant="corrected"`` drops the one quirk: no random noise, and ties in DPC-kNN go to the lower token index
-(a token is denser than an equally dense token after it; equal scores rank by index). Otherwise it is the same.
+Unlike the reference, videos of fewer than k = 7 frames work: their frames are clustered with T neighbours, and
+into one segment at least (the reference's ``topk`` fails there); a one-frame segment, which only a one-frame video
+has, is all dynamic (the reference divides by zero there).
+
+``variant="corrected"`` drops the one quirk, that noise: it makes the result depend on the RNG, and it does not
+even break every tie, since ``1e-6 · rand`` often rounds away on a float32 density near 0.5 (spacing 3e-8 to 6e-8):
+two tied tokens then both become centres. The corrected variant draws nothing and breaks every tie by index (a
+token is denser than an equally dense token after it; equal scores rank by index). Otherwise it is the same.
 
 Budget. The authors' knobs set no token count; the count of stage 1 is Σ_sets ``int(n · cluster_ratio)`` for the
 sets it clusters plus the sizes of the others, after segmentation and the static split, which do not depend on the
@@ -48,15 +58,18 @@ Giving ``cluster_ratio`` runs the authors' setting, and the budget is ignored. A
 unchanged (the authors' code at cluster ratio 1 would still average static slots over time). ``info`` records the
 knobs used, the segments and the static/dynamic sizes that stage 2 groups by.
 
-Stage 2 (:func:`question_guided_keep`, reducer ``prunevid_llm``). At decoder layer ``selected_layer`` the authors
-take the attention of every token after the video (the question and the prompt's end) to the video tokens, the max
-over heads and over those queries, and in each segment keep the ``int(s · alpha)`` most attended of its s static
-tokens and, per frame, the ``int(d · alpha)`` most attended of its d dynamic ones, in their original order; the
-hidden states entering layer ``selected_layer + 1`` and the KV cache of layers 0 … ``selected_layer`` keep only
-those (and every text token), with their positions. That attention is computed from the layer's queries and keys
-without rotary embeddings and without the causal mask (``LlamaAttention.forward``, ``attn_weights_wo_pos``).
-``PruneVid`` carries the stage as ``inner`` (a ``PruneVidLLM`` at layer ``selected_layer + 1`` with ratio
-``alpha``; None when ``question_guided=False``) for the model adapter to run after stage 1.
+Stage 2 (:func:`question_guided_keep`). At decoder layer ``selected_layer`` the authors take the attention of every
+token after the video (the question and the prompt's end) to the video tokens, its max over heads and over those
+queries, and in each segment keep the ``int(s · alpha)`` most attended of its s static tokens and, per frame, the
+``int(d · alpha)`` most attended of its d dynamic ones, in their original order; the hidden states entering layer
+``selected_layer + 1`` and the KV cache of layers 0 … ``selected_layer`` keep only those (and every text token),
+at their positions. That attention is softmax(q·k/√d) of the layer's queries and keys without rotary embeddings and
+without the causal mask (``LlamaAttention.forward``, ``attn_weights_wo_pos``). ``PruneVid`` carries the stage as
+``inner`` (a ``PruneVidLLM`` at layer ``selected_layer + 1`` with budget ``alpha``; None when
+``question_guided=False``), for the model adapter to run on stage 1's tokens with ``info``'s sizes. The reducer
+``prunevid_llm`` runs the stage alone on the whole grid: every frame is one group of dynamic tokens, ranked by the
+``importance`` the ``llm_layer`` point gives (the last prompt token's attention at layer k − 1, mean over heads),
+and its budget is alpha.
 """
 
 from __future__ import annotations
@@ -199,11 +212,12 @@ def temporal_segments(labels: list[int]) -> list[int]:
 
 
 def segment_statistics(frames: torch.Tensor, lengths: list[int], tau: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """[T, L, C] tokens, segment lengths [S] (each ≥ 2) -> ([S, L] bool static slots, [S, L, C] segment means).
+    """[T, L, C] tokens, segment lengths [S] -> ([S, L] bool static slots, [S, L, C] segment means).
 
     A slot is static when its tokens' cosine similarity, averaged over the pairs of distinct frames of the segment,
-    exceeds ``tau``. As the authors, that sum is the one over all ordered pairs minus one per frame (a unit vector's
-    similarity to itself), here ``|Σ unit vectors|² − w``. Sums in float32 or wider; means in the tokens' dtype.
+    exceeds ``tau``; a one-frame segment has none. As the authors, that sum is the one over all ordered pairs minus
+    one per frame (a unit vector's similarity to itself), here ``|Σ unit vectors|² − w``. Sums in float32 or wider;
+    means in the tokens' dtype.
     """
     steps, area, channels = frames.shape
     wide = frames.to(torch.promote_types(frames.dtype, torch.float32))
@@ -211,7 +225,7 @@ def segment_statistics(frames: torch.Tensor, lengths: list[int], tau: float) -> 
     membership = on_device(segment[None, :] == torch.arange(len(lengths))[:, None], frames.device, wide.dtype)
     unit_sums = (membership @ F.normalize(wide, dim=-1).reshape(steps, -1)).reshape(-1, area, channels)
     width = membership.sum(dim=1)[:, None]
-    static = (unit_sums.square().sum(dim=-1) - width) / (width * (width - 1)) > tau
+    static = ((unit_sums.square().sum(dim=-1) - width) / (width * (width - 1)) > tau) & (width > 1)
     means = (membership @ wide.reshape(steps, -1)).reshape(-1, area, channels) / width[..., None]
     return static, means.to(frames.dtype)
 
@@ -219,34 +233,6 @@ def segment_statistics(frames: torch.Tensor, lengths: list[int], tau: float) -> 
 def set_members(masks: torch.Tensor, width: int) -> torch.Tensor:
     """[R, L] bool membership of each row's set -> [R, width] slots: its members in raster order, then others."""
     return (~masks).to(torch.uint8).argsort(dim=1, stable=True)[:, :width]
-
-
-def merge_sets(
-    source: torch.Tensor,
-    masks: torch.Tensor,
-    rows: torch.Tensor,
-    sizes: list[int],
-    k: int,
-    clusters: list[int] | None = None,
-    noise: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Stage 1's tokens of R sets: set i holds the tokens of ``source[rows[i]]`` [L, C] at the ``sizes[i]`` slots
-    where ``masks[i]`` [L] holds, in raster order.
-
-    Without ``clusters`` each set stays as it is; with them, set i becomes its ``clusters[i]`` DPC-kNN cluster means
-    (``noise`` [R, max size]: the draws of :func:`dpc_knn`, members first), in centre order. Returns [R, W, C]
-    tokens, [R, W] the slot each sits in (its centre's) and [R, W] how many of the set's tokens it stands for; a
-    row's first ``sizes[i]`` (or ``clusters[i]``) entries are its tokens, the rest padding.
-    """
-    width = max(sizes)
-    slots = set_members(masks, width)  # [R, W]
-    tokens = source[rows[:, None], slots]  # [R, W, C]
-    if clusters is None:
-        return tokens, slots, torch.ones_like(slots)
-    valid = torch.arange(width, device=slots.device) < on_device(sizes, slots.device)[:, None]
-    centres, assignment = dpc_knn(tokens, valid, clusters, k, noise)
-    means, members = cluster_means(tokens, assignment, centres.shape[1])
-    return means, slots.gather(1, centres.clamp(min=0)), members
 
 
 def ragged(lengths: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -402,18 +388,12 @@ class PruneVid(Reducer):
             return everything
         t, h, w, c = video.grid.shape
         area, device = h * w, video.grid.device
-        wanted = int(t * self.temporal_segment_ratio)
-        if t < self.k or wanted < 1:
-            raise ValueError(
-                f"PruneVid clusters the T frames into int(T * {self.temporal_segment_ratio}) segments with k = "
-                f"{self.k} neighbours: it needs at least {max(self.k, math.ceil(1 / self.temporal_segment_ratio))} "
-                f"frames, got {t}"
-            )
+        wanted = max(1, int(t * self.temporal_segment_ratio))
         frames = video.grid.reshape(t, area, c)
         generator = torch.Generator().manual_seed(self.seed) if self.variant == "official" else None
         noise = None if generator is None else on_device(torch.rand(1, t, generator=generator), device, torch.float)
         everyone = torch.ones(1, t, dtype=torch.bool, device=device)
-        labels = dpc_knn(frames.mean(dim=1)[None], everyone, [wanted], self.k, noise)[1][0]
+        labels = dpc_knn(frames.mean(dim=1)[None], everyone, [wanted], min(self.k, t), noise)[1][0]
         lengths = temporal_segments(labels.tolist())
         static, means = segment_statistics(frames, lengths, self.tau)
         sets = token_sets(lengths, static.sum(dim=1).tolist(), area)
@@ -445,44 +425,66 @@ class PruneVid(Reducer):
         counts: list[int],
         generator: torch.Generator | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Stage 1's output in the authors' order, from the frames [T, L, C], the static slots [S, L] and segment
-        means [S, L, C]: [N, C] tokens, [N] flat slots, [N] patches each stands for. Sets alike (static or not,
-        clustered or not) go through :func:`merge_sets` together; the noise is drawn in the authors' order."""
+        """Stage 1's output in the authors' order, from the frames [T, L, C], the static slots [S, L] and the
+        segment means [S, L, C]: [N, C] tokens, [N] flat slots and [N] patches each stands for.
+
+        Every set is a row of one batch, its members first in raster order; the clustered ones go through
+        :func:`dpc_knn` together, with the noise drawn in the authors' order (their calls' order and sizes).
+        """
         device, area, channels = frames.device, frames.shape[1], frames.shape[2]
-        drawn = [token_set.size if m else 0 for token_set, m in zip(sets, clusters, strict=True)]
-        noise = None if generator is None else torch.rand(sum(drawn), generator=generator)
-        noise_start, first = np.cumsum(drawn) - drawn, np.cumsum(counts) - counts
-        tokens = torch.empty((sum(counts), channels), dtype=frames.dtype, device=device)
-        slots = torch.empty(sum(counts), dtype=torch.long, device=device)
-        patches = torch.empty_like(slots)
-        for is_static, is_clustered in ((True, True), (True, False), (False, True), (False, False)):
-            group = [i for i, token_set in enumerate(sets) if token_set.static == is_static and counts[i]]
-            group = [i for i in group if bool(clusters[i]) == is_clustered]
-            if not group:
-                continue
-            members = [sets[i] for i in group]
-            sizes = [token_set.size for token_set in members]
-            masks = static[on_device([token_set.segment for token_set in members], device)]
-            source, masks = (means, masks) if is_static else (frames, ~masks)
-            group_clusters, group_noise = None, None
-            if is_clustered:
-                group_clusters = [clusters[i] for i in group]
-            if is_clustered and noise is not None:
-                row, column = ragged(sizes)
-                group_noise = torch.zeros(len(group), max(sizes))
-                group_noise[row, column] = noise[np.repeat(noise_start[group], sizes) + column]
-                group_noise = on_device(group_noise, device, torch.float)
-            rows = on_device([token_set.row for token_set in members], device)
-            merged, slot, size = merge_sets(source, masks, rows, sizes, self.k, group_clusters, group_noise)
-            row, column = ragged([counts[i] for i in group])
-            entry = on_device(row * slot.shape[1] + column, device)
-            where = on_device(first[group][row] + column, device)
-            frame = on_device([token_set.frame for token_set in members], device)[:, None]
-            span = on_device([token_set.span for token_set in members], device)[:, None]
-            tokens[where] = merged.reshape(-1, channels)[entry]
-            slots[where] = (frame * area + slot).reshape(-1)[entry]
-            patches[where] = (size * span).reshape(-1)[entry]
-        return tokens, slots, patches
+        sizes = [token_set.size for token_set in sets]
+        width, most = max(sizes), max(clusters)
+        static_sets = [i for i, token_set in enumerate(sets) if token_set.static]
+        dynamic_sets = [i for i, token_set in enumerate(sets) if not token_set.static]
+        row, column = ragged(counts)  # the output, set by set
+        merged = np.array([bool(clusters[i]) for i in row], dtype=bool)
+        fields = [
+            [token_set.segment for token_set in sets],
+            [token_set.static for token_set in sets],
+            [token_set.size for token_set in sets],
+            [token_set.frame for token_set in sets],
+            [token_set.span for token_set in sets],
+            [sets[i].row for i in static_sets],
+            [sets[i].row for i in dynamic_sets],
+            static_sets,
+            dynamic_sets,
+            np.flatnonzero(merged),
+            (row * most + column)[merged],
+            np.flatnonzero(~merged),
+            (row * width + column)[~merged],
+        ]
+        packed = on_device(np.concatenate([np.asarray(field, dtype=np.int64) for field in fields]), device)
+        segment, is_static, size, frame, span, static_rows, dynamic_rows, static_at, dynamic_at, *picks = packed.split(
+            [len(field) for field in fields]
+        )
+        slots = set_members(static[segment] == is_static.bool()[:, None], width)  # [G, W]
+        tokens = torch.empty((len(sets), width, channels), dtype=frames.dtype, device=device)
+        tokens[static_at] = means[static_rows[:, None], slots[static_at]]
+        tokens[dynamic_at] = frames[dynamic_rows[:, None], slots[dynamic_at]]
+        slots = frame[:, None] * area + slots
+        out = torch.empty((len(row), channels), dtype=frames.dtype, device=device)
+        out_slots = torch.empty(len(row), dtype=torch.long, device=device)
+        out_patches = torch.empty_like(out_slots)
+        merged_at, merged_entry, kept_at, kept_entry = picks
+        if most:
+            noise = None
+            if generator is not None:
+                drawn = [n if m else 0 for n, m in zip(sizes, clusters, strict=True)]
+                draws_row, draws_column = ragged(drawn)
+                noise = torch.zeros(len(sets), width)
+                noise[draws_row, draws_column] = torch.rand(sum(drawn), generator=generator)
+                noise = on_device(noise, device, torch.float)
+            valid = torch.arange(width, device=device) < size[:, None]
+            centres, assignment = dpc_knn(tokens, valid, clusters, self.k, noise)
+            cluster_tokens, members = cluster_means(tokens, assignment, most)
+            out[merged_at] = cluster_tokens.reshape(-1, channels)[merged_entry]
+            out_slots[merged_at] = slots.gather(1, centres.clamp(min=0)).reshape(-1)[merged_entry]
+            out_patches[merged_at] = (members * span[:, None]).reshape(-1)[merged_entry]
+        if len(kept_at):
+            out[kept_at] = tokens.reshape(-1, channels)[kept_entry]
+            out_slots[kept_at] = slots.reshape(-1)[kept_entry]
+            out_patches[kept_at] = span[kept_entry // width]
+        return out, out_slots, out_patches
 
 
 @register("prunevid_llm")

@@ -152,6 +152,14 @@ def test_official_twin_ties_follow_the_seeded_noise_which_leaves_some_unbroken()
     assert (official[0].num_patches != 2).any() and (official[2].num_patches == 2).all()
 
 
+def test_videos_shorter_than_k_frames_make_one_segment_and_a_single_frame_is_all_dynamic():
+    short = PruneVid(cluster_ratio=0.5)(VideoTokens(scenes(4, 4, 4, 8, [], 0.01)))  # int(4 · 0.25) = 1 segment
+    assert short.info["window_sizes"] == [4] and short.info["static_sizes"] == [8]  # 16 static slots, clustered
+    single = PruneVid(cluster_ratio=0.5)(VideoTokens(scenes(1, 4, 4, 8, [], 0.01)))
+    assert single.info["window_sizes"] == [1] and single.info["static_sizes"] == [0]
+    assert single.info["dynamic_sizes"] == [8] and int(single.num_patches.sum()) == 16
+
+
 def test_the_budget_picks_the_smallest_cluster_ratio_keeping_the_most_tokens_within_it():
     sizes = [20, 20, 10]  # two clustered sets and one kept whole, of 100 tokens
     assert cluster_ratio_for_budget(sizes, 0.30, 100, 14) == (0.5, 0.12)  # 10 + 2 · 10 = 30
@@ -223,8 +231,6 @@ def test_bad_input_names_the_problem():
         PruneVid(k=16)
     with pytest.raises(ValueError, match="unknown variant 'paper'"):
         PruneVid(variant="paper")
-    with pytest.raises(ValueError, match="it needs at least 7 frames, got 6"):
-        PruneVid()(VideoTokens(random_grid(6, 4, 4, 8)))
     with pytest.raises(ValueError, match="gives a set of 20 tokens no cluster"):
         PruneVid(cluster_ratio=0.04)(VideoTokens(random_grid(8, 4, 5, 8)))
     with pytest.raises(ValueError, match="needs importance"):
