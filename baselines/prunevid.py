@@ -75,6 +75,7 @@ and its budget is alpha.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from itertools import pairwise
 from typing import NamedTuple
 
@@ -130,7 +131,7 @@ def dpc_knn(
     if not 1 <= k <= size:
         raise ValueError(f"k must lie in [1, {size}] (the nearest neighbours of a token), got {k}")
     count = max(num_clusters)
-    wanted = on_device(num_clusters, x.device)
+    per_row = on_device(num_clusters, x.device)
     wide = x.float()
     dist = torch.cdist(wide, wide) / channels**0.5  # [B, N, N]
     nearest = dist.masked_fill(~valid[:, None, :], torch.inf).topk(k, dim=-1, largest=False).values
@@ -149,11 +150,11 @@ def dpc_knn(
         centres = score.sort(dim=1, descending=True, stable=True).indices[:, :count]
     else:
         centres = score.topk(count, dim=1).indices
-    real = torch.arange(count, device=x.device) < wanted[:, None]  # [B, M]
+    real = torch.arange(count, device=x.device) < per_row[:, None]  # [B, M]
     to_centre = dist.gather(1, centres[:, :, None].expand(batch, count, size)).masked_fill(~real[:, :, None], torch.inf)
     is_centre = (centres[:, :, None] == index) & real[:, :, None]  # [B, M, N]
     assignment = torch.where(is_centre.any(dim=1), is_centre.int().argmax(dim=1), to_centre.argmin(dim=1))
-    clustered = valid & (wanted[:, None] > 0)
+    clustered = valid & (per_row[:, None] > 0)
     return centres.masked_fill(~real, -1), assignment.masked_fill(~clustered, -1)
 
 
@@ -383,9 +384,7 @@ class PruneVid(Reducer):
 
     def reduce(self, video: VideoTokens) -> Reduction:
         if self.cluster_ratio is None and self.budget == 1.0:
-            everything = keep_everything(video)
-            everything.info.update(self.knobs(), cluster_ratio=None)
-            return everything
+            return replace(keep_everything(video), info={**self.knobs(), "cluster_ratio": None})
         t, h, w, c = video.grid.shape
         area, device = h * w, video.grid.device
         wanted = max(1, int(t * self.temporal_segment_ratio))
