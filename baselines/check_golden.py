@@ -29,6 +29,7 @@ from baselines.dycoke import DyCoke
 from baselines.fastvid import FastVID
 from baselines.flashvid import FlashVID, fastv_prune
 from baselines.holitom import reproduce_inner_case, reproduce_outer_case
+from baselines.prunevid import PruneVid
 from baselines.tome import ToMe
 from sttm.api import Reduction, VideoTokens, flat_positions
 from sttm.check_golden import FEATURE_TOLERANCE, check_cases
@@ -140,6 +141,13 @@ def flashvid_llm_case(case, params: dict, label: str) -> tuple[bool, str]:
     return True, f"{label} PASS identical"
 
 
+def prunevid_case(case, params: dict, label: str) -> tuple[bool, str]:
+    """PruneVid's stage 1 at the case's knobs; the authors' global RNG was seeded with ``params["seed"]``."""
+    knobs = {name: params[name] for name in ("tau", "temporal_segment_ratio", "cluster_ratio", "k") if name in params}
+    result = PruneVid(seed=params["seed"], **knobs).reduce(VideoTokens(video_grid(case)))
+    return compare(slots(result, case), result.tokens, case, label)
+
+
 #: the case runner of each method: (the case's arrays, its parameters, a label) -> (passed, a one-line description)
 CASE_RUNNERS = {
     "tome": merge_case,
@@ -149,6 +157,7 @@ CASE_RUNNERS = {
     "holitom_inner": holitom_case,
     "flashvid": flashvid_case,
     "flashvid_llm_prune": flashvid_llm_case,
+    "prunevid": prunevid_case,
 }
 
 

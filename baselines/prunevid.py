@@ -1,0 +1,510 @@
+"""PruneVid: merge static regions over time and cluster tokens in space before the LLM, then keep the video tokens
+the question attends to inside it.
+
+Paper: Huang, Zhou and Han, "PruneVid: Visual Token Pruning for Efficient Video Large Language Models", ACL 2025
+Findings (arXiv 2412.16117). Reference code: github.com/Visual-AI/PruneVid at commit
+b12600c6176c606ee4b6b7d9e26f4aa46d0dfd42, the PLLaVA variant (the only one released: the README lists the
+LLaVA-OneVision and ST-LLM releases as to do). Stage 1 is ``models/pllava/modeling_pllava.py``:
+``PllavaForConditionalGeneration.merge_frames_dynamic`` with ``cluster_dpc_knn``, ``refine_clusters``,
+``segment_lengths``, ``spatial_merge_tokens`` and ``compute_cluster_vectors``. Stage 2 is
+``models/pllava/elastic_cache.py``: ``VTPWindowCache.process_attention`` and ``prompt_prefill``, called from
+``models/pllava/llama.py``: ``LlamaModelVTP.forward``. Defaults from ``scripts/eval.sh`` (the paper's setting):
+tau = 0.8, temporal_segment_ratio = 0.25, cluster_ratio = 0.5, alpha = 0.4, selected_layer = 10, and k = 7
+nearest neighbours hard-coded in ``merge_frames_dynamic``. A second reading: ModelTC/LightCompress
+``llmc/compression/token_reduction/prunevid.py`` runs the same stage 1 on LLaVA-OneVision after its 2-D pooling
+(the grid this reducer receives there), with the same defaults, and has no stage 2.
+
+Stage 1, as the authors run it on one video's [T, L, C] tokens (L = H·W):
+
+1. DPC-kNN (:func:`dpc_knn`) clusters the T frame means into ``int(T · temporal_segment_ratio)`` clusters.
+   :func:`temporal_segments` turns the labels into contiguous segments: per label only its longest runs survive
+   (all of them on a tie; none when the longest is one frame), and each stretch of removed frames joins the longer
+   of the blocks beside it (the left one on a tie, label 0 when there is none).
+2. In each segment of w frames, a slot is static when the mean cosine similarity of its w tokens over all pairs of
+   distinct frames exceeds tau (:func:`segment_statistics`); a static slot becomes one token, its mean over the
+   segment.
+3. Each set of tokens, the segment's static tokens and each frame's dynamic ones, with more than 14 tokens (the
+   authors' constant, ``max_unclustered``) is clustered by DPC-kNN (k = 7) into ``int(n · cluster_ratio)``
+   clusters, each becoming its members' mean; a set of at most 14 stays as it is.
+4. Output order: per segment, its static tokens, then each frame's dynamic tokens; a clustered set in the order
+   of its cluster centres (descending DPC score), an unclustered one in raster order. PLLaVA places these tokens
+   as one run of the prompt, at consecutive positions.
+
+Here every set is one row of a single padded batch (members first, in raster order), so DPC-kNN runs once for all
+of them, and the host waits for the device twice (the frame labels, the static counts). A token's box is one patch:
+the slot of its cluster centre (an unclustered token's own slot), at the segment's first frame for a static token;
+``num_patches`` counts the input slots it stands for (w per static slot). DPC-kNN adds ``rand · 1e-6`` to the
+densities to break ties; the authors draw it from the global RNG on the features' device, here it comes from a CPU
+generator seeded with ``seed``, drawn in the authors' order and shapes, so the result is the authors' one after
+``torch.manual_seed(seed)`` on the CPU, and the same on any device. Similarities and distances are computed in
+float32 (or wider), means in the grid's dtype.
+
+Unlike the reference, videos of fewer than k = 7 frames work: their frames are clustered with T neighbours, and
+into one segment at least (the reference's ``topk`` fails there); a one-frame segment, which only a one-frame video
+has, is all dynamic (the reference divides by zero there).
+
+``variant="corrected"`` drops the one quirk, that noise: it makes the result depend on the RNG, and it does not
+even break every tie, since ``1e-6 · rand`` often rounds away on a float32 density near 0.5 (spacing 3e-8 to 6e-8):
+two tied tokens then both become centres. The corrected variant draws nothing and breaks every tie by index (a
+token is denser than an equally dense token after it; equal scores rank by index). Otherwise it is the same.
+
+Budget. The authors' knobs set no token count; the count of stage 1 is Σ_sets ``int(n · cluster_ratio)`` for the
+sets it clusters plus the sizes of the others, after segmentation and the static split, which do not depend on the
+cluster ratio. Given a budget b, the cluster ratio is the smallest one that keeps the most tokens not above
+``b · T·H·W`` (:func:`cluster_ratio_for_budget`); tau, the segment ratio and k stay at the authors' values. When no
+ratio gives every clustered set a cluster (the authors' code fails on a set with none) at or below the budget,
+the ratio that does with the fewest tokens is used and the achieved ratio exceeds the budget (``info["floor"]``).
+Giving ``cluster_ratio`` runs the authors' setting, and the budget is ignored. At budget 1.0 every token is kept
+unchanged (the authors' code at cluster ratio 1 would still average static slots over time). ``info`` records the
+knobs used, the segments and the static/dynamic sizes that stage 2 groups by.
+
+Stage 2 (:func:`question_guided_keep`). At decoder layer ``selected_layer`` the authors take the attention of every
+token after the video (the question and the prompt's end) to the video tokens, its max over heads and over those
+queries, and in each segment keep the ``int(s · alpha)`` most attended of its s static tokens and, per frame, the
+``int(d · alpha)`` most attended of its d dynamic ones, in their original order; the hidden states entering layer
+``selected_layer + 1`` and the KV cache of layers 0 … ``selected_layer`` keep only those (and every text token),
+at their positions. That attention is softmax(q·k/√d) of the layer's queries and keys without rotary embeddings and
+without the causal mask (``LlamaAttention.forward``, ``attn_weights_wo_pos``). ``PruneVid`` carries the stage as
+``inner`` (a ``PruneVidLLM`` at layer ``selected_layer + 1`` with budget ``alpha``; None when
+``question_guided=False``), for the model adapter to run on stage 1's tokens with ``info``'s sizes. The reducer
+``prunevid_llm`` runs the stage alone on the whole grid: every frame is one group of dynamic tokens, ranked by the
+``importance`` the ``llm_layer`` point gives (the last prompt token's attention at layer k − 1, mean over heads),
+and its budget is alpha.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from itertools import pairwise
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sttm.api import (
+    Reducer,
+    Reduction,
+    Stage,
+    VideoTokens,
+    check_budget,
+    keep_everything,
+    keep_subset,
+    patch_boxes,
+    register,
+)
+
+VARIANTS = ("official", "corrected")
+
+#: the authors' scale of the density tie-break noise in DPC-kNN
+NOISE_SCALE = 1e-6
+
+
+def on_device(values, device: torch.device | str, dtype: torch.dtype = torch.long) -> torch.Tensor:
+    """Host values as a tensor on ``device``, copied without waiting for the work queued there (pinned memory)."""
+    host = torch.as_tensor(values, dtype=dtype)
+    if torch.device(device).type == "cuda":
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device)
+
+
+def dpc_knn(
+    x: torch.Tensor, valid: torch.Tensor, num_clusters: list[int], k: int, noise: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cluster the valid tokens of each row with DPC-kNN, as the authors' ``cluster_dpc_knn`` clusters one set.
+
+    x: [B, N, C] tokens; valid: [B, N] bool, the members of each row's set (the rest is padding); num_clusters: [B]
+    clusters per row (0: the row is not clustered; at most its members); noise: [B, N] uniform draws in [0, 1)
+    whose ``1e-6`` multiple is added to the densities (the authors' tie-break), or None for deterministic ties (the
+    lower index).
+
+    Distances are Euclidean over √C; a token's density is ``exp(−mean of its k smallest squared distances)`` (itself
+    included); its score is the density times the distance to the nearest denser token (the largest distance of
+    the set for the densest). The ``m`` best scores are the centres, and every token joins its nearest centre (the
+    first in centre order on a tie), a centre itself.
+
+    Returns centres [B, M] (M = max clusters): token indices in descending score order, −1 past a row's count; and
+    assignment [B, N]: the rank of each member's centre, −1 for padding and for rows not clustered.
+    """
+    batch, size, channels = x.shape
+    if not 1 <= k <= size:
+        raise ValueError(f"k must lie in [1, {size}] (the nearest neighbours of a token), got {k}")
+    count = max(num_clusters)
+    per_row = on_device(num_clusters, x.device)
+    wide = x.float()
+    dist = torch.cdist(wide, wide) / channels**0.5  # [B, N, N]
+    nearest = dist.masked_fill(~valid[:, None, :], torch.inf).topk(k, dim=-1, largest=False).values
+    density = (-(nearest**2).mean(dim=-1)).exp()
+    if noise is not None:
+        density = density + noise * NOISE_SCALE
+    density = density.masked_fill(~valid, -torch.inf)
+    denser = density[:, None, :] > density[:, :, None]  # [b, i, j]: j is denser than i
+    index = torch.arange(size, device=x.device)
+    if noise is None:
+        denser |= (density[:, None, :] == density[:, :, None]) & (index[None, :] < index[:, None])
+    pairs = valid[:, :, None] & valid[:, None, :]
+    largest = dist.masked_fill(~pairs, 0).flatten(1).amax(dim=1)[:, None, None]
+    score = (torch.where(denser, dist, largest).amin(dim=-1) * density).masked_fill(~valid, -torch.inf)
+    if noise is None:
+        centres = score.sort(dim=1, descending=True, stable=True).indices[:, :count]
+    else:
+        centres = score.topk(count, dim=1).indices
+    real = torch.arange(count, device=x.device) < per_row[:, None]  # [B, M]
+    to_centre = dist.gather(1, centres[:, :, None].expand(batch, count, size)).masked_fill(~real[:, :, None], torch.inf)
+    is_centre = (centres[:, :, None] == index) & real[:, :, None]  # [B, M, N]
+    assignment = torch.where(is_centre.any(dim=1), is_centre.int().argmax(dim=1), to_centre.argmin(dim=1))
+    clustered = valid & (per_row[:, None] > 0)
+    return centres.masked_fill(~real, -1), assignment.masked_fill(~clustered, -1)
+
+
+def cluster_means(x: torch.Tensor, assignment: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, N, C] tokens, [B, N] cluster of each (−1: none) -> ([B, count, C] mean of each cluster in x's dtype,
+    [B, count] int64 members); an empty cluster's mean is 0."""
+    members = (assignment[..., None] == torch.arange(count, device=x.device)).to(x.dtype)  # [B, N, count]
+    sizes = members.sum(dim=1)
+    return members.transpose(1, 2) @ x / sizes.clamp(min=1)[..., None], sizes.long()
+
+
+def temporal_segments(labels: list[int]) -> list[int]:
+    """[T] cluster label of each frame -> the lengths of the contiguous segments they become (summing to T).
+
+    The authors' ``refine_clusters`` then ``segment_lengths``: per label only its longest runs survive (every run of
+    that length; none when it is one frame); each stretch of removed frames, left to right, joins the longer of the
+    blocks beside it (the left one on a tie), label 0 when all frames were removed; equal neighbours merge.
+    """
+    runs: list[list[int]] = []  # [label, length]
+    for label in labels:
+        if runs and runs[-1][0] == label:
+            runs[-1][1] += 1
+        else:
+            runs.append([label, 1])
+    longest: dict[int, int] = {}
+    for label, length in runs:
+        longest[label] = max(longest.get(label, 0), length)
+    survives = [length == longest[label] > 1 for label, length in runs]
+    blocks: list[list[int]] = []
+
+    def append(label: int, length: int) -> None:
+        if blocks and blocks[-1][0] == label:
+            blocks[-1][1] += length
+        else:
+            blocks.append([label, length])
+
+    index = 0
+    while index < len(runs):
+        if survives[index]:
+            append(*runs[index])
+            index += 1
+            continue
+        end, removed = index, 0
+        while end < len(runs) and not survives[end]:
+            removed += runs[end][1]
+            end += 1
+        left_label, left_length = blocks[-1] if blocks else (None, 0)
+        right_label, right_length = runs[end] if end < len(runs) else (None, 0)
+        if left_length > right_length or (left_length == right_length and left_label is not None):
+            label = left_label
+        else:
+            label = right_label
+        append(0 if label is None else label, removed)
+        index = end
+    return [length for _, length in blocks]
+
+
+def segment_statistics(frames: torch.Tensor, lengths: list[int], tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """[T, L, C] tokens, segment lengths [S] -> ([S, L] bool static slots, [S, L, C] segment means).
+
+    A slot is static when its tokens' cosine similarity, averaged over the pairs of distinct frames of the segment,
+    exceeds ``tau``; a one-frame segment has none. As the authors, that sum is the one over all ordered pairs minus
+    one per frame (a unit vector's similarity to itself), here ``|Σ unit vectors|² − w``. Sums in float32 or wider;
+    means in the tokens' dtype.
+    """
+    steps, area, channels = frames.shape
+    wide = frames.to(torch.promote_types(frames.dtype, torch.float32))
+    segment = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+    membership = on_device(segment[None, :] == torch.arange(len(lengths))[:, None], frames.device, wide.dtype)
+    unit_sums = (membership @ F.normalize(wide, dim=-1).reshape(steps, -1)).reshape(-1, area, channels)
+    width = membership.sum(dim=1)[:, None]
+    static = ((unit_sums.square().sum(dim=-1) - width) / (width * (width - 1)) > tau) & (width > 1)
+    means = (membership @ wide.reshape(steps, -1)).reshape(-1, area, channels) / width[..., None]
+    return static, means.to(frames.dtype)
+
+
+def set_members(masks: torch.Tensor, width: int) -> torch.Tensor:
+    """[R, L] bool membership of each row's set -> [R, width] slots: its members in raster order, then others."""
+    return (~masks).to(torch.uint8).argsort(dim=1, stable=True)[:, :width]
+
+
+def ragged(lengths: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Lengths [R] -> (row, column) of every entry of R rows of those lengths, row by row."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    row = np.repeat(np.arange(len(lengths)), lengths)
+    return row, np.arange(len(row)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+
+
+def clusters_per_set(sizes: list[int], cluster_ratio: float, max_unclustered: int) -> list[int]:
+    """The authors' cluster counts: ``int(n · cluster_ratio)`` for a set of more than ``max_unclustered`` tokens, 0
+    (not clustered) for the others."""
+    return [int(size * cluster_ratio) if size > max_unclustered else 0 for size in sizes]
+
+
+def cluster_ratio_for_budget(
+    sizes: list[int], budget: float, num_tokens: int, max_unclustered: int
+) -> tuple[float, float]:
+    """(cluster ratio, floor) for sets of ``sizes`` and a budget of ``budget · num_tokens`` tokens.
+
+    The ratio is the smallest that keeps the most tokens not above the budget while giving every clustered set at
+    least one cluster; when none stays within the budget, the smallest such ratio. The floor is the kept fraction
+    of that smallest ratio (of the sizes alone when no set is clustered, the ratio then being the budget).
+    """
+    clustered = np.array([size for size in sizes if size > max_unclustered], dtype=np.float64)
+    whole = sum(size for size in sizes if size <= max_unclustered)
+    if clustered.size == 0:
+        return budget, whole / num_tokens
+    candidates = np.unique(np.concatenate([np.arange(1, n + 1) / n for n in np.unique(clustered).astype(int)]))
+    counts = np.floor(clustered[None, :] * candidates[:, None])  # [candidates, sets]: int(n · ratio)
+    feasible = (counts >= 1).all(axis=1)
+    candidates, kept = candidates[feasible], whole + counts[feasible].sum(axis=1)
+    target = math.floor(budget * num_tokens + 1e-9)
+    within = kept <= target
+    floor = float(kept[0]) / num_tokens
+    if not within.any():
+        return float(candidates[0]), floor
+    best = kept[within].max()
+    return float(candidates[within & (kept == best)][0]), floor
+
+
+def question_guided_keep(
+    attention: torch.Tensor,
+    alpha: float,
+    static_sizes: list[int],
+    dynamic_sizes: list[int],
+    window_sizes: list[int],
+) -> torch.Tensor:
+    """The video tokens stage 2 keeps: [K] int64 indices among the N, ascending.
+
+    attention: [..., N] attention paid to the N video tokens (the authors': [heads, Q, N], every query after the
+    video, at layer ``selected_layer``), reduced by its max over every leading dimension. The tokens are stage 1's,
+    in its order: per segment ``static_sizes[i]`` static tokens, then ``window_sizes[i]`` frames of
+    ``dynamic_sizes[i] / window_sizes[i]`` dynamic tokens each. Each of those groups keeps the ``int(size · alpha)``
+    most attended of its tokens (ties to the lower index; the authors' ``topk`` leaves them open).
+    """
+    if not 0.0 < alpha <= 1.0:
+        raise ValueError(f"alpha must lie in (0, 1] (the kept fraction of each group), got {alpha}")
+    if not len(static_sizes) == len(dynamic_sizes) == len(window_sizes):
+        raise ValueError(
+            f"static_sizes, dynamic_sizes and window_sizes must have one entry per segment, got lengths "
+            f"{len(static_sizes)}, {len(dynamic_sizes)} and {len(window_sizes)}"
+        )
+    groups = []
+    for static, dynamic, frames in zip(static_sizes, dynamic_sizes, window_sizes, strict=True):
+        if frames < 1 or dynamic % frames:
+            raise ValueError(f"a segment of {frames} frames cannot hold {dynamic} dynamic tokens in equal frames")
+        groups += [static] + [dynamic // frames] * frames
+    scores = attention.reshape(-1, attention.shape[-1]).amax(dim=0)
+    if sum(groups) != len(scores):
+        raise ValueError(f"the segments hold {sum(groups)} video tokens but attention is paid to {len(scores)}")
+    group = np.repeat(np.arange(len(groups)), groups)
+    keep = np.array([int(size * alpha) for size in groups])
+    device = scores.device
+    order = scores.sort(descending=True, stable=True).indices
+    order = order[on_device(group, device)[order].sort(stable=True).indices]  # by group, then by descending attention
+    by_group = on_device(np.concatenate([np.arange(n) < m for n, m in zip(groups, keep, strict=True)]), device, bool)
+    return order[(~by_group).to(torch.uint8).argsort(stable=True)[: keep.sum()]].sort().values
+
+
+class TokenSet(NamedTuple):
+    """One of stage 1's sets: static (a segment's static slots) or dynamic (a frame's other slots), its segment, its
+    row of the source (the segment means or the frames), its size, and the first frame and the number of frames its
+    tokens stand for."""
+
+    static: bool
+    segment: int
+    row: int
+    size: int
+    frame: int
+    span: int
+
+
+def token_sets(lengths: list[int], static_sizes: list[int], area: int) -> list[TokenSet]:
+    """Stage 1's sets in the authors' order: per segment its static set, then each of its frames' dynamic set."""
+    sets, start = [], 0
+    for segment, (length, static_size) in enumerate(zip(lengths, static_sizes, strict=True)):
+        sets.append(TokenSet(True, segment, segment, static_size, start, length))
+        sets += [TokenSet(False, segment, f, area - static_size, f, 1) for f in range(start, start + length)]
+        start += length
+    return sets
+
+
+@register("prunevid")
+class PruneVid(Reducer):
+    """PruneVid's stage 1 (Huang et al., ACL 2025 Findings): static slots merged over time, DPC-kNN in space."""
+
+    stage = Stage.PRE_LLM
+    query_aware = False
+
+    def __init__(
+        self,
+        budget: float = 0.5,
+        cluster_ratio: float | None = None,
+        tau: float = 0.8,
+        temporal_segment_ratio: float = 0.25,
+        k: int = 7,
+        max_unclustered: int = 14,
+        variant: str = "official",
+        seed: int = 0,
+        question_guided: bool = True,
+        selected_layer: int = 10,
+        alpha: float = 0.4,
+    ) -> None:
+        self.budget = check_budget(budget)
+        if cluster_ratio is not None and not 0.0 < cluster_ratio <= 1.0:
+            raise ValueError(f"cluster_ratio must lie in (0, 1] (clusters per token of a set), got {cluster_ratio}")
+        if not 0.0 < temporal_segment_ratio <= 1.0:
+            raise ValueError(
+                f"temporal_segment_ratio must lie in (0, 1] (clusters per frame), got {temporal_segment_ratio}"
+            )
+        if not 1 <= k <= max_unclustered + 1:
+            raise ValueError(f"k must lie in [1, max_unclustered + 1] = [1, {max_unclustered + 1}], got {k}")
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown variant {variant!r}; choose one of: {', '.join(VARIANTS)}")
+        if selected_layer < 0:
+            raise ValueError(f"selected_layer must be >= 0 (a decoder layer), got {selected_layer}")
+        self.cluster_ratio, self.tau, self.temporal_segment_ratio = cluster_ratio, tau, temporal_segment_ratio
+        self.k, self.max_unclustered, self.variant, self.seed = k, max_unclustered, variant, seed
+        self.selected_layer, self.alpha = selected_layer, alpha
+        self.inner = PruneVidLLM(budget=alpha, layer=selected_layer + 1) if question_guided else None
+
+    def knobs(self) -> dict:
+        inner = None if self.inner is None else {"selected_layer": self.selected_layer, "alpha": self.alpha}
+        return {"tau": self.tau, "temporal_segment_ratio": self.temporal_segment_ratio, "k": self.k,
+                "max_unclustered": self.max_unclustered, "variant": self.variant, "seed": self.seed,
+                "question_guided": inner}  # fmt: skip
+
+    def reduce(self, video: VideoTokens) -> Reduction:
+        if self.cluster_ratio is None and self.budget == 1.0:
+            return replace(keep_everything(video), info={**self.knobs(), "cluster_ratio": None})
+        t, h, w, c = video.grid.shape
+        area, device = h * w, video.grid.device
+        wanted = max(1, int(t * self.temporal_segment_ratio))
+        frames = video.grid.reshape(t, area, c)
+        generator = torch.Generator().manual_seed(self.seed) if self.variant == "official" else None
+        noise = None if generator is None else on_device(torch.rand(1, t, generator=generator), device, torch.float)
+        everyone = torch.ones(1, t, dtype=torch.bool, device=device)
+        labels = dpc_knn(frames.mean(dim=1)[None], everyone, [wanted], min(self.k, t), noise)[1][0]
+        lengths = temporal_segments(labels.tolist())
+        static, means = segment_statistics(frames, lengths, self.tau)
+        sets = token_sets(lengths, static.sum(dim=1).tolist(), area)
+        sizes = [token_set.size for token_set in sets]
+        ratio, floor = self.cluster_ratio, None
+        if ratio is None:
+            ratio, floor = cluster_ratio_for_budget(sizes, self.budget, t * area, self.max_unclustered)
+        clusters = clusters_per_set(sizes, ratio, self.max_unclustered)
+        empty = [n for n, m in zip(sizes, clusters, strict=True) if n > self.max_unclustered and not m]
+        if empty:
+            raise ValueError(
+                f"cluster_ratio {ratio} gives a set of {empty[0]} tokens no cluster (the authors' code fails)"
+            )
+        counts = [m or n for n, m in zip(sizes, clusters, strict=True)]
+        tokens, slots, patches = self.merge(frames, static, means, sets, clusters, counts, generator)
+        static_sets = [i for i, token_set in enumerate(sets) if token_set.static]
+        info = {**self.knobs(), "cluster_ratio": ratio, "floor": floor, "window_sizes": lengths,
+                "static_sizes": [counts[i] for i in static_sets],
+                "dynamic_sizes": [sum(counts[i + 1 : j]) for i, j in pairwise([*static_sets, len(sets)])]}  # fmt: skip
+        return Reduction(tokens, patch_boxes(slots, h, w), patches, video.num_tokens, info=info)
+
+    def merge(
+        self,
+        frames: torch.Tensor,
+        static: torch.Tensor,
+        means: torch.Tensor,
+        sets: list[TokenSet],
+        clusters: list[int],
+        counts: list[int],
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Stage 1's output in the authors' order, from the frames [T, L, C], the static slots [S, L] and the
+        segment means [S, L, C]: [N, C] tokens, [N] flat slots and [N] patches each stands for.
+
+        Every set is a row of one batch, its members first in raster order; the clustered ones go through
+        :func:`dpc_knn` together, with the noise drawn in the authors' order (their calls' order and sizes).
+        """
+        device, area, channels = frames.device, frames.shape[1], frames.shape[2]
+        sizes = [token_set.size for token_set in sets]
+        width, most = max(sizes), max(clusters)
+        static_sets = [i for i, token_set in enumerate(sets) if token_set.static]
+        dynamic_sets = [i for i, token_set in enumerate(sets) if not token_set.static]
+        row, column = ragged(counts)  # the output, set by set
+        merged = np.array([bool(clusters[i]) for i in row], dtype=bool)
+        fields = [
+            [token_set.segment for token_set in sets],
+            [token_set.static for token_set in sets],
+            [token_set.size for token_set in sets],
+            [token_set.frame for token_set in sets],
+            [token_set.span for token_set in sets],
+            [sets[i].row for i in static_sets],
+            [sets[i].row for i in dynamic_sets],
+            static_sets,
+            dynamic_sets,
+            np.flatnonzero(merged),
+            (row * most + column)[merged],
+            np.flatnonzero(~merged),
+            (row * width + column)[~merged],
+        ]
+        packed = on_device(np.concatenate([np.asarray(field, dtype=np.int64) for field in fields]), device)
+        segment, is_static, size, frame, span, static_rows, dynamic_rows, static_at, dynamic_at, *picks = packed.split(
+            [len(field) for field in fields]
+        )
+        slots = set_members(static[segment] == is_static.bool()[:, None], width)  # [G, W]
+        tokens = torch.empty((len(sets), width, channels), dtype=frames.dtype, device=device)
+        tokens[static_at] = means[static_rows[:, None], slots[static_at]]
+        tokens[dynamic_at] = frames[dynamic_rows[:, None], slots[dynamic_at]]
+        slots = frame[:, None] * area + slots
+        out = torch.empty((len(row), channels), dtype=frames.dtype, device=device)
+        out_slots = torch.empty(len(row), dtype=torch.long, device=device)
+        out_patches = torch.empty_like(out_slots)
+        merged_at, merged_entry, kept_at, kept_entry = picks
+        if most:
+            noise = None
+            if generator is not None:
+                drawn = [n if m else 0 for n, m in zip(sizes, clusters, strict=True)]
+                draws_row, draws_column = ragged(drawn)
+                noise = torch.zeros(len(sets), width)
+                noise[draws_row, draws_column] = torch.rand(sum(drawn), generator=generator)
+                noise = on_device(noise, device, torch.float)
+            valid = torch.arange(width, device=device) < size[:, None]
+            centres, assignment = dpc_knn(tokens, valid, clusters, self.k, noise)
+            cluster_tokens, members = cluster_means(tokens, assignment, most)
+            out[merged_at] = cluster_tokens.reshape(-1, channels)[merged_entry]
+            out_slots[merged_at] = slots.gather(1, centres.clamp(min=0)).reshape(-1)[merged_entry]
+            out_patches[merged_at] = (members * span[:, None]).reshape(-1)[merged_entry]
+        if len(kept_at):
+            out[kept_at] = tokens.reshape(-1, channels)[kept_entry]
+            out_slots[kept_at] = slots.reshape(-1)[kept_entry]
+            out_patches[kept_at] = span[kept_entry // width]
+        return out, out_slots, out_patches
+
+
+@register("prunevid_llm")
+class PruneVidLLM(Reducer):
+    """PruneVid's stage 2 alone, inside the LLM: per frame, the video tokens the prompt attends to most."""
+
+    stage = Stage.LLM_LAYER
+    query_aware = True
+    needs = frozenset({"importance"})
+    importance_lag = 1
+
+    def __init__(self, budget: float = 0.4, layer: int = 11) -> None:
+        self.budget = check_budget(budget)
+        if layer < 1:
+            raise ValueError(
+                f"PruneVid keeps tokens by the attention of the layer before: layer must be >= 1, got {layer}"
+            )
+        self.layer = layer
+
+    def reduce(self, video: VideoTokens) -> Reduction:
+        everything = [video.num_tokens]
+        kept = question_guided_keep(video.importance.reshape(-1), self.budget, [0], everything, [len(video.grid)])
+        info = {"alpha": self.budget, "selected_layer": self.layer - 1}
+        return keep_subset(video, kept.to(video.grid.device), info=info)
