@@ -30,8 +30,10 @@ from omegaconf import OmegaConf
 from transformers import LlavaOnevisionConfig, Qwen2VLConfig
 
 from runners.evaluate import CONFIGS, reducer_config, reducer_params
-from sttm.adapters.hooks import ReductionLog, reduction_point
+from sttm.adapters import family
 from sttm.adapters.loading import MODEL_CLASSES
+from sttm.adapters.points import reduction_point
+from sttm.adapters.reduction_log import ReductionLog
 from sttm.adapters.reuse import greedy_from_prefix, prefill_prefix
 from sttm.adapters.timing import Clock, timed_generate
 from sttm.adapters.tiny import placeholder_token_ids, tiny_processor
@@ -213,8 +215,8 @@ def ceiling_rows(name: str, model, inputs: dict, frames: int, budgets: list[floa
     """What cutting the video to each budget at the language model's input and at ``LLM_LAYER`` can give at best:
     the decoder layers alone on random embeddings of the prompt's length, an evenly spaced share of the video's
     tokens kept, against the same layers on the whole prompt."""
-    text_model = model.model.language_model
-    placeholders = inputs["input_ids"][0] == model.config.video_token_id
+    text_model = family.text_model(model)
+    placeholders = inputs["input_ids"][0] == family.video_token_id(model)
     embeds = torch.randn(1, len(placeholders), text_model.config.hidden_size, device=model.device, dtype=model.dtype)
     full_ms = layers_ms(text_model, embeds, None, 0, repeats)
     visual, text = placeholders.nonzero()[:, 0], (~placeholders).nonzero()[:, 0]

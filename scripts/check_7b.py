@@ -22,7 +22,7 @@ import torch
 from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
 
 from baselines.vidcom2 import VidCom2
-from sttm.adapters.hooks import llm_layer, pre_llm
+from sttm.adapters.points import llm_layer, pre_llm
 from sttm.adapters.timing import timed_generate
 from sttm.reducer import STTM
 

@@ -51,8 +51,9 @@ from runners.tasks.multiple_choice import extract_answer_letter
 from runners.toybench import LETTERS, generate_split, is_current, lettered
 from runners.toybench.benchmarks import BENCHMARKS, DIRECTIONS, EFFECTS, Question, spot
 from runners.toybench.render import BACKGROUNDS, COLORS, SHAPES, draw, read_video, write_video
-from sttm.adapters.hooks import reduction_point, vision_encoder_layers
+from sttm.adapters.family import text_model, vision_encoder_layers
 from sttm.adapters.loading import video_question_prompt
+from sttm.adapters.points import reduction_point
 from sttm.adapters.tiny import FRAME_SIZE, PATCH_SIZE, placeholder_token_ids, text_config, tiny_processor
 from sttm.adapters.video import read_frames
 from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, keep_subset
@@ -302,7 +303,7 @@ def wire_option_lookup(model, words: list[str], seed: int) -> list[tuple[torch.n
     dimensions, which ``lm_head`` reads as the letters' logits. Nothing else writes reserved dimensions; every
     module may read them.
     """
-    text, vocabulary = model.model.language_model, model.config.text_config
+    text, vocabulary = text_model(model), model.config.text_config
     head = vocabulary.hidden_size // vocabulary.num_attention_heads
     assert vocabulary.num_key_value_heads == vocabulary.num_attention_heads
     ids = tiny_processor("llava_onevision").tokenizer.convert_tokens_to_ids
