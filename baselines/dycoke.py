@@ -12,7 +12,7 @@ last one too) is kept whole. Kept tokens of a pruned frame come out by ascending
 order; frames in order. Dropped tokens are discarded, not averaged.
 
 Stage 2, DyCoke's pruning of the KV cache during decoding, runs when ``kv_prune_ratio`` is given (the authors'
-defaults: ratio 0.7 at layer 3): ``sttm.adapters.hooks.KVPruning`` describes it. It changes no prefill token.
+defaults: ratio 0.7 at layer 3): ``sttm.adapters.kv_pruning.KVPruning`` describes it. It changes no prefill token.
 
 Budget: the native knob is the prune ratio p; for T divisible by 4 about (1 + 3(1 − p)) / 4 of the tokens stay,
 so no budget below 1/4 can be met. Given a budget, the kept count is F·P + M·k for F whole frames, M pruned
@@ -31,7 +31,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from sttm.adapters.hooks import KVPruning
+from sttm.adapters.kv_pruning import KVPruning
 from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, keep_subset, register
 
 #: the kept fraction DyCoke's TTM approaches on long videos at prune ratio 1: one whole frame in four

@@ -26,8 +26,10 @@ import torch
 from omegaconf import OmegaConf
 
 from runners.evaluate import CONFIGS, reducer_config, reducer_params
-from sttm.adapters.hooks import ReductionLog, reduction_point
+from sttm.adapters import family
+from sttm.adapters.points import reduction_point
 from sttm.adapters.real_size import ARCHITECTURES, QUESTION, architecture, random_model, request
+from sttm.adapters.reduction_log import ReductionLog
 from sttm.adapters.reuse import greedy_from_prefix, prefill_prefix
 from sttm.adapters.timing import timed_generate
 from sttm.api import Reducer, Reduction, Stage, VideoTokens, build_reducer, keep_subset, reducer_class
@@ -127,8 +129,8 @@ def ceiling_rows(name: str, model, inputs: dict, frames: int, budgets: list[floa
     """What cutting the video to each budget at the language model's input and at ``LLM_LAYER`` can give at best:
     the decoder layers alone on random embeddings of the prompt's length, an evenly spaced share of the video's
     tokens kept, against the same layers on the whole prompt."""
-    text_model = model.model.language_model
-    placeholders = inputs["input_ids"][0] == model.config.video_token_id
+    text_model = family.text_model(model)
+    placeholders = inputs["input_ids"][0] == family.video_token_id(model)
     embeds = torch.randn(1, len(placeholders), text_model.config.hidden_size, device=model.device, dtype=model.dtype)
     full_ms = layers_ms(text_model, embeds, None, 0, repeats)
     visual, text = placeholders.nonzero()[:, 0], (~placeholders).nonzero()[:, 0]

@@ -7,7 +7,7 @@ Registered for lmms-eval as ``sttm_bench`` (entry point ``lmms_eval.models``), s
 
 Each request: the video is decoded and sampled as the STTM authors do (``sttm.adapters.video``; an odd frame count
 padded to even for Qwen), the question goes through the processor's chat template, and greedy generation runs
-inside the reducer's reduction point (``sttm.adapters.hooks.reduction_point``). With ``kv_reuse`` the questions
+inside the reducer's reduction point (``sttm.adapters.points.reduction_point``). With ``kv_reuse`` the questions
 about one video share one prefill of its prefix (``sttm.adapters.reuse``).
 
 With ``record_dir`` every question's record (prediction, tokens before and after, timings, or the error of an
@@ -31,8 +31,9 @@ from tqdm import tqdm
 from transformers.video_utils import VideoMetadata
 
 from runners.records import QuestionRecord, append_record, records_by_question
-from sttm.adapters.hooks import is_qwen, newlines_per_video, reduction_point
+from sttm.adapters.family import frames_in_pairs, newlines_per_video, takes_video_fps, video_token_id
 from sttm.adapters.loading import load_model, video_question_prompt
+from sttm.adapters.points import reduction_point
 from sttm.adapters.reuse import check_kv_reuse, greedy_from_prefix, prefill_prefix
 from sttm.adapters.timing import timed_generate
 from sttm.adapters.video import VideoError, read_frames
@@ -155,11 +156,11 @@ class ReducedVideoLLM(lmms):
         if isinstance(path, VideoError):
             return [dataclasses.replace(base, error=str(path)) for base in bases]
         try:
-            video = read_frames(path, self.target_fps, self.max_frames, is_qwen(self.model))
+            video = read_frames(path, self.target_fps, self.max_frames, frames_in_pairs(self.model))
         except VideoError as error:
             return [dataclasses.replace(base, error=str(error)) for base in bases]
         inputs = [self.model_inputs(question.text, video).to(self.device) for question in group]
-        placeholders = int((inputs[0]["input_ids"] == self.model.config.video_token_id).sum())
+        placeholders = int((inputs[0]["input_ids"] == video_token_id(self.model)).sum())
         before = placeholders - newlines_per_video(self.model)
         with torch.inference_mode(), reduction_point(self.model, self.reducer, self.positions) as log:
             if self.kv_reuse:
@@ -215,7 +216,7 @@ class ReducedVideoLLM(lmms):
     def model_inputs(self, question: str, video) -> dict:
         """The processor's inputs for one question about ``video`` (a ``SampledVideo``)."""
         text = video_question_prompt(self.processor, question)
-        if not is_qwen(self.model):
+        if not takes_video_fps(self.model):
             return self.processor(text=text, videos=[video.frames], return_tensors="pt")
         metadata = VideoMetadata(total_num_frames=len(video.frames), fps=video.fps)
         return self.processor(

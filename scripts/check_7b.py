@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from baselines.vidcom2 import VidCom2
-from sttm.adapters.hooks import llm_layer, pre_llm
+from sttm.adapters.points import llm_layer, pre_llm
 from sttm.adapters.real_size import random_model, request
 from sttm.adapters.timing import timed_generate
 from sttm.reducer import STTM

@@ -27,8 +27,9 @@ import torch
 from accelerate import dispatch_model, infer_auto_device_map, init_empty_weights
 from accelerate.utils import get_balanced_memory, set_module_tensor_to_device
 
-from sttm.adapters.hooks import llm_layer, reduction_point
+from sttm.adapters.family import decoder_layers, rotary_embedding, text_model, vision_tower
 from sttm.adapters.loading import MODEL_CLASSES
+from sttm.adapters.points import llm_layer, reduction_point
 from sttm.adapters.real_size import real_size_config, request
 from sttm.adapters.timing import timed_generate
 from sttm.reducer import STTM
@@ -72,13 +73,14 @@ def materialize(model, device_map: dict[str, int | str]) -> None:
 def split_by_layers(model, devices: list[int]) -> dict[str, int]:
     """Vision tower, projector and embeddings on the first GPU; decoder layers in equal runs over ``devices``; the
     final norm and the head on the last."""
-    layers = len(model.model.language_model.layers)
-    device_map = {"model.vision_tower": devices[0], "model.multi_modal_projector": devices[0],
-                  "model.image_newline": devices[0], "model.language_model.embed_tokens": devices[0],
-                  "model.language_model.rotary_emb": devices[0], "model.language_model.norm": devices[-1],
+    names = {module: name for name, module in model.named_modules()}
+    text, layers = names[text_model(model)], decoder_layers(model)
+    device_map = {names[vision_tower(model)]: devices[0], "model.multi_modal_projector": devices[0],
+                  "model.image_newline": devices[0], f"{text}.embed_tokens": devices[0],
+                  names[rotary_embedding(model)]: devices[0], f"{text}.norm": devices[-1],
                   "lm_head": devices[-1]}  # fmt: skip
-    for index in range(layers):
-        device_map[f"model.language_model.layers.{index}"] = devices[index * len(devices) // layers]
+    for index, layer in enumerate(layers):
+        device_map[names[layer]] = devices[index * len(devices) // len(layers)]
     return device_map
 
 

@@ -129,7 +129,7 @@ def test_registered_before_the_llm():
 
 
 def test_stage_two_prunes_the_kv_cache_while_decoding_with_the_authors_defaults():
-    from sttm.adapters.hooks import KVPruning
+    from sttm.adapters.kv_pruning import KVPruning
 
     assert DyCoke(budget=0.5, kv_prune_ratio=0.7).kv_pruning == KVPruning(layer=3, prune_ratio=0.7)
     assert DyCoke(budget=0.5).kv_pruning is None

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from baselines.fastv import FastV, most_attended
-from sttm.adapters.hooks import reduction_point
+from sttm.adapters.points import reduction_point
 from sttm.adapters.tiny import FRAME_SIZE, tiny_model, tiny_processor
 from sttm.api import VideoTokens, flat_positions
 

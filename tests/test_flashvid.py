@@ -25,7 +25,7 @@ from baselines.flashvid import (
     tree_roots,
     tree_sums,
 )
-from sttm.adapters.hooks import reduction_point
+from sttm.adapters.points import reduction_point
 from sttm.adapters.tiny import tiny_model
 from sttm.api import Stage, VideoTokens, build_reducer, flat_positions, keep_everything
 

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from test_hooks import generate, inputs
+from test_points import generate, inputs
 
 from baselines.fastv import FastV
 from baselines.framefusion import (
@@ -21,7 +21,7 @@ from baselines.framefusion import (
     group_means,
     select_merges,
 )
-from sttm.adapters.hooks import llm_layer, reduction_point
+from sttm.adapters.points import llm_layer, reduction_point
 from sttm.adapters.reuse import check_kv_reuse
 from sttm.adapters.tiny import FAMILIES, tiny_model
 from sttm.api import VideoTokens, build_reducer, flat_positions, keep_everything

@@ -32,7 +32,7 @@ from baselines.holitom import (
     static_slot_counts,
     token_counts,
 )
-from sttm.adapters.hooks import reduction_point
+from sttm.adapters.points import reduction_point
 from sttm.adapters.tiny import tiny_model
 from sttm.api import Stage, VideoTokens, build_reducer, flat_positions, keep_everything
 

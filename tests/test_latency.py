@@ -15,6 +15,7 @@ from runners.latency import (
     run,
     text_positions,
 )
+from sttm.adapters.family import text_model
 from sttm.adapters.loading import MODEL_CLASSES
 from sttm.adapters.real_size import ARCHITECTURES, Architecture, request
 from sttm.adapters.tiny import FRAME_SIZE, tiny_config
@@ -62,17 +63,17 @@ def test_the_whole_benchmark_runs_on_a_tiny_architecture(monkeypatch):
 @pytest.mark.parametrize("family", ["llava_onevision", "qwen2_vl"])
 def test_the_ceiling_forward_is_the_language_model_on_the_kept_tokens(family):
     model = MODEL_CLASSES[family]._from_config(tiny_config(family)).eval()
-    text_model = model.model.language_model
-    embeds = torch.randn(1, 12, text_model.config.hidden_size)
+    language_model = text_model(model)
+    embeds = torch.randn(1, 12, language_model.config.hidden_size)
     keep = torch.tensor([0, 1, 4, 5, 9, 11])
-    kept_positions = text_positions(text_model, 12, "cpu")[..., keep]
+    kept_positions = text_positions(language_model, 12, "cpu")[..., keep]
     assert kept_positions.shape == ((3, 1, 6) if family == "qwen2_vl" else (1, 6))
     with torch.no_grad():
-        whole = text_model(inputs_embeds=embeds).last_hidden_state
-        cut_at_input = text_model(inputs_embeds=embeds[:, keep], position_ids=kept_positions).last_hidden_state
-        torch.testing.assert_close(cut_forward(text_model, embeds, None, 2), whole)
-        torch.testing.assert_close(cut_forward(text_model, embeds, keep, 0), cut_at_input)
-        cut_later = cut_forward(text_model, embeds, keep, 1)
+        whole = language_model(inputs_embeds=embeds).last_hidden_state
+        cut_at_input = language_model(inputs_embeds=embeds[:, keep], position_ids=kept_positions).last_hidden_state
+        torch.testing.assert_close(cut_forward(language_model, embeds, None, 2), whole)
+        torch.testing.assert_close(cut_forward(language_model, embeds, keep, 0), cut_at_input)
+        cut_later = cut_forward(language_model, embeds, keep, 1)
     assert cut_later.shape == cut_at_input.shape and not torch.allclose(cut_later, cut_at_input)
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from toy_reducers import BlockMean
 
-from sttm.adapters.hooks import POSITION_MODES, llm_layer, pre_llm, reduction_point
+from sttm.adapters.points import POSITION_MODES, llm_layer, pre_llm, reduction_point
 from sttm.adapters.reuse import check_kv_reuse, greedy_from_prefix, prefill_prefix, prefix_length
 from sttm.adapters.tiny import FAMILIES, FRAME_SIZE, tiny_model, tiny_processor
 from sttm.api import available_reducers, build_reducer, reducer_class

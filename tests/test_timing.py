@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from sttm.adapters.hooks import llm_layer, reduction_point
-from sttm.adapters.timing import timed_generate, vision_module
+from sttm.adapters.family import text_model, vision_tower
+from sttm.adapters.points import llm_layer, reduction_point
+from sttm.adapters.timing import timed_generate
 from sttm.adapters.tiny import FAMILIES, FRAME_SIZE, tiny_model, tiny_processor
 from sttm.api import Reducer, Reduction, Stage, VideoTokens, keep_everything
 from sttm.reducer import STTM
@@ -33,7 +34,7 @@ def test_timing_parts_are_measured_and_generation_is_unchanged(family):
     assert timing.vision_ms > 0 and timing.prefill_ms > 0 and timing.decode_ms_per_token > 0
     assert timing.ttft_ms >= timing.vision_ms + timing.prefill_ms
     assert math.isnan(timing.peak_memory_mb)  # CPU
-    modules = [vision_module(model), model.model.language_model]
+    modules = [vision_tower(model), text_model(model)]
     assert all(not m._forward_pre_hooks and not m._forward_hooks for m in modules)
 
 

@@ -37,6 +37,7 @@ from runners.toylab.probe_needles import change_by_tower_layer
 from runners.toylab.replay import recorded_arguments
 from runners.toylab.train import main, parse_args
 from runners.toylab.wiring import answer_words, keep_wired, wire_option_lookup
+from sttm.adapters.family import decoder_layers, vision_tower
 from sttm.adapters.loading import load_model
 from sttm.adapters.tiny import FRAME_SIZE, PATCH_SIZE, tiny_processor
 from sttm.api import VideoTokens
@@ -92,7 +93,7 @@ def test_dropping_keeps_a_share_of_the_video_at_its_positions(splits):
     def record_length(module, args, kwargs):
         kept.setdefault("length", args[0].shape[1])
 
-    handle = model.model.language_model.layers[0].register_forward_pre_hook(record_length, with_kwargs=True)
+    handle = decoder_layers(model)[0].register_forward_pre_hook(record_length, with_kwargs=True)
     with torch.no_grad():
         loss_sum, predicted = forward(model, batch, RandomDrop(0.3, seed=1))
         other_seed = forward(model, batch, RandomDrop(0.3, seed=2))[1]
@@ -265,7 +266,7 @@ def test_far_change_counts_only_what_moves_away_from_the_changed_pixels():
 
 def test_far_change_of_the_projector_inputs_trains_the_vision_tower(splits):
     batch, model = first_batch(splits, "toy_vnbench"), toy_model().train()
-    optimizer = torch.optim.AdamW(model.model.vision_tower.parameters(), lr=1e-2)
+    optimizer = torch.optim.AdamW(vision_tower(model).parameters(), lr=1e-2)
     grid = batch.changed_patches.shape
     assert grid[2:] == (FRAME_SIZE // PATCH_SIZE,) * 2 and batch.changed_patches.any()
     changes = []

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from baselines.visionzip import VisionZip, contextual_tokens, split_budget
-from sttm.adapters.hooks import reduction_point
+from sttm.adapters.points import reduction_point
 from sttm.adapters.tiny import tiny_model
 from sttm.api import VideoTokens, flat_positions
 

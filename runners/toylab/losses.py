@@ -8,7 +8,7 @@ import torch
 
 from runners.toylab.data import Batch
 from runners.toylab.masks import CUT_SHARE
-from sttm.adapters.hooks import reduction_point
+from sttm.adapters.points import reduction_point
 from sttm.api import Reducer
 
 IGNORE = -100

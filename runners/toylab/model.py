@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
 
-from sttm.adapters.hooks import vision_encoder_layers
+from sttm.adapters.family import vision_encoder_layers
 from sttm.adapters.tiny import FRAME_SIZE, PATCH_SIZE, placeholder_token_ids, text_config
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -30,7 +30,8 @@ from runners.toylab.data import Prompts, Video
 from runners.toylab.losses import far_change
 from runners.toylab.masks import CUT_SHARE, changed_patches
 from runners.toylab.model import MODEL_CONFIG, PATCH_GRID, TOKEN_GRID
-from sttm.adapters.hooks import reduction_point
+from sttm.adapters.family import vision_tower
+from sttm.adapters.points import reduction_point
 from sttm.adapters.tiny import tiny_processor
 
 
@@ -60,7 +61,7 @@ def change_by_tower_layer(model, pixel_values: torch.Tensor, needle: torch.Tenso
     pixel_values: [2, C, H, W], the frame before and the needle's frame; needle: [H', W'] bool on the patch grid.
     """
     with torch.inference_mode():
-        hidden_states = model.model.vision_tower(pixel_values, output_hidden_states=True).hidden_states
+        hidden_states = vision_tower(model)(pixel_values, output_hidden_states=True).hidden_states
     near = needle.flatten()
     changed = torch.stack([torch.zeros_like(needle), needle])[None]
     rows = []
@@ -108,7 +109,7 @@ def print_feature_spread(model, prompts: Prompts, retrieval: list[dict]) -> None
         frames = prompts.frames(Video(row["video"], ()))
         pixel_values = prompts.processor.video_processor(videos=[frames], return_tensors="pt")["pixel_values_videos"]
         with torch.inference_mode():
-            hidden_states = model.model.vision_tower(pixel_values[0], output_hidden_states=True).hidden_states
+            hidden_states = vision_tower(model)(pixel_values[0], output_hidden_states=True).hidden_states
         features.append(hidden_states[model.config.vision_feature_layer].flatten(0, 1))
     print(f"the features the LLM reads, all patches of {len(retrieval)} retrieval videos:")
     for name, value in feature_spread(torch.cat(features)).items():

@@ -19,6 +19,7 @@ from transformers import LlavaOnevisionForConditionalGeneration
 from runners.toybench.benchmarks import pick, spot
 from runners.toybench.render import BACKGROUNDS, COLORS, SHAPES, SIZE, background, draw
 from runners.toylab.model import toy_config
+from sttm.adapters.family import vision_tower
 
 POOLED = 8
 
@@ -53,7 +54,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.manual_seed(args.seed)
-    tower = LlavaOnevisionForConditionalGeneration._from_config(toy_config()).model.vision_tower
+    tower = vision_tower(LlavaOnevisionForConditionalGeneration._from_config(toy_config()))
     head = torch.nn.Linear(tower.config.hidden_size, len(SHAPES))
     optimizer = torch.optim.AdamW([*tower.parameters(), *head.parameters()], lr=1e-3)
     rng = np.random.default_rng(args.seed)

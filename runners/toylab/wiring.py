@@ -12,6 +12,7 @@ import torch
 from runners.toybench import LETTERS
 from runners.toybench.benchmarks import DIRECTIONS, EFFECTS
 from runners.toybench.render import BACKGROUNDS, COLORS, SHAPES
+from sttm.adapters.family import text_model
 from sttm.adapters.tiny import tiny_processor
 
 
@@ -59,7 +60,7 @@ def wire_option_lookup(model, words: list[str], seed: int) -> list[tuple[torch.n
     dimensions, which ``lm_head`` reads as the letters' logits. Nothing else writes reserved dimensions; every
     module may read them.
     """
-    text, vocabulary = model.model.language_model, model.config.text_config
+    text, vocabulary = text_model(model), model.config.text_config
     head = vocabulary.hidden_size // vocabulary.num_attention_heads
     assert vocabulary.num_key_value_heads == vocabulary.num_attention_heads
     ids = tiny_processor("llava_onevision").tokenizer.convert_tokens_to_ids

@@ -5,7 +5,7 @@ not depend on the question. Attention is causal and a query-agnostic reducer loo
 prefix's cache, reduction included, is the same for every question about the video. ``prefill_prefix`` runs the
 model (and the reducer, inside a reduction point) on the prefix once; ``greedy_from_prefix`` copies that cache,
 prefills only the question's tokens and decodes greedily. Inside the reduction point the question's forward
-continues the last prefilled prompt (``sttm.adapters.hooks.ReductionSession.place_new_tokens``) where a prefill of
+continues the last prefilled prompt (``sttm.adapters.points.ReductionSession.place_new_tokens``) where a prefill of
 the whole prompt places it, in both position modes: after the full prefix with original positions, after the
 reduced one with compact positions; decoding then continues after the full prompt. So a video's questions come
 after its prefix's prefill and before the next prefill inside the same reduction point.
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from sttm.adapters.family import video_token_id
 from sttm.api import Reducer
 from sttm.clock import Clock, timed
 
@@ -56,7 +57,7 @@ class Prefix:
 def prefill_prefix(model, inputs: dict) -> Prefix:
     """Run the model on the prompt's video prefix, with the visual inputs, filling a cache (vision encoder and a
     reducer's work included in the time)."""
-    length = prefix_length(inputs["input_ids"], model.config.video_token_id)
+    length = prefix_length(inputs["input_ids"], video_token_id(model))
     prefix_inputs = {name: value[:, :length] if name in SEQUENCE_INPUTS else value for name, value in inputs.items()}
     output, prefill_ms = timed(lambda: model(**prefix_inputs, use_cache=True), model.device)
     return Prefix(prefix_inputs["input_ids"], output.past_key_values, prefill_ms)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from sttm.adapters.family import text_model, vision_tower
 from sttm.clock import Clock
 
 
@@ -46,17 +47,12 @@ class _MarkTokens(LogitsProcessor):
         return scores
 
 
-def vision_module(model):
-    """The vision tower: LLaVA-OneVision's ``vision_tower``, Qwen's ``visual``."""
-    return model.model.visual if hasattr(model.model, "visual") else model.model.vision_tower
-
-
 def timed_generate(model, inputs: dict, **generate_kwargs) -> tuple[torch.Tensor, Timing]:
     """``model.generate(**inputs, **generate_kwargs)`` with its timing (see the module docstring)."""
     device = next(model.parameters()).device
     clock = Clock(device)
     marker = _MarkTokens(clock)
-    language_model = model.model.language_model
+    language_model = text_model(model)
     state = {"prefill_done": False}
 
     def on_vision_start(module, args):
@@ -73,7 +69,7 @@ def timed_generate(model, inputs: dict, **generate_kwargs) -> tuple[torch.Tensor
             state["prefill_done"] = True
 
     handles = [
-        vision_module(model).register_forward_pre_hook(on_vision_start),
+        vision_tower(model).register_forward_pre_hook(on_vision_start),
         # first among the language model's pre-hooks: a reducer acting at its input counts in the prefill
         language_model.register_forward_pre_hook(on_language_start, with_kwargs=True, prepend=True),
         language_model.register_forward_hook(on_language_end, with_kwargs=True),

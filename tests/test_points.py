@@ -1,4 +1,4 @@
-"""Reduction hooks in the three video-LLM families: cached decoding equals recomputing the reduced forward,
+"""Reduction points in the three video-LLM families: cached decoding equals recomputing the reduced forward,
 keeping every token is the unmodified model, the context leaves nothing behind, the tiny models round-trip."""
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import torch  # noqa: E402
 from toy_reducers import BlockMean  # noqa: E402
 from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E402
 
-from sttm.adapters.hooks import KVPruning, llm_layer, pre_llm, reduction_point  # noqa: E402
+from sttm.adapters.family import pool_frame_features, vision_encoder_layers, vision_tower  # noqa: E402
+from sttm.adapters.kv_pruning import KVPruning  # noqa: E402
+from sttm.adapters.points import llm_layer, pre_llm, reduction_point  # noqa: E402
 from sttm.adapters.tiny import (  # noqa: E402
     FAMILIES,
     FRAME_SIZE,
@@ -272,9 +274,9 @@ def test_vision_evidence_is_the_pooled_attention_received_in_the_vision_tower():
     with reduction_point(model, probe), torch.no_grad():
         model(**model_inputs)
         frames = model_inputs["pixel_values_videos"].flatten(0, 1)
-        tower = model.model.vision_tower(frames, output_attentions=True, output_hidden_states=True)
+        tower = vision_tower(model)(frames, output_attentions=True, output_hidden_states=True)
     received = tower.attentions[-1].mean(dim=(1, 2))  # the tiny model uses the last layer's features
-    expected = model.model.apply_pooling(received[..., None])[..., 0]
+    expected = pool_frame_features(model, received[..., None])[..., 0]
     video = probe.seen[-1]
     assert torch.allclose(video.importance.reshape(expected.shape), expected, atol=1e-6)
     assert video.keys.shape[:3] == video.grid.shape[:3]
@@ -292,7 +294,7 @@ def test_a_reducer_is_refused_where_its_needs_cannot_be_met():
         with reduction_point(tiny_model("qwen2_vl"), RecordsVisionEvidence()):
             pass
     reads_embeddings = tiny_model("llava_onevision")
-    reads_embeddings.config.vision_feature_layer = -len(reads_embeddings.model.vision_tower.encoder.layers) - 1
+    reads_embeddings.config.vision_feature_layer = -len(vision_encoder_layers(reads_embeddings)) - 1
     with pytest.raises(ValueError, match="is the patch embeddings"):
         with reduction_point(reads_embeddings, RecordsVisionEvidence()):
             pass
@@ -328,3 +330,55 @@ def test_kv_pruning_leaves_the_first_token_and_changes_later_ones_and_nothing_pr
     assert torch.equal(plain, unpruned)
     assert torch.equal(plain[0], pruned[0]) and not torch.allclose(plain[1:], pruned[1:])
     assert log.pruning_steps[0].pruned
+
+
+def model_state(model) -> dict[str, dict]:
+    """Each module's attributes by module name; dicts (parameters, submodules, hooks of every kind) copied."""
+    return {
+        name: {key: dict(value) if isinstance(value, dict) else value for key, value in vars(module).items()}
+        for name, module in model.named_modules()
+    }
+
+
+def same_value(before, after) -> bool:
+    if isinstance(before, dict) and isinstance(after, dict):
+        return before.keys() == after.keys() and all(same_value(before[key], after[key]) for key in before)
+    if before is after:
+        return True
+    return not isinstance(before, torch.Tensor) and type(before) is type(after) and before == after
+
+
+def changed_attributes(before: dict[str, dict], after: dict[str, dict]) -> list[str]:
+    missing = object()
+    return [
+        f"{name or 'model'}.{key}"
+        for name in before.keys() | after.keys()
+        for key in before.get(name, {}).keys() | after.get(name, {}).keys()
+        if not same_value(before.get(name, {}).get(key, missing), after.get(name, {}).get(key, missing))
+    ]
+
+
+POINT_CONTEXTS = {
+    **{point: lambda model, point=point: REDUCTION_POINTS[point](model, BlockMean()) for point in REDUCTION_POINTS},
+    "kv_pruning": lambda model: reduction_point(model, EverythingWithKVPruning(KVPruning(layer=2, prune_ratio=0.5))),
+    "vision": lambda model: reduction_point(model, RecordsVisionEvidence()),
+}
+
+
+@pytest.mark.parametrize(
+    ("family", "point"),
+    [("llava_onevision", point) for point in POINT_CONTEXTS]
+    + [("qwen2_vl", point) for point in POINT_CONTEXTS if point != "vision"],  # the vision point reads SigLIP's
+)
+def test_after_a_generate_inside_the_context_the_model_has_the_attributes_and_hooks_it_had(family, point):
+    model = tiny_model(family)
+    model_inputs = inputs(family, 2)
+    generate(model, model_inputs, steps=2)  # transformers sets its own attributes and hooks at the first call
+    before = model_state(model)
+    with POINT_CONTEXTS[point](model) as log:
+        generate(model, model_inputs, steps=2)
+        inside = changed_attributes(before, model_state(model))
+    assert log.calls and inside  # the hooks were there, and the snapshot sees them
+    if family == "qwen2_vl":
+        assert "model.rope_deltas" in inside
+    assert changed_attributes(before, model_state(model)) == []
