@@ -51,7 +51,7 @@ the authors' scripts unless given: 0.65 at r ≤ 0.10, 0.80 above (their pairs: 
 0.80). Budget 1.0 returns every token unchanged (the authors' code at r = 1 still averages the static slots over
 their segments). The inner stage's knobs ``inner_layer`` (their ``HOLITOM_k``) and ``inner_keep`` (1 − their
 ``HOLITOM_r``: the kept fraction of the visual tokens entering layer k) are read by the wiring of the two stages
-(:meth:`HoliTom.inner_reducer`); the outer reducer alone acts before the LLM only. ``inner_merge=False`` is the
+(:meth:`HoliTom.inner_stage`); the outer reducer alone acts before the LLM only. ``inner_merge=False`` is the
 authors' "HoliTom (w/o M)". Every ``Reduction.info`` records the authors' knobs by their names.
 
 ``variant="corrected"`` drops these quirks of the authors' code:
@@ -430,9 +430,9 @@ class HoliTom(Reducer):
         self.newline_position, self.variant = newline_position, check_variant(variant)
         self.inner_merge, self.inner_layer, self.inner_keep = inner_merge, inner_layer, check_budget(inner_keep)
         if inner_merge:
-            self.inner_reducer()  # refuses a bad layer now
+            self.inner_stage()  # refuses a bad layer now
 
-    def inner_reducer(self) -> HoliTomInner | None:
+    def inner_stage(self) -> HoliTomInner | None:
         """The merge inside the LLM that goes with this outer stage, or None for "HoliTom (w/o M)"."""
         if not self.inner_merge:
             return None

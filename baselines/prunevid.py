@@ -66,7 +66,10 @@ queries, and in each segment keep the ``int(s · alpha)`` most attended of its s
 at their positions. That attention is softmax(q·k/√d) of the layer's queries and keys without rotary embeddings and
 without the causal mask (``LlamaAttention.forward``, ``attn_weights_wo_pos``). ``PruneVid`` carries the stage as
 ``inner`` (a ``PruneVidLLM`` at layer ``selected_layer + 1`` with budget ``alpha``; None when
-``question_guided=False``), for the model adapter to run on stage 1's tokens with ``info``'s sizes. The reducer
+``question_guided=False``), for a model adapter to run on stage 1's tokens with ``info``'s sizes; the harness's
+adapters do not run it yet (``inner_stage`` is None): they give the last prompt token's attention with rotary
+embeddings, not every later token's without them, and keep layers 0 … ``selected_layer``'s cache whole, so a
+PruneVid cell is stage 1 alone, as LightCompress runs it. The reducer
 ``prunevid_llm`` runs the stage alone on the whole grid: every frame is one group of dynamic tokens, ranked by the
 ``importance`` the ``llm_layer`` point gives (the last prompt token's attention at layer k − 1, mean over heads),
 and its budget is alpha.
@@ -375,6 +378,10 @@ class PruneVid(Reducer):
         self.k, self.max_unclustered, self.variant, self.seed = k, max_unclustered, variant, seed
         self.selected_layer, self.alpha = selected_layer, alpha
         self.inner = PruneVidLLM(budget=alpha, layer=selected_layer + 1) if question_guided else None
+
+    def inner_stage(self) -> None:
+        """None: the question-guided stage needs evidence the adapters do not compute (see the module docstring)."""
+        return None
 
     def knobs(self) -> dict:
         inner = None if self.inner is None else {"selected_layer": self.selected_layer, "alpha": self.alpha}

@@ -188,6 +188,11 @@ class Reducer(ABC):
     def reduce(self, video: VideoTokens) -> Reduction:
         """Return the kept tokens of ``video``."""
 
+    def inner_stage(self) -> Reducer | None:
+        """The method's stage inside the LLM (``Stage.LLM_LAYER``, at its own ``layer``) that acts on the tokens this
+        one keeps, or None: most methods have one stage."""
+        return None
+
     def __call__(self, video: VideoTokens) -> Reduction:
         if self.query_aware and video.question is None and video.importance is None:
             raise ValueError(f"reducer {self.name!r} is query-aware: give it the question or the importance")

@@ -53,3 +53,17 @@ def test_in_the_model_it_keeps_the_most_attended_tokens_of_the_layer_before():
     expected = attention.topk(int(0.25 * len(span))).indices.sort().values
     reduction = log.last.reductions[0]
     assert torch.equal(flat_positions(reduction.boxes, 8, 8), expected)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_cached_decoding_equals_recomputing_the_pruned_forward(attention):
+    """Without a cache, each step reruns the prompt with the tokens generated so far: the ranking is still the last
+    prompt token's, over the prompt, so the same tokens are pruned."""
+    from test_points import generate, inputs
+
+    model = tiny_model("llava_onevision", attn_implementation=attention)
+    model_inputs = inputs("llava_onevision", 2)
+    with reduction_point(model, FastV(budget=0.25, layer=2)):
+        _, cached = generate(model, model_inputs, use_cache=True)
+        _, recomputed = generate(model, model_inputs, use_cache=False)
+    assert (cached - recomputed).abs().max() <= 1e-4

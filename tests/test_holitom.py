@@ -239,9 +239,9 @@ def test_the_inner_reducer_acts_at_layer_k_ranking_by_layer_k_minus_1():
     reduction = reducer(VideoTokens(torch.randn(2, 2, 2, 4), importance=importance))
     assert flat_positions(reduction.boxes, 2, 2).tolist() == [1, 3, 5, 7] and reduction.num_patches.sum() == 8
     assert reduction.info == {"HOLITOM_k": 18, "HOLITOM_r": 0.5, "variant": "official"}
-    inner = HoliTom(budget=0.1, variant="corrected", inner_layer=12, inner_keep=0.3).inner_reducer()
+    inner = HoliTom(budget=0.1, variant="corrected", inner_layer=12, inner_keep=0.3).inner_stage()
     assert (inner.layer, inner.budget, inner.variant) == (12, 0.3, "corrected")
-    assert HoliTom(inner_merge=False).inner_reducer() is None and "HOLITOM_k" not in HoliTom(inner_merge=False).knobs()
+    assert HoliTom(inner_merge=False).inner_stage() is None and "HOLITOM_k" not in HoliTom(inner_merge=False).knobs()
 
 
 def test_bad_input_names_the_problem():

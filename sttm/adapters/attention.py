@@ -37,15 +37,23 @@ def decoder_queries_and_keys(
 
 
 def last_token_attention(
-    layer, hidden: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor], key_mask: torch.Tensor | None
+    layer,
+    hidden: torch.Tensor,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    key_mask: torch.Tensor | None,
+    after: int = 0,
 ) -> torch.Tensor:
-    """[B, L] attention the last token pays each token at decoder ``layer`` (softmax over the keys, in float32, mean
-    over heads), as FastV ranks visual tokens. ``key_mask`` [B, L] is 0 for padding, which gets none."""
-    queries, keys = decoder_queries_and_keys(layer, hidden, position_embeddings, slice(-1, None))
+    """[B, L] attention the last prompt token pays each token at decoder ``layer`` (softmax over the keys up to it, in
+    float32, mean over heads; 0 for the ``after`` tokens that follow it), as FastV ranks visual tokens. ``key_mask``
+    [B, L] is 0 for padding, which gets none. ``after``: tokens generated after the prompt that a forward without a
+    cache runs along (the last token of the sequence is the prompt's when it is 0)."""
+    length = hidden.shape[1] - after
+    prompt_rotary = tuple(table[:, :length] for table in position_embeddings)
+    queries, keys = decoder_queries_and_keys(layer, hidden[:, :length], prompt_rotary, slice(length - 1, length))
     scores = (queries.float() @ keys.float().transpose(-1, -2))[:, :, 0] * layer.self_attn.scaling
     if key_mask is not None:
-        scores = scores.masked_fill(~key_mask.bool()[:, None], -torch.inf)
-    return scores.softmax(dim=-1).mean(dim=1)
+        scores = scores.masked_fill(~key_mask[:, :length].bool()[:, None], -torch.inf)
+    return torch.nn.functional.pad(scores.softmax(dim=-1).mean(dim=1), (0, after))
 
 
 def received_attention_and_keys(layer, hidden: torch.Tensor, frames_per_chunk: int = 8):

@@ -89,6 +89,16 @@ def locate_videos(
     return spans
 
 
+def kept_video_spans(plan: Plan) -> list[VideoSpan]:
+    """Each row's kept video tokens in the sequence a reduction left (one run per row, ``plan.visual``), as a 1×1×n
+    span: what a second stage acting on the first one's tokens receives, in their order."""
+    spans = []
+    for row in plan.visual:
+        indexes = row.nonzero().squeeze(1)
+        spans.append(VideoSpan(int(indexes[0]) if len(indexes) else 0, 1, 1, len(indexes)))
+    return spans
+
+
 def frames_to_sequence(values: torch.Tensor, videos: list[VideoSpan], length: int) -> torch.Tensor:
     """Per-frame values [B·T, S, ...] (S = H·W grid tokens per frame) laid along each row's video span: [B, L, ...]."""
     per_row = values.reshape(len(videos), -1, *values.shape[2:])

@@ -10,6 +10,9 @@ the bookkeeping of the reduced sequence: :mod:`sttm.adapters.plan`.
 * :func:`vision`: as :func:`pre_llm`, with the attention the vision tower's patches receive as evidence.
 * :func:`llm_layer`: the reducer sees the hidden states at the input of decoder layer ``k`` during prefill; layers
   below ``k`` keep the full sequence and cache, layers from ``k`` on see the reduced one.
+* :func:`two_stages`: a reducer before the LLM whose method also acts inside it (``Reducer.inner_stage``: HoliTom's
+  merge, FlashVID's pruning): the inner stage acts at its layer on the tokens the outer one kept, in their order
+  (a 1×1×n grid), keeping the positions they have; the outer stage hands it its plan through a :class:`Handoff`.
 
 Positions: ``original`` (default) gives each kept token the position of its top-left source patch (Qwen: that
 patch's M-RoPE (t, h, w) ids); text keeps its positions and decoding continues after the full prompt.
@@ -48,6 +51,7 @@ from sttm.adapters.plan import (
     frames_to_sequence,
     gather_along,
     gather_positions,
+    kept_video_spans,
     left_pad,
     locate_videos,
     reduced_layer_mask,
@@ -58,23 +62,32 @@ from sttm.api import Reducer, Stage, VideoTokens, flat_positions
 POSITION_MODES = ("original", "compact")
 
 
+@dataclass
+class Handoff:
+    """The plan of an outer stage's latest reducing prefill (None where that prefill held no video), read by the
+    stage inside the LLM that follows it in the same forward."""
+
+    plan: Plan | None = None
+
+
 class ReductionSession:
     """The state shared by the hooks of one reduction point: the pending request, the plan of the last prefill that
     filled a cache (``prefilled``) and the plan of the prompt the cache holds now (``plan``: the prefill's, or it
     followed by a continued prompt)."""
 
-    def __init__(self, model, reducer: Reducer, positions: str) -> None:
+    def __init__(self, model, reducer: Reducer, positions: str, after: Handoff | None = None) -> None:
         if positions not in POSITION_MODES:
             raise ValueError(f"unknown positions mode {positions!r}; choose one of: {', '.join(POSITION_MODES)}")
         if positions == "compact" and not family.compact_positions_apply(model):
             raise ValueError("compact positions are defined for LLaVA-OneVision; Qwen keeps its M-RoPE ids")
         if family.deepstack_inputs(model):
             raise ValueError(f"the reduction points do not cut the DeepStack inputs of {model.config.model_type}")
-        self.model, self.reducer, self.positions = model, reducer, positions
+        self.model, self.reducer, self.positions, self.after = model, reducer, positions, after
         self.log = ReductionLog()
         self.request: Request | None = None
         self.videos: list[VideoSpan] | None = None
         self.prompt_length: int | None = None
+        self.after_prompt = 0  # tokens a prefill runs after the prompt (generated ones, in a forward without a cache)
         self.prompt: torch.Tensor | None = None
         self.prefilled: Plan | None = None
         self.plan: Plan | None = None
@@ -99,8 +112,12 @@ class ReductionSession:
     def locate_videos(self, position_ids: torch.Tensor | None) -> bool:
         """At the language model's input in prefill: find the request's videos (consuming the request), if any."""
         request, self.request = self.request, None
+        self.after_prompt = 0 if request is None else request.placeholders.shape[1] - request.prompt_length
         if request is None:
             self.videos = self.prompt_length = None
+        elif self.after is not None:  # a stage inside the LLM after another: the tokens the outer one kept
+            self.videos = None if self.after.plan is None else kept_video_spans(self.after.plan)
+            self.prompt_length = request.prompt_length
         else:
             layout, newlines = partial(family.grid_shape, self.model), family.newlines_per_video(self.model)
             self.videos = locate_videos(request.placeholders, position_ids, layout, newlines)
@@ -239,11 +256,13 @@ def pre_llm(
     positions: str = "original",
     frame_evidence: dict[str, torch.Tensor] | None = None,
     kv_pruning: KVPruning | None = None,
+    handoff: Handoff | None = None,
 ) -> Iterator[ReductionLog]:
     """Reduce each video's projected tokens before the first decoder layer, in every forward inside the context.
 
     ``frame_evidence`` (filled by :func:`vision`) holds per-frame values [B·T, H·W, ...] the reducer needs;
-    ``kv_pruning`` also prunes the video's KV cache while decoding (DyCoke's second stage).
+    ``kv_pruning`` also prunes the video's KV cache while decoding (DyCoke's second stage); ``handoff`` receives the
+    plan of each reducing prefill, for a stage inside the LLM that follows (:func:`two_stages`).
     """
     session = ReductionSession(model, reducer, positions)
     check_needs(reducer, frozenset() if frame_evidence is None else frozenset({"importance", "keys"}), "pre_llm")
@@ -252,6 +271,8 @@ def pre_llm(
         cache = cache_of(kwargs)
         if is_prefill(cache, 0):
             session.plan = session.prefilled = None
+            if handoff is not None:
+                handoff.plan = None
             if session.locate_videos(kwargs.get("position_ids")):
                 embeds = kwargs["inputs_embeds"]
                 evidence = {
@@ -265,6 +286,8 @@ def pre_llm(
                 # (as original positions do) as packed sequences
                 kwargs.update(inputs_embeds=reduced, attention_mask=plan.attention_mask, position_ids=position_ids)
                 session.remember(plan, fills_cache(model, kwargs), reduces_first_layer=True)
+                if handoff is not None:
+                    handoff.plan = plan
         elif session.plan is not None:
             kwargs = session.forward_on_reduced_first_layer(kwargs)
         return args, kwargs
@@ -280,7 +303,9 @@ def pre_llm(
 
 
 @contextmanager
-def vision(model, reducer: Reducer, positions: str = "original") -> Iterator[ReductionLog]:
+def vision(
+    model, reducer: Reducer, positions: str = "original", handoff: Handoff | None = None
+) -> Iterator[ReductionLog]:
     """Reduce each video's projected tokens before the LLM using the vision tower's attention: the attention each
     patch receives and the keys at the encoder layer whose output the LLM uses, pooled to the grid as the features
     are (LLaVA-OneVision's SigLIP; Qwen's windowed vision attention is not read)."""
@@ -305,7 +330,7 @@ def vision(model, reducer: Reducer, positions: str = "original") -> Iterator[Red
 
     with (
         installed(model, layer.register_forward_pre_hook(on_encoder_layer)),
-        pre_llm(model, reducer, positions, frame_evidence=evidence) as log,
+        pre_llm(model, reducer, positions, frame_evidence=evidence, handoff=handoff) as log,
     ):
         yield log
 
@@ -364,7 +389,7 @@ class LayerHooks:
         current = self.current
         if current.prefill and current.has_videos and "importance" in self.session.reducer.needs:
             current.importance = last_token_attention(
-                module, args[0], kwargs["position_embeddings"], current.attention_mask
+                module, args[0], kwargs["position_embeddings"], current.attention_mask, self.session.after_prompt
             )
         return args, kwargs
 
@@ -406,11 +431,14 @@ class LayerHooks:
 
 
 @contextmanager
-def llm_layer(model, reducer: Reducer, layer: int, positions: str = "original") -> Iterator[ReductionLog]:
+def llm_layer(
+    model, reducer: Reducer, layer: int, positions: str = "original", after: Handoff | None = None
+) -> Iterator[ReductionLog]:
     """Reduce each video's hidden states at the input of decoder layer ``layer``, during prefill. A reducer that
     needs ``importance`` gets the attention the last prompt token pays each visual token at layer
-    ``layer − reducer.importance_lag`` (FastV ranks by the layer before the one it prunes at)."""
-    session = ReductionSession(model, reducer, positions)
+    ``layer − reducer.importance_lag`` (FastV ranks by the layer before the one it prunes at). ``after``: the
+    videos are the tokens an outer stage kept (:func:`two_stages`)."""
+    session = ReductionSession(model, reducer, positions, after)
     check_needs(reducer, frozenset({"importance"}), "llm_layer")
     layers = family.decoder_layers(model)
     if not 0 <= layer < len(layers):
@@ -440,15 +468,43 @@ def llm_layer(model, reducer: Reducer, layer: int, positions: str = "original") 
         yield session.log
 
 
+def stage_point(model, reducer: Reducer, positions: str = "original", handoff: Handoff | None = None):
+    """The context that applies ``reducer`` at its declared stage. A reducer with a ``kv_pruning`` attribute
+    (DyCoke) also prunes the KV cache while decoding; ``handoff`` (before the LLM only) receives its plans."""
+    if reducer.stage is Stage.VISION:
+        return vision(model, reducer, positions, handoff)
+    if reducer.stage is Stage.PRE_LLM:
+        return pre_llm(model, reducer, positions, kv_pruning=getattr(reducer, "kv_pruning", None), handoff=handoff)
+    if reducer.stage is Stage.LLM_LAYER and handoff is None:
+        return llm_layer(model, reducer, reducer.layer, positions)
+    raise ValueError(
+        f"reducer {reducer.name!r} acts at stage {reducer.stage.value!r}, which has no reduction point"
+        + (" followed by a stage inside the LLM" if handoff is not None else "")
+    )
+
+
+@contextmanager
+def two_stages(model, reducer: Reducer, inner: Reducer, positions: str = "original") -> Iterator[ReductionLog]:
+    """``reducer`` at its stage before the LLM, then ``inner`` at the input of decoder layer ``inner.layer`` on the
+    tokens it kept, in their order, with the positions they were given (``original`` within the reduced sequence,
+    whatever ``positions`` the outer stage uses). The log is the outer stage's; its ``inner`` is the inner one's."""
+    if inner.stage is not Stage.LLM_LAYER:
+        raise ValueError(f"the inner stage of {reducer.name!r} must act in the LLM, not at {inner.stage.value!r}")
+    handoff = Handoff()
+    with (
+        stage_point(model, reducer, positions, handoff) as log,
+        llm_layer(model, inner, inner.layer, "original", after=handoff) as inner_log,
+    ):
+        log.inner = inner_log
+        yield log
+
+
 def reduction_point(model, reducer: Reducer | None, positions: str = "original"):
-    """The context that applies ``reducer`` at its declared stage (nothing for full tokens). A reducer with a
-    ``kv_pruning`` attribute (DyCoke) also prunes the KV cache while decoding."""
+    """The context that applies ``reducer`` where it acts (nothing for full tokens), with the stage inside the LLM
+    that follows it if it has one (``Reducer.inner_stage``)."""
     if reducer is None:
         return contextlib.nullcontext(ReductionLog())
-    if reducer.stage is Stage.VISION:
-        return vision(model, reducer, positions)
-    if reducer.stage is Stage.PRE_LLM:
-        return pre_llm(model, reducer, positions, kv_pruning=getattr(reducer, "kv_pruning", None))
-    if reducer.stage is Stage.LLM_LAYER:
-        return llm_layer(model, reducer, reducer.layer, positions)
-    raise ValueError(f"reducer {reducer.name!r} acts at stage {reducer.stage.value!r}, which has no reduction point")
+    inner = reducer.inner_stage()
+    if inner is not None:
+        return two_stages(model, reducer, inner, positions)
+    return stage_point(model, reducer, positions)

@@ -38,6 +38,8 @@ class ReductionLog:
 
     calls: list[ReducedCall] = field(default_factory=list)
     pruning_steps: list = field(default_factory=list)
+    #: the log of the stage inside the LLM that follows, for a reducer with one (``Reducer.inner_stage``)
+    inner: ReductionLog | None = None
 
     @property
     def last(self) -> ReducedCall:
