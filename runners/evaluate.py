@@ -1,23 +1,29 @@
 """Evaluate reducers on a model and a benchmark or a suite of them through lmms-eval, one resumable cell per
-benchmark × reducer.
+benchmark × reducer setting.
 
     python -m runners.evaluate budget=0.3 'reducers=[sttm,vidcom2]' limit=20
+    python -m runners.evaluate 'reducers=[sttm]' reducers.sttm.params.variant=corrected
+    python -m runners.evaluate -m reducers.sttm.params.variant=official,corrected   # a job per variant
     python -m runners.evaluate -m experiment=paper_llava_video_7b   # a table of the STTM paper, a job per budget
 
-A benchmark config has a ``kind``: ``toybench`` (generated), ``vnbench`` (local annotations and videos),
-``lmms_eval`` (lmms-eval's built-in tasks, data under ``hf_home``; see ``runners.tasks.builtin``) or ``suite``
-(``parts``: benchmark configs of the other kinds). Each cell (model × benchmark × reducer × budget) is a folder
-under ``results_dir``: ``cell.json`` (its keys), ``records.jsonl`` (one line per question, see ``runners.records``;
-correctness joined from lmms-eval's per-sample scores), ``lmms_eval_results.json`` and ``DONE``. A finished cell is
-skipped; an unfinished one resumes from its records; parallel jobs of a multirun never evaluate one cell at once.
-A cell where lmms-eval raises stays unfinished: the other cells run, the report is written, then the run fails
-naming it. Full tokens always run, as every comparison needs them. The paper-layout table and the plots go to
-``results_dir/<model>/<benchmark>/report``.
+Reducer settings are Hydra's ``reducers`` config group: each chosen config of ``configs/reducers`` is composed under
+``reducers.<its name>`` (``name``: a registered reducer, ``params``: its parameters, every one overridable), and
+``+reducers.NAME={name: ..., params: {...}}`` adds one. A benchmark config has a ``kind``: ``toybench``
+(generated), ``vnbench`` (local annotations and videos), ``lmms_eval`` (lmms-eval's built-in tasks, data under
+``hf_home``; see ``runners.tasks.builtin``) or ``suite`` (``parts``: benchmark configs of the other kinds). Each
+cell (model × benchmark × reducer setting × budget) is a folder under ``results_dir`` (``cell_dir``): ``cell.json``
+(its keys, the reducer's parameters among them), ``records.jsonl`` (one line per question, see
+``runners.records``; correctness joined from lmms-eval's per-sample scores), ``lmms_eval_results.json`` and
+``DONE``. A finished cell is skipped; an unfinished one resumes from its answers; parallel jobs of a multirun
+never evaluate one cell at once. A cell where lmms-eval raises stays unfinished: the other cells run, the report
+is written, then the run fails naming it. Full tokens always run, as every comparison needs them. The
+paper-layout table and the plots go to ``results_dir/<model>/<benchmark>/report``.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -32,36 +38,50 @@ import hydra
 import numpy as np
 import pandas as pd
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from runners.records import (
+    FULL_TOKENS,
     is_done,
     load_cells,
     mark_done,
     read_records,
-    rewrite_records,
     write_atomically,
     write_cell_keys,
+    write_records,
 )
 from runners.report import write_report
 from sttm.adapters.reuse import check_kv_reuse
 from sttm.api import Reducer, Stage, build_reducer, check_budget, reducer_class
-from sttm.paper import paper_reducer
+from sttm.paper import paper_params
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-FULL_TOKENS = "none"
 KINDS = ("toybench", "vnbench", "lmms_eval", "suite")
+SETTING_KEYS = {"name", "params", "paper"}
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Cell:
-    benchmark: DictConfig  # one benchmark config (a suite's part)
-    reducer: str
+    """One benchmark (a suite's part) × one reducer setting × one budget, and the folder that holds its results."""
+
+    benchmark: DictConfig
+    reducer: str  # the setting's key under ``reducers`` (FULL_TOKENS for full tokens): its folder and table row
+    method: str | None  # the registered reducer the setting builds; None for full tokens
+    params: dict  # what the reducer is built with, the budget among them where the method takes one
     budget: float
-    config: DictConfig | None  # the reducer's config; None for full tokens
     path: Path
+
+    def build_reducer(self) -> Reducer | None:
+        return None if self.method is None else build_reducer(self.method, **self.params)
+
+    def keys(self, model: str) -> dict:
+        """What ``cell.json`` records."""
+        return {"model": model, "benchmark": self.benchmark.name, "reducer": self.reducer, "budget": self.budget,
+                "method": self.method, "params": self.params}  # fmt: skip
 
 
 def benchmark_parts(benchmark: DictConfig) -> list[DictConfig]:
@@ -73,54 +93,86 @@ def benchmark_parts(benchmark: DictConfig) -> list[DictConfig]:
     return [benchmark]
 
 
-def reducer_config(name: str) -> DictConfig:
-    path = CONFIGS / "reducer" / f"{name}.yaml"
-    if not path.is_file():
-        choices = sorted(p.stem for p in (CONFIGS / "reducer").glob("*.yaml"))
-        raise ValueError(f"reducers: no config {name!r} in {path.parent}; choose from: {', '.join(choices)}")
-    return OmegaConf.load(path)
+def compose_evaluate(*overrides: str) -> DictConfig:
+    """The evaluate config with these overrides, composed outside a Hydra app (by tools and tests)."""
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose(config_name="evaluate", overrides=list(overrides))
 
 
-def reducer_params(cfg: DictConfig, config: DictConfig) -> dict:
-    """The reducer's parameters; a reducer acting in the LLM without a layer of its own takes the model's
-    ``llm_layer`` (the STTM paper: 2 for 7B models, 0 for 72B)."""
-    params = OmegaConf.to_container(config.params) if config.get("params") else {}
-    if reducer_class(config.name).stage is Stage.LLM_LAYER and "layer" not in params:
-        params["layer"] = cfg.model.llm_layer
+def reducer_settings(cfg: DictConfig) -> dict[str, DictConfig]:
+    """The run's reducer settings by key (``cfg.reducers``, absent after ``reducers=[]``), each a config node with
+    ``name`` (a registered reducer), optional ``params`` and optional ``paper`` (a table of tuned settings); raises
+    ValueError naming the setting that is not."""
+    settings = cfg.get("reducers") or OmegaConf.create({})
+    if not isinstance(settings, DictConfig):
+        raise ValueError(f"reducers must map setting names to reducer configs, got {settings!r}")
+    if isinstance(settings.get("name"), str):
+        raise ValueError(
+            f"reducers: the config of reducer {settings.name!r} was composed at `reducers` itself; its first line "
+            "must be `# @package reducers.<its file name>`"
+        )
+    for key, node in settings.items():
+        if key == FULL_TOKENS:
+            raise ValueError(f"reducers.{key}: {FULL_TOKENS!r} names the full-token cells, which always run")
+        if not isinstance(node, DictConfig) or "name" not in node:
+            raise ValueError(f"reducers.{key} must be a reducer config with a `name` (and `params`), got {node!r}")
+        unknown = set(node) - SETTING_KEYS
+        if unknown:
+            raise ValueError(
+                f"reducers.{key}: unknown keys {sorted(unknown)}; a reducer config has {sorted(SETTING_KEYS)}"
+            )
+        try:
+            reducer_class(node.name)
+        except ValueError as error:
+            raise ValueError(f"reducers.{key}.name: {error}") from error
+    return dict(settings.items())
+
+
+def setting_params(setting: DictConfig, model: DictConfig, budget: float, benchmark: str | None = None) -> dict:
+    """What a reducer setting (a node of ``reducers``) builds its reducer with in a cell of ``benchmark`` at
+    ``budget``: its ``params``, then the tuned settings of the cell's model, benchmark and budget where it holds the
+    paper's table (``paper``: ``sttm.paper.paper_params``) or else the budget; a reducer acting in the LLM without a
+    layer of its own takes the model's ``llm_layer`` (the STTM paper: 2 for 7B models, 0 for 72B)."""
+    params = OmegaConf.to_container(setting.params, resolve=True) if setting.get("params") else {}
+    if "budget" in params:
+        raise ValueError("params.budget: the budget is the run's `budget`, not a reducer parameter")
+    if "paper" in setting:
+        params |= paper_params(setting.paper, model.name, benchmark, budget)
+    else:
+        params["budget"] = budget
+    if reducer_class(setting.name).stage is Stage.LLM_LAYER and "layer" not in params:
+        params["layer"] = model.llm_layer
     return params
 
 
-def cell_reducer(
-    cfg: DictConfig, name: str, config: DictConfig | None, budget: float, benchmark: str
-) -> Reducer | None:
-    """The reducer of one cell: none for full tokens; STTM at the authors' thresholds for this model, benchmark and
-    budget where the config holds them (``sttm_paper``); otherwise the config's reducer at the budget."""
-    if config is None:
-        return None
-    if "thresholds" in config:
-        return paper_reducer(cfg.model.name, benchmark, budget, CONFIGS / "reducer" / f"{name}.yaml")
-    return build_reducer(config.name, budget=budget, **reducer_params(cfg, config))
+def cell_dir(cfg: DictConfig, benchmark: str, reducer: str, method: str | None, params: dict, budget: float) -> Path:
+    """``results_dir/<model>/<benchmark>/<reducer>/<setting>/budget_<budget>``, where ``<setting>`` digests the
+    method and its parameters (the budget aside), so that different settings under one key never share a cell."""
+    setting = {"method": method, "params": {name: value for name, value in params.items() if name != "budget"}}
+    digest = hashlib.sha1(json.dumps(setting, sort_keys=True).encode()).hexdigest()[:8]
+    return Path(cfg.results_dir) / cfg.model.name / benchmark / reducer / digest / f"budget_{budget:g}"
 
 
-def plan_cells(cfg: DictConfig) -> list[tuple[str, float, DictConfig | None]]:
-    """(reducer, budget, its config) for full tokens and every configured reducer; fails on a bad config, or on a
-    reducer without a setting for one of the run's benchmarks."""
+def plan_cells(cfg: DictConfig) -> list[Cell]:
+    """Full tokens and every reducer setting for each of the run's benchmarks; fails on a bad config (an unknown
+    reducer, bad parameters, a reducer without a setting for one of the benchmarks), before any work."""
     budget = check_budget(cfg.budget)
-    benchmarks = [part.name for part in benchmark_parts(cfg.benchmark)]
-    cells = [(FULL_TOKENS, 1.0, None)]
-    for name in cfg.reducers:
-        if name == FULL_TOKENS:
-            continue
-        config = reducer_config(name)
-        for benchmark in benchmarks:
-            reducer = cell_reducer(cfg, name, config, budget, benchmark)  # bad parameters fail here
+    settings = reducer_settings(cfg)
+    cells = []
+    for benchmark in benchmark_parts(cfg.benchmark):
+        full = cell_dir(cfg, benchmark.name, FULL_TOKENS, None, {}, 1.0)
+        cells.append(Cell(benchmark, FULL_TOKENS, None, {}, 1.0, full))
+        for key, setting in settings.items():
+            try:
+                params = setting_params(setting, cfg.model, budget, benchmark.name)
+                cell = Cell(benchmark, key, setting.name, params, budget,
+                            cell_dir(cfg, benchmark.name, key, setting.name, params, budget))  # fmt: skip
+                reducer = cell.build_reducer()
+            except (TypeError, ValueError) as error:  # TypeError: a parameter the reducer does not take
+                raise ValueError(f"reducers.{key} on {benchmark.name}: {error}") from error
             check_kv_reuse(cfg.kv_reuse, reducer)
-        cells.append((name, budget, config))
+            cells.append(cell)
     return cells
-
-
-def cell_dir(cfg: DictConfig, benchmark: str, reducer: str, budget: float) -> Path:
-    return Path(cfg.results_dir) / cfg.model.name / benchmark / reducer / f"budget_{budget:g}"
 
 
 def builtin_hf_home(benchmarks: list[DictConfig]) -> Path:
@@ -176,7 +228,8 @@ def index_tasks(benchmarks: list[DictConfig]):
 
 
 def join_correctness(cell: Path, samples: dict) -> None:
-    """Write each record's correctness from lmms-eval's per-sample scores (rewriting the file atomically)."""
+    """Write the cell's ``records.jsonl``: the model's answers, each with its correctness from lmms-eval's
+    per-sample scores."""
     from runners.tasks.builtin import is_correct
 
     correct = {(task, s["doc_id"]): is_correct(task, s) for task, rows in samples.items() for s in rows}
@@ -185,7 +238,7 @@ def join_correctness(cell: Path, samples: dict) -> None:
         if not row["error"]:
             row["correct"] = correct.get((row["task"], row["doc_id"]))
         rows.append(row)
-    rewrite_records(cell, rows)
+    write_records(cell, rows)
 
 
 def make_reproducible(seed: int, deterministic: bool) -> None:
@@ -236,10 +289,9 @@ def log_cell(cfg: DictConfig, cell: Cell) -> None:
         return
     from runners.tracking import log_cell as log_to_wandb
 
-    records = load_cells(cell.path.parent.parent)
-    records = records[(records["reducer"] == cell.reducer) & (records["budget"] == cell.budget)]
+    records = load_cells(cell.path)
     name = f"{cfg.model.name}-{cell.benchmark.name}-{cell.reducer}-{cell.budget:g}"
-    keys = {"benchmark": cell.benchmark.name, "reducer": cell.reducer, "budget": cell.budget}
+    keys = cell.keys(cfg.model.name)
     Path(cfg.logger.dir).mkdir(parents=True, exist_ok=True)
     log_to_wandb(
         name, OmegaConf.to_container(cfg, resolve=True) | keys, records, project=cfg.logger.project,
@@ -248,16 +300,14 @@ def log_cell(cfg: DictConfig, cell: Cell) -> None:
 
 
 def evaluate_cell(cfg: DictConfig, cell: Cell, model, task_manager, accelerator) -> None:
-    """Run the cell's tasks through lmms-eval; the main process joins correctness, writes the results, logs the
-    cell and marks it done. Raises where lmms-eval raised or returned a task without results."""
+    """Run the cell's tasks through lmms-eval; the main process writes the records with their correctness and the
+    results, logs the cell and marks it done. Raises where lmms-eval raised or returned a task without results."""
     from lmms_eval.evaluator import simple_evaluate
 
     started = time.perf_counter()
     model.record_dir = cell.path
     if accelerator.is_main_process:
-        write_cell_keys(
-            cell.path, model=cfg.model.name, benchmark=cell.benchmark.name, reducer=cell.reducer, budget=cell.budget
-        )
+        write_cell_keys(cell.path, **cell.keys(cfg.model.name))
         write_atomically(cell.path / "config.yaml", OmegaConf.to_yaml(cfg))
     output = simple_evaluate(
         model=model, tasks=list(cell.benchmark.tasks), task_manager=task_manager, limit=cfg.limit, log_samples=True,
@@ -295,16 +345,11 @@ def run(cfg: DictConfig) -> Path:
     naming them, where cells failed.
 
     Under ``torchrun --nproc_per_node N`` every process runs this with one model copy: the main process prepares
-    the data, lmms-eval gives each process its share of the questions, each appends to its own records file, and
+    the data, lmms-eval gives each process its share of the questions, each appends to its own answers file, and
     the main process joins them and writes the cell's files and the report.
     """
-    plan = plan_cells(cfg)
+    cells = plan_cells(cfg)
     benchmarks = benchmark_parts(cfg.benchmark)
-    cells = [
-        Cell(benchmark, reducer, budget, config, cell_dir(cfg, benchmark.name, reducer, budget))
-        for benchmark in benchmarks
-        for reducer, budget, config in plan
-    ]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     make_reproducible(cfg.seed, cfg.reproduce)
@@ -331,7 +376,7 @@ def run(cfg: DictConfig) -> Path:
             )  # fmt: skip
             model.accelerator = accelerator
         model.max_frames = cfg.model.max_frames[cell.benchmark.get("frame_cap", "default")]
-        model.reducer = cell_reducer(cfg, cell.reducer, cell.config, cell.budget, cell.benchmark.name)
+        model.reducer = cell.build_reducer()
         try:
             evaluate_cell(cfg, cell, model, task_manager, accelerator)
         except (Exception, SystemExit):  # lmms-eval's task code may sys.exit
@@ -346,8 +391,15 @@ def run(cfg: DictConfig) -> Path:
     return report
 
 
+def check_reducers_choice(choice) -> None:
+    """Refuse ``reducers=sttm``: one config chosen without brackets (Hydra's choice of one option of the group)."""
+    if isinstance(choice, str):
+        raise ValueError(f"reducers={choice}: choose reducer configs as a list, 'reducers=[{choice}]'")
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIGS), config_name="evaluate")
 def main(cfg: DictConfig) -> None:
+    check_reducers_choice(HydraConfig.get().runtime.choices.get("reducers"))
     run(cfg)
 
 

@@ -6,7 +6,7 @@
 Models at their published sizes with random bf16 weights (no download) and the scene-video request, from
 ``sttm.adapters.real_size``: LLaVA-OneVision-7B (which LLaVA-Video-7B shares) and Qwen2-VL-7B.
 
-Every reducer of ``configs/reducer`` runs at each budget inside its reduction point (LLM-layer methods at layer 2),
+Every config of ``configs/reducers`` runs at each budget inside its reduction point (LLM-layer methods at layer 2),
 with full tokens first; STTM also runs at the fixed thresholds its budget search chose, as the paper uses fixed
 thresholds. Each setting: one warm-up, then the median of ``--repeats`` calls of ``generate`` (8 new tokens), timed
 as ``sttm.adapters.timing`` defines. Writes ``OUTPUT.json`` (rows, GPU, commit, command), appends the rows of this
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from runners.evaluate import CONFIGS, reducer_config, reducer_params
+from runners.evaluate import CONFIGS, compose_evaluate, setting_params
 from sttm.adapters import family
 from sttm.adapters.points import reduction_point
 from sttm.adapters.real_size import ARCHITECTURES, QUESTION, architecture, random_model, request
@@ -160,19 +160,19 @@ def fixed_thresholds(reducer: STTM, model, inputs: dict) -> STTM:
 
 def reducers_at(budget: float, family: str, names: list[str] | None = None) -> list[tuple[str, Reducer | str]]:
     """(name, reducer) for every reducer config (or those ``names``), or (name, why it cannot run)."""
-    settings = OmegaConf.create({"model": {"llm_layer": LLM_LAYER}})
+    model = OmegaConf.create({"llm_layer": LLM_LAYER})
+    configs = sorted(path.stem for path in (CONFIGS / "reducers").glob("*.yaml") if path.stem != "sttm_paper")
+    chosen_configs = [config for config in configs if names is None or config in names]
+    settings = compose_evaluate(f"reducers=[{','.join(chosen_configs)}]").get("reducers") or {}
     chosen = []
-    for path in sorted((CONFIGS / "reducer").glob("*.yaml")):
-        if path.stem == "sttm_paper" or (names is not None and path.stem not in names):
-            continue
-        config = reducer_config(path.stem)
-        if reducer_class(config.name).stage is Stage.VISION and family != "llava_onevision":
-            chosen.append((path.stem, "vision-tower attention is read for SigLIP (LLaVA) only"))
+    for key, setting in settings.items():
+        if reducer_class(setting.name).stage is Stage.VISION and family != "llava_onevision":
+            chosen.append((key, "vision-tower attention is read for SigLIP (LLaVA) only"))
             continue
         try:
-            chosen.append((path.stem, build_reducer(config.name, budget=budget, **reducer_params(settings, config))))
+            chosen.append((key, build_reducer(setting.name, **setting_params(setting, model, budget))))
         except ValueError as error:
-            chosen.append((path.stem, str(error)))
+            chosen.append((key, str(error)))
     return chosen
 
 
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.3, 0.15])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--attention", default="sdpa", choices=["sdpa", "flash_attention_2", "eager"])
-    parser.add_argument("--reducers", nargs="+", help="reducer configs to run (default: all of configs/reducer)")
+    parser.add_argument("--reducers", nargs="+", help="reducer configs to run (default: all of configs/reducers)")
     parser.add_argument(
         "--kv-reuse",
         type=int,

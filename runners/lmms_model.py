@@ -11,10 +11,10 @@ inside the reducer's reduction point (``sttm.adapters.points.reduction_point``).
 about one video share one prefill of its prefix (``sttm.adapters.reuse``).
 
 With ``record_dir`` every question's record (prediction, tokens before and after, timings, or the error of an
-unreadable video) is appended there, and a question already recorded is answered from its record instead of
-being run again, so that an interrupted evaluation resumes where it stopped. Under ``torchrun`` (lmms-eval's data
-parallelism) each process holds one model copy, answers its share of the questions and appends to its own
-records file (``runners.records.records_file``).
+unreadable video) is appended to the process's answers file there (``runners.records.answers_file``), and a question
+already recorded is answered from its record instead of being run again, so that an interrupted evaluation resumes
+where it stopped; the runner then writes the cell's ``records.jsonl`` from them. Under ``torchrun`` (lmms-eval's
+data parallelism) each process holds one model copy and answers its share of the questions.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from lmms_eval.models.registry_v2 import ModelManifest
 from tqdm import tqdm
 from transformers.video_utils import VideoMetadata
 
-from runners.records import QuestionRecord, append_record, records_by_question
+from runners.records import FULL_TOKENS, QuestionRecord, append_answer, records_by_question
 from sttm.adapters.family import frames_in_pairs, newlines_per_video, takes_video_fps, video_token_id
 from sttm.adapters.loading import load_model, video_question_prompt
 from sttm.adapters.points import reduction_point
@@ -107,7 +107,7 @@ class ReducedVideoLLM(lmms):
                 f"sttm_bench runs one request at a time (as every reducer assumes), got batch_size={batch_size}"
             )
         if isinstance(reducer, str):
-            reducer = None if reducer == "none" else build_reducer(reducer, budget=float(budget))
+            reducer = None if reducer == FULL_TOKENS else build_reducer(reducer, budget=float(budget))
         self.reducer = reducer
         self.positions = positions
         self.kv_reuse = kv_reuse in (True, "true", "True", "1")
@@ -143,7 +143,7 @@ class ReducedVideoLLM(lmms):
                     if self.world_size > 1:
                         record = dataclasses.replace(record, extra=record.extra | {"rank": self.rank})
                     if self.record_dir is not None:
-                        append_record(self.record_dir, record, self.rank)
+                        append_answer(self.record_dir, record, self.rank)
                     replies[question.index] = record.prediction
                     progress.update()
         return [replies[index] for index in range(len(requests))]

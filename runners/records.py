@@ -1,9 +1,12 @@
-"""Per-question records of one evaluation cell (model × reducer × budget × benchmark), written so that a crash
-loses nothing and a re-run duplicates nothing.
+"""Per-question records of one evaluation cell (model × benchmark × reducer setting × budget), written so that a
+crash loses nothing and a re-run duplicates nothing.
 
-A cell is a folder. ``records.jsonl`` gets one line per answered question, flushed and synced as it is written;
-a line cut short by a crash is dropped when the file is read back, so that question runs again. Whole files
-(``config.yaml``, results) are written to a temporary name and renamed into place. ``DONE`` marks a finished cell.
+A cell is a folder. ``cell.json`` holds its keys (``write_cell_keys``). While the cell is evaluated, the model
+appends one line per answered question to its process's answers file (``answers.rank<r>.jsonl``), flushed and
+synced as it is written; a line cut short by a crash is dropped when the file is read back, so that question runs
+again. The runner alone writes ``records.jsonl``: once, at the end, every answer with its correctness, replacing
+the answers files (``write_records``). Whole files are written to a temporary name and renamed into place. ``DONE``
+marks a finished cell.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from pathlib import Path
 import pandas as pd
 
 RECORDS = "records.jsonl"
+CELL_KEYS = "cell.json"
 DONE = "DONE"
+FULL_TOKENS = "none"  # the reducer key of the full-token cells
 
 
 @dataclass(frozen=True)
@@ -71,16 +76,16 @@ def drop_partial_line(path: Path) -> None:
         handle.truncate(handle.read().rfind(b"\n") + 1)
 
 
-def records_file(cell: Path, rank: int = 0) -> Path:
-    """Where a process appends: ``records.jsonl``, or ``records.rank<r>.jsonl`` for the other data-parallel ranks."""
-    return cell / (RECORDS if rank == 0 else f"records.rank{rank}.jsonl")
+def answers_file(cell: Path, rank: int = 0) -> Path:
+    """Where the model of data-parallel process ``rank`` appends the answers of a cell being evaluated."""
+    return cell / f"answers.rank{rank}.jsonl"
 
 
-def append_record(cell: Path, record: QuestionRecord, rank: int = 0) -> None:
-    """Add one question's record to the cell, durably."""
+def append_answer(cell: Path, record: QuestionRecord, rank: int = 0) -> None:
+    """Add one question's record to the answers of process ``rank``, durably."""
     cell.mkdir(parents=True, exist_ok=True)
     row = asdict(record) | {"achieved_ratio": record.achieved_ratio}
-    path = records_file(cell, rank)
+    path = answers_file(cell, rank)
     drop_partial_line(path)
     with open(path, "a") as handle:
         handle.write(json.dumps(row) + "\n")
@@ -89,10 +94,10 @@ def append_record(cell: Path, record: QuestionRecord, rank: int = 0) -> None:
 
 
 def read_records(cell: Path) -> list[dict]:
-    """The cell's complete records from every rank's file, last one per (task, doc_id), ``records.jsonl`` read
-    last so that its merged rows win; a line cut short by a crash is dropped."""
+    """The cell's complete records, last one per (task, doc_id): every process's answers, then ``records.jsonl``,
+    whose rows win (answers files a crash left beside it); a line cut short by a crash is dropped."""
     latest: dict[tuple[str, int], dict] = {}
-    for path in [*sorted(cell.glob("records.rank*.jsonl")), cell / RECORDS]:
+    for path in [*sorted(cell.glob("answers.rank*.jsonl")), cell / RECORDS]:
         if not path.is_file():
             continue
         for line in path.read_text().splitlines():
@@ -104,10 +109,10 @@ def read_records(cell: Path) -> list[dict]:
     return list(latest.values())
 
 
-def rewrite_records(cell: Path, rows: list[dict]) -> None:
-    """Replace the cell's records with ``rows`` in ``records.jsonl`` (atomically), merging the ranks' files."""
+def write_records(cell: Path, rows: list[dict]) -> None:
+    """Write the cell's ``records.jsonl`` (atomically) from ``rows``, then remove the answers files it replaces."""
     write_atomically(cell / RECORDS, "".join(json.dumps(row) + "\n" for row in rows))
-    for path in cell.glob("records.rank*.jsonl"):
+    for path in cell.glob("answers.rank*.jsonl"):
         path.unlink()
 
 
@@ -125,28 +130,30 @@ def is_done(cell: Path) -> bool:
 
 
 RECORD_COLUMNS = [f.name for f in fields(QuestionRecord)] + ["achieved_ratio"]
+CELL_COLUMNS = ["model", "benchmark", "reducer", "budget", "params"]
 
 
-def load_cells(root: Path, cell_keys: tuple[str, ...] = ("model", "reducer", "budget")) -> pd.DataFrame:
-    """Every record under ``root``, one row per question, with the cell's keys read from its ``cell.json`` and the
+def load_cells(root: Path) -> pd.DataFrame:
+    """Every record of the cells under ``root`` (each a folder with a ``cell.json``, ``root`` itself included), one
+    row per question, with the cell's keys (``params`` as canonical JSON), its folder relative to ``root`` and the
     evaluation's wall time (``wall_s``) from its ``DONE``."""
     frames = []
-    for path in sorted(root.rglob(RECORDS)):
+    for path in sorted(root.rglob(CELL_KEYS)):
         cell = path.parent
-        keys = json.loads((cell / "cell.json").read_text()) if (cell / "cell.json").is_file() else {}
+        keys = json.loads(path.read_text())
         rows = read_records(cell)
         if rows:
             frame = pd.DataFrame(rows)
-            for key in cell_keys:
-                frame[key] = keys.get(key)
+            for key in CELL_COLUMNS:
+                frame[key] = json.dumps(keys.get(key), sort_keys=True) if key == "params" else keys.get(key)
             frame["cell"] = str(cell.relative_to(root))
             frame["wall_s"] = json.loads((cell / DONE).read_text()).get("wall_s") if is_done(cell) else None
             frames.append(frame)
     if not frames:
-        return pd.DataFrame(columns=[*RECORD_COLUMNS, *cell_keys, "cell", "wall_s"])
+        return pd.DataFrame(columns=[*RECORD_COLUMNS, *CELL_COLUMNS, "cell", "wall_s"])
     return pd.concat(frames, ignore_index=True)
 
 
 def write_cell_keys(cell: Path, **keys) -> None:
-    """Record which model, reducer and budget a cell holds, for ``load_cells``."""
-    write_atomically(cell / "cell.json", json.dumps(keys, indent=1))
+    """Record what a cell holds (its model, benchmark, reducer setting and budget), for ``load_cells``."""
+    write_atomically(cell / CELL_KEYS, json.dumps(keys, indent=1))

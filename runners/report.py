@@ -11,6 +11,7 @@ budget per benchmark, average accuracy against prefill speed-up with its Pareto 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -20,15 +21,32 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from runners.records import load_cells  # noqa: E402
+from runners.records import FULL_TOKENS, load_cells  # noqa: E402
 
-FULL_TOKENS = "none"  # the reducer name of the full-token run
+
+def setting_names(records: pd.DataFrame) -> pd.Series:
+    """Each record's reducer for the tables: its setting's key under ``reducers``, and where cells of one key (at one
+    model, benchmark and budget) hold different parameters, as from a sweep over one, the parameters that tell them
+    apart: ``sttm (variant=corrected)``."""
+    cells = records.drop_duplicates("cell").set_index("cell")
+    names = cells["reducer"].copy()
+    for _, group in cells.groupby(["model", "benchmark", "reducer", "budget"], dropna=False):
+        if group["params"].nunique() < 2:
+            continue
+        values = {cell: json.loads(text) or {} for cell, text in group["params"].items()}
+        keys = sorted({key for params in values.values() for key in params})
+        differing = [key for key in keys if len({repr(params.get(key)) for params in values.values()}) > 1]
+        for cell, params in values.items():
+            names[cell] = f"{names[cell]} ({', '.join(f'{key}={params.get(key)}' for key in differing)})"
+    return records["cell"].map(names)
 
 
 def summarize(records: pd.DataFrame) -> pd.DataFrame:
     """One row per (model, reducer, budget, task): accuracy over answered questions, mean costs, and the number of
-    failed questions (a task whose questions all failed keeps its row, without accuracy)."""
+    failed questions (a task whose questions all failed keeps its row, without accuracy). Reducers are named by
+    ``setting_names``."""
     keys = ["model", "reducer", "budget", "task"]
+    records = records.assign(reducer=setting_names(records))
     answered = records[records["error"].isna()]
     summary = answered.groupby(keys).agg(
         accuracy=("correct", lambda c: 100 * c.astype(float).mean()),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import importlib
+import importlib.metadata
 import numbers
 import pkgutil
 from abc import ABC, abstractmethod
@@ -207,13 +208,14 @@ class Reducer(ABC):
 
 
 _REGISTRY: dict[str, type[Reducer]] = {}
-_PLUGIN_MODULES = ("sttm.reducer",)
-_PLUGIN_PACKAGES = ("baselines",)
+#: the entry-point group through which packages make their reducers findable (this project's ``sttm.reducer`` and
+#: ``baselines``: pyproject.toml); each entry names a module, or a package whose modules are all imported
+ENTRY_POINT_GROUP = "sttm_bench.reducers"
 _discovered = False
 
 
 def register(name: str):
-    """Class decorator: make a reducer findable as ``name`` (e.g. ``reducer=name`` in a config)."""
+    """Class decorator: make a reducer findable as ``name`` (``name: NAME`` in a reducer config)."""
 
     def decorate(cls: type[Reducer]) -> type[Reducer]:
         if name in _REGISTRY and _REGISTRY[name] is not cls:
@@ -226,16 +228,16 @@ def register(name: str):
 
 
 def _discover() -> None:
-    """Import STTM and every module of the plugin packages once, so that their ``@register`` lines run."""
+    """Import, once, what the entry points of ``ENTRY_POINT_GROUP`` name (a package: each of its modules), so that
+    their ``@register`` lines run."""
     global _discovered
     if _discovered:
         return
-    for module_name in _PLUGIN_MODULES:
-        importlib.import_module(module_name)
-    for package_name in _PLUGIN_PACKAGES:
-        package = importlib.import_module(package_name)
-        for module in pkgutil.iter_modules(package.__path__, prefix=f"{package_name}."):
-            importlib.import_module(module.name)
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        loaded = entry.load()
+        if hasattr(loaded, "__path__"):
+            for module in pkgutil.iter_modules(loaded.__path__, prefix=f"{loaded.__name__}."):
+                importlib.import_module(module.name)
     _discovered = True
 
 
@@ -247,6 +249,11 @@ def available_reducers() -> list[str]:
 def reducer_class(name: str) -> type[Reducer]:
     _discover()
     if name not in _REGISTRY:
+        if not importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            raise ValueError(
+                f"unknown reducer {name!r}: no package registers reducers in the entry-point group "
+                f"{ENTRY_POINT_GROUP!r}; install the project (pip install -e .) to register its own"
+            )
         raise ValueError(f"unknown reducer {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
 

@@ -1,26 +1,23 @@
-"""The authors' hand-tuned STTM settings, read from ``configs/reducer/sttm_paper.yaml``."""
+"""The STTM authors' hand-tuned settings: the thresholds and layer of one model, benchmark and budget, looked up in
+the paper's table (``configs/paper/sttm_thresholds.yaml``, composed into the ``sttm_paper`` reducer config)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from omegaconf import OmegaConf
-
-from sttm.reducer import STTM
-
-PAPER_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "reducer" / "sttm_paper.yaml"
+from collections.abc import Mapping
 
 
-def paper_reducer(model: str, benchmark: str, budget: float, config: Path = PAPER_CONFIG) -> STTM:
-    """STTM as the paper ran it for ``model`` on ``benchmark`` at ``budget`` (0.5 or 0.3)."""
-    table = OmegaConf.load(config)
-    if model not in table.thresholds:
-        raise ValueError(f"no paper setting for model {model!r}; the paper has: {', '.join(table.thresholds)}")
-    per_benchmark = table.thresholds[model]
+def paper_params(table: Mapping, model: str, benchmark: str, budget: float) -> dict:
+    """STTM's ``threshold``, ``temporal_threshold`` and ``layer`` as the paper ran ``model`` on ``benchmark`` at
+    ``budget`` (0.5 or 0.3). ``table`` holds ``thresholds[model][benchmark][budget] = [spatial, temporal]`` (budgets
+    as strings, "0.5") and ``layers[model]``."""
+    thresholds = table["thresholds"]
+    if model not in thresholds:
+        raise ValueError(f"no paper setting for model {model!r}; the paper has: {', '.join(thresholds)}")
+    per_benchmark = thresholds[model]
     if benchmark not in per_benchmark:
         raise ValueError(f"no paper setting for {model} on {benchmark!r}; the paper has: {', '.join(per_benchmark)}")
     key = f"{budget:g}"
     if key not in per_benchmark[benchmark]:
         raise ValueError(f"the paper ran budgets {', '.join(per_benchmark[benchmark])}, not {budget}")
     spatial, temporal = per_benchmark[benchmark][key]
-    return STTM(threshold=spatial, temporal_threshold=temporal, layer=table.layers[model], **table.params)
+    return {"threshold": spatial, "temporal_threshold": temporal, "layer": table["layers"][model]}

@@ -34,7 +34,7 @@ class STTM(Reducer):
     Give either thresholds or a budget:
 
     * ``threshold`` (τ_s) and ``temporal_threshold`` (τ_t, ≤ 0 or None: no temporal merging), as in the
-      authors' scripts; ``configs/reducer/sttm_paper.yaml`` holds their per-dataset values.
+      authors' scripts; ``configs/paper/sttm_thresholds.yaml`` holds their per-dataset values.
     * ``budget``: per video, the thresholds whose kept fraction is as close to the budget as the quadtree allows
       without exceeding it. τ_t follows τ_s at ``budget_gap`` below it (0.2, the gap of most of the paper's
       LLaVA-Video settings; None: spatial merging only), a gap that closes for τ_s above 0.85 so that the least

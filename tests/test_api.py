@@ -1,4 +1,4 @@
-"""The reducer protocol: registry, budgets, timing."""
+"""The reducer protocol: registry and its discovery through entry points, budgets, timing."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from sttm import api
 from sttm.api import Reducer, Reduction, Stage, VideoTokens, available_reducers, build_reducer, check_budget
 from sttm.reducer import STTM
 
@@ -16,6 +17,36 @@ def test_sttm_is_found_by_name():
     reducer = build_reducer("sttm", threshold=0.8, temporal_threshold=0.6)
     assert isinstance(reducer, STTM) and reducer.stage is Stage.LLM_LAYER and reducer.layer == 2
     assert not reducer.query_aware
+
+
+HALF = """
+import torch
+from sttm.api import Reducer, Stage, keep_subset, register
+
+
+@register("first_half")
+class FirstHalf(Reducer):
+    stage = Stage.PRE_LLM
+
+    def reduce(self, video):
+        return keep_subset(video, torch.arange(video.num_tokens // 2))
+"""
+
+
+def test_a_package_named_by_an_entry_point_of_the_group_has_each_module_registered(tmp_path, monkeypatch):
+    (tmp_path / "more_reducers").mkdir()
+    (tmp_path / "more_reducers" / "__init__.py").write_text("")
+    (tmp_path / "more_reducers" / "half.py").write_text(HALF)
+    info = tmp_path / "more_reducers-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: more-reducers\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[{api.ENTRY_POINT_GROUP}]\nmore = more_reducers\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(api, "_REGISTRY", dict(api._REGISTRY))
+    monkeypatch.setattr(api, "_discovered", False)
+    assert "first_half" in available_reducers()
+    reduction = build_reducer("first_half")(VideoTokens(torch.randn(2, 2, 2, 4)))
+    assert reduction.num_kept == 4 and type(build_reducer("first_half")).__module__ == "more_reducers.half"
 
 
 def test_an_unknown_reducer_name_lists_the_choices():

@@ -1,27 +1,38 @@
-"""Shipped configs: the authors' STTM thresholds, the model configs, the reducers' layers."""
+"""Shipped configs: each reducer config under its own name, the authors' STTM thresholds composed as data, the
+paper experiments, the model configs, the reducers' layers."""
 
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
-from runners.evaluate import CONFIGS, reducer_config, reducer_params
+from runners.evaluate import CONFIGS, compose_evaluate, plan_cells, setting_params
 from sttm.adapters.loading import MODEL_CLASSES
-from sttm.paper import PAPER_CONFIG, paper_reducer
+from sttm.paper import paper_params
+
+REDUCER_CONFIGS = sorted(path.stem for path in (CONFIGS / "reducers").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", REDUCER_CONFIGS)
+def test_each_reducer_config_is_composed_under_its_own_name(name):
+    assert list(compose_evaluate(f"reducers=[{name}]").reducers) == [name]  # its `# @package reducers.<name>`
+
+
+def paper_table():
+    return compose_evaluate("reducers=[sttm_paper]").reducers.sttm_paper.paper
 
 
 def test_paper_table_has_every_setting_of_the_authors_scripts():
-    table = OmegaConf.load(PAPER_CONFIG).thresholds
+    table = paper_table().thresholds
     rows = [(model, bench) for model in table for bench in table[model]]
     assert len(rows) == 16  # STTM_SPEC.md §4: 6 + 6 + 3 + 1 model x benchmark rows
     assert all(set(table[m][b]) == {"0.5", "0.3"} for m, b in rows)
 
 
-def test_paper_reducer_uses_the_tuned_thresholds_and_layer():
-    reducer = paper_reducer("llava_video_7b", "vnbench", 0.3)
-    assert (reducer.threshold, reducer.temporal_threshold, reducer.layer, reducer.root_level) == (0.8, 0.6, 2, 1)
-    assert paper_reducer("llava_video_72b", "videomme", 0.5).layer == 0
+def test_paper_params_are_the_tuned_thresholds_and_layer():
+    assert paper_params(paper_table(), "llava_video_7b", "vnbench", 0.3) == {
+        "threshold": 0.8, "temporal_threshold": 0.6, "layer": 2
+    }  # fmt: skip
+    assert paper_params(paper_table(), "llava_video_72b", "videomme", 0.5)["layer"] == 0
 
 
 @pytest.mark.parametrize(
@@ -34,7 +45,20 @@ def test_paper_reducer_uses_the_tuned_thresholds_and_layer():
 )
 def test_settings_the_paper_did_not_run_are_refused(model, benchmark, budget, problem):
     with pytest.raises(ValueError, match=problem):
-        paper_reducer(model, benchmark, budget)
+        paper_params(paper_table(), model, benchmark, budget)
+
+
+@pytest.mark.parametrize("experiment", sorted(path.stem for path in (CONFIGS / "experiment").glob("*.yaml")))
+def test_each_paper_experiment_plans_sttm_at_the_authors_settings_before_any_work(experiment, tmp_path):
+    cfg = compose_evaluate(f"experiment={experiment}", f"results_dir={tmp_path}")
+    cells = [cell for cell in plan_cells(cfg) if cell.reducer == "sttm_paper"]
+    assert cells and all(cell.build_reducer().threshold is not None for cell in cells)
+    table = paper_table()
+    for cell in cells:
+        thresholds = table.thresholds[cfg.model.name][cell.benchmark.name]["0.5"]
+        assert (cell.params["threshold"], cell.params["temporal_threshold"]) == tuple(thresholds)
+        assert cell.params["layer"] == table.layers[cfg.model.name] and "budget" not in cell.params
+    assert not list(tmp_path.iterdir())
 
 
 MODEL_KEYS = {"name", "pretrained", "family", "dtype", "attn_implementation", "device", "device_map", "llm_layer",
@@ -51,10 +75,7 @@ def test_every_model_config_composes_with_every_key_the_runner_reads(model):
 @pytest.mark.parametrize(("model", "layer"), [("llava_video_7b", 2), ("qwen2_vl_7b", 2), ("llava_video_72b", 0)])
 def test_llm_layer_reducers_act_at_the_models_layer_unless_their_config_names_one(model, layer):
     cfg = compose_evaluate(f"model={model}")
-    assert reducer_params(cfg, reducer_config("sttm"))["layer"] == layer
-    assert "layer" not in reducer_params(cfg, reducer_config("vidcom2"))  # acts before the LLM
-
-
-def compose_evaluate(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose(config_name="evaluate", overrides=list(overrides))
+    assert setting_params(cfg.reducers.sttm, cfg.model, 0.5)["layer"] == layer
+    assert "layer" not in setting_params(cfg.reducers.vidcom2, cfg.model, 0.5)  # acts before the LLM
+    cfg = compose_evaluate(f"model={model}", "+reducers.sttm.params.layer=5")
+    assert setting_params(cfg.reducers.sttm, cfg.model, 0.5)["layer"] == 5

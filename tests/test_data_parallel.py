@@ -27,7 +27,7 @@ def records(root: Path) -> dict:
     for path in sorted(root.rglob("records*.jsonl")):
         for line in path.read_text().splitlines():
             row = json.loads(line)
-            key = (path.parent.parent.name, row["doc_id"])
+            key = (path.parent.parent.parent.name, row["doc_id"])  # <reducer>/<setting>/budget_<b>/
             assert key not in rows, f"{key} recorded twice"
             rows[key] = row
     return rows

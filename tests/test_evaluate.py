@@ -1,20 +1,22 @@
-"""The evaluation runner: config checks before any model loads, cells through lmms-eval, resume, report."""
+"""The evaluation runner: reducer settings composed by Hydra, config checks before any model loads, cells through
+lmms-eval keyed by their settings, resume, report."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from hydra.errors import MissingConfigException
 
+from runners import evaluate
 from runners.evaluate import (
-    CONFIGS,
     Cell,
     benchmark_parts,
     builtin_hf_home,
-    cell_dir,
     claimed,
     index_tasks,
     locked,
@@ -23,29 +25,82 @@ from runners.evaluate import (
     run,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def compose_evaluate(tmp_path: Path, *overrides: str):
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        overrides = [
-            f"results_dir={tmp_path / 'results'}", f"model.pretrained={tmp_path / 'tiny'}",
-            "++model.build_if_missing=true", *overrides,
-        ]  # fmt: skip
-        return compose(config_name="evaluate", overrides=overrides)
+    return evaluate.compose_evaluate(
+        f"results_dir={tmp_path / 'results'}", f"model.pretrained={tmp_path / 'tiny'}", "++model.build_if_missing=true",
+        *overrides,
+    )  # fmt: skip
 
 
 def config(tmp_path: Path, *overrides: str):
     return compose_evaluate(tmp_path, f"benchmark.data_dir={tmp_path / 'data'}", *overrides)
 
 
+def cells_by_reducer(cfg) -> dict[str, Cell]:
+    return {cell.reducer: cell for cell in plan_cells(cfg)}
+
+
 def test_full_tokens_always_run_first(tmp_path):
     cells = plan_cells(config(tmp_path, "reducers=[vidcom2]", "budget=0.3"))
-    assert [(name, budget) for name, budget, _ in cells] == [("none", 1.0), ("vidcom2", 0.3)]
+    assert [(cell.reducer, cell.budget) for cell in cells] == [("none", 1.0), ("vidcom2", 0.3)]
 
 
-def test_an_unknown_reducer_fails_before_any_work_naming_the_choices(tmp_path):
-    with pytest.raises(ValueError, match="reducers: no config 'sttn'.*choose from: .*sttm"):
-        plan_cells(config(tmp_path, "reducers=[sttn]"))
+def test_each_chosen_config_is_a_setting_whose_parameters_the_command_line_sets(tmp_path):
+    cells = cells_by_reducer(config(tmp_path, "reducers=[sttm,tome]", "reducers.sttm.params.variant=corrected"))
+    assert list(cells) == ["none", "sttm", "tome"]
+    assert cells["sttm"].params == {"root_level": 1, "variant": "corrected", "budget_gap": 0.2, "budget": 0.5,
+                                    "layer": 2}  # fmt: skip
+    assert cells["sttm"].build_reducer().variant == "corrected"
+    official = cells_by_reducer(config(tmp_path, "reducers=[sttm]"))["sttm"]
+    assert official.params["variant"] == "official" and official.path != cells["sttm"].path
+    assert official.path.parent.parent == cells["sttm"].path.parent.parent  # both under toybench/sttm
+
+
+def test_two_settings_of_one_method_run_side_by_side_under_their_names(tmp_path):
+    cells = cells_by_reducer(
+        config(tmp_path, "reducers=[sttm,sttm_corrected]", "+reducers.sttm_l3={name: sttm, params: {layer: 3}}")
+    )
+    settings = [(key, cell.method, cell.params.get("variant"), cell.params.get("layer")) for key, cell in cells.items()]
+    assert settings == [("none", None, None, None), ("sttm", "sttm", "official", 2),
+                        ("sttm_corrected", "sttm", "corrected", 2), ("sttm_l3", "sttm", None, 3)]  # fmt: skip
+    assert len({cell.path for cell in cells.values()}) == 4
+
+
+def test_an_unknown_reducer_fails_before_any_work_naming_it(tmp_path):
+    with pytest.raises(MissingConfigException, match="reducers/sttn"):
+        config(tmp_path, "reducers=[sttn]")
+    with pytest.raises(ValueError, match=r"reducers.mine.name: unknown reducer 'sttn'; choose one of: .*sttm"):
+        plan_cells(config(tmp_path, "reducers=[]", "+reducers.mine={name: sttn}"))
     assert not (tmp_path / "tiny").exists() and not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "problem"),
+    [
+        ("reducers.sttm.params.variant=fixed", r"reducers.sttm on toybench: unknown STTM variant 'fixed'"),
+        ("+reducers.sttm.params.varient=fixed", r"reducers.sttm on toybench: .*unexpected keyword argument 'varient'"),
+        ("+reducers.sttm.params.budget=0.3", r"reducers.sttm on toybench: params.budget: the budget is the run's"),
+        ("+reducers.sttm.thresholds=[0.9]", r"reducers.sttm: unknown keys \['thresholds'\]"),
+        ("+reducers.none={name: tome}", r"reducers.none: 'none' names the full-token cells"),
+    ],
+)
+def test_bad_reducer_settings_fail_before_any_work_naming_the_setting(tmp_path, override, problem):
+    with pytest.raises(ValueError, match=problem):
+        plan_cells(config(tmp_path, "reducers=[sttm]", override))
+    assert not (tmp_path / "tiny").exists()
+
+
+def test_reducers_without_brackets_are_refused_before_any_model_loads(tmp_path):
+    command = [sys.executable, "-m", "runners.evaluate", "reducers=sttm", f"results_dir={tmp_path / 'results'}",
+               f"model.pretrained={tmp_path / 'tiny'}", "model.build_if_missing=true",
+               f"hydra.run.dir={tmp_path / 'hydra'}"]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "reducers=sttm: choose reducer configs as a list, 'reducers=[sttm]'" in done.stderr
+    assert not (tmp_path / "tiny").exists()
 
 
 def test_a_budget_outside_zero_one_fails(tmp_path):
@@ -56,11 +111,15 @@ def test_a_budget_outside_zero_one_fails(tmp_path):
 def test_a_sweep_runs_every_cell_joins_correctness_resumes_and_reports(tmp_path, capsys):
     cfg = config(tmp_path, "reducers=[vidcom2]", "limit=2", "benchmark.tasks=[toy_nextqa,toy_vnbench]")
     report = run(cfg)
-    for reducer, budget in (("none", 1.0), ("vidcom2", 0.5)):
-        cell = cell_dir(cfg, "toybench", reducer, budget)
-        records = [json.loads(line) for line in (cell / "records.jsonl").open()]
+    for cell in plan_cells(cfg):
+        records = [json.loads(line) for line in (cell.path / "records.jsonl").open()]
         assert len(records) == 4 and all(isinstance(r["correct"], bool) for r in records)
-        assert (cell / "DONE").is_file() and (cell / "lmms_eval_results.json").is_file()
+        assert (cell.path / "DONE").is_file() and (cell.path / "lmms_eval_results.json").is_file()
+        assert not list(cell.path.glob("answers.rank*.jsonl"))  # records.jsonl replaced them
+    keys = json.loads((cells_by_reducer(cfg)["vidcom2"].path / "cell.json").read_text())
+    params = {"channel_fraction": 0.5, "temperature": 0.01, "budget": 0.5}
+    assert keys == {"model": "tiny_llava_onevision", "benchmark": "toybench", "reducer": "vidcom2", "budget": 0.5,
+                    "method": "vidcom2", "params": params}  # fmt: skip
     assert "vidcom2" in (report / "table.md").read_text()
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "results").rglob("records.jsonl")}
     run(cfg)
@@ -122,7 +181,7 @@ def test_vnbench_from_local_annotations_scores_both_ways(tmp_path):
         f"benchmark.videos={videos}", f"benchmark.data_dir={tmp_path / 'tasks'}",
     )  # fmt: skip
     run(cfg)
-    cell = cell_dir(cfg, "vnbench", "none", 1.0)
+    cell = plan_cells(cfg)[0].path
     results = json.loads((cell / "lmms_eval_results.json").read_text())["vnbench"]
     assert {"accuracy,none", "vnbench_official,none", "vnbench_entry_accuracy,none"} <= set(results)
     records = [json.loads(line) for line in (cell / "records.jsonl").open()]
@@ -145,16 +204,16 @@ def test_kv_reuse_with_a_query_aware_reducer_fails_before_any_work(tmp_path):
 
 def test_the_paper_suite_runs_six_benchmarks_each_in_cells_of_its_own(tmp_path):
     cfg = compose_evaluate(tmp_path, "benchmark=paper", "reducers=[tome]")
+    cells = plan_cells(cfg)
     parts = [(part.name, part.kind, list(part.tasks)) for part in benchmark_parts(cfg.benchmark)]
     assert parts == [
         ("vnbench", "vnbench", ["vnbench"]), ("videomme", "lmms_eval", ["videomme"]),
         ("longvideobench", "lmms_eval", ["longvideobench_val_v"]), ("mlvu", "lmms_eval", ["mlvu_dev"]),
         ("nextqa", "lmms_eval", ["nextqa_mc_test"]), ("egoschema", "lmms_eval", ["egoschema_subset"]),
     ]  # fmt: skip
-    assert (
-        cell_dir(cfg, "mlvu", "tome", 0.5)
-        == tmp_path / "results" / "tiny_llava_onevision" / "mlvu" / "tome" / "budget_0.5"
-    )
+    mlvu_tome = next(cell.path for cell in cells if (cell.benchmark.name, cell.reducer) == ("mlvu", "tome"))
+    assert mlvu_tome.parent.parent == tmp_path / "results" / "tiny_llava_onevision" / "mlvu" / "tome"
+    assert mlvu_tome.name == "budget_0.5" and len(cells) == 12
     assert benchmark_parts(cfg.benchmark)[0].frame_cap == "needle"
 
 
@@ -169,7 +228,10 @@ def test_paper_thresholds_are_looked_up_per_benchmark_before_any_work(tmp_path):
     cells = plan_cells(
         compose_evaluate(tmp_path, "model=qwen2_vl_7b", "benchmark=paper_qwen2_vl", "reducers=[sttm_paper]")
     )
-    assert [name for name, _, _ in cells] == ["none", "sttm_paper"]
+    paper = {cell.benchmark.name: cell.params for cell in cells if cell.reducer == "sttm_paper"}
+    assert paper["vnbench"] == {"root_level": 1, "variant": "official", "threshold": 0.8, "temporal_threshold": 0.65,
+                                "layer": 2}  # fmt: skip
+    assert list(paper) == ["vnbench", "videomme", "longvideobench"] and paper["videomme"]["temporal_threshold"] == 0.6
 
 
 def test_builtin_benchmarks_share_one_hf_home(tmp_path):
@@ -202,7 +264,7 @@ def test_a_cell_another_job_holds_is_left_to_it(tmp_path):
 
     cfg = config(tmp_path)
     paths = [tmp_path / name for name in ("free", "held", "done")]
-    cells = [Cell(cfg.benchmark, "none", 1.0, None, path) for path in paths]
+    cells = [Cell(cfg.benchmark, "none", None, {}, 1.0, path) for path in paths]
     (paths[2] / "DONE").parent.mkdir()
     (paths[2] / "DONE").write_text("{}")
     evaluated = []
@@ -226,15 +288,16 @@ def test_a_failing_cell_stays_unfinished_while_the_others_run_then_the_run_fails
         return evaluate(model=model, **arguments)
 
     cfg = config(tmp_path, "reducers=[random]", "limit=1", "benchmark.tasks=[toy_nextqa]")
+    cells = cells_by_reducer(cfg)
     monkeypatch.setattr(lmms_eval.evaluator, "simple_evaluate", exits_under_a_reducer)
-    with pytest.raises(RuntimeError, match=r"1 cell\(s\) failed, left unfinished: .*toybench/random/budget_0.5"):
+    with pytest.raises(RuntimeError, match=r"1 cell\(s\) failed, left unfinished: .*toybench/random/\w+/budget_0.5"):
         run(cfg)
-    assert (cell_dir(cfg, "toybench", "none", 1.0) / "DONE").is_file()
-    assert not (cell_dir(cfg, "toybench", "random", 0.5) / "DONE").exists()
+    assert (cells["none"].path / "DONE").is_file()
+    assert not (cells["random"].path / "DONE").exists()
     assert "none" in (tmp_path / "results" / "tiny_llava_onevision" / "toybench" / "report" / "table.md").read_text()
     monkeypatch.setattr(lmms_eval.evaluator, "simple_evaluate", evaluate)
     run(cfg)
-    assert (cell_dir(cfg, "toybench", "random", 0.5) / "DONE").is_file()
+    assert (cells["random"].path / "DONE").is_file()
 
 
 def test_lmms_evals_own_tasks_are_indexed_only_for_a_builtin_benchmark(tmp_path):

@@ -47,8 +47,8 @@ def test_a_local_multirun_runs_each_job_in_its_own_process_and_resumes(tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     jobs = tmp_path / "sweep" / ".submitit"
     assert len(list(jobs.glob("*/*_result.pkl"))) == 2  # one submitit job (a process) per reducer
-    records = sorted((tmp_path / "results" / "tiny_llava_onevision" / "toybench").glob("*/*/records.jsonl"))
-    assert [path.parent.parent.name for path in records] == ["none", "pool", "random"]
+    records = sorted((tmp_path / "results" / "tiny_llava_onevision" / "toybench").glob("*/*/*/records.jsonl"))
+    assert [path.parent.parent.parent.name for path in records] == ["none", "pool", "random"]
     assert all(len(path.read_text().splitlines()) == 1 for path in records)  # full tokens, which both need, ran once
     finished = {path: (path.stat().st_mtime_ns, (path.parent / "DONE").stat().st_mtime_ns) for path in records}
     second = sweep(tmp_path)

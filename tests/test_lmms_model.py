@@ -16,7 +16,7 @@ from lmms_eval.models import get_model  # noqa: E402
 from lmms_eval.tasks import TaskManager  # noqa: E402
 
 from runners.lmms_model import ReducedVideoLLM  # noqa: E402
-from runners.records import read_records  # noqa: E402
+from runners.records import answers_file, read_records  # noqa: E402
 from runners.toybench import generate_split, write_task_yaml  # noqa: E402
 from sttm.adapters.tiny import FRAME_SIZE, save_tiny_model  # noqa: E402
 from sttm.adapters.video import SampledVideo  # noqa: E402
@@ -69,7 +69,7 @@ def test_evaluates_with_a_reducer_records_every_question_and_resumes(setup):
 
     resumed = ReducedVideoLLM(tiny, reducer="vidcom2", budget=0.5, max_new_tokens=4, record_dir=cell)
     assert evaluate(resumed, task_manager)["accuracy,none"] == results["accuracy,none"]
-    assert len((cell / "records.jsonl").read_text().splitlines()) == 6  # nothing ran again
+    assert len(answers_file(cell).read_text().splitlines()) == 6  # nothing ran again
 
 
 def test_full_tokens_and_an_llm_layer_reducer(setup):

@@ -1,8 +1,9 @@
-"""Records of data-parallel processes: one file per rank, read back as one, merged without loss or duplicates."""
+"""Answers of data-parallel processes: one file per rank, read back as one, written into the cell's records.jsonl
+without loss or duplicates."""
 
 from __future__ import annotations
 
-from runners.records import QuestionRecord, append_record, read_records, records_file, rewrite_records
+from runners.records import QuestionRecord, answers_file, append_answer, read_records, write_records
 
 
 def record(doc_id: int, prediction: str = "A") -> QuestionRecord:
@@ -12,25 +13,26 @@ def record(doc_id: int, prediction: str = "A") -> QuestionRecord:
 
 def test_each_rank_appends_to_its_own_file_and_reading_sees_all(tmp_path):
     for doc_id in range(6):
-        append_record(tmp_path, record(doc_id), rank=doc_id % 2)
-    assert records_file(tmp_path, 1).name == "records.rank1.jsonl" and records_file(tmp_path, 1).is_file()
+        append_answer(tmp_path, record(doc_id), rank=doc_id % 2)
+    assert answers_file(tmp_path, 1).name == "answers.rank1.jsonl" and answers_file(tmp_path, 1).is_file()
+    assert not (tmp_path / "records.jsonl").exists()  # the runner's to write
     assert sorted(row["doc_id"] for row in read_records(tmp_path)) == list(range(6))
 
 
 def test_merging_keeps_every_question_once_and_removes_the_rank_files(tmp_path):
     for doc_id in range(4):
-        append_record(tmp_path, record(doc_id), rank=doc_id % 2)
+        append_answer(tmp_path, record(doc_id), rank=doc_id % 2)
     rows = [row | {"correct": True} for row in read_records(tmp_path)]
-    rewrite_records(tmp_path, rows)
-    assert not list(tmp_path.glob("records.rank*.jsonl"))
+    write_records(tmp_path, rows)
+    assert not list(tmp_path.glob("answers.rank*.jsonl"))
     merged = read_records(tmp_path)
     assert sorted(row["doc_id"] for row in merged) == [0, 1, 2, 3] and all(row["correct"] for row in merged)
 
 
 def test_the_merged_file_wins_over_a_rank_file_left_by_a_crash(tmp_path):
-    append_record(tmp_path, record(1, prediction="B"), rank=1)
+    append_answer(tmp_path, record(1, prediction="B"), rank=1)
     (tmp_path / "records.jsonl").write_text("")
     rows = [row | {"correct": False} for row in read_records(tmp_path)]
-    rewrite_records(tmp_path, rows)
-    append_record(tmp_path, record(1, prediction="B"), rank=1)  # as if the crash came before the rank file went
+    write_records(tmp_path, rows)
+    append_answer(tmp_path, record(1, prediction="B"), rank=1)  # as if the crash came before the rank file went
     assert read_records(tmp_path) == rows

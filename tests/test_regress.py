@@ -7,9 +7,8 @@ import shutil
 
 import pandas as pd
 import torch
-from hydra import compose, initialize_config_dir
 
-from runners.evaluate import CONFIGS, run
+from runners.evaluate import compose_evaluate, run
 from runners.regress import baseline_from, check, compare, load_baseline, main
 from sttm import api
 from sttm.api import Reduction, VideoTokens, keep_everything, reducer_class
@@ -61,19 +60,15 @@ class KeepFirstTokens(reducer_class("tome")):
 
 
 def test_a_reducer_that_keeps_the_wrong_tokens_fails_the_check_of_the_trained_model(tmp_path, monkeypatch, capsys):
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose(
-            config_name="evaluate",
-            overrides=[
-                "budget=0.5", "reducers=[tome]", "limit=12", "benchmark.tasks=[toy_nextqa]",
-                f"benchmark.data_dir={tmp_path / 'data'}", f"results_dir={tmp_path / 'results'}",
-            ],
-        )  # fmt: skip
+    cfg = compose_evaluate(
+        "budget=0.5", "reducers=[tome]", "limit=12", "benchmark.tasks=[toy_nextqa]",
+        f"benchmark.data_dir={tmp_path / 'data'}", f"results_dir={tmp_path / 'results'}",
+    )  # fmt: skip
     results, baseline = tmp_path / "results", tmp_path / "toy.json"
     run(cfg)
     assert main([str(results), str(baseline), "--write"]) == 0
     assert main([str(results), str(baseline)]) == 0
-    shutil.rmtree(next(results.rglob("tome/budget_0.5")))
+    shutil.rmtree(next(results.rglob("tome/*/budget_0.5")))
     monkeypatch.setitem(api._REGISTRY, "tome", KeepFirstTokens)
     run(cfg)
     assert main([str(results), str(baseline)]) == 1

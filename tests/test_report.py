@@ -9,7 +9,8 @@ import pytest
 
 from runners.records import (
     QuestionRecord,
-    append_record,
+    answers_file,
+    append_answer,
     is_done,
     load_cells,
     mark_done,
@@ -31,31 +32,31 @@ def record(task: str, doc_id: int, correct: bool, kept: int, prefill: float, err
     )  # fmt: skip
 
 
-def fill_cell(root, model, reducer, budget, correct_per_task, kept, prefill, failures=0):
-    cell = root / model / reducer / str(budget)
-    write_cell_keys(cell, model=model, reducer=reducer, budget=budget)
+def fill_cell(root, model, reducer, budget, correct_per_task, kept, prefill, failures=0, params=None):
+    cell = root / model / reducer / str(budget) / (params or {}).get("variant", "cell")
+    write_cell_keys(cell, model=model, benchmark="suite", reducer=reducer, budget=budget, params=params or {})
     for task, correct in zip(TASKS, correct_per_task, strict=True):
         for doc_id in range(4):
-            append_record(cell, record(task, doc_id, doc_id < correct, kept, prefill))
+            append_answer(cell, record(task, doc_id, doc_id < correct, kept, prefill))
     for doc_id in range(failures):
-        append_record(cell, record("vnbench", 100 + doc_id, False, 0, math.nan, error="video missing"))
+        append_answer(cell, record("vnbench", 100 + doc_id, False, 0, math.nan, error="video missing"))
     return cell
 
 
 def test_a_line_cut_short_by_a_crash_is_dropped_and_that_question_runs_again(tmp_path):
     cell = tmp_path / "cell"
-    append_record(cell, record("vnbench", 0, True, 50, 5.0))
-    append_record(cell, record("vnbench", 1, True, 50, 5.0))
-    text = (cell / "records.jsonl").read_text()
-    (cell / "records.jsonl").write_text(text[:-20])  # the crash cut the last line
+    append_answer(cell, record("vnbench", 0, True, 50, 5.0))
+    append_answer(cell, record("vnbench", 1, True, 50, 5.0))
+    text = answers_file(cell).read_text()
+    answers_file(cell).write_text(text[:-20])  # the crash cut the last line
     assert set(records_by_question(cell)) == {("vnbench", 0)}
-    append_record(cell, record("vnbench", 1, False, 50, 5.0))
+    append_answer(cell, record("vnbench", 1, False, 50, 5.0))
     rows = read_records(cell)
     assert len(rows) == 2 and {r["doc_id"]: r["correct"] for r in rows} == {0: True, 1: False}
 
 
 def test_a_record_stores_its_achieved_ratio(tmp_path):
-    append_record(tmp_path, record("vnbench", 0, True, 30, 5.0))
+    append_answer(tmp_path, record("vnbench", 0, True, 30, 5.0))
     assert read_records(tmp_path)[0]["achieved_ratio"] == 0.3
 
 
@@ -107,10 +108,10 @@ def test_failed_questions_are_counted_per_cell_even_where_a_task_or_a_cell_has_n
     fill_cell(tmp_path, "tiny", "none", 1.0, (4, 4), kept=100, prefill=100.0)
     sttm = fill_cell(tmp_path, "tiny", "sttm", 0.5, (4, 3), kept=50, prefill=50.0, failures=2)
     for doc_id in range(3):
-        append_record(sttm, record("nextqa", doc_id, False, 0, math.nan, error="video missing"))
+        append_answer(sttm, record("nextqa", doc_id, False, 0, math.nan, error="video missing"))
     broken = tmp_path / "tiny" / "random" / "0.5"
     write_cell_keys(broken, model="tiny", reducer="random", budget=0.5)
-    append_record(broken, record("vnbench", 0, False, 0, math.nan, error="video missing"))
+    append_answer(broken, record("vnbench", 0, False, 0, math.nan, error="video missing"))
     table = paper_table(summarize(load_cells(tmp_path)))
     assert table.loc[("tiny", "sttm", 0.5), "failed"] == 5
     assert math.isnan(table.loc[("tiny", "sttm", 0.5), "nextqa"])
@@ -128,8 +129,18 @@ def test_the_table_gives_prefill_tokens_per_question_and_wall_time(tmp_path):
         write_cell_keys(cell, model="m", reducer=reducer, budget=1.0 if reducer == "none" else 0.5)
         for doc_id in range(4):
             base = record("vnbench", doc_id, True, 100, 50.0)
-            append_record(cell, QuestionRecord(**{**base.__dict__, "prefill_tokens": tokens + doc_id}))
+            append_answer(cell, QuestionRecord(**{**base.__dict__, "prefill_tokens": tokens + doc_id}))
         mark_done(cell, {"questions": 4, "wall_s": wall})
     table = paper_table(summarize(load_cells(tmp_path))).reset_index().set_index("reducer")
     assert table.loc["none", "prefill_tokens_per_question"] == 1001.5 and table.loc["none", "wall_s"] == 30.0
     assert table.loc["sttm", "prefill_tokens_per_question"] == 401.5 and table.loc["sttm", "wall_s"] == 12.0
+
+
+def test_settings_of_one_key_with_different_parameters_get_rows_named_by_what_differs(tmp_path):
+    for variant, correct in (("official", (4, 4)), ("corrected", (2, 2))):
+        params = {"variant": variant, "layer": 2, "budget": 0.5}
+        fill_cell(tmp_path, "tiny", "sttm", 0.5, correct, kept=50, prefill=50.0, params=params)
+    fill_cell(tmp_path, "tiny", "tome", 0.5, (3, 3), kept=50, prefill=50.0, params={"layer": 2, "budget": 0.5})
+    table = paper_table(summarize(load_cells(tmp_path)))
+    averages = table["average"].droplevel(["model", "budget"]).to_dict()
+    assert averages == {"sttm (variant=corrected)": 50.0, "sttm (variant=official)": 100.0, "tome": 75.0}

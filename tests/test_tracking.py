@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from runners.records import QuestionRecord, append_record, load_cells, write_cell_keys
+from runners.records import QuestionRecord, append_answer, load_cells, write_cell_keys
 from runners.tracking import cell_metrics, log_cell
 
 
@@ -16,7 +16,7 @@ def make_cell(root):
             task="vnbench", doc_id=doc_id, correct=doc_id % 2 == 0, prediction="A", answer="A",
             visual_tokens_before=100, visual_tokens_after=40, prefill_ms=10.0, ttft_ms=12.0,
         )  # fmt: skip
-        append_record(cell, record)
+        append_answer(cell, record)
     return load_cells(root)
 
 
