@@ -105,7 +105,8 @@ def dynamic_segments(global_features: torch.Tensor, min_segments: int, threshold
     """[T, Cg] per-frame features -> [T] int64 segment index of each frame (0, 1, …, non-decreasing).
 
     A segment ends after frame i (i < T − 1) when the cosine of frames i and i + 1 is among the
-    ``min_segments − 1`` smallest or below ``threshold``.
+    ``min_segments − 1`` smallest or below ``threshold``. A video of fewer than ``min_segments`` frames (where the
+    authors' ``topk`` fails) has every frame in a segment of its own, as a video of exactly that many frames has.
     """
     frames = global_features.shape[0]
     if global_features.dim() != 2:
@@ -113,10 +114,7 @@ def dynamic_segments(global_features: torch.Tensor, min_segments: int, threshold
     if min_segments < 1:
         raise ValueError(f"DySeg_c must be >= 1 (the fewest segments), got {min_segments}")
     if frames < min_segments:
-        raise ValueError(
-            f"FastVID cuts a video into at least DySeg_c = {min_segments} segments: it needs at least that many "
-            f"frames, got {frames}"
-        )
+        return torch.arange(frames, device=global_features.device)
     unit = global_features / global_features.norm(dim=1, keepdim=True)
     similarity = (unit[:-1] * unit[1:]).sum(dim=1)
     cut = similarity < threshold

@@ -242,8 +242,6 @@ def test_bad_input_names_the_problem():
         FastVID(dtm_p=0)
     with pytest.raises(ValueError, match="needs importance"):
         FastVID()(VideoTokens(video.grid))
-    with pytest.raises(ValueError, match="at least DySeg_c = 8 segments: it needs at least that many frames, got 7"):
-        FastVID()(VideoTokens(video.grid[:7], importance=video.importance[:7]))
     with pytest.raises(ValueError, match="none is a context token"):
         FastVID(budget=0.01)(video)  # keep int(1.96) = 1, context int(0.4) = 0
     with pytest.raises(ValueError, match="needs 156 context targets but its frame has only 137"):
@@ -254,3 +252,10 @@ def test_bad_input_names_the_problem():
         FastVID().reduce(video, torch.ones(7, 2))
     with pytest.raises(ValueError, match=r"importance must have shape \[T, H, W\]"):
         fastvid(video.grid, video.importance[:, :3], torch.ones(8, 2))
+
+
+def test_a_video_shorter_than_dyseg_c_has_a_segment_per_frame():
+    video = random_video(8, 14, channels=4)
+    short = FastVID()(VideoTokens(video.grid[:5], importance=video.importance[:5]))
+    assert short.info["segment_sizes"] == [1] * 5
+    assert dynamic_segments(torch.randn(8, 3), 8, 0.9).tolist() == list(range(8))  # the same at T = DySeg_c
