@@ -168,6 +168,12 @@ class ReducedVideoLLM(lmms):
             output, timing = timed_generate(self.model, inputs[0], max_new_tokens=self.max_new_tokens, do_sample=False)
         prompt_length = inputs[0]["input_ids"].shape[1]
         reduction = log.last if log.calls else None
+        inner = log.inner.last if log.inner is not None and log.inner.calls else None
+        reducer_ms = float("nan") if reduction is None else reduction.reducer_ms + (inner.reducer_ms if inner else 0.0)
+        # a method that also acts inside the LLM: the ratio of visual tokens from its inner layer on, beside the
+        # ratio before the LLM that achieved_ratio reports
+        stages = {} if inner is None else {"inner_layer": self.reducer.inner_stage().layer,
+                                           "inner_visual_tokens_after": inner.num_kept}  # fmt: skip
         return [
             dataclasses.replace(
                 bases[0],
@@ -175,12 +181,13 @@ class ReducedVideoLLM(lmms):
                 visual_tokens_before=before,
                 visual_tokens_after=before if reduction is None else reduction.num_kept,
                 vision_ms=timing.vision_ms,
-                reducer_ms=float("nan") if reduction is None else reduction.reducer_ms,
+                reducer_ms=reducer_ms,
                 prefill_ms=timing.prefill_ms,
                 ttft_ms=timing.ttft_ms,
                 decode_ms_per_token=timing.decode_ms_per_token,
                 peak_memory_mb=timing.peak_memory_mb,
                 prefill_tokens=prompt_length,
+                extra=stages,
             )
         ]
 
