@@ -32,12 +32,13 @@ from transformers.video_utils import VideoMetadata
 
 from runners.records import FULL_TOKENS, QuestionRecord, append_answer, records_by_question
 from sttm.adapters.family import frames_in_pairs, newlines_per_video, takes_video_fps, video_token_id
+from sttm.adapters.flops import prefill_flops, tokens_per_layer
 from sttm.adapters.loading import load_model, video_question_prompt
 from sttm.adapters.points import reduction_point
 from sttm.adapters.reuse import check_kv_reuse, greedy_from_prefix, prefill_prefix
 from sttm.adapters.timing import timed_generate
 from sttm.adapters.video import VideoError, read_frames
-from sttm.api import Reducer, build_reducer
+from sttm.api import Reducer, Stage, build_reducer
 
 MANIFEST = ModelManifest(model_id="sttm_bench", simple_class_path="runners.lmms_model.ReducedVideoLLM")
 
@@ -58,6 +59,11 @@ class Question:
             task=self.task, doc_id=self.doc_id, correct=None, prediction="", answer=self.answer,
             visual_tokens_before=0, visual_tokens_after=0,
         )  # fmt: skip
+
+
+def reducer_first_layer(reducer: Reducer) -> int:
+    """The first decoder layer that sees the reduced sequence: 0 for a reducer before the LLM, else its layer."""
+    return reducer.layer if reducer.stage is Stage.LLM_LAYER else 0
 
 
 def video_path(doc: dict, doc_to_visual) -> str | VideoError:
@@ -174,6 +180,13 @@ class ReducedVideoLLM(lmms):
         # ratio before the LLM that achieved_ratio reports
         stages = {} if inner is None else {"inner_layer": self.reducer.inner_stage().layer,
                                            "inner_visual_tokens_after": inner.num_kept}  # fmt: skip
+        cuts = []
+        if reduction is not None:
+            cuts.append((reducer_first_layer(self.reducer), before - reduction.num_kept))
+            if inner is not None:
+                cuts.append((stages["inner_layer"], reduction.num_kept - inner.num_kept))
+        text_config = self.model.config.text_config
+        flops = prefill_flops(text_config, tokens_per_layer(text_config.num_hidden_layers, prompt_length, cuts))
         return [
             dataclasses.replace(
                 bases[0],
@@ -187,6 +200,7 @@ class ReducedVideoLLM(lmms):
                 decode_ms_per_token=timing.decode_ms_per_token,
                 peak_memory_mb=timing.peak_memory_mb,
                 prefill_tokens=prompt_length,
+                prefill_flops=flops,
                 extra=stages,
             )
         ]

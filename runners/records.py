@@ -43,6 +43,7 @@ class QuestionRecord:
     decode_ms_per_token: float = math.nan
     peak_memory_mb: float = math.nan
     prefill_tokens: int | None = None
+    prefill_flops: float = math.nan  # sttm.adapters.flops: the LLM's prefill from the tokens each layer saw
     error: str | None = None
     extra: dict = field(default_factory=dict)
 
