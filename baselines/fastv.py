@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, keep_subset, register
+from sttm.api import RankedInLLM, Reduction, VideoTokens, keep_subset, register
 
 
 def most_attended(importance: torch.Tensor, count: int) -> torch.Tensor:
@@ -27,19 +27,11 @@ def most_attended(importance: torch.Tensor, count: int) -> torch.Tensor:
 
 
 @register("fastv")
-class FastV(Reducer):
+class FastV(RankedInLLM):
     """The ``int(budget · n)`` visual tokens the last prompt token attends to most at layer ``layer − 1``."""
 
-    stage = Stage.LLM_LAYER
-    query_aware = True
-    needs = frozenset({"importance"})
-    importance_lag = 1
-
     def __init__(self, budget: float = 0.5, layer: int = 2) -> None:
-        self.budget = check_budget(budget)
-        if layer < 1:
-            raise ValueError(f"FastV prunes after the attention of an earlier layer: layer must be >= 1, got {layer}")
-        self.layer = layer
+        super().__init__(budget, layer)
 
     def reduce(self, video: VideoTokens) -> Reduction:
         count = max(1, int(self.budget * video.num_tokens))

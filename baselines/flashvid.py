@@ -70,7 +70,17 @@ import torch
 import torch.nn.functional as F
 
 from baselines.fastv import most_attended
-from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, keep_subset, patch_boxes, register
+from sttm.api import (
+    RankedInLLM,
+    Reducer,
+    Reduction,
+    Stage,
+    VideoTokens,
+    check_budget,
+    keep_subset,
+    patch_boxes,
+    register,
+)
 
 SELECTIONS = ("attn_div", "attn_div_v2")
 VARIANTS = ("official", "corrected")
@@ -403,20 +413,12 @@ def fastv_prune(
 
 
 @register("flashvid_llm")
-class FlashVIDLLM(Reducer):
+class FlashVIDLLM(RankedInLLM):
     """FlashVID's pruning inside the LLM: the ``ceil(budget · n)`` visual tokens the last prompt token attends to
     most at layer ``layer − 1``, in their order. FastV's computation with FlashVID's rounding (up, not down)."""
 
-    stage = Stage.LLM_LAYER
-    query_aware = True
-    needs = frozenset({"importance"})
-    importance_lag = 1
-
     def __init__(self, budget: float = 0.3, layer: int = 20) -> None:
-        self.budget = check_budget(budget)
-        if layer < 1:
-            raise ValueError(f"FlashVID prunes by the attention of the layer before: layer must be >= 1, got {layer}")
-        self.layer = layer
+        super().__init__(budget, layer)
 
     def reduce(self, video: VideoTokens) -> Reduction:
         kept = most_attended(video.importance, math.ceil(video.num_tokens * self.budget)).to(video.grid.device)

@@ -58,7 +58,15 @@ import torch
 import torch.nn.functional as F
 
 from baselines.fastv import most_attended
-from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, keep_everything, patch_boxes, register
+from sttm.api import (
+    RankedInLLM,
+    Reduction,
+    VideoTokens,
+    check_budget,
+    keep_everything,
+    patch_boxes,
+    register,
+)
 
 #: similarity given to first-frame tokens, which have no predecessor: below any cosine (the authors' IGNORE_TOKEN).
 NO_PREDECESSOR = -2.0
@@ -149,27 +157,18 @@ def group_means(values: torch.Tensor, group: torch.Tensor, sizes: torch.Tensor) 
 
 
 @register("framefusion")
-class FrameFusion(Reducer):
+class FrameFusion(RankedInLLM):
     """Merge tokens similar to the previous frame's, then keep the ``round(budget · n)`` most attended, at
     decoder layer ``layer`` (attention of layer ``layer − 1``)."""
-
-    stage = Stage.LLM_LAYER
-    query_aware = True
-    needs = frozenset({"importance"})
-    importance_lag = 1
 
     def __init__(
         self, budget: float = 0.5, layer: int = 2, similarity_lower_bound: float = 0.6, num_layers: int = 28
     ) -> None:
-        self.budget = check_budget(budget)
-        if layer < 1:
-            raise ValueError(
-                f"FrameFusion prunes after the attention of an earlier layer: layer must be >= 1, got {layer}"
-            )
+        super().__init__(budget, layer)
         _check_layers(layer, num_layers)
         if not -1.0 <= similarity_lower_bound <= 1.0:
             raise ValueError(f"similarity_lower_bound must lie in [-1, 1] (a cosine), got {similarity_lower_bound}")
-        self.layer, self.num_layers, self.similarity_lower_bound = layer, num_layers, float(similarity_lower_bound)
+        self.num_layers, self.similarity_lower_bound = num_layers, float(similarity_lower_bound)
 
     def reduce(self, video: VideoTokens) -> Reduction:
         t, h, w, c = video.grid.shape

@@ -78,6 +78,7 @@ import torch
 import torch.nn.functional as F
 
 from sttm.api import (
+    RankedInLLM,
     Reducer,
     Reduction,
     Stage,
@@ -574,21 +575,13 @@ def inner_merge(
 
 
 @register("holitom_inner")
-class HoliTomInner(Reducer):
+class HoliTomInner(RankedInLLM):
     """HoliTom's merge inside the LLM: the visual tokens the last prompt token attends to least at layer k − 1
     merge into their most similar kept token, at the input of layer k."""
 
-    stage = Stage.LLM_LAYER
-    query_aware = True
-    needs = frozenset({"importance"})
-    importance_lag = 1
-
     def __init__(self, budget: float = 0.5, layer: int = 18, variant: str = "official") -> None:
-        self.budget = check_budget(budget)
-        if layer < 1:
-            raise ValueError(f"HoliTom's inner merge reads the attention of the layer before: layer must be >= 1, "
-                             f"got {layer}")  # fmt: skip
-        self.layer, self.variant = layer, check_variant(variant)
+        super().__init__(budget, layer)
+        self.variant = check_variant(variant)
         self.merge_ratio = 1 - self.budget
 
     def reduce(self, video: VideoTokens) -> Reduction:

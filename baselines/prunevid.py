@@ -87,6 +87,7 @@ import torch
 import torch.nn.functional as F
 
 from sttm.api import (
+    RankedInLLM,
     Reducer,
     Reduction,
     Stage,
@@ -494,21 +495,11 @@ class PruneVid(Reducer):
 
 
 @register("prunevid_llm")
-class PruneVidLLM(Reducer):
+class PruneVidLLM(RankedInLLM):
     """PruneVid's stage 2 alone, inside the LLM: per frame, the video tokens the prompt attends to most."""
 
-    stage = Stage.LLM_LAYER
-    query_aware = True
-    needs = frozenset({"importance"})
-    importance_lag = 1
-
     def __init__(self, budget: float = 0.4, layer: int = 11) -> None:
-        self.budget = check_budget(budget)
-        if layer < 1:
-            raise ValueError(
-                f"PruneVid keeps tokens by the attention of the layer before: layer must be >= 1, got {layer}"
-            )
-        self.layer = layer
+        super().__init__(budget, layer)
 
     def reduce(self, video: VideoTokens) -> Reduction:
         everything = [video.num_tokens]

@@ -207,6 +207,26 @@ class Reducer(ABC):
         return replace(result, reducer_ms=elapsed)
 
 
+class RankedInLLM(Reducer):
+    """Base of the reducers that act at decoder layer ``layer`` on the visual tokens ranked by the attention the last
+    prompt token pays them at layer ``layer − 1`` (``importance``): FastV, FrameFusion and the stages inside the LLM of
+    two-stage methods. Query-aware: the ranking depends on the question."""
+
+    stage = Stage.LLM_LAYER
+    query_aware = True
+    needs = frozenset({"importance"})
+    importance_lag = 1
+
+    def __init__(self, budget: float, layer: int) -> None:
+        self.budget = check_budget(budget)
+        if layer < 1:
+            raise ValueError(
+                f"{type(self).__name__} ranks by the attention of the layer before its own: layer must be >= 1, "
+                f"got {layer}"
+            )
+        self.layer = layer
+
+
 _REGISTRY: dict[str, type[Reducer]] = {}
 #: the entry-point group through which packages make their reducers findable (this project's ``sttm.reducer`` and
 #: ``baselines``: pyproject.toml); each entry names a module, or a package whose modules are all imported

@@ -261,16 +261,17 @@ def test_runs_in_llava_onevision_at_the_vision_point():
     model = tiny_model("llava_onevision")
     ids = torch.tensor([[10, 11, *[model.config.video_token_id] * (2 * 64 + 1), 12, 13]])
     pixels = torch.randn(1, 2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad(), reduction_point(model, FlashVID(budget=0.25)) as log:
+    with torch.no_grad(), reduction_point(model, FlashVID(budget=0.25, llm_layer=2)) as log:
         output = model.generate(input_ids=ids, pixel_values_videos=pixels, max_new_tokens=2, do_sample=False)
     reduction = log.last.reductions[0]
     assert output.shape[1] == ids.shape[1] + 2 and reduction.num_input == 128
     assert 2 * 16 <= reduction.num_kept <= 2 * 17  # 16 a frame, one more where a cluster count rounds up
+    assert log.inner.last.num_input == reduction.num_kept  # then its pruning at layer 2, on those tokens
 
 
 def test_the_shipped_config_builds_the_reducer_with_the_authors_defaults():
-    config = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "reducer" / "flashvid.yaml")
-    reducer = build_reducer(config.name, budget=0.3125, **OmegaConf.to_container(config.params))
+    config = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "reducers" / "flashvid.yaml")
+    reducer = build_reducer(config.name, budget=0.3125, **OmegaConf.to_container(config.params, resolve=True))
     assert reducer.knobs(196) == FlashVID().knobs(196)
 
 

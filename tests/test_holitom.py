@@ -282,9 +282,10 @@ def test_runs_in_llava_onevision_at_the_vision_point():
     model = tiny_model("llava_onevision")
     ids = torch.tensor([[10, 11, *[model.config.video_token_id] * (2 * 64 + 1), 12, 13]])
     pixels = torch.randn(1, 2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad(), reduction_point(model, HoliTom(budget=0.25)) as log:
+    with torch.no_grad(), reduction_point(model, HoliTom(budget=0.25, inner_layer=2)) as log:
         output = model.generate(input_ids=ids, pixel_values_videos=pixels, max_new_tokens=2, do_sample=False)
     assert output.shape[1] == ids.shape[1] + 2 and log.last.kept_ratio == 0.25  # distinct frames: 16 of 64 each
+    assert log.inner.last.num_input == 32 and log.inner.last.num_kept == 16  # then its merge at layer 2, keeping half
 
 
 def authors_class(checkout: str, monkeypatch):
