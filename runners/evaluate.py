@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -128,21 +129,55 @@ def reducer_settings(cfg: DictConfig) -> dict[str, DictConfig]:
     return dict(settings.items())
 
 
-def setting_params(setting: DictConfig, model: DictConfig, budget: float, benchmark: str | None = None) -> dict:
+def setting_params(setting: DictConfig, model: DictConfig, budget: float | None, benchmark: str | None = None) -> dict:
     """What a reducer setting (a node of ``reducers``) builds its reducer with in a cell of ``benchmark`` at
     ``budget``: its ``params``, then the tuned settings of the cell's model, benchmark and budget where it holds the
-    paper's table (``paper``: ``sttm.paper.paper_params``) or else the budget; a reducer acting in the LLM without a
-    layer of its own takes the model's ``llm_layer`` (the STTM paper: 2 for 7B models, 0 for 72B)."""
+    paper's table (``paper``: ``sttm.paper.paper_params``) or else the budget (where there is one); a reducer acting
+    in the LLM without a layer of its own takes the model's ``llm_layer`` (the STTM paper: 2 for 7B models, 0 for
+    72B)."""
     params = OmegaConf.to_container(setting.params, resolve=True) if setting.get("params") else {}
     if "budget" in params:
         raise ValueError("params.budget: the budget is the run's `budget`, not a reducer parameter")
     if "paper" in setting:
+        if budget is None or benchmark is None:
+            raise ValueError(
+                "the paper's settings are looked up per model, benchmark and budget: give a benchmark and a budget"
+            )
         params |= paper_params(setting.paper, model.name, benchmark, budget)
-    else:
+    elif budget is not None:
         params["budget"] = budget
     if reducer_class(setting.name).stage is Stage.LLM_LAYER and "layer" not in params:
         params["layer"] = model.llm_layer
     return params
+
+
+def reducer_parameters(name: str) -> dict[str, inspect.Parameter]:
+    """The parameters of the reducer registered as ``name``, by name."""
+    parameters = inspect.signature(reducer_class(name).__init__).parameters
+    return {key: parameter for key, parameter in parameters.items() if key != "self"}
+
+
+def setting_reducer(
+    setting: DictConfig, model: DictConfig, budget: float | None, benchmark: str | None = None
+) -> tuple[dict, Reducer]:
+    """The parameters a reducer setting builds its reducer with in a cell (``setting_params``), and that reducer: how
+    the runner and the lmms-eval model both build one. Without a budget a setting reaches its kept fraction another
+    way (STTM's thresholds: a reducer whose budget defaults to None checks that itself) or fails; a parameter the
+    reducer does not take fails naming the ones it does."""
+    params = setting_params(setting, model, budget, benchmark)
+    known = reducer_parameters(setting.name)
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise ValueError(
+            f"reducer {setting.name!r} takes no parameter {', '.join(map(repr, unknown))}; its parameters: "
+            f"{', '.join(known)}"
+        )
+    if "budget" in known and "budget" not in params and known["budget"].default is not None:
+        raise ValueError(
+            f"reducer {setting.name!r} needs a budget (the kept fraction of visual tokens, in (0, 1]): without one it "
+            "would run at a default of its own"
+        )
+    return params, build_reducer(setting.name, **params)
 
 
 def cell_dir(cfg: DictConfig, benchmark: str, reducer: str, method: str | None, params: dict, budget: float) -> Path:
@@ -164,14 +199,12 @@ def plan_cells(cfg: DictConfig) -> list[Cell]:
         cells.append(Cell(benchmark, FULL_TOKENS, None, {}, 1.0, full))
         for key, setting in settings.items():
             try:
-                params = setting_params(setting, cfg.model, budget, benchmark.name)
-                cell = Cell(benchmark, key, setting.name, params, budget,
-                            cell_dir(cfg, benchmark.name, key, setting.name, params, budget))  # fmt: skip
-                reducer = cell.build_reducer()
-            except (TypeError, ValueError) as error:  # TypeError: a parameter the reducer does not take
+                params, reducer = setting_reducer(setting, cfg.model, budget, benchmark.name)
+            except (TypeError, ValueError) as error:
                 raise ValueError(f"reducers.{key} on {benchmark.name}: {error}") from error
             check_kv_reuse(cfg.kv_reuse, reducer)
-            cells.append(cell)
+            path = cell_dir(cfg, benchmark.name, key, setting.name, params, budget)
+            cells.append(Cell(benchmark, key, setting.name, params, budget, path))
     return cells
 
 
@@ -361,21 +394,16 @@ def run(cfg: DictConfig) -> Path:
             prepare(cfg)
     accelerator.wait_for_everyone()
     task_manager = index_tasks(benchmarks)
-    from runners.lmms_model import ReducedVideoLLM
+    from runners.lmms_model import ReducedVideoLLM, max_frames
 
     model = None
     failed = []
     quiet = not accelerator.is_main_process
     for cell in tqdm(claimed(cells, accelerator), desc="cells", unit="cell", disable=quiet):
         if model is None:
-            model = ReducedVideoLLM(
-                cfg.model.pretrained, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
-                device=cfg.model.device, device_map=cfg.model.device_map, target_fps=cfg.model.target_fps,
-                max_frames=cfg.model.max_frames[cfg.benchmark.get("frame_cap", "default")],
-                max_new_tokens=cfg.model.max_new_tokens, positions=cfg.positions, kv_reuse=cfg.kv_reuse,
-            )  # fmt: skip
+            model = ReducedVideoLLM.from_model_config(cfg.model, positions=cfg.positions, kv_reuse=cfg.kv_reuse)
             model.accelerator = accelerator
-        model.max_frames = cfg.model.max_frames[cell.benchmark.get("frame_cap", "default")]
+        model.max_frames = max_frames(cfg.model, cell.benchmark.get("frame_cap", "default"))
         model.reducer = cell.build_reducer()
         try:
             evaluate_cell(cfg, cell, model, task_manager, accelerator)

@@ -6,7 +6,8 @@ appends one line per answered question to its process's answers file (``answers.
 synced as it is written; a line cut short by a crash is dropped when the file is read back, so that question runs
 again. The runner alone writes ``records.jsonl``: once, at the end, every answer with its correctness, replacing
 the answers files (``write_records``). Whole files are written to a temporary name and renamed into place. ``DONE``
-marks a finished cell.
+marks a finished cell. Lines are strict JSON: a time not measured (NaN in a ``QuestionRecord``) is written as null
+and read back as NaN.
 """
 
 from __future__ import annotations
@@ -54,6 +55,24 @@ class QuestionRecord:
         return self.visual_tokens_after / self.visual_tokens_before
 
 
+#: the fields that hold NaN where not measured
+MEASURED = tuple(f.name for f in fields(QuestionRecord) if f.type == "float") + ("achieved_ratio",)
+
+
+def json_line(row: dict) -> str:
+    """``row`` as one line of strict JSON, its non-finite numbers as null."""
+    strict = {
+        key: None if isinstance(value, float) and not math.isfinite(value) else value for key, value in row.items()
+    }
+    return json.dumps(strict, allow_nan=False) + "\n"
+
+
+def parse_line(line: str) -> dict:
+    """A row written by ``json_line``, its measured fields that were not measured back as NaN."""
+    row = json.loads(line)
+    return row | {key: math.nan for key in MEASURED if key in row and row[key] is None}
+
+
 def write_atomically(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,7 +108,7 @@ def append_answer(cell: Path, record: QuestionRecord, rank: int = 0) -> None:
     path = answers_file(cell, rank)
     drop_partial_line(path)
     with open(path, "a") as handle:
-        handle.write(json.dumps(row) + "\n")
+        handle.write(json_line(row))
         handle.flush()
         os.fsync(handle.fileno())
 
@@ -103,7 +122,7 @@ def read_records(cell: Path) -> list[dict]:
             continue
         for line in path.read_text().splitlines():
             try:
-                row = json.loads(line)
+                row = parse_line(line)
             except json.JSONDecodeError:
                 continue
             latest[(row["task"], row["doc_id"])] = row
@@ -112,7 +131,7 @@ def read_records(cell: Path) -> list[dict]:
 
 def write_records(cell: Path, rows: list[dict]) -> None:
     """Write the cell's ``records.jsonl`` (atomically) from ``rows``, then remove the answers files it replaces."""
-    write_atomically(cell / RECORDS, "".join(json.dumps(row) + "\n" for row in rows))
+    write_atomically(cell / RECORDS, "".join(json_line(row) for row in rows))
     for path in cell.glob("answers.rank*.jsonl"):
         path.unlink()
 

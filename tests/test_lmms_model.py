@@ -15,12 +15,20 @@ from lmms_eval.evaluator import simple_evaluate  # noqa: E402
 from lmms_eval.models import get_model  # noqa: E402
 from lmms_eval.tasks import TaskManager  # noqa: E402
 
-from runners.lmms_model import ReducedVideoLLM  # noqa: E402
+from runners.lmms_model import ReducedVideoLLM, model_config  # noqa: E402
 from runners.records import answers_file, read_records  # noqa: E402
 from runners.toybench import generate_split, write_task_yaml  # noqa: E402
 from sttm.adapters.tiny import FRAME_SIZE, save_tiny_model  # noqa: E402
 from sttm.adapters.video import SampledVideo  # noqa: E402
-from sttm.api import Reducer, Stage  # noqa: E402
+from sttm.api import Reducer, Stage, build_reducer  # noqa: E402
+
+TINY = dict(model_config("tiny_llava_onevision"))
+
+
+def model_at(folder, max_new_tokens: int = 8, **options) -> ReducedVideoLLM:
+    """The tiny model config's model with the checkpoint at ``folder``."""
+    return ReducedVideoLLM.from_model_config(TINY | {"pretrained": str(folder), "max_new_tokens": max_new_tokens},
+                                             **options)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -44,39 +52,39 @@ def test_is_registered_with_lmms_eval():
     assert get_model("sttm_bench") is ReducedVideoLLM
 
 
-def test_batches_and_unknown_arguments_are_refused(setup):
+def test_batches_are_refused(setup):
     _, tiny, _ = setup
     with pytest.raises(ValueError, match="one request at a time"):
-        ReducedVideoLLM(tiny, batch_size=4)
-    with pytest.raises(TypeError, match="budgt"):
-        ReducedVideoLLM.create_from_arg_string(f"pretrained={tiny},budgt=0.5")
+        model_at(tiny, batch_size=4)
 
 
 def test_evaluates_with_a_reducer_records_every_question_and_resumes(setup):
     root, tiny, task_manager = setup
     cell = root / "cell"
-    model = ReducedVideoLLM(tiny, reducer="vidcom2", budget=0.5, max_new_tokens=4, record_dir=cell)
+    model = model_at(tiny, 4, reducer=build_reducer("vidcom2", budget=0.5), record_dir=cell)
     results = evaluate(model, task_manager)
-    assert 0.0 <= results["accuracy,none"] <= 1.0
+    assert 0.0 <= results["accuracy,none"] <= 100.0
     records = read_records(cell)
     assert len(records) == 6
     failed = [r for r in records if r["error"]]
-    assert len(failed) == 3 and all("video not found" in r["error"] for r in failed)
+    assert len(failed) == 3 and all("video not found" in r["error"] and r["correct"] is None for r in failed)
     answered = [r for r in records if not r["error"]]
+    assert all(isinstance(r["correct"], bool) for r in answered)
+    assert results["accuracy,none"] == pytest.approx(100 * sum(r["correct"] for r in answered) / 6)
     # VidCom2 rounds each frame's share: within one token per frame of the budget
     assert all(r["visual_tokens_before"] == 32 * 64 and abs(r["visual_tokens_after"] - 1024) <= 32 for r in answered)
     assert all(r["prefill_ms"] > 0 and r["ttft_ms"] > 0 and math.isnan(r["peak_memory_mb"]) for r in answered)
 
-    resumed = ReducedVideoLLM(tiny, reducer="vidcom2", budget=0.5, max_new_tokens=4, record_dir=cell)
+    resumed = model_at(tiny, 4, reducer=build_reducer("vidcom2", budget=0.5), record_dir=cell)
     assert evaluate(resumed, task_manager)["accuracy,none"] == results["accuracy,none"]
     assert len(answers_file(cell).read_text().splitlines()) == 6  # nothing ran again
 
 
 def test_full_tokens_and_an_llm_layer_reducer(setup):
     root, tiny, task_manager = setup
-    full = ReducedVideoLLM(tiny, reducer="none", max_new_tokens=2, record_dir=root / "full")
+    full = model_at(tiny, 2, record_dir=root / "full")
     evaluate(full, task_manager)
-    layer = ReducedVideoLLM(tiny, reducer="sttm", budget=0.5, max_new_tokens=2, record_dir=root / "sttm")
+    layer = model_at(tiny, 2, reducer=build_reducer("sttm", budget=0.5), record_dir=root / "sttm")
     evaluate(layer, task_manager)
     full_records = [r for r in read_records(root / "full") if not r["error"]]
     sttm_records = [r for r in read_records(root / "sttm") if not r["error"]]
@@ -88,7 +96,7 @@ def test_full_tokens_and_an_llm_layer_reducer(setup):
 def test_qwen_models_evaluate_with_an_llm_layer_reducer(setup, family, tmp_path):
     root, _, task_manager = setup
     folder = save_tiny_model(family, tmp_path / family)
-    model = ReducedVideoLLM(folder, reducer="sttm", budget=0.5, max_new_tokens=2, record_dir=tmp_path / "cell")
+    model = model_at(folder, 2, reducer=build_reducer("sttm", budget=0.5), record_dir=tmp_path / "cell")
     evaluate(model, task_manager)
     answered = [r for r in read_records(tmp_path / "cell") if not r["error"]]
     # 32 frames at most, in temporal pairs, of an 8x8 merged grid
@@ -97,7 +105,7 @@ def test_qwen_models_evaluate_with_an_llm_layer_reducer(setup, family, tmp_path)
 
 
 def test_qwen2_5_temporal_ids_follow_the_sampled_frame_rate(tmp_path):
-    model = ReducedVideoLLM(save_tiny_model("qwen2_5_vl", tmp_path / "qwen"))
+    model = model_at(save_tiny_model("qwen2_5_vl", tmp_path / "qwen"))
     frames = np.zeros((4, FRAME_SIZE, FRAME_SIZE, 3), dtype=np.uint8)
     inputs = model.model_inputs("what color ?", SampledVideo(frames, fps=0.5))
     assert inputs["second_per_grid_ts"].tolist() == [2 / 0.5]  # two frames per temporal patch
@@ -109,8 +117,8 @@ def test_kv_reuse_prefills_each_video_once_with_the_same_answers(setup, tmp_path
     the logits."""
     _, tiny, task_manager = setup
     for reuse in (False, True):
-        model = ReducedVideoLLM(tiny, reducer="vidcom2", budget=0.5, positions=positions, max_new_tokens=4,
-                                kv_reuse=reuse, record_dir=tmp_path / str(reuse))  # fmt: skip
+        model = model_at(tiny, 4, reducer=build_reducer("vidcom2", budget=0.5), positions=positions, kv_reuse=reuse,
+                         record_dir=tmp_path / str(reuse))  # fmt: skip
         evaluate(model, task_manager)
     plain, reused = (sorted(read_records(tmp_path / str(reuse)), key=lambda r: r["doc_id"]) for reuse in (False, True))
     assert [r["prediction"] for r in plain] == [r["prediction"] for r in reused]
@@ -132,6 +140,6 @@ class AsksTheQuestion(Reducer):
 def test_kv_reuse_is_refused_for_query_aware_reducers(setup):
     _, tiny, _ = setup
     with pytest.raises(ValueError, match="query-agnostic reducer; 'asks_the_question' looks at the question"):
-        ReducedVideoLLM(tiny, reducer=AsksTheQuestion(), kv_reuse=True)
+        model_at(tiny, reducer=AsksTheQuestion(), kv_reuse=True)
     with pytest.raises(ValueError, match="query-agnostic reducer; 'fastv' looks at the question"):
-        ReducedVideoLLM(tiny, reducer="fastv", budget=0.5, positions="compact", kv_reuse=True)
+        model_at(tiny, reducer=build_reducer("fastv", budget=0.5), positions="compact", kv_reuse=True)

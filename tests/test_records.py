@@ -3,6 +3,11 @@ without loss or duplicates."""
 
 from __future__ import annotations
 
+import json
+import math
+
+import pytest
+
 from runners.records import QuestionRecord, answers_file, append_answer, read_records, write_records
 
 
@@ -36,3 +41,14 @@ def test_the_merged_file_wins_over_a_rank_file_left_by_a_crash(tmp_path):
     write_records(tmp_path, rows)
     append_answer(tmp_path, record(1, prediction="B"), rank=1)  # as if the crash came before the rank file went
     assert read_records(tmp_path) == rows
+
+
+def test_records_are_strict_json_with_times_not_measured_as_null_read_back_as_nan(tmp_path):
+    append_answer(tmp_path, record(0))  # every time NaN: not measured
+    line = answers_file(tmp_path).read_text()
+    row = json.loads(line, parse_constant=lambda constant: pytest.fail(f"{constant} is not strict JSON"))
+    assert row["reducer_ms"] is None and row["peak_memory_mb"] is None and row["achieved_ratio"] == 0.5
+    (read,) = read_records(tmp_path)
+    assert math.isnan(read["reducer_ms"]) and math.isnan(read["peak_memory_mb"])
+    write_records(tmp_path, [read | {"correct": True}])
+    assert json.loads((tmp_path / "records.jsonl").read_text())["vision_ms"] is None

@@ -4,7 +4,8 @@ Each task reads its questions through ``datasets`` from the cache under ``HF_HOM
 folder under ``HF_HOME`` (read from the task's YAML and utils in ``lmms_eval/tasks``). When that folder is missing,
 lmms-eval downloads the dataset from the hub; Video-MME, MLVU and EgoSchema ``sys.exit`` on a missing video.
 ``check_builtin_data`` fails before any model loads, naming the missing folder; ``use_hf_home`` points lmms-eval
-at the data; ``is_correct`` reads whether a logged sample was answered right.
+at the data; ``is_correct`` reads whether a logged sample was answered right, and ``reply_is_correct`` scores a
+reply as lmms-eval will.
 """
 
 from __future__ import annotations
@@ -56,6 +57,18 @@ def is_correct(task: str, sample: dict) -> bool:
     """Whether lmms-eval's logged ``sample`` of ``task`` was answered right: by a built-in task's own scoring, by
     the ``accuracy`` our local tasks report otherwise."""
     return BUILTIN_TASKS[task].is_correct(sample) if task in BUILTIN_TASKS else bool(sample["accuracy"])
+
+
+def reply_is_correct(task, name: str, doc: dict, reply: str) -> bool | None:
+    """Whether ``reply`` answers ``doc`` right, scored as lmms-eval scores it: the ``process_results`` function of
+    ``task`` (lmms-eval's task object, named ``name``) on the stripped reply, read by ``is_correct``; None for a task
+    whose samples ``is_correct`` cannot read (neither one of ``BUILTIN_TASKS`` nor one reporting ``accuracy``) or
+    that filters its replies before scoring (``filter_list``)."""
+    score = task.config.process_results
+    metrics = {metric["metric"] for metric in task.config.metric_list or []}
+    if not callable(score) or task.config.filter_list or (name not in BUILTIN_TASKS and "accuracy" not in metrics):
+        return None
+    return is_correct(name, score(doc, [reply.strip()]))
 
 
 def dataset_cache(task: BuiltinTask, hf_home: Path) -> Path:

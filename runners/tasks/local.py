@@ -3,6 +3,10 @@
 A row holds ``video`` (an absolute path), ``question``, ``options`` ("A. …") and ``answer`` (a letter); VNBench
 rows also ``question_id``, ``videoID`` and ``task_type``. ``write_local_task`` writes the task's YAML next to
 the JSONL; load it with ``TaskManager(include_path=that folder)``.
+
+The task asks for greedy decoding without stop strings (the answer is read from the whole reply, as the STTM authors
+read it) and leaves the number of new tokens to the model (``max_new_tokens`` of its config, or ``--gen_kwargs``).
+``accuracy`` is a percentage, as VNBench's scores are.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ doc_to_visual: !function runners.tasks.local.doc_to_visual
 doc_to_text: !function runners.tasks.local.doc_to_text
 doc_to_target: answer
 generation_kwargs:
-  max_new_tokens: 16
+  until: []
   do_sample: false
   num_beams: 1
 process_results: !function runners.tasks.local.{process_results}
@@ -68,9 +72,9 @@ def doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str
 
 
 def process_results(doc: dict, results: list[str]) -> dict:
-    """Per-question accuracy (1 or 0)."""
+    """Per-question accuracy in percent (100 or 0): their mean is the task's."""
     letters = LETTERS[: len(doc["options"])]
-    return {"accuracy": float(extract_answer_letter(results[0], letters) == doc["answer"])}
+    return {"accuracy": 100.0 * (extract_answer_letter(results[0], letters) == doc["answer"])}
 
 
 def vnbench_process_results_with_accuracy(doc: dict, results: list[str]) -> dict:

@@ -17,6 +17,7 @@ Two scores:
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 
 from runners.tasks.multiple_choice import extract_answer_letter, prompt
@@ -53,13 +54,23 @@ def vnbench_entry_accuracy(entries: list[dict]) -> float:
 def vnbench_official_scores(entries: list[dict]) -> dict[str, float]:
     """Percent of videos with all 4 tries correct, per task type and category, and Overall.
 
-    A video with fewer than 4 answered tries counts as wrong.
+    A video with fewer than 4 answered tries counts as wrong, with a warning: lmms-eval's ``--limit`` takes the first
+    questions, so a limit that is not a multiple of 4 leaves the last video short of tries (the tries of a video lie
+    together in our synthetic benchmark; keep VNBench's annotations so ordered).
     """
     tries = defaultdict(list)
     task_of = {}
     for entry in entries:
         tries[entry["video"]].append(entry["correct"])
         task_of[entry["video"]] = entry["task_type"]
+    short = sum(len(outcomes) < TRIES_PER_VIDEO for outcomes in tries.values())
+    if short:
+        warnings.warn(
+            f"VNBench official score: {short} of {len(tries)} videos have fewer than {TRIES_PER_VIDEO} answered tries "
+            f"and count as wrong ({len(entries)} questions answered). --limit takes the first questions in the "
+            f"file's order: where a video's tries lie together, a multiple of {TRIES_PER_VIDEO} keeps whole videos",
+            stacklevel=2,
+        )
     solved_by_task = defaultdict(list)
     for video, outcomes in tries.items():
         solved_by_task[task_of[video]].append(len(outcomes) == TRIES_PER_VIDEO and all(outcomes))
