@@ -172,7 +172,7 @@ def test_same_input_same_output(variant):
 def test_a_threshold_above_one_keeps_every_token_unchanged(variant):
     clip = video(3, 13, 13)
     tree = build_quadtree(clip.grid, root_level=1, variant=variant, weighted_avg=False, head_dim=None)
-    tokens, boxes, patches = merge_video(tree, 1.0 + 1e-6, -1.0, variant)
+    tokens, boxes, patches, _, _ = merge_video(tree, 1.0 + 1e-6, -1.0, variant)
     assert torch.allclose(tokens, clip.grid.reshape(-1, 32), atol=1e-6, rtol=0)
     assert torch.equal(boxes[:, 1:3] + 1, boxes[:, 3:5]) and torch.equal(patches, torch.ones_like(patches))
 

@@ -23,14 +23,18 @@ def decoder_queries_and_keys(
     layer, hidden: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor], query_positions: slice
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotated queries [B, heads, q, d] at ``query_positions`` and keys [B, heads, L, d] (repeated to the query
-    heads) of a Qwen2-style decoder ``layer`` whose input is ``hidden`` [B, L, D]."""
+    heads) of a Qwen2-style decoder ``layer`` whose input is ``hidden`` [B, L, D] (Qwen3's: queries and keys
+    normalised per head before the rotation, where the layer has ``q_norm`` and ``k_norm``)."""
     attention = layer.self_attn
     normed = layer.input_layernorm(hidden)
     batch, length, head_dim = hidden.shape[0], hidden.shape[1], attention.head_dim
     cos, sin = (table.to(hidden.device) for table in position_embeddings)
     queries = attention.q_proj(normed[:, query_positions]).view(batch, -1, attention.q_proj.out_features // head_dim,
-                                                                head_dim).transpose(1, 2)  # fmt: skip
-    keys = attention.k_proj(normed).view(batch, length, -1, head_dim).transpose(1, 2)
+                                                                head_dim)  # fmt: skip
+    keys = attention.k_proj(normed).view(batch, length, -1, head_dim)
+    if hasattr(attention, "q_norm"):
+        queries, keys = attention.q_norm(queries), attention.k_norm(keys)
+    queries, keys = queries.transpose(1, 2), keys.transpose(1, 2)
     queries = apply_rotary(queries, cos[:, query_positions], sin[:, query_positions])
     keys = apply_rotary(keys, cos, sin)
     return queries, keys.repeat_interleave(queries.shape[1] // keys.shape[1], dim=1)

@@ -1,8 +1,10 @@
 """Loading a video LLM through transformers' own classes, by local path or hub id, and the chat prompt it is asked with.
 
 Families: LLaVA-OneVision (``LlavaOnevisionForConditionalGeneration``: llava-onevision-qwen2-*-ov-hf and LLaVA-Video
-checkpoints converted by ``scripts/convert_llava_video_to_hf.py``), Qwen2-VL (``Qwen2VLForConditionalGeneration``)
-and Qwen2.5-VL (``Qwen2_5_VLForConditionalGeneration``). The family comes from the checkpoint's ``model_type``.
+checkpoints converted by ``scripts/convert_llava_video_to_hf.py``), Qwen2-VL (``Qwen2VLForConditionalGeneration``),
+Qwen2.5-VL (``Qwen2_5_VLForConditionalGeneration``) and Qwen3-VL, dense (``Qwen3VLForConditionalGeneration``:
+Qwen3-VL-8B-Instruct) or mixture-of-experts (``Qwen3VLMoeForConditionalGeneration``: Qwen3-VL-30B-A3B-Instruct). The
+family comes from the checkpoint's ``model_type``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from transformers import (
     ProcessorMixin,
     Qwen2_5_VLForConditionalGeneration,
     Qwen2VLForConditionalGeneration,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLMoeForConditionalGeneration,
 )
 
 from sttm.adapters.pooling import pool_channels_last
@@ -26,6 +30,8 @@ MODEL_CLASSES = {
     "llava_onevision": LlavaOnevisionForConditionalGeneration,
     "qwen2_vl": Qwen2VLForConditionalGeneration,
     "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
+    "qwen3_vl": Qwen3VLForConditionalGeneration,
+    "qwen3_vl_moe": Qwen3VLMoeForConditionalGeneration,
 }
 ATTENTION_IMPLEMENTATIONS = ("auto", "flash_attention_2", "sdpa", "eager")
 DTYPES = ("float32", "bfloat16", "float16")
