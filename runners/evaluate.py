@@ -327,6 +327,8 @@ def run(cfg: DictConfig) -> Path:
                 cfg.model.pretrained, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
                 device=cfg.model.device, device_map=cfg.model.device_map, target_fps=cfg.model.target_fps,
                 max_frames=cfg.model.max_frames[cfg.benchmark.get("frame_cap", "default")],
+                min_pixels=cfg.model.get("min_pixels"), max_pixels=cfg.model.get("max_pixels"),
+                system_prompt=cfg.model.get("system_prompt"),
                 max_new_tokens=cfg.model.max_new_tokens, positions=cfg.positions, kv_reuse=cfg.kv_reuse,
             )  # fmt: skip
             model.accelerator = accelerator

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from sttm import check_golden, merge
-from sttm.api import VideoTokens
-from sttm.merge import merge_video
+from sttm.api import VideoTokens, reduce_like
+from sttm.merge import VARIANTS, merge_video
 from sttm.quadtree import build_quadtree
 from sttm.reducer import STTM
 from sttm.synthetic import redundant_video
@@ -350,3 +350,16 @@ def test_spatial_only_budget():
     result = STTM(budget=0.4, budget_gap=None).reduce(clip)
     assert result.info["temporal_threshold"] == -1.0
     assert torch.equal(coverage(result.boxes, 4, 14, 14), torch.ones(4, 14, 14, dtype=torch.long))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("weighted_avg", [False, True])
+@pytest.mark.parametrize("shape", [(4, 8, 8), (5, 7, 5)])  # odd sides: the official pyramid weighs patches unequally
+def test_each_token_is_the_weighted_mean_of_its_members(variant, weighted_avg, shape):
+    torch.manual_seed(0)
+    grid = torch.randn(shape[0], 1, 1, 16) + 0.3 * torch.randn(*shape, 16)
+    reduction = STTM(budget=0.3, root_level=0, variant=variant, weighted_avg=weighted_avg)(VideoTokens(grid))
+    assert (reduction.num_patches > 1).any() and reduction.members.shape == (grid[..., 0].numel(),)
+    counts = torch.bincount(reduction.members[reduction.members >= 0], minlength=reduction.num_kept)
+    assert torch.equal(counts, reduction.num_patches)
+    assert torch.allclose(reduce_like(reduction, grid), reduction.tokens, atol=1e-6)
