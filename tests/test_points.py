@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -29,6 +30,7 @@ from sttm.adapters.tiny import (  # noqa: E402
     FAMILIES,
     FRAME_SIZE,
     MODEL_CLASSES,
+    QWEN_FAMILIES,
     SPECIAL_TOKENS,
     VOCAB,
     save_tiny_model,
@@ -309,6 +311,50 @@ def test_vision_evidence_is_the_pooled_attention_received_in_the_vision_tower():
     assert video.keys.shape[:3] == video.grid.shape[:3]
 
 
+class MergeGroupIds(torch.nn.Module):
+    """In place of a Qwen ViT's merger: each token is the index of its 2x2 patches' group in the blocks' order."""
+
+    def __init__(self, unit: int) -> None:
+        super().__init__()
+        self.unit = unit
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.arange(len(hidden) // self.unit, dtype=hidden.dtype)[:, None]
+
+
+@pytest.mark.parametrize("family", QWEN_FAMILIES)
+def test_qwen_vision_evidence_is_the_attention_received_in_the_last_full_attention_block(family, monkeypatch):
+    model = tiny_model(family, attn_implementation="eager")
+    model_inputs = inputs(family, 2)
+    modeling = sys.modules[type(vision_tower(model)).__module__]
+    read, recording, received = vision_encoder_layers(model)[-1], [], []  # the tiny towers' last block attends fully
+
+    def eager(module, query, key, value, attention_mask, **kwargs):
+        output, weights = eager_attention_forward(module, query, key, value, attention_mask, **kwargs)
+        if recording:
+            received.append(weights.float().mean(dim=(1, 2))[0])  # [patches] of one frame
+        return output, weights
+
+    eager_attention_forward = modeling.eager_attention_forward
+    monkeypatch.setattr(modeling, "eager_attention_forward", eager)
+    read.register_forward_pre_hook(lambda module, args: recording.append(True))
+    read.register_forward_hook(lambda module, args, output: recording.clear())
+    probe = RecordsVisionEvidence()
+    with reduction_point(model, probe), torch.no_grad():
+        model(**model_inputs)
+    # which patches each token merges, in the blocks' order (Qwen2.5-VL's windows): the tower's own reordering
+    unit = model.config.vision_config.spatial_merge_size**2
+    vision_tower(model).merger = MergeGroupIds(unit)
+    with torch.no_grad():
+        tower = vision_tower(model)(model_inputs["pixel_values_videos"], grid_thw=model_inputs["video_grid_thw"])
+    groups = tower.pooler_output[:, 0].long()
+    expected = torch.cat(received).view(-1, unit)[groups].mean(dim=1).split(len(groups) // 2)
+    for video, importance in zip(probe.seen, expected, strict=True):
+        assert torch.allclose(video.importance.flatten(), importance, atol=1e-6)
+        assert video.keys.shape[:3] == video.grid.shape[:3]
+    assert probe.seen[0].keys.shape[-1] == read.attn.head_dim
+
+
 def test_a_reducer_is_refused_where_its_needs_cannot_be_met():
     model = tiny_model("llava_onevision")
     with pytest.raises(ValueError, match="needs importance, which the pre_llm point cannot give"):
@@ -316,9 +362,6 @@ def test_a_reducer_is_refused_where_its_needs_cannot_be_met():
             pass
     with pytest.raises(ValueError, match="needs keys, which the llm_layer point cannot give"):
         with llm_layer(model, RecordsVisionEvidence(), 2):
-            pass
-    with pytest.raises(ValueError, match="LLaVA-OneVision models only"):
-        with reduction_point(tiny_model("qwen2_vl"), RecordsVisionEvidence()):
             pass
     reads_embeddings = tiny_model("llava_onevision")
     reads_embeddings.config.vision_feature_layer = -len(vision_encoder_layers(reads_embeddings)) - 1
@@ -395,8 +438,8 @@ POINT_CONTEXTS = {
 @pytest.mark.parametrize(
     ("family", "point"),
     [("llava_onevision", point) for point in POINT_CONTEXTS]
-    + [(qwen, point) for qwen in ("qwen2_vl", "qwen3_vl") for point in POINT_CONTEXTS if point != "vision"],
-)  # the vision point reads SigLIP's
+    + [(qwen, point) for qwen in ("qwen2_vl", "qwen3_vl") for point in POINT_CONTEXTS],
+)
 def test_after_a_generate_inside_the_context_the_model_has_the_attributes_and_hooks_it_had(family, point):
     model = tiny_model(family)
     model_inputs = inputs(family, 2)

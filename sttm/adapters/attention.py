@@ -68,3 +68,24 @@ def received_attention_and_keys(layer, hidden: torch.Tensor, frames_per_chunk: i
         importance.append(weights.mean(dim=(1, 2)))
         mean_keys.append(keys.mean(dim=1))
     return torch.cat(importance), torch.cat(mean_keys)
+
+
+def vit_received_attention_and_keys(
+    block, hidden: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor], cu_seqlens: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a Qwen ViT ``block`` (Qwen2-VL, Qwen2.5-VL, Qwen3-VL) with input ``hidden`` [S, D], the patches of
+    sequences bounded by ``cu_seqlens`` [n + 1] (a full-attention block: each frame one sequence), rotated by
+    ``position_embeddings`` (cos, sin) [S, d]: the attention each patch receives within its sequence (softmax per
+    query in float32, mean over heads and queries) [S], and its keys before the rotation averaged over heads [S, d],
+    as VisionZip compares them by content."""
+    attention = block.attn
+    queries, keys, _ = attention.qkv(block.norm1(hidden)).reshape(len(hidden), 3, attention.num_heads, -1).unbind(1)
+    cos, sin = (table.to(hidden.device).float()[:, None] for table in position_embeddings)
+    rotated_queries, rotated_keys = (x.float() * cos + rotate_half(x.float()) * sin for x in (queries, keys))
+    bounds = cu_seqlens.tolist()
+    importance = []
+    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+        q, k = rotated_queries[start:end].transpose(0, 1), rotated_keys[start:end].transpose(0, 1)
+        weights = (q @ k.transpose(-1, -2) * attention.scaling).softmax(dim=-1)
+        importance.append(weights.mean(dim=(0, 1)))
+    return torch.cat(importance), keys.float().mean(dim=1)

@@ -42,6 +42,8 @@ class Family:
     deepstack:          the language model adds DeepStack features to the visual tokens after its first layers.
     frames_apart:       the processor writes text between temporal patches: one run of placeholders per patch.
     pixels_per_video:   the video processor bounds the pixels of all frames together (``size``), not of each one.
+    vision_windows:     the ViT attends within windows but in its ``fullatt_block_indexes``, its patches in window
+                        order (Qwen2.5-VL).
     """
 
     vision_tower: str
@@ -53,6 +55,7 @@ class Family:
     deepstack: bool = False
     frames_apart: bool = False
     pixels_per_video: bool = False
+    vision_windows: bool = False
 
 
 QWEN2_VL = Family("visual", "qwen_vit", 0, mrope=True, frames_in_pairs=True, takes_video_fps=True)
@@ -60,7 +63,7 @@ QWEN3_VL = dataclasses.replace(QWEN2_VL, deepstack=True, frames_apart=True, pixe
 FAMILIES = {
     "llava_onevision": Family("vision_tower", "siglip", 1, mrope=False, frames_in_pairs=False, takes_video_fps=False),
     "qwen2_vl": QWEN2_VL,
-    "qwen2_5_vl": QWEN2_VL,
+    "qwen2_5_vl": dataclasses.replace(QWEN2_VL, vision_windows=True),
     "qwen3_vl": QWEN3_VL,
     "qwen3_vl_moe": QWEN3_VL,
 }
@@ -93,8 +96,43 @@ def vision_encoder_layers(model) -> torch.nn.ModuleList:
 
 
 def reads_siglip_attention(model) -> bool:
-    """Whether the vision tower is SigLIP, whose attention the vision reduction point reads."""
+    """Whether the vision tower is SigLIP (the vision reduction point reads its attention at the feature layer;
+    otherwise a Qwen ViT's, at its last full-attention block)."""
     return family_of(model).vision_encoder == "siglip"
+
+
+def attention_read_layer(model) -> int:
+    """The vision encoder layer whose input the vision reduction point reads the attention of: SigLIP's that makes
+    the features the LLM gets (``vision_feature_layer``); a Qwen ViT's last block that attends over whole frames."""
+    layers = vision_encoder_layers(model)
+    if not reads_siglip_attention(model):
+        vision = model.config.vision_config
+        return max(vision.fullatt_block_indexes) if family_of(model).vision_windows else len(layers) - 1
+    feature_layer = model.config.vision_feature_layer
+    if not isinstance(feature_layer, int):
+        raise ValueError(f"the vision reduction point needs one vision_feature_layer, got {feature_layer}")
+    # hidden_states[i] is the output of encoder layer i - 1 (hidden_states[0] is the embeddings)
+    read = feature_layer % (len(layers) + 1)
+    if read == 0:
+        raise ValueError(f"vision_feature_layer {feature_layer} is the patch embeddings: no encoder layer made them")
+    return read - 1
+
+
+def merged_patch_values(model, values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+    """Per-patch values [S, ...] of a Qwen ViT's block (its videos' patches, ``grid_thw`` [V, 3]) laid out as the
+    LLM's tokens: each the mean of the 2x2 patches its merger takes (consecutive in the block), in raster order
+    (Qwen2.5-VL's window order undone): [Σ frames, tokens per frame, ...]."""
+    vision = model.config.vision_config
+    merged = values.unflatten(0, (-1, vision.spatial_merge_size**2)).mean(dim=1)
+    if family_of(model).vision_windows:
+        from transformers.vision_utils import get_vision_window_index
+
+        window_index, _ = get_vision_window_index(
+            grid_thw, vision.spatial_merge_size, vision.window_size, vision.patch_size
+        )
+        merged = merged[torch.argsort(window_index.to(merged.device))]
+    _, height, width = (int(side) for side in grid_thw[0])
+    return merged.reshape(-1, height * width // vision.spatial_merge_size**2, *values.shape[1:])
 
 
 def pool_frame_features(model, values: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,8 @@ the bookkeeping of the reduced sequence: :mod:`sttm.adapters.plan`.
 
 * :func:`pre_llm`: the reducer sees the video's projected tokens; a pre-hook on the language model rewrites
   ``inputs_embeds``, the 2-D attention mask and the position ids. Every layer's cache holds the reduced prompt.
-* :func:`vision`: as :func:`pre_llm`, with the attention the vision tower's patches receive as evidence.
+* :func:`vision`: as :func:`pre_llm`, with the attention the vision tower's patches receive as evidence (SigLIP's,
+  or a Qwen ViT's at its last full-attention block).
 * :func:`llm_layer`: the reducer sees the hidden states at the input of decoder layer ``k`` during prefill; layers
   below ``k`` keep the full sequence and cache, layers from ``k`` on see the reduced one.
 
@@ -44,7 +45,7 @@ from functools import partial
 import torch
 
 from sttm.adapters import family
-from sttm.adapters.attention import last_token_attention, received_attention_and_keys
+from sttm.adapters.attention import last_token_attention, received_attention_and_keys, vit_received_attention_and_keys
 from sttm.adapters.cache import cache_of, fills_cache, is_prefill
 from sttm.adapters.kv_pruning import KVPruning, kv_pruning_hooks
 from sttm.adapters.plan import (
@@ -314,31 +315,40 @@ def pre_llm(
 @contextmanager
 def vision(model, reducer: Reducer, positions: str = "original") -> Iterator[ReductionLog]:
     """Reduce each video's projected tokens before the LLM using the vision tower's attention: the attention each
-    patch receives and the keys at the encoder layer whose output the LLM uses, pooled to the grid as the features
-    are (LLaVA-OneVision's SigLIP; Qwen's windowed vision attention is not read)."""
-    if not family.reads_siglip_attention(model):
-        raise ValueError("the vision reduction point reads SigLIP attention: LLaVA-OneVision models only")
-    encoder_layers = family.vision_encoder_layers(model)
-    feature_layer = model.config.vision_feature_layer
-    if not isinstance(feature_layer, int):
-        raise ValueError(f"the vision reduction point needs one vision_feature_layer, got {feature_layer}")
-    # hidden_states[i] is the output of encoder layer i - 1 (hidden_states[0] is the embeddings)
-    read = feature_layer % (len(encoder_layers) + 1)
-    if read == 0:
-        raise ValueError(f"vision_feature_layer {feature_layer} is the patch embeddings: no encoder layer made them")
-    layer = encoder_layers[read - 1]
+    patch receives and its keys, laid out as the tokens are. LLaVA-OneVision: at the SigLIP layer whose output the
+    LLM uses, pooled to the grid as the features are. Qwen: at the ViT's last block that attends over whole frames
+    (Qwen2.5-VL: its last full-attention block, its window order undone), each token the mean of the 2x2 patches
+    its merger takes."""
+    layer = family.vision_encoder_layers(model)[family.attention_read_layer(model)]
     evidence: dict[str, torch.Tensor] = {}
 
-    def on_encoder_layer(module, args):
+    def on_siglip_layer(module, args):
         with torch.no_grad():
             importance, keys = received_attention_and_keys(module, args[0])
         evidence["importance"] = family.pool_frame_features(model, importance[..., None])[..., 0]
         evidence["keys"] = family.pool_frame_features(model, keys)
 
-    with (
-        installed(model, layer.register_forward_pre_hook(on_encoder_layer)),
-        pre_llm(model, reducer, positions, frame_evidence=evidence) as log,
-    ):
+    grids: dict[str, torch.Tensor] = {}
+
+    def on_tower(module, args, kwargs):
+        grids["thw"] = kwargs["grid_thw"] if "grid_thw" in kwargs else args[1]
+
+    def on_vit_block(module, args, kwargs):
+        with torch.no_grad():
+            importance, keys = vit_received_attention_and_keys(
+                module, args[0], kwargs["position_embeddings"], kwargs["cu_seqlens"]
+            )
+        evidence["importance"] = family.merged_patch_values(model, importance, grids["thw"])
+        evidence["keys"] = family.merged_patch_values(model, keys, grids["thw"])
+
+    if family.reads_siglip_attention(model):
+        handles = [layer.register_forward_pre_hook(on_siglip_layer)]
+    else:
+        handles = [
+            family.vision_tower(model).register_forward_pre_hook(on_tower, with_kwargs=True),
+            layer.register_forward_pre_hook(on_vit_block, with_kwargs=True),
+        ]
+    with installed(model, *handles), pre_llm(model, reducer, positions, frame_evidence=evidence) as log:
         yield log
 
 
