@@ -12,14 +12,14 @@ the bookkeeping of the reduced sequence: :mod:`sttm.adapters.plan`.
 * :func:`llm_layer`: the reducer sees the hidden states at the input of decoder layer ``k`` during prefill; layers
   below ``k`` keep the full sequence and cache, layers from ``k`` on see the reduced one.
 
-Where text lies between a video's temporal patches (Qwen3-VL's timestamps), each kept token goes to the patch of its
-top-left source patch, in the reducer's order; the text stays, in its place.
+Where text lies between a video's temporal patches (Qwen3-VL's timestamps), each kept token goes among the tokens of
+the temporal patch of its top-left source patch, in the reducer's order; the text stays, in its place.
 
 DeepStack (Qwen3-VL): the features the language model adds to the visual tokens after its first layers are cut as
 the tokens are (``sttm.api.reduce_like``: the same selection, or the same weighted means of the same members) and
 their visual-position mask becomes the reduced one: at the language model's input for :func:`pre_llm`; for
 :func:`llm_layer` at layer k, the levels of layers before k stay whole and those of layers from k on are added by
-forward hooks on those layers, cut. From layer k on no level left, nothing changes.
+forward hooks on those layers, cut; at a layer after DeepStack's, nothing else changes.
 
 Positions: ``original`` (default) gives each kept token the position of its top-left source patch (Qwen: that
 patch's M-RoPE (t, h, w) ids); text keeps its positions and decoding continues after the full prompt.
@@ -168,7 +168,9 @@ class ReductionSession:
                 cut.append(reduce_like(reduction, values)[kept_order.to(level.device)])
             offset += span.num_tokens
         if deepstack and offset != len(deepstack[0]):
-            raise ValueError(f"{len(deepstack[0])} DeepStack tokens for {offset} video tokens: videos only, please")
+            raise ValueError(
+                f"DeepStack holds {len(deepstack[0])} visual tokens, the videos {offset}: reduction takes videos only"
+            )
         self.log.calls.append(ReducedCall(tuple(reductions)))
         keep, valid = left_pad(keeps, 0)
         reduced, _ = left_pad(tokens, 0)
