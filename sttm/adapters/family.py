@@ -5,8 +5,10 @@
   token after each video's grid that shares the video placeholder id and stays out of the grid; positions 0..L−1.
 * ``qwen2_vl``, ``qwen2_5_vl``: a ViT ``visual`` (its ``blocks``) over temporal patches of two frames, 2x2 patches
   merged (``video_grid_thw`` over the spatial merge size); M-RoPE (t, h, w) position ids [3, B, L], whose h and w ids
-  count a video's grid rows and columns, and ``rope_deltas``, which place decoding after them.
-* ``qwen3_vl``, ``qwen3_vl_moe``: Qwen2.5-VL's layout plus two things. DeepStack: the language model also takes
+  count a video's grid rows and columns, and ``rope_deltas``, which place decoding after them. Qwen2.5-VL's ViT
+  attends within windows, its patches in window order, but in its full-attention blocks.
+* ``qwen3_vl``, ``qwen3_vl_moe``: Qwen2-VL's layout (a ViT over whole frames; interleaved M-RoPE) plus two things,
+  in a dense or a mixture-of-experts language model. DeepStack: the language model also takes
   ``visual_pos_masks`` [B, L] and ``deepstack_visual_embeds`` (one level per early decoder layer, [visual tokens, C],
   from intermediate vision layers), added to the visual tokens' hidden states after those layers, which a reduction
   before them cuts as it cuts the tokens. Timestamps: the processor writes ``<t seconds>`` and vision markers before
