@@ -29,12 +29,13 @@ golden: setup
 bench: setup
 	$(PY) scripts/bench_reducers.py
 
-# on a CUDA machine: every reducer at budgets 0.5/0.3/0.15 on 7B-size random-weight models (see runners/latency.py);
+# on a CUDA machine: every reducer at budgets 0.5/0.3/0.15 on 7B/8B-size random-weight models (see runners/latency.py);
 # writes $(LATENCY).json, $(LATENCY).md and $(LATENCY)_<model>.png
 LATENCY ?= outputs/latency
 bench-latency: setup
 	$(PY) -m runners.latency --model llava_onevision_7b --frames 64 128 --output $(LATENCY)
 	$(PY) -m runners.latency --model qwen2_vl_7b --frames 128 --output $(LATENCY)
+	$(PY) -m runners.latency --model qwen3_vl_8b --frames 64 128 --output $(LATENCY)
 
 # The tiny model of the offline suite (configs/model/tiny_llava_onevision.yaml), trained on the synthetic benchmarks'
 # train split in the eleven runs its training.json records. `make train-toy` replays them, oldest first, each from

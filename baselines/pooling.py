@@ -35,15 +35,19 @@ def band_starts(length: int, bands: int, device: torch.device | str = "cpu") -> 
     return (torch.arange(bands + 1, device=device) * length + bands - 1) // bands
 
 
-def average_pool(grid: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    """[T, H, W, C] -> [T·rows·cols, C] float32 block means, frame by frame in raster order."""
-    t, h, w, c = grid.shape
-    device = grid.device
+def pooled_blocks(t: int, h: int, w: int, rows: int, cols: int, device: torch.device) -> torch.Tensor:
+    """[T·H·W] the pooled token (frame by frame in raster order) of each patch of a [T, H, W] grid."""
     row_band = torch.arange(h, device=device) * rows // h
     col_band = torch.arange(w, device=device) * cols // w
     frame_start = torch.arange(t, device=device) * (rows * cols)
-    block = (frame_start[:, None, None] + row_band[None, :, None] * cols + col_band[None, None, :]).flatten()
-    sums = torch.zeros(t * rows * cols, c, device=device).index_add_(0, block, grid.reshape(-1, c).float())
+    return (frame_start[:, None, None] + row_band[None, :, None] * cols + col_band[None, None, :]).flatten()
+
+
+def average_pool(grid: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """[T, H, W, C] -> [T·rows·cols, C] float32 block means, frame by frame in raster order."""
+    t, h, w, c = grid.shape
+    block = pooled_blocks(t, h, w, rows, cols, grid.device)
+    sums = torch.zeros(t * rows * cols, c, device=grid.device).index_add_(0, block, grid.reshape(-1, c).float())
     return sums / torch.bincount(block, minlength=t * rows * cols)[:, None]
 
 
@@ -66,4 +70,5 @@ class Pooling(Reducer):
         frame, row, col = torch.meshgrid(*(torch.arange(n, device=device) for n in (t, rows, cols)), indexing="ij")
         boxes = torch.stack([frame, y[row], x[col], y[row + 1], x[col + 1]], dim=-1).reshape(-1, 5)
         areas = (boxes[:, 3] - boxes[:, 1]) * (boxes[:, 4] - boxes[:, 2])
-        return Reduction(tokens, boxes, areas, video.num_tokens, info={"pooled_grid": (rows, cols)})
+        members = pooled_blocks(t, h, w, rows, cols, device)
+        return Reduction(tokens, boxes, areas, video.num_tokens, info={"pooled_grid": (rows, cols)}, members=members)

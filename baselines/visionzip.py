@@ -21,6 +21,8 @@ its target's patch, and its ``num_patches`` counts the patches it absorbed.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 
@@ -47,8 +49,9 @@ def contextual_tokens(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Merge the per-frame tokens [T, R, C] (keys [T, R, K]) into ``count`` contextual tokens each.
 
-    Returns the contextual tokens [T, count, C], their targets' indices among the R [count], and the number of
-    tokens each absorbed, its target included [T, count].
+    Returns the contextual tokens [T, count, C], their targets' indices among the R [count], the number of tokens
+    each absorbed, its target included [T, count], and the contextual token each of the other R − count tokens went
+    into [T, R − count].
     """
     frames, remaining, _ = tokens.shape
     step = max(1, remaining // count)
@@ -57,10 +60,11 @@ def contextual_tokens(
     is_target[targets] = True
     normalized = F.normalize(keys.float(), dim=-1)
     similarity = normalized[:, ~is_target] @ normalized[:, targets].transpose(1, 2)  # [T, M, count]
-    assignment = F.one_hot(similarity.argmax(dim=2), count).to(tokens.dtype)  # [T, M, count]
+    assigned = similarity.argmax(dim=2)  # [T, M]
+    assignment = F.one_hot(assigned, count).to(tokens.dtype)  # [T, M, count]
     members = assignment.sum(dim=1)  # [T, count]
     merged = assignment.transpose(1, 2) @ tokens[:, ~is_target] / members.clamp(min=1)[..., None]
-    return tokens[:, targets] + merged, targets, members.long() + 1
+    return tokens[:, targets] + merged, targets, members.long() + 1, assigned
 
 
 @register("visionzip")
@@ -85,7 +89,7 @@ class VisionZip(Reducer):
         kept_tokens, kept_slots = [grid[frames, dominant]], [dominant]
         counts = [torch.ones_like(dominant)]
         if contextual_count > 0:
-            context, targets, members = contextual_tokens(
+            context, targets, members, assigned = contextual_tokens(
                 grid[frames, rest_indices], keys[frames, rest_indices], contextual_count
             )
             kept_tokens.append(context)
@@ -96,5 +100,18 @@ class VisionZip(Reducer):
         order = flat.argsort()
         tokens = torch.cat(kept_tokens, dim=1).reshape(-1, c)[order]
         info = {"dominant_per_frame": dominant_count, "contextual_per_frame": contextual_count}
-        return Reduction(tokens, patch_boxes(flat[order], h, w), torch.cat(counts, dim=1).flatten()[order],
-                         video.num_tokens, info=info)  # fmt: skip
+        reduction = Reduction(tokens, patch_boxes(flat[order], h, w), torch.cat(counts, dim=1).flatten()[order],
+                              video.num_tokens, info=info)  # fmt: skip
+        if contextual_count == 0:
+            return reduction
+        # each patch's token: a kept patch's own, an absorbed one's contextual token (weight 1 / its members)
+        token_of = torch.empty_like(order).index_copy_(0, order, torch.arange(len(order), device=order.device))
+        token_of = token_of.view(t, -1)
+        absorbed = rest_indices[:, ~torch.isin(torch.arange(rest_indices.shape[1], device=grid.device), targets)]
+        member_of = torch.full((t, per_frame), -1, dtype=torch.long, device=grid.device)
+        member_of.scatter_(1, slots, token_of)
+        contextual_of = token_of[:, dominant_count:]
+        member_of.scatter_(1, absorbed, contextual_of.gather(1, assigned))
+        weights = torch.ones(t, per_frame, device=grid.device)
+        weights.scatter_(1, absorbed, 1 / (members - 1).gather(1, assigned).float())
+        return replace(reduction, members=member_of.flatten(), member_weights=weights.flatten())

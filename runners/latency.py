@@ -2,12 +2,15 @@
 
     python -m runners.latency --model llava_onevision_7b --frames 64 128 --output outputs/latency/h100
     python -m runners.latency --model qwen2_vl_7b --frames 128 --output outputs/latency/h100
+    python -m runners.latency --model qwen3_vl_8b --frames 64 128 --output outputs/latency/h200
 
 Models at their published sizes with random bf16 weights (no download) and the scene-video request, from
-``sttm.adapters.real_size``: LLaVA-OneVision-7B (which LLaVA-Video-7B shares) and Qwen2-VL-7B.
+``sttm.adapters.real_size``: LLaVA-OneVision-7B (which LLaVA-Video-7B shares), Qwen2-VL-7B and Qwen3-VL-8B.
 
-Every config of ``configs/reducers`` runs at each budget inside its reduction point (LLM-layer methods at layer 2),
-with full tokens first; STTM also runs at the fixed thresholds its budget search chose, as the paper uses fixed
+Every reducer of ``configs/reducers`` runs at each budget inside its reduction point (LLM-layer methods at the
+model's ``llm_layer`` in ``configs/model``: 2, or 3 for Qwen3-VL, after its DeepStack layers), with full tokens first
+(a reducer the model refuses, e.g. a merge before Qwen3-VL's DeepStack layers that does not say its members, is a
+row that says why); STTM also runs at the fixed thresholds its budget search chose, as the paper uses fixed
 thresholds. Each setting: one warm-up, then the median of ``--repeats`` calls of ``generate`` (8 new tokens), timed
 as ``sttm.adapters.timing`` defines. Writes ``OUTPUT.json`` (rows, GPU, commit, command), appends the rows of this
 run to ``OUTPUT.md`` and draws ``OUTPUT_<model>.png`` (prefill speed-up against kept ratio).
@@ -32,7 +35,7 @@ from sttm.adapters.real_size import ARCHITECTURES, QUESTION, architecture, rando
 from sttm.adapters.reduction_log import ReductionLog
 from sttm.adapters.reuse import greedy_from_prefix, prefill_prefix
 from sttm.adapters.timing import timed_generate
-from sttm.api import Reducer, Reduction, Stage, VideoTokens, build_reducer, keep_subset, reducer_class
+from sttm.api import Reducer, Reduction, Stage, VideoTokens, build_reducer, keep_subset
 from sttm.clock import timed
 from sttm.reducer import STTM
 
@@ -55,12 +58,18 @@ def measure(model, inputs: dict, reducer: Reducer | None, repeats: int) -> dict:
     return result
 
 
+def llm_layer_of(name: str) -> int:
+    """Where LLM-layer methods act on the model ``name``: its ``configs/model`` file's ``llm_layer`` (2 without)."""
+    path = CONFIGS / "model" / f"{name}.yaml"
+    return int(OmegaConf.load(path).get("llm_layer", LLM_LAYER)) if path.is_file() else LLM_LAYER
+
+
 def kv_reuse_rows(name: str, model, frames: int, questions: int, repeats: int) -> list[dict]:
     """Prefill time per question for ``questions`` questions about one video, each prefilled whole, against one
     prefill of the video prefix plus one of each question (STTM at fixed thresholds, budget 0.5)."""
     texts = [f"question {index} : {QUESTION}" for index in range(questions)]
     batches = [request(name, frames, model.device, question=text) for text in texts]
-    reducer = fixed_thresholds(STTM(budget=0.5, layer=LLM_LAYER), model, batches[0])
+    reducer = fixed_thresholds(STTM(budget=0.5, layer=llm_layer_of(name)), model, batches[0])
     separate, shared = [], []
     for index in range(repeats + 1):
         with torch.inference_mode(), reduction_point(model, reducer):
@@ -125,8 +134,10 @@ class EvenlySpaced(Reducer):
         return keep_subset(video, evenly_spaced(video.num_tokens, self.budget, video.grid.device))
 
 
-def ceiling_rows(name: str, model, inputs: dict, frames: int, budgets: list[float], repeats: int) -> list[dict]:
-    """What cutting the video to each budget at the language model's input and at ``LLM_LAYER`` can give at best:
+def ceiling_rows(
+    name: str, model, inputs: dict, frames: int, budgets: list[float], repeats: int, layer: int = LLM_LAYER
+) -> list[dict]:
+    """What cutting the video to each budget at the language model's input and at ``layer`` can give at best:
     the decoder layers alone on random embeddings of the prompt's length, an evenly spaced share of the video's
     tokens kept, against the same layers on the whole prompt."""
     text_model = family.text_model(model)
@@ -138,11 +149,11 @@ def ceiling_rows(name: str, model, inputs: dict, frames: int, budgets: list[floa
     for budget in budgets:
         kept_visual = visual[evenly_spaced(len(visual), budget, visual.device)]
         keep = torch.cat([text, kept_visual]).sort().values
-        for layer, method in (
+        for cut_at, method in (
             (0, "ceiling: cut at the LLM's input"),
-            (LLM_LAYER, f"ceiling: cut at layer {LLM_LAYER}"),
+            (layer, f"ceiling: cut at layer {layer}"),
         ):
-            reduced_ms = layers_ms(text_model, embeds, keep, layer, repeats)
+            reduced_ms = layers_ms(text_model, embeds, keep, cut_at, repeats)
             rows.append({"model": name, "frames": frames, "method": method, "budget": budget,
                          "kept_ratio": len(kept_visual) / len(visual), "layers_ms": reduced_ms,
                          "full_layers_ms": full_ms, "prefill_speedup": full_ms / reduced_ms})  # fmt: skip
@@ -158,17 +169,17 @@ def fixed_thresholds(reducer: STTM, model, inputs: dict) -> STTM:
     return STTM(threshold=info["threshold"], temporal_threshold=info["temporal_threshold"], layer=reducer.layer)
 
 
-def reducers_at(budget: float, family: str, names: list[str] | None = None) -> list[tuple[str, Reducer | str]]:
-    """(name, reducer) for every reducer config (or those ``names``), or (name, why it cannot run)."""
-    model = OmegaConf.create({"llm_layer": LLM_LAYER})
+def reducers_at(
+    budget: float, family: str, names: list[str] | None = None, layer: int = LLM_LAYER
+) -> list[tuple[str, Reducer | str]]:
+    """(name, reducer) for every reducer config (or those ``names``), LLM-layer ones at ``layer``, or (name, why it
+    cannot run)."""
+    model = OmegaConf.create({"llm_layer": layer})
     configs = sorted(path.stem for path in (CONFIGS / "reducers").glob("*.yaml") if path.stem != "sttm_paper")
     chosen_configs = [config for config in configs if names is None or config in names]
     settings = compose_evaluate(f"reducers=[{','.join(chosen_configs)}]").get("reducers") or {}
     chosen = []
     for key, setting in settings.items():
-        if reducer_class(setting.name).stage is Stage.VISION and family != "llava_onevision":
-            chosen.append((key, "vision-tower attention is read for SigLIP (LLaVA) only"))
-            continue
         try:
             chosen.append((key, build_reducer(setting.name, **setting_params(setting, model, budget))))
         except ValueError as error:
@@ -186,7 +197,7 @@ def run(
     device: str = "cuda",
     names: list[str] | None = None,
 ) -> list[dict]:
-    family = architecture(name).family
+    family, layer = architecture(name).family, llm_layer_of(name)
     model = random_model(name, attention, device)
     rows = []
     for frames in frames_list:
@@ -197,12 +208,12 @@ def run(
         full = measure(model, inputs, None, repeats)
         rows.append({"model": name, "frames": frames, "method": "full tokens", "budget": 1.0, **full})
         print(rows[-1], flush=True)
-        rows += ceiling_rows(name, model, inputs, frames, budgets, repeats)
+        rows += ceiling_rows(name, model, inputs, frames, budgets, repeats, layer)
         print(*rows[-2 * len(budgets) :], sep="\n", flush=True)
         for budget in budgets:
-            settings = [(f"ceiling: {EvenlySpaced.name} at layer {LLM_LAYER}, no cost, through the hooks",
-                         EvenlySpaced(budget))]  # fmt: skip
-            settings += reducers_at(budget, family, names)
+            settings = [(f"ceiling: {EvenlySpaced.name} at layer {layer}, no cost, through the hooks",
+                         EvenlySpaced(budget, layer))]  # fmt: skip
+            settings += reducers_at(budget, family, names, layer)
             sttm = next((reducer for method, reducer in settings if method == "sttm"), None)
             if isinstance(sttm, STTM):
                 settings.append(("sttm (fixed thresholds)", fixed_thresholds(sttm, model, inputs)))
@@ -211,7 +222,11 @@ def run(
                 if isinstance(reducer, str):
                     rows.append({**row, "note": reducer})
                     continue
-                result = measure(model, inputs, reducer, repeats)
+                try:
+                    result = measure(model, inputs, reducer, repeats)
+                except ValueError as refusal:  # the model's reduction point refuses it (said in the row)
+                    rows.append({**row, "note": str(refusal)})
+                    continue
                 result["prefill_speedup"] = full["prefill_ms"] / result["prefill_ms"]
                 result["ttft_speedup"] = full["ttft_ms"] / result["ttft_ms"]
                 result["reducer_share_of_prefill"] = result["reducer_ms"] / full["prefill_ms"]

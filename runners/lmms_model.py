@@ -1,4 +1,4 @@
-"""An lmms-eval model: a LLaVA-OneVision, Qwen2-VL or Qwen2.5-VL checkpoint with a token reducer at its stage,
+"""An lmms-eval model: a LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL or Qwen3-VL checkpoint with a token reducer at its stage,
 timed per request.
 
 Registered for lmms-eval as ``sttm_bench`` (entry point ``lmms_eval.models``). Its ``--model_args`` describe a cell of
@@ -15,7 +15,9 @@ fraction another way), ``benchmark`` (for the paper's per-benchmark settings), `
 build the model from a model config (``from_model_config``) and pass it to ``lmms_eval.evaluator.simple_evaluate``.
 
 Each request: the video is decoded and sampled as the STTM authors do (``sttm.adapters.video``; an odd frame count
-padded to even for Qwen), the question goes through the processor's chat template, and greedy generation runs
+padded to even for Qwen), or, without a ``target_fps``, as ``max_frames`` frames spread uniformly, the question goes
+through the processor's chat template (after ``system_prompt`` where given; Qwen: each frame's pixels within
+``min_pixels``..``max_pixels`` where given), and greedy generation runs
 inside the reducer's reduction point (``sttm.adapters.points.reduction_point``) as the request's generation
 arguments ask (the task's, updated by ``--gen_kwargs``: ``generation``). With ``kv_reuse`` the questions about one
 video share one prefill of its prefix (``sttm.adapters.reuse``).
@@ -43,13 +45,12 @@ from lmms_eval.models.registry_v2 import ModelManifest
 from lmms_eval.utils import simple_parse_args_string
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
-from transformers.video_utils import VideoMetadata
 
 from runners.records import FULL_TOKENS, QuestionRecord, append_answer, records_by_question
 from runners.tasks.builtin import reply_is_correct
-from sttm.adapters.family import frames_in_pairs, newlines_per_video, takes_video_fps, video_token_id
+from sttm.adapters.family import family_of, frames_in_pairs, newlines_per_video, video_token_id
 from sttm.adapters.flops import prefill_flops, tokens_per_layer
-from sttm.adapters.loading import load_model, video_question_prompt
+from sttm.adapters.loading import load_model, video_inputs, video_question_prompt
 from sttm.adapters.points import reduction_point
 from sttm.adapters.reuse import check_kv_reuse, greedy_from_prefix, prefill_prefix
 from sttm.adapters.timing import timed_generate
@@ -270,10 +271,13 @@ class ReducedVideoLLM(lmms):
         dtype: str,
         attn_implementation: str,
         device: str,
-        target_fps: float,
+        target_fps: float | None,
         max_frames: int,
         max_new_tokens: int,
         device_map: str | None = None,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+        system_prompt: str | None = None,
         reducer: Reducer | None = None,
         positions: str = "original",
         kv_reuse: bool = False,
@@ -292,7 +296,12 @@ class ReducedVideoLLM(lmms):
         self.positions = positions
         self.kv_reuse = kv_reuse
         check_kv_reuse(self.kv_reuse, reducer)
-        self.target_fps, self.max_frames = float(target_fps), int(max_frames)
+        self.target_fps = None if target_fps is None else float(target_fps)
+        self.max_frames = int(max_frames)
+        if (min_pixels is None) != (max_pixels is None):
+            raise ValueError(f"give both pixel bounds or neither, got min_pixels={min_pixels}, max_pixels={max_pixels}")
+        self.pixels = None if min_pixels is None else (int(min_pixels), int(max_pixels))
+        self.system_prompt = system_prompt
         self.max_new_tokens = int(max_new_tokens)
         self.record_dir = None if record_dir is None else Path(record_dir)
         if device == "cuda" and int(os.environ.get("WORLD_SIZE", 1)) > 1:  # one model copy per data-parallel process
@@ -306,8 +315,10 @@ class ReducedVideoLLM(lmms):
         ``frame_cap``; ``options``: ``reducer``, ``positions``, ``kv_reuse``, ``record_dir`` and the batch sizes."""
         return cls(
             model["pretrained"], dtype=model["dtype"], attn_implementation=model["attn_implementation"],
-            device=model["device"], device_map=model["device_map"], target_fps=model["target_fps"],
-            max_frames=max_frames(model, frame_cap), max_new_tokens=model["max_new_tokens"], **options,
+            device=model["device"], device_map=model["device_map"], target_fps=model.get("target_fps"),
+            max_frames=max_frames(model, frame_cap), max_new_tokens=model["max_new_tokens"],
+            min_pixels=model.get("min_pixels"), max_pixels=model.get("max_pixels"),
+            system_prompt=model.get("system_prompt"), **options,
         )  # fmt: skip
 
     @classmethod
@@ -450,13 +461,8 @@ class ReducedVideoLLM(lmms):
 
     def model_inputs(self, question: str, video) -> dict:
         """The processor's inputs for one question about ``video`` (a ``SampledVideo``)."""
-        text = video_question_prompt(self.processor, question)
-        if not takes_video_fps(self.model):
-            return self.processor(text=text, videos=[video.frames], return_tensors="pt")
-        metadata = VideoMetadata(total_num_frames=len(video.frames), fps=video.fps)
-        return self.processor(
-            text=text, videos=[video.frames], video_metadata=[metadata], do_sample_frames=False, return_tensors="pt"
-        )
+        text = video_question_prompt(self.processor, question, self.system_prompt)
+        return video_inputs(self.processor, family_of(self.model), text, video, self.pixels)
 
     def loglikelihood(self, requests):
         raise NotImplementedError("sttm_bench evaluates generation tasks only")

@@ -119,6 +119,14 @@ class Reduction:
     num_input:    T·H·W, the visual tokens the reducer received.
     reducer_ms:   the method's own wall time (CUDA events on GPU), filled in by ``Reducer.__call__``.
     info:         method-specific facts worth recording (e.g. the thresholds a budget search chose).
+    members:      optional [T·H·W] int64, for a merging method: the kept token each grid patch went into, in
+                  flat grid order (−1: into none). None: each token is the patch at its box, unchanged (a
+                  dropping method; ``num_patches`` all 1).
+    member_weights: optional [T·H·W] float, each patch's weight in its token (a token is the weighted sum of its
+                  members); None: a token is the plain mean of its members.
+
+    ``members`` lets the same merge act on other values of the same patches (``reduce_like``: Qwen3-VL's
+    DeepStack features of the visual tokens).
     """
 
     tokens: torch.Tensor
@@ -127,6 +135,8 @@ class Reduction:
     num_input: int
     reducer_ms: float = float("nan")
     info: dict[str, Any] = field(default_factory=dict)
+    members: torch.Tensor | None = None
+    member_weights: torch.Tensor | None = None
 
     @property
     def num_kept(self) -> int:
@@ -136,6 +146,36 @@ class Reduction:
     def kept_ratio(self) -> float:
         """The achieved budget: kept tokens over the tokens received."""
         return self.num_kept / self.num_input
+
+
+def reduce_like(reduction: Reduction, values: torch.Tensor) -> torch.Tensor:
+    """Other values of the reduced grid's patches, [T, H, W, D], reduced as ``reduction`` reduced the grid: [N, D],
+    row i for kept token i. A merged token's values are the same weighted mean of its members' (accumulated in
+    float32, or float64 for float64 values); a kept patch's are its own, unchanged.
+
+    Raises ValueError for a merge that does not say its members.
+    """
+    _, height, width, _ = values.shape
+    flat = values.reshape(-1, values.shape[-1])
+    if len(flat) != reduction.num_input:
+        raise ValueError(f"values of {len(flat)} patches for a reduction of {reduction.num_input} tokens")
+    if reduction.members is None:
+        if bool((reduction.num_patches != 1).any()):
+            raise ValueError("the reduction merges tokens but does not say their members (Reduction.members)")
+        return flat[flat_positions(reduction.boxes.to(values.device), height, width)]
+    members = reduction.members.to(values.device)
+    inside = members >= 0
+    token = members[inside]
+    wide = torch.promote_types(values.dtype, torch.float32)
+    if reduction.member_weights is None:
+        counts = torch.zeros(reduction.num_kept, dtype=wide, device=values.device).index_add_(
+            0, token, torch.ones_like(token, dtype=wide)
+        )
+        weights = 1 / counts[token]
+    else:
+        weights = reduction.member_weights.to(values.device, wide)[inside]
+    sums = torch.zeros(reduction.num_kept, flat.shape[1], dtype=wide, device=values.device)
+    return sums.index_add_(0, token, flat[inside].to(wide) * weights[:, None]).to(values.dtype)
 
 
 def flat_positions(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -39,12 +39,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from sttm.group_means import group_means
-from sttm.quadtree import QuadTree, batched_dot
+from sttm.quadtree import Layout, QuadTree, batched_dot
 
 VARIANTS = ("official", "corrected")
 
@@ -302,19 +303,63 @@ def as_thresholds(values: list[float], device: torch.device) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32, device=device)
 
 
+class Merged(NamedTuple):
+    """STTM's tokens of a video: features [N, C], boxes [N, 5], num_patches [N], and each patch's token [T·H·W]
+    with its weight in it ([T·H·W], or None where every token is the plain mean of its patches)."""
+
+    tokens: torch.Tensor
+    boxes: torch.Tensor
+    num_patches: torch.Tensor
+    members: torch.Tensor
+    member_weights: torch.Tensor | None
+
+
+def pyramid_weights(layout: Layout) -> torch.Tensor:
+    """[L, H·W] the weight of each patch in its level-l ancestor's unweighted pyramid mean (root level first): the
+    product of 1 / (its ancestors' real children) below level l."""
+    children = [step.children.flatten() for step in layout.steps]
+    children.append(torch.ones_like(layout.ancestor_cell[-1]))  # the finest level's cells are the patches
+    share = 1 / torch.cat(children)[layout.ancestor_cell].float()
+    return share.flip(0).cumprod(0).flip(0)
+
+
+def merge_members(
+    tree: QuadTree, node_maps: NodeMap, labels: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The token each patch goes into, the tokens ordered by the slot of their representative as ``merge_video``
+    orders them, and the patch's weight in it: None for a tree of patch sums (every token is the mean of its
+    patches); else, as the unweighted means of the official variant weigh it, its pyramid weight in its node over
+    the nodes of its group."""
+    node = node_maps.cover[0]
+    group = node if labels is None else labels[0][node]
+    representative = representatives(node_maps.is_node[0], None if labels is None else labels[0])
+    members = (representative.cumsum(0) - 1)[group]
+    if tree.sums:
+        return members, None
+    cells = tree.shape[1] * tree.shape[2]
+    patch = torch.arange(len(node), device=node.device) % cells
+    weights = pyramid_weights(tree.layout)[node_maps.level[0], patch]
+    if labels is not None:
+        nodes_in_group = torch.zeros_like(weights).index_add_(
+            0, labels[0][node_maps.is_node[0]], torch.ones_like(weights[node_maps.is_node[0]])
+        )
+        weights = weights / nodes_in_group[group]
+    return members, weights
+
+
 def merge_video(
     tree: QuadTree, threshold: float, temporal_threshold: float, variant: str, table: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """STTM on a built quadtree: (features [N, C], boxes [N, 5], num_patches [N]); τ_t ≤ 0 turns temporal merging
-    off; see ``group_nodes``."""
+) -> Merged:
+    """STTM on a built quadtree (see ``Merged``); τ_t ≤ 0 turns temporal merging off; see ``group_nodes``."""
     device = tree.cells.device
     temporal = as_thresholds([temporal_threshold], device) if temporal_threshold > 0 else None
     node_maps, labels = group_nodes(tree, as_thresholds([threshold], device), temporal, variant, table)
     nodes = collect_nodes(tree, node_maps)
+    members = merge_members(tree, node_maps, labels)
     if labels is not None:
-        return merge_groups(nodes, labels[0], tree.sums)
+        return Merged(*merge_groups(nodes, labels[0], tree.sums), *members)
     keep = nodes.is_node.nonzero().squeeze(1)
     features, num_patches = nodes.features[keep], nodes.num_patches[keep]
     if tree.sums:
         features = features / num_patches[:, None].to(features.dtype)
-    return features, nodes.boxes[keep], num_patches
+    return Merged(features, nodes.boxes[keep], num_patches, *members)

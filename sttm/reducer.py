@@ -100,11 +100,14 @@ class STTM(Reducer):
         else:
             table = None if self.budget_gap is None else temporal_table(tree)
             thresholds, budget_met = self._search_thresholds(tree, video.num_tokens, table)
-        tokens, boxes, num_patches = merge_video(tree, *thresholds, self.variant, table)
+        merged = merge_video(tree, *thresholds, self.variant, table)
         info = {"threshold": thresholds[0], "temporal_threshold": thresholds[1], "variant": self.variant}
         if self.budget is not None:
             info["budget_met"] = budget_met
-        return Reduction(tokens, boxes, num_patches, video.num_tokens, info=info)
+        return Reduction(
+            merged.tokens, merged.boxes, merged.num_patches, video.num_tokens, info=info, members=merged.members,
+            member_weights=merged.member_weights,
+        )  # fmt: skip
 
     def _thresholds_at(self, spatial: float) -> tuple[float, float]:
         if self.budget_gap is None:

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 from runners.evaluate import CONFIGS, join_correctness
 from runners.records import QuestionRecord, append_answer, read_records
-from runners.tasks.builtin import BUILTIN_TASKS, check_builtin_data, dataset_cache, is_correct
+from runners.tasks.builtin import BUILTIN_TASKS, MVBENCH_TASKS, check_builtin_data, dataset_cache, is_correct
 from runners.toybench.render import BACKGROUNDS, background, write_video
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,6 +31,7 @@ TASK_YAMLS = {
     "mlvu_dev": "mlvu/mlvu_dev.yaml",
     "nextqa_mc_test": "nextqa/nextqa_mc_test.yaml",
     "egoschema_subset": "egoschema/egoschema_subset.yaml",
+    **{f"mvbench_{name}": f"mvbench/mvbench_{name}.yaml" for name in MVBENCH_TASKS},
 }
 
 
@@ -54,11 +55,14 @@ PROCESS_RESULTS = {
     "mlvu_dev": "mlvu_process_results",
     "nextqa_mc_test": "nextqa_mc_process_results",
     "egoschema_subset": "egoschema_process_results_generation",
+    **{f"mvbench_{name}": "mvbench_process_results" for name in MVBENCH_TASKS},
 }
 
 
 def answered_b(task: str) -> dict:
     """A document of ``task`` whose right answer is option B, with the fields its process_results reads."""
+    if task.startswith("mvbench_"):
+        return {"candidates": COLOURS[:4], "answer": COLOURS[1]}
     return {
         "videomme": videomme_doc("gray", "B"),
         "longvideobench_val_v": {

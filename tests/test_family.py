@@ -3,15 +3,12 @@ does not know is refused by name."""
 
 from __future__ import annotations
 
-import dataclasses
 from types import SimpleNamespace
 
 import pytest
 import torch
-from toy_reducers import BlockMean
 
 from sttm.adapters import family
-from sttm.adapters.points import pre_llm
 from sttm.adapters.tiny import FAMILIES, tiny_config, tiny_model
 
 
@@ -56,14 +53,16 @@ def test_the_grid_comes_from_the_config_or_the_m_rope_ids():
 
 
 def test_an_unknown_family_is_refused_by_its_model_type():
-    model = SimpleNamespace(config=SimpleNamespace(model_type="qwen3_vl"))
-    with pytest.raises(ValueError, match="unknown model family 'qwen3_vl'; supported model types: llava_onevision"):
+    model = SimpleNamespace(config=SimpleNamespace(model_type="gemma4"))
+    with pytest.raises(ValueError, match="unknown model family 'gemma4'; supported model types: llava_onevision"):
         family.text_model(model)
 
 
-def test_a_family_with_deepstack_inputs_is_refused_by_the_reduction_points(monkeypatch):
-    deepstack = dataclasses.replace(family.FAMILIES["qwen2_vl"], deepstack_inputs=("deepstack_visual_embeds",))
-    monkeypatch.setitem(family.FAMILIES, "qwen2_vl", deepstack)
-    with pytest.raises(ValueError, match="do not cut the DeepStack inputs of qwen2_vl"):
-        with pre_llm(tiny_model("qwen2_vl"), BlockMean()):
-            pass
+@pytest.mark.parametrize("name", FAMILIES)
+def test_deepstack_and_timestamps_are_qwen3_vl_s(name):
+    model = tiny_model(name)
+    qwen3 = name in ("qwen3_vl", "qwen3_vl_moe")
+    assert family.has_deepstack(model) == family.frames_apart(model) == family.pixels_per_video(model) == qwen3
+    assert family.deepstack_levels(model) == (len(model.config.vision_config.deepstack_visual_indexes) if qwen3 else 0)
+    if qwen3:
+        assert family.deepstack_process(model) == family.text_model(model)._deepstack_process

@@ -169,7 +169,7 @@ class FirstQuestion(FrameFusion):
 
 
 #: similarity bounds at which both stages act on the tiny models' random videos (LLaVA's layer-2 states are alike)
-BOTH_STAGES_ACT = {"llava_onevision": 0.95, "qwen2_vl": 0.0, "qwen2_5_vl": 0.0}
+BOTH_STAGES_ACT = {"llava_onevision": 0.95, "qwen2_vl": 0.0, "qwen2_5_vl": 0.0, "qwen3_vl": 0.0, "qwen3_vl_moe": 0.0}
 
 
 @pytest.mark.parametrize("family", FAMILIES)

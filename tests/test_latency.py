@@ -31,7 +31,7 @@ def test_every_reducer_config_runs_or_says_why_not():
     settings = dict(reducers_at(0.15, "qwen2_vl"))
     assert "sttm" in settings and settings["sttm"].layer == 2
     assert "floor of 25%" in settings["dycoke"]
-    assert all(isinstance(reducer, str) for name, reducer in settings.items() if name == "visionzip")
+    assert settings["visionzip"].stage.value == "vision"  # Qwen's ViT attention is read too
 
 
 def test_tables_and_plots_are_written(tmp_path):
@@ -60,14 +60,32 @@ def test_the_whole_benchmark_runs_on_a_tiny_architecture(monkeypatch):
     assert "| tiny | 8 | sttm |" in markdown(rows, "## tiny")
 
 
-@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_vl"])
+def test_the_qwen3_vl_8b_benchmark_runs_scaled_down(monkeypatch):
+    """``--model qwen3_vl_8b`` shrunk to the tiny Qwen3-VL (DeepStack after layers 0 and 1) on the CPU: LLM-layer
+    methods at the model config's layer 3, VisionZip on the ViT's attention, a merge before DeepStack that does not
+    say its members named."""
+    monkeypatch.setitem(ARCHITECTURES, "qwen3_vl_8b", tiny_architecture("qwen3_vl"))
+    monkeypatch.setattr("sttm.adapters.real_size.real_size_config", lambda name: tiny_config("qwen3_vl"))
+    names = ["sttm", "tome", "fastv", "vidcom2", "pool", "visionzip", "prunevid"]
+    rows = run("qwen3_vl_8b", [8], [0.5], repeats=1, attention="sdpa", kv_reuse=2, device="cpu", names=names)
+    measured = {row["method"]: row for row in rows if "kept_ratio" in row}
+    notes = {row["method"]: row["note"] for row in rows if "note" in row}
+    ceilings = {"ceiling: evenly spaced at layer 3, no cost, through the hooks", "ceiling: cut at layer 3"}
+    methods = {"full tokens", "sttm", "sttm (fixed thresholds)", "tome", "fastv", "vidcom2", "pool", "visionzip"}
+    assert ceilings | methods <= set(measured)
+    assert "does not say their members" in notes["prunevid"]
+    assert all(0 < row["kept_ratio"] <= 0.5 + 1e-9 for name, row in measured.items() if name != "full tokens")
+    assert rows[0]["speedup"] > 0 and "| qwen3_vl_8b | 8 | sttm |" in markdown(rows, "## qwen3_vl_8b")
+
+
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_vl", "qwen3_vl"])
 def test_the_ceiling_forward_is_the_language_model_on_the_kept_tokens(family):
     model = MODEL_CLASSES[family]._from_config(tiny_config(family)).eval()
     language_model = text_model(model)
     embeds = torch.randn(1, 12, language_model.config.hidden_size)
     keep = torch.tensor([0, 1, 4, 5, 9, 11])
     kept_positions = text_positions(language_model, 12, "cpu")[..., keep]
-    assert kept_positions.shape == ((3, 1, 6) if family == "qwen2_vl" else (1, 6))
+    assert kept_positions.shape == ((1, 6) if family == "llava_onevision" else (3, 1, 6))
     with torch.no_grad():
         whole = language_model(inputs_embeds=embeds).last_hidden_state
         cut_at_input = language_model(inputs_embeds=embeds[:, keep], position_ids=kept_positions).last_hidden_state

@@ -92,7 +92,7 @@ def test_full_tokens_and_an_llm_layer_reducer(setup):
     assert all(r["achieved_ratio"] <= 0.5 and r["reducer_ms"] > 0 for r in sttm_records)
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def test_qwen_models_evaluate_with_an_llm_layer_reducer(setup, family, tmp_path):
     root, _, task_manager = setup
     folder = save_tiny_model(family, tmp_path / family)
@@ -109,6 +109,21 @@ def test_qwen2_5_temporal_ids_follow_the_sampled_frame_rate(tmp_path):
     frames = np.zeros((4, FRAME_SIZE, FRAME_SIZE, 3), dtype=np.uint8)
     inputs = model.model_inputs("what color ?", SampledVideo(frames, fps=0.5))
     assert inputs["second_per_grid_ts"].tolist() == [2 / 0.5]  # two frames per temporal patch
+
+
+def test_qwen3_timestamps_read_the_frames_places_in_the_video_and_pixels_are_bounded_per_frame(tmp_path):
+    folder = save_tiny_model("qwen3_vl", tmp_path / "qwen3")
+    frames = np.zeros((4, 2 * FRAME_SIZE, 2 * FRAME_SIZE, 3), dtype=np.uint8)
+    video = SampledVideo(frames, fps=4 / 4.0, indices=np.array([0, 30, 60, 90]), video_fps=30.0)
+    bounded = ReducedVideoLLM(folder, min_pixels=28 * 28, max_pixels=FRAME_SIZE**2, system_prompt="you are a video")
+    inputs = bounded.model_inputs("what color ?", video)
+    text = bounded.processor.decode(inputs["input_ids"][0])
+    # the temporal patches (frames 0, 30) and (60, 90) of a 30 fps video sit at 0.5 s and 2.5 s
+    assert "<unk> 0 . 5 <unk> <unk>" in text and "<unk> 2 . 5 <unk> <unk>" in text
+    assert text.index("you are a video") < text.index("<|video_pad|>")
+    assert inputs["video_grid_thw"].tolist() == [[2, 16, 16]]  # 448 px frames brought down to 224 px
+    unbounded = ReducedVideoLLM(folder).model_inputs("what color ?", video)
+    assert unbounded["video_grid_thw"].tolist() == [[2, 32, 32]]
 
 
 @pytest.mark.parametrize("positions", ["original", "compact"])

@@ -1,9 +1,12 @@
-"""Reduction points in the three video-LLM families: cached decoding equals recomputing the reduced forward,
-keeping every token is the unmodified model, the context leaves nothing behind, the tiny models round-trip."""
+"""Reduction points in the video-LLM families: cached decoding equals recomputing the reduced forward, keeping every
+token is the unmodified model, the context leaves nothing behind, the tiny models round-trip; Qwen3-VL's DeepStack
+levels are cut as the tokens are and its timestamps stay where they are."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -13,20 +16,37 @@ import torch  # noqa: E402
 from toy_reducers import BlockMean  # noqa: E402
 from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E402
 
-from sttm.adapters.family import pool_frame_features, vision_encoder_layers, vision_tower  # noqa: E402
+from sttm.adapters.family import (  # noqa: E402
+    deepstack_levels,
+    pool_frame_features,
+    text_model,
+    vision_encoder_layers,
+    vision_tower,
+)
 from sttm.adapters.kv_pruning import KVPruning  # noqa: E402
+from sttm.adapters.plan import gather_along, gather_positions, placeholder_runs  # noqa: E402
 from sttm.adapters.points import llm_layer, pre_llm, reduction_point  # noqa: E402
 from sttm.adapters.tiny import (  # noqa: E402
     FAMILIES,
     FRAME_SIZE,
     MODEL_CLASSES,
+    QWEN_FAMILIES,
     SPECIAL_TOKENS,
     VOCAB,
     save_tiny_model,
     tiny_model,
     tiny_processor,
 )
-from sttm.api import Reducer, Reduction, Stage, VideoTokens, keep_everything, patch_boxes  # noqa: E402
+from sttm.api import (  # noqa: E402
+    Reducer,
+    Reduction,
+    Stage,
+    VideoTokens,
+    keep_everything,
+    patch_boxes,
+    reduce_like,
+)
+from sttm.reducer import STTM  # noqa: E402
 
 FRAMES = 4
 
@@ -104,13 +124,18 @@ REDUCTION_POINTS = {
     "layer_0": lambda model, reducer, positions="original": llm_layer(model, reducer, 0, positions),
     "layer_2": lambda model, reducer, positions="original": llm_layer(model, reducer, 2, positions),
 }
-REDUCERS = {"drop": EveryOtherToken(), "merge": BlockMean(), "varying": ContentDependentCount()}
+REDUCERS = {
+    "drop": EveryOtherToken(),
+    "merge": BlockMean(),
+    "varying": ContentDependentCount(),
+    "sttm": STTM(budget=0.5, root_level=0),  # spatial and temporal merging, thresholds searched per video
+}
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 @pytest.mark.parametrize("point", REDUCTION_POINTS)
-@pytest.mark.parametrize(("reducer", "batch"), [("drop", 1), ("merge", 2), ("varying", 2)])
+@pytest.mark.parametrize(("reducer", "batch"), [("drop", 1), ("merge", 2), ("varying", 2), ("sttm", 2)])
 def test_cached_decoding_equals_recomputing_the_reduced_forward(family, attention, point, reducer, batch):
     model = tiny_model(family, attn_implementation=attention)
     model_inputs = inputs(family, batch)
@@ -119,7 +144,10 @@ def test_cached_decoding_equals_recomputing_the_reduced_forward(family, attentio
         _, recomputed = generate(model, model_inputs, use_cache=False)
     kept_per_row = [reduction.num_kept for reduction in log.last.reductions]
     assert log.last.num_kept < log.last.num_input
-    assert len(set(kept_per_row)) == (batch if reducer == "varying" else 1)
+    if reducer != "sttm":
+        assert len(set(kept_per_row)) == (batch if reducer == "varying" else 1)
+    else:
+        assert all(1 < (reduction.num_patches > 1).sum() < reduction.num_kept for reduction in log.last.reductions)
     assert (cached - recomputed).abs().max() <= 1e-4
 
 
@@ -204,8 +232,9 @@ def test_the_context_leaves_no_hooks_and_the_model_as_it_was(family, point):
     assert torch.equal(before, after) and not torch.allclose(before, reduced)
 
 
-def test_bad_arguments_are_refused():
-    llava, qwen = tiny_model("llava_onevision"), tiny_model("qwen2_vl")
+@pytest.mark.parametrize("qwen_family", ["qwen2_vl", "qwen3_vl"])
+def test_bad_arguments_are_refused(qwen_family):
+    llava, qwen = tiny_model("llava_onevision"), tiny_model(qwen_family)
     with pytest.raises(ValueError, match="layer 4 is out of range"):
         with llm_layer(llava, BlockMean(), 4):
             pass
@@ -282,6 +311,50 @@ def test_vision_evidence_is_the_pooled_attention_received_in_the_vision_tower():
     assert video.keys.shape[:3] == video.grid.shape[:3]
 
 
+class MergeGroupIds(torch.nn.Module):
+    """In place of a Qwen ViT's merger: each token is the index of its 2x2 patches' group in the blocks' order."""
+
+    def __init__(self, unit: int) -> None:
+        super().__init__()
+        self.unit = unit
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.arange(len(hidden) // self.unit, dtype=hidden.dtype)[:, None]
+
+
+@pytest.mark.parametrize("family", QWEN_FAMILIES)
+def test_qwen_vision_evidence_is_the_attention_received_in_the_last_full_attention_block(family, monkeypatch):
+    model = tiny_model(family, attn_implementation="eager")
+    model_inputs = inputs(family, 2)
+    modeling = sys.modules[type(vision_tower(model)).__module__]
+    read, recording, received = vision_encoder_layers(model)[-1], [], []  # the tiny towers' last block attends fully
+
+    def eager(module, query, key, value, attention_mask, **kwargs):
+        output, weights = eager_attention_forward(module, query, key, value, attention_mask, **kwargs)
+        if recording:
+            received.append(weights.float().mean(dim=(1, 2))[0])  # [patches] of one frame
+        return output, weights
+
+    eager_attention_forward = modeling.eager_attention_forward
+    monkeypatch.setattr(modeling, "eager_attention_forward", eager)
+    read.register_forward_pre_hook(lambda module, args: recording.append(True))
+    read.register_forward_hook(lambda module, args, output: recording.clear())
+    probe = RecordsVisionEvidence()
+    with reduction_point(model, probe), torch.no_grad():
+        model(**model_inputs)
+    # which patches each token merges, in the blocks' order (Qwen2.5-VL's windows): the tower's own reordering
+    unit = model.config.vision_config.spatial_merge_size**2
+    vision_tower(model).merger = MergeGroupIds(unit)
+    with torch.no_grad():
+        tower = vision_tower(model)(model_inputs["pixel_values_videos"], grid_thw=model_inputs["video_grid_thw"])
+    groups = tower.pooler_output[:, 0].long()
+    expected = torch.cat(received).view(-1, unit)[groups].mean(dim=1).split(len(groups) // 2)
+    for video, importance in zip(probe.seen, expected, strict=True):
+        assert torch.allclose(video.importance.flatten(), importance, atol=1e-6)
+        assert video.keys.shape[:3] == video.grid.shape[:3]
+    assert probe.seen[0].keys.shape[-1] == read.attn.head_dim
+
+
 def test_a_reducer_is_refused_where_its_needs_cannot_be_met():
     model = tiny_model("llava_onevision")
     with pytest.raises(ValueError, match="needs importance, which the pre_llm point cannot give"):
@@ -289,9 +362,6 @@ def test_a_reducer_is_refused_where_its_needs_cannot_be_met():
             pass
     with pytest.raises(ValueError, match="needs keys, which the llm_layer point cannot give"):
         with llm_layer(model, RecordsVisionEvidence(), 2):
-            pass
-    with pytest.raises(ValueError, match="LLaVA-OneVision models only"):
-        with reduction_point(tiny_model("qwen2_vl"), RecordsVisionEvidence()):
             pass
     reads_embeddings = tiny_model("llava_onevision")
     reads_embeddings.config.vision_feature_layer = -len(vision_encoder_layers(reads_embeddings)) - 1
@@ -368,7 +438,7 @@ POINT_CONTEXTS = {
 @pytest.mark.parametrize(
     ("family", "point"),
     [("llava_onevision", point) for point in POINT_CONTEXTS]
-    + [("qwen2_vl", point) for point in POINT_CONTEXTS if point != "vision"],  # the vision point reads SigLIP's
+    + [(qwen, point) for qwen in ("qwen2_vl", "qwen3_vl") for point in POINT_CONTEXTS],
 )
 def test_after_a_generate_inside_the_context_the_model_has_the_attributes_and_hooks_it_had(family, point):
     model = tiny_model(family)
@@ -379,6 +449,124 @@ def test_after_a_generate_inside_the_context_the_model_has_the_attributes_and_ho
         generate(model, model_inputs, steps=2)
         inside = changed_attributes(before, model_state(model))
     assert log.calls and inside  # the hooks were there, and the snapshot sees them
-    if family == "qwen2_vl":
+    if family != "llava_onevision":
         assert "model.rope_deltas" in inside
     assert changed_attributes(before, model_state(model)) == []
+
+
+QWEN3 = ("qwen3_vl", "qwen3_vl_moe")
+
+
+def language_model_inputs(model, model_inputs: dict, steps: int = 1) -> list[dict]:
+    """The keyword arguments the language model receives in each forward of a cached greedy generation of ``steps``
+    tokens (after the hooks of any reduction point entered before)."""
+    seen = []
+    handle = text_model(model).register_forward_pre_hook(lambda module, args, kwargs: seen.append(dict(kwargs)),
+                                                         with_kwargs=True)  # fmt: skip
+    try:
+        generate(model, model_inputs, steps=steps)
+    finally:
+        handle.remove()
+    return seen
+
+
+def video_rows(levels: list[torch.Tensor], grids: list[tuple[int, int, int]]) -> list[list[torch.Tensor]]:
+    """DeepStack levels [Σ visual tokens, C] split into each row's [T, H, W, C] grid, per level."""
+    sizes = [t * h * w for t, h, w in grids]
+    return [[rows.reshape(*grid, -1) for rows, grid in zip(level.split(sizes), grids, strict=True)] for level in levels]
+
+
+@pytest.mark.parametrize("family", QWEN3)
+@pytest.mark.parametrize(("reducer", "batch"), [("drop", 1), ("merge", 2), ("sttm", 2)])
+def test_deepstack_levels_reach_the_language_model_cut_as_the_tokens_are(family, reducer, batch):
+    model = tiny_model(family)
+    model_inputs = inputs(family, batch)
+    full = language_model_inputs(model, model_inputs)[0]
+    with pre_llm(model, REDUCERS[reducer]) as log:
+        reduced = language_model_inputs(model, model_inputs)[0]
+    reductions = log.last.reductions
+    mask = reduced["visual_pos_masks"]
+    assert mask.sum(1).tolist() == [reduction.num_kept for reduction in reductions]
+    assert torch.equal(reduced["inputs_embeds"][mask], torch.cat([reduction.tokens for reduction in reductions]))
+    grids = [(FRAMES // 2, 8, 8)] * batch
+    levels = video_rows(full["deepstack_visual_embeds"], grids)
+    assert len(levels) == deepstack_levels(model) == 2
+    for level, cut in zip(levels, reduced["deepstack_visual_embeds"], strict=True):
+        if reducer == "drop":  # every other patch, as the tokens
+            expected = [grid.flatten(0, 2)[::2] for grid in level]
+        elif reducer == "merge":  # the means of the same 2x2 blocks
+            expected = [grid.unflatten(1, (4, 2)).unflatten(3, (4, 2)).mean(dim=(2, 4)).flatten(0, 2) for grid in level]
+        else:  # STTM's weighted means of the same members (its own tokens are those means of the grid)
+            expected = [reduce_like(reduction, grid) for reduction, grid in zip(reductions, level, strict=True)]
+        assert torch.allclose(cut, torch.cat(expected), atol=1e-6)
+
+
+@pytest.mark.parametrize("family", QWEN3)
+@pytest.mark.parametrize("reducer", ["drop", "merge", "sttm"])
+def test_reducing_before_the_language_model_and_at_layer_0_agree(family, reducer):
+    model = tiny_model(family)
+    model_inputs = inputs(family, 2)
+    with pre_llm(model, REDUCERS[reducer]):
+        _, before = generate(model, model_inputs)
+    with llm_layer(model, REDUCERS[reducer], 0):  # DeepStack's levels added by hooks after layers 0 and 1
+        _, at_layer_0 = generate(model, model_inputs)
+    assert (before - at_layer_0).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("family", QWEN3)
+@pytest.mark.parametrize("layer", [1, 2])
+def test_from_the_reducing_layer_on_deepstack_levels_are_cut_and_before_it_whole(family, layer):
+    model = tiny_model(family, attn_implementation="eager")
+    model_inputs = inputs(family, 2)
+    full = language_model_inputs(model, model_inputs)[0]
+    with llm_layer(model, BlockMean(), layer) as log:
+        seen = language_model_inputs(model, model_inputs)[0]
+        _, cached = generate(model, model_inputs, use_cache=True)
+        _, recomputed = generate(model, model_inputs, use_cache=False)
+    assert torch.equal(seen["visual_pos_masks"], full["visual_pos_masks"])
+    assert len(seen["deepstack_visual_embeds"]) == layer  # the levels the language model adds itself: whole
+    for whole, given in zip(full["deepstack_visual_embeds"][:layer], seen["deepstack_visual_embeds"], strict=True):
+        assert torch.equal(whole, given)
+    assert log.last.num_kept < log.last.num_input
+    assert (cached - recomputed).abs().max() <= 1e-4
+
+
+class UnsaidMerge(BlockMean):
+    """The block mean without its members."""
+
+    def reduce(self, video: VideoTokens) -> Reduction:
+        return dataclasses.replace(super().reduce(video), members=None)
+
+
+@pytest.mark.parametrize("family", QWEN3)
+def test_a_merge_without_members_is_refused_before_the_deepstack_layers_only(family):
+    model = tiny_model(family)
+    model_inputs = inputs(family, 1)
+    with pytest.raises(ValueError, match="does not say their members"):
+        with pre_llm(model, UnsaidMerge()):
+            generate(model, model_inputs)
+    with llm_layer(model, UnsaidMerge(), 2) as log:
+        generate(model, model_inputs)
+    assert log.last.num_kept == log.last.num_input // 4
+
+
+@pytest.mark.parametrize("family", QWEN3)
+def test_timestamps_stay_in_place_and_kept_tokens_keep_their_m_rope_ids_and_decoding_its_positions(family):
+    model = tiny_model(family)
+    model_inputs = inputs(family, 2)
+    full = language_model_inputs(model, model_inputs, steps=3)
+    with pre_llm(model, EveryOtherToken()):
+        reduced = language_model_inputs(model, model_inputs, steps=3)
+    ids = model_inputs["input_ids"]
+    video = ids == model.config.video_token_id
+    runs = [len(placeholder_runs(row.nonzero().squeeze(1))) for row in video]
+    assert runs == [FRAMES // 2] * 2  # one run per temporal patch, a timestamp before each
+    dropped = torch.zeros_like(video)
+    for row in range(len(ids)):
+        dropped[row, video[row].nonzero().squeeze(1)[1::2]] = True
+    keep = (~dropped).nonzero()[:, 1].view(len(ids), -1)  # the text (timestamps among it) and every other patch
+    prefill, *steps = reduced
+    assert torch.equal(prefill["inputs_embeds"], gather_along(full[0]["inputs_embeds"], keep, 1))
+    assert torch.equal(prefill["position_ids"], gather_positions(full[0]["position_ids"], keep))
+    for plain, step in zip(full[1:], steps, strict=True):  # decoding goes on where the unreduced model's does
+        assert torch.equal(plain["position_ids"], step["position_ids"])

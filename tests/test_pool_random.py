@@ -7,7 +7,7 @@ import torch
 
 from baselines.pooling import Pooling, pooled_grid_size
 from baselines.random_drop import RandomDrop
-from sttm.api import Stage, VideoTokens, build_reducer
+from sttm.api import Stage, VideoTokens, build_reducer, reduce_like
 
 
 def random_video(frames: int = 2, height: int = 5, width: int = 7, seed: int = 0) -> VideoTokens:
@@ -47,6 +47,8 @@ def test_uneven_blocks_tile_every_frame_and_hold_the_mean_of_their_patches(budge
     assert int(result.num_patches.sum()) == clip.num_tokens
     for token, (t, y0, x0, y1, x1) in zip(result.tokens, result.boxes.tolist(), strict=True):
         assert torch.allclose(token, clip.grid[t, y0:y1, x0:x1].mean(dim=(0, 1)), atol=1e-6)
+    assert torch.equal(torch.bincount(result.members, minlength=result.num_kept), result.num_patches)
+    assert torch.allclose(reduce_like(result, clip.grid), result.tokens, atol=1e-6)  # its members say the blocks
 
 
 @pytest.mark.parametrize(

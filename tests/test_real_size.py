@@ -17,14 +17,18 @@ from sttm.adapters.real_size import (
 )
 
 
-@pytest.mark.parametrize(("name", "billions"), [("llava_onevision_7b", 8.03), ("qwen2_vl_7b", 8.29)])
+@pytest.mark.parametrize(
+    ("name", "billions"), [("llava_onevision_7b", 8.03), ("qwen2_vl_7b", 8.29), ("qwen3_vl_8b", 8.77)]
+)
 def test_architectures_have_the_published_sizes(name, billions):
     with torch.device("meta"):
         model = MODEL_CLASSES[ARCHITECTURES[name].family]._from_config(real_size_config(name))
     assert sum(p.numel() for p in model.parameters()) / 1e9 == pytest.approx(billions, abs=0.02)
 
 
-@pytest.mark.parametrize(("name", "tokens_per_4_frames"), [("llava_onevision_7b", 4 * 196 + 1), ("qwen2_vl_7b", 512)])
+@pytest.mark.parametrize(
+    ("name", "tokens_per_4_frames"), [("llava_onevision_7b", 4 * 196 + 1), ("qwen2_vl_7b", 512), ("qwen3_vl_8b", 392)]
+)
 def test_requests_carry_the_models_visual_tokens(name, tokens_per_4_frames):
     inputs = request(name, 4, device="cpu")
     video_token = real_size_config(name).video_token_id

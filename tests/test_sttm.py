@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from sttm import check_golden, merge
-from sttm.api import VideoTokens
-from sttm.merge import merge_video
+from sttm.api import VideoTokens, reduce_like
+from sttm.merge import VARIANTS, merge_video
 from sttm.quadtree import build_quadtree
 from sttm.reducer import STTM
 from sttm.synthetic import redundant_video
@@ -172,7 +172,7 @@ def test_same_input_same_output(variant):
 def test_a_threshold_above_one_keeps_every_token_unchanged(variant):
     clip = video(3, 13, 13)
     tree = build_quadtree(clip.grid, root_level=1, variant=variant, weighted_avg=False, head_dim=None)
-    tokens, boxes, patches = merge_video(tree, 1.0 + 1e-6, -1.0, variant)
+    tokens, boxes, patches, _, _ = merge_video(tree, 1.0 + 1e-6, -1.0, variant)
     assert torch.allclose(tokens, clip.grid.reshape(-1, 32), atol=1e-6, rtol=0)
     assert torch.equal(boxes[:, 1:3] + 1, boxes[:, 3:5]) and torch.equal(patches, torch.ones_like(patches))
 
@@ -350,3 +350,16 @@ def test_spatial_only_budget():
     result = STTM(budget=0.4, budget_gap=None).reduce(clip)
     assert result.info["temporal_threshold"] == -1.0
     assert torch.equal(coverage(result.boxes, 4, 14, 14), torch.ones(4, 14, 14, dtype=torch.long))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("weighted_avg", [False, True])
+@pytest.mark.parametrize("shape", [(4, 8, 8), (5, 7, 5)])  # odd sides: the official pyramid weighs patches unequally
+def test_each_token_is_the_weighted_mean_of_its_members(variant, weighted_avg, shape):
+    torch.manual_seed(0)
+    grid = torch.randn(shape[0], 1, 1, 16) + 0.3 * torch.randn(*shape, 16)
+    reduction = STTM(budget=0.3, root_level=0, variant=variant, weighted_avg=weighted_avg)(VideoTokens(grid))
+    assert (reduction.num_patches > 1).any() and reduction.members.shape == (grid[..., 0].numel(),)
+    counts = torch.bincount(reduction.members[reduction.members >= 0], minlength=reduction.num_kept)
+    assert torch.equal(counts, reduction.num_patches)
+    assert torch.allclose(reduce_like(reduction, grid), reduction.tokens, atol=1e-6)

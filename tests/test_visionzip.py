@@ -8,7 +8,7 @@ import torch
 from baselines.visionzip import VisionZip, contextual_tokens, split_budget
 from sttm.adapters.points import reduction_point
 from sttm.adapters.tiny import tiny_model
-from sttm.api import VideoTokens, flat_positions
+from sttm.api import VideoTokens, flat_positions, reduce_like
 
 
 def video(frames=2, side=4, channels=3, seed=0):
@@ -38,9 +38,18 @@ def test_dominant_tokens_are_each_frames_most_attended():
 def test_a_contextual_token_is_its_target_plus_the_mean_of_what_it_absorbed():
     tokens = torch.tensor([[[1.0], [2.0], [10.0], [20.0]]])  # one frame, targets at 0 and 2 (step 2)
     keys = torch.tensor([[[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]]])
-    merged, targets, members = contextual_tokens(tokens, keys, 2)
-    assert targets.tolist() == [0, 2] and members.tolist() == [[2, 2]]
+    merged, targets, members, assigned = contextual_tokens(tokens, keys, 2)
+    assert targets.tolist() == [0, 2] and members.tolist() == [[2, 2]] and assigned.tolist() == [[0, 1]]
     assert merged.flatten().tolist() == [1.0 + 2.0, 10.0 + 20.0]
+
+
+@pytest.mark.parametrize("budget", [0.2, 0.5, 0.9])
+def test_the_members_and_their_weights_give_the_tokens_back(budget):
+    tokens = video(side=8)
+    reduction = VisionZip(budget=budget)(tokens)
+    assert split_budget(64, budget)[1] > 0  # contextual tokens: a merge
+    assert torch.equal(torch.bincount(reduction.members, minlength=reduction.num_kept), reduction.num_patches)
+    assert torch.allclose(reduce_like(reduction, tokens.grid), reduction.tokens, atol=1e-6)
 
 
 def test_budget_one_keeps_every_token_unchanged():

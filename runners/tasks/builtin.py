@@ -2,7 +2,8 @@
 
 Each task reads its questions through ``datasets`` from the cache under ``HF_HOME/datasets`` and its videos from a
 folder under ``HF_HOME`` (read from the task's YAML and utils in ``lmms_eval/tasks``). When that folder is missing,
-lmms-eval downloads the dataset from the hub; Video-MME, MLVU and EgoSchema ``sys.exit`` on a missing video.
+lmms-eval downloads the dataset from the hub; Video-MME, MLVU and EgoSchema ``sys.exit`` on a missing video (MVBench
+logs it and gives the path, which then fails to decode).
 ``check_builtin_data`` fails before any model loads, naming the missing folder; ``use_hf_home`` points lmms-eval
 at the data; ``is_correct`` reads whether a logged sample was answered right, and ``reply_is_correct`` scores a
 reply as lmms-eval will.
@@ -50,6 +51,19 @@ BUILTIN_TASKS = {
     "egoschema_subset": BuiltinTask(
         "lmms-eval/egoschema", "Subset", "egoschema/videos", same("score", "pred", "ground_truth")
     ),
+}
+#: MVBench's tasks: lmms-eval's `mvbench` group, one config of OpenGVLab/MVBench each, all videos in one download
+MVBENCH_TASKS = (
+    "action_sequence", "moving_count", "action_prediction", "episodic_reasoning", "action_antonym", "action_count",
+    "scene_transition", "object_shuffle", "object_existence", "fine_grained_pose", "unexpected_action",
+    "moving_direction", "state_change", "object_interaction", "character_order", "action_localization",
+    "counterfactual_inference", "fine_grained_action", "moving_attribute", "egocentric_navigation",
+)  # fmt: skip
+BUILTIN_TASKS |= {
+    f"mvbench_{name}": BuiltinTask(
+        "OpenGVLab/MVBench", name, "mvbench_video", lambda sample: bool(sample["mvbench_accuracy"]["score"])
+    )
+    for name in MVBENCH_TASKS
 }
 
 

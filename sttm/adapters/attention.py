@@ -23,14 +23,18 @@ def decoder_queries_and_keys(
     layer, hidden: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor], query_positions: slice
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotated queries [B, heads, q, d] at ``query_positions`` and keys [B, heads, L, d] (repeated to the query
-    heads) of a Qwen2-style decoder ``layer`` whose input is ``hidden`` [B, L, D]."""
+    heads) of a Qwen2-style decoder ``layer`` whose input is ``hidden`` [B, L, D] (Qwen3's: queries and keys
+    normalised per head before the rotation, where the layer has ``q_norm`` and ``k_norm``)."""
     attention = layer.self_attn
     normed = layer.input_layernorm(hidden)
     batch, length, head_dim = hidden.shape[0], hidden.shape[1], attention.head_dim
     cos, sin = (table.to(hidden.device) for table in position_embeddings)
     queries = attention.q_proj(normed[:, query_positions]).view(batch, -1, attention.q_proj.out_features // head_dim,
-                                                                head_dim).transpose(1, 2)  # fmt: skip
-    keys = attention.k_proj(normed).view(batch, length, -1, head_dim).transpose(1, 2)
+                                                                head_dim)  # fmt: skip
+    keys = attention.k_proj(normed).view(batch, length, -1, head_dim)
+    if hasattr(attention, "q_norm"):
+        queries, keys = attention.q_norm(queries), attention.k_norm(keys)
+    queries, keys = queries.transpose(1, 2), keys.transpose(1, 2)
     queries = apply_rotary(queries, cos[:, query_positions], sin[:, query_positions])
     keys = apply_rotary(keys, cos, sin)
     return queries, keys.repeat_interleave(queries.shape[1] // keys.shape[1], dim=1)
@@ -72,3 +76,24 @@ def received_attention_and_keys(layer, hidden: torch.Tensor, frames_per_chunk: i
         importance.append(weights.mean(dim=(1, 2)))
         mean_keys.append(keys.mean(dim=1))
     return torch.cat(importance), torch.cat(mean_keys)
+
+
+def vit_received_attention_and_keys(
+    block, hidden: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor], cu_seqlens: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a Qwen ViT ``block`` (Qwen2-VL, Qwen2.5-VL, Qwen3-VL) with input ``hidden`` [S, D], the patches of
+    sequences bounded by ``cu_seqlens`` [n + 1] (a full-attention block: each frame one sequence), rotated by
+    ``position_embeddings`` (cos, sin) [S, d]: the attention each patch receives within its sequence (softmax per
+    query in float32, mean over heads and queries) [S], and its keys before the rotation averaged over heads [S, d],
+    as VisionZip compares them by content."""
+    attention = block.attn
+    queries, keys, _ = attention.qkv(block.norm1(hidden)).reshape(len(hidden), 3, attention.num_heads, -1).unbind(1)
+    cos, sin = (table.to(hidden.device).float()[:, None] for table in position_embeddings)
+    rotated_queries, rotated_keys = (x.float() * cos + rotate_half(x.float()) * sin for x in (queries, keys))
+    bounds = cu_seqlens.tolist()
+    importance = []
+    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+        q, k = rotated_queries[start:end].transpose(0, 1), rotated_keys[start:end].transpose(0, 1)
+        weights = (q @ k.transpose(-1, -2) * attention.scaling).softmax(dim=-1)
+        importance.append(weights.mean(dim=(0, 1)))
+    return torch.cat(importance), keys.float().mean(dim=1)

@@ -5,19 +5,24 @@
   token after each video's grid that shares the video placeholder id and stays out of the grid; positions 0..L−1.
 * ``qwen2_vl``, ``qwen2_5_vl``: a ViT ``visual`` (its ``blocks``) over temporal patches of two frames, 2x2 patches
   merged (``video_grid_thw`` over the spatial merge size); M-RoPE (t, h, w) position ids [3, B, L], whose h and w ids
-  count a video's grid rows and columns, and ``rope_deltas``, which place decoding after them.
+  count a video's grid rows and columns, and ``rope_deltas``, which place decoding after them. Qwen2.5-VL's ViT
+  attends within windows, its patches in window order, but in its full-attention blocks.
+* ``qwen3_vl``, ``qwen3_vl_moe``: Qwen2-VL's layout (a ViT over whole frames; interleaved M-RoPE) plus two things,
+  in a dense or a mixture-of-experts language model. DeepStack: the language model also takes
+  ``visual_pos_masks`` [B, L] and ``deepstack_visual_embeds`` (one level per early decoder layer, [visual tokens, C],
+  from intermediate vision layers), added to the visual tokens' hidden states after those layers, which a reduction
+  before them cuts as it cuts the tokens. Timestamps: the processor writes ``<t seconds>`` and vision markers before
+  each temporal patch, so a video is one run of placeholders per temporal patch, each its own (t, h, w) grid of one
+  frame in M-RoPE.
 
 All keep a Qwen2-style text model at ``model.model.language_model`` (``layers``, ``rotary_emb``).
 
-Adding a family is an entry of :data:`FAMILIES`. Qwen3-VL would take Qwen2.5-VL's entry plus DeepStack: its language
-model also takes ``visual_pos_masks`` [B, L] and ``deepstack_visual_embeds`` (per early decoder layer, [visual
-tokens, C]), added to the visual tokens' hidden states, which a reduction has to cut as it cuts the tokens. Its entry
-names them in ``deepstack_inputs``, and the reduction points refuse the family until they cut them. (Its processor
-also writes a timestamp before each frame's placeholders, so a video is no longer one run of them.)
+Adding a family is an entry of :data:`FAMILIES`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -36,7 +41,11 @@ class Family:
                         positions cannot be renumbered compactly.
     frames_in_pairs:    the vision tower takes frames in temporal patches of two (a video is padded to even).
     takes_video_fps:    the processor places frames in time from the sampled fps (``VideoMetadata``).
-    deepstack_inputs:   language-model arguments that carry values of the visual tokens besides the embeddings.
+    deepstack:          the language model adds DeepStack features to the visual tokens after its first layers.
+    frames_apart:       the processor writes text between temporal patches: one run of placeholders per patch.
+    pixels_per_video:   the video processor bounds the pixels of all frames together (``size``), not of each one.
+    vision_windows:     the ViT attends within windows but in its ``fullatt_block_indexes``, its patches in window
+                        order (Qwen2.5-VL).
     """
 
     vision_tower: str
@@ -45,14 +54,20 @@ class Family:
     mrope: bool
     frames_in_pairs: bool
     takes_video_fps: bool
-    deepstack_inputs: tuple[str, ...] = ()
+    deepstack: bool = False
+    frames_apart: bool = False
+    pixels_per_video: bool = False
+    vision_windows: bool = False
 
 
 QWEN2_VL = Family("visual", "qwen_vit", 0, mrope=True, frames_in_pairs=True, takes_video_fps=True)
+QWEN3_VL = dataclasses.replace(QWEN2_VL, deepstack=True, frames_apart=True, pixels_per_video=True)
 FAMILIES = {
     "llava_onevision": Family("vision_tower", "siglip", 1, mrope=False, frames_in_pairs=False, takes_video_fps=False),
     "qwen2_vl": QWEN2_VL,
-    "qwen2_5_vl": QWEN2_VL,
+    "qwen2_5_vl": dataclasses.replace(QWEN2_VL, vision_windows=True),
+    "qwen3_vl": QWEN3_VL,
+    "qwen3_vl_moe": QWEN3_VL,
 }
 
 
@@ -83,8 +98,43 @@ def vision_encoder_layers(model) -> torch.nn.ModuleList:
 
 
 def reads_siglip_attention(model) -> bool:
-    """Whether the vision tower is SigLIP, whose attention the vision reduction point reads."""
+    """Whether the vision tower is SigLIP (the vision reduction point reads its attention at the feature layer;
+    otherwise a Qwen ViT's, at its last full-attention block)."""
     return family_of(model).vision_encoder == "siglip"
+
+
+def attention_read_layer(model) -> int:
+    """The vision encoder layer whose input the vision reduction point reads the attention of: SigLIP's that makes
+    the features the LLM gets (``vision_feature_layer``); a Qwen ViT's last block that attends over whole frames."""
+    layers = vision_encoder_layers(model)
+    if not reads_siglip_attention(model):
+        vision = model.config.vision_config
+        return max(vision.fullatt_block_indexes) if family_of(model).vision_windows else len(layers) - 1
+    feature_layer = model.config.vision_feature_layer
+    if not isinstance(feature_layer, int):
+        raise ValueError(f"the vision reduction point needs one vision_feature_layer, got {feature_layer}")
+    # hidden_states[i] is the output of encoder layer i - 1 (hidden_states[0] is the embeddings)
+    read = feature_layer % (len(layers) + 1)
+    if read == 0:
+        raise ValueError(f"vision_feature_layer {feature_layer} is the patch embeddings: no encoder layer made them")
+    return read - 1
+
+
+def merged_patch_values(model, values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+    """Per-patch values [S, ...] of a Qwen ViT's block (its videos' patches, ``grid_thw`` [V, 3]) laid out as the
+    LLM's tokens: each the mean of the 2x2 patches its merger takes (consecutive in the block), in raster order
+    (Qwen2.5-VL's window order undone): [Σ frames, tokens per frame, ...]."""
+    vision = model.config.vision_config
+    merged = values.unflatten(0, (-1, vision.spatial_merge_size**2)).mean(dim=1)
+    if family_of(model).vision_windows:
+        from transformers.vision_utils import get_vision_window_index
+
+        window_index, _ = get_vision_window_index(
+            grid_thw, vision.spatial_merge_size, vision.window_size, vision.patch_size
+        )
+        merged = merged[torch.argsort(window_index.to(merged.device))]
+    _, height, width = (int(side) for side in grid_thw[0])
+    return merged.reshape(-1, height * width // vision.spatial_merge_size**2, *values.shape[1:])
 
 
 def pool_frame_features(model, values: torch.Tensor) -> torch.Tensor:
@@ -134,7 +184,7 @@ def newlines_per_video(model) -> int:
 
 def grid_shape(model, placeholders: int, rope_ids: torch.Tensor | None) -> tuple[int, int, int]:
     """(T, H, W) of a video of ``placeholders`` tokens: LLaVA-OneVision's from its config; M-RoPE families' from the
-    (t, h, w) ids [3, n] of its tokens, whose h and w ids count the rows and columns."""
+    (t, h, w) ids [3, n] of its first run of tokens, whose h and w ids count the rows and columns."""
     if not family_of(model).mrope:
         vision = model.config.vision_config
         side = math.ceil(vision.image_size // vision.patch_size / 2)
@@ -158,5 +208,24 @@ def takes_video_fps(model) -> bool:
     return family_of(model).takes_video_fps
 
 
-def deepstack_inputs(model) -> tuple[str, ...]:
-    return family_of(model).deepstack_inputs
+def has_deepstack(model) -> bool:
+    return family_of(model).deepstack
+
+
+def frames_apart(model) -> bool:
+    return family_of(model).frames_apart
+
+
+def pixels_per_video(model) -> bool:
+    return family_of(model).pixels_per_video
+
+
+def deepstack_levels(model) -> int:
+    """How many first decoder layers DeepStack adds vision features after (0 without DeepStack)."""
+    return len(model.config.vision_config.deepstack_visual_indexes) if has_deepstack(model) else 0
+
+
+def deepstack_process(model):
+    """The text model's ``_deepstack_process(states, visual_mask, level)``: a DeepStack level [visual tokens, C] added
+    to the states [B, L, C] at the mask's [B, L] visual positions."""
+    return text_model(model)._deepstack_process

@@ -1,10 +1,11 @@
 """The bookkeeping of a reduced sequence: where each row's video lies, which tokens a reduction keeps, and the masks
 and positions of the layers that see the reduced sequence. Pure functions on tensors; no hooks, no model.
 
-The visual tokens of a row are the run of the model's video placeholder ids in ``input_ids``: a ``[T, H, W]`` grid,
+The visual tokens of a row are the model's video placeholder ids in ``input_ids``: a ``[T, H, W]`` grid in one run,
 possibly followed by tokens that share the placeholder id but stay out of the grid (LLaVA-OneVision's newline,
-which is kept). One video per row. Rows that keep different numbers of tokens are left-padded with masked filler
-slots to a common length.
+which is kept), or, where the processor writes text between temporal patches (Qwen3-VL's timestamps), in one run per
+temporal patch with that text between them, which stays where it is. One video per row. Rows that keep different
+numbers of tokens are left-padded with masked filler slots to a common length.
 """
 
 from __future__ import annotations
@@ -17,16 +18,37 @@ import torch
 
 @dataclass(frozen=True)
 class VideoSpan:
-    """One row's video grid: tokens ``start`` to ``start + T·H·W`` of the sequence, laid out [T, H, W]."""
+    """One row's video grid, laid out [T, H, W] in the sequence as runs of equal length, each of whole frames, from
+    ``starts`` (one run, or one per temporal patch with text between them)."""
 
-    start: int
+    starts: tuple[int, ...]
     frames: int
     height: int
     width: int
 
     @property
+    def num_tokens(self) -> int:
+        return self.frames * self.height * self.width
+
+    @property
+    def run_length(self) -> int:
+        return self.num_tokens // len(self.starts)
+
+    @property
     def end(self) -> int:
-        return self.start + self.frames * self.height * self.width
+        """Where the last run ends."""
+        return self.starts[-1] + self.run_length
+
+    def positions(self, device: torch.device) -> torch.Tensor:
+        """[T·H·W] the sequence index of each grid token, in flat grid order."""
+        starts = torch.tensor(self.starts, device=device)
+        return (starts[:, None] + torch.arange(self.run_length, device=device)).flatten()
+
+    def run_of(self, positions: torch.Tensor) -> torch.Tensor:
+        """The run (0, 1, …) at or before each sequence index of ``positions``: a run's tokens and the text after
+        it share its number; text before the first run is −1."""
+        starts = torch.tensor(self.starts, device=positions.device)
+        return torch.searchsorted(starts, positions, right=True) - 1
 
 
 @dataclass(frozen=True)
@@ -68,24 +90,44 @@ class Plan:
 GridShape = Callable[[int, torch.Tensor | None], tuple[int, int, int]]
 
 
+def placeholder_runs(indexes: torch.Tensor) -> list[tuple[int, int]]:
+    """(start, length) of each run of consecutive sequence indexes in ``indexes`` [n] (ascending)."""
+    breaks = ((indexes[1:] - indexes[:-1]) != 1).nonzero().squeeze(1) + 1
+    bounds = [0, *breaks.tolist(), len(indexes)]
+    return [(int(indexes[a]), b - a) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
 def locate_videos(
-    placeholders: torch.Tensor, position_ids: torch.Tensor | None, grid_shape: GridShape, newlines: int
+    placeholders: torch.Tensor,
+    position_ids: torch.Tensor | None,
+    grid_shape: GridShape,
+    newlines: int,
+    runs_apart: bool = False,
 ) -> list[VideoSpan]:
     """The video grid of each row, from the placeholder mask [B, L] and the position ids (M-RoPE ids [3|4, B, L],
-    or [B, L] or None): ``grid_shape(n, rope_ids)`` lays out a row's n placeholders, given their (t, h, w) ids [3, n]
-    (None without M-RoPE), of which the last ``newlines`` stay out of the grid.
+    or [B, L] or None): ``grid_shape(n, rope_ids)`` lays out a row's n placeholders, given the (t, h, w) ids [3, m] of
+    its first run (None without M-RoPE), of which the last ``newlines`` stay out of the grid. With ``runs_apart`` the
+    placeholders may lie in several runs of equal length (text between them), each of whole frames.
 
     Raises ValueError unless each row holds one video.
     """
     spans = []
     for row, indexes in enumerate(row.nonzero().squeeze(1) for row in placeholders):
-        if len(indexes) == 0 or int(indexes[-1] - indexes[0]) + 1 != len(indexes):
+        if len(indexes) == 0:
+            raise ValueError("token reduction needs one video per batch row, and a row holds no video placeholder")
+        runs = placeholder_runs(indexes)
+        if len(runs) > 1 and not runs_apart:
             raise ValueError("token reduction needs one video per batch row (one run of video placeholders)")
-        rope_ids = None if position_ids is None or position_ids.dim() < 3 else position_ids[-3:, row, indexes]
+        if len({length for _, length in runs}) > 1:
+            raise ValueError(f"the video placeholders' runs differ in length ({[n for _, n in runs]}): one video only")
+        first = indexes[: runs[0][1]]
+        rope_ids = None if position_ids is None or position_ids.dim() < 3 else position_ids[-3:, row, first]
         frames, height, width = grid_shape(len(indexes), rope_ids)
-        if frames == 0 or frames * height * width + newlines != len(indexes):
-            raise ValueError(f"{len(indexes)} video placeholders do not form a {frames}x{height}x{width} grid")
-        spans.append(VideoSpan(int(indexes[0]), frames, height, width))
+        if frames == 0 or frames * height * width + newlines != len(indexes) or frames % len(runs):
+            raise ValueError(
+                f"{len(indexes)} video placeholders in {len(runs)} runs do not form a {frames}x{height}x{width} grid"
+            )
+        spans.append(VideoSpan(tuple(start for start, _ in runs), frames, height, width))
     return spans
 
 
@@ -95,16 +137,21 @@ def kept_video_spans(plan: Plan) -> list[VideoSpan]:
     spans = []
     for row in plan.visual:
         indexes = row.nonzero().squeeze(1)
-        spans.append(VideoSpan(int(indexes[0]) if len(indexes) else 0, 1, 1, len(indexes)))
+        if len(indexes) and int(indexes[-1] - indexes[0]) + 1 != len(indexes):
+            raise ValueError(
+                "a stage inside the LLM after another needs the kept video tokens in one run, not split by text "
+                "(Qwen3-VL's timestamps)"
+            )
+        spans.append(VideoSpan((int(indexes[0]) if len(indexes) else 0,), 1, 1, len(indexes)))
     return spans
 
 
 def frames_to_sequence(values: torch.Tensor, videos: list[VideoSpan], length: int) -> torch.Tensor:
-    """Per-frame values [B·T, S, ...] (S = H·W grid tokens per frame) laid along each row's video span: [B, L, ...]."""
+    """Per-frame values [B·T, S, ...] (S = H·W grid tokens per frame) laid along each row's video: [B, L, ...]."""
     per_row = values.reshape(len(videos), -1, *values.shape[2:])
     aligned = values.new_zeros(len(videos), length, *values.shape[2:])
     for row, span in enumerate(videos):
-        aligned[row, span.start : span.end] = per_row[row]
+        aligned[row, span.positions(values.device)] = per_row[row]
     return aligned
 
 

@@ -1,4 +1,4 @@
-"""Reduction points inside one transformers video-LLM instance (LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL).
+"""Reduction points inside one transformers video-LLM instance (LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL, Qwen3-VL).
 
 Each point is a context manager that installs forward hooks on the given model instance, yields a
 :class:`~sttm.adapters.reduction_log.ReductionLog`, and on exit removes its hooks and gives the model back what they
@@ -7,12 +7,22 @@ the bookkeeping of the reduced sequence: :mod:`sttm.adapters.plan`.
 
 * :func:`pre_llm`: the reducer sees the video's projected tokens; a pre-hook on the language model rewrites
   ``inputs_embeds``, the 2-D attention mask and the position ids. Every layer's cache holds the reduced prompt.
-* :func:`vision`: as :func:`pre_llm`, with the attention the vision tower's patches receive as evidence.
+* :func:`vision`: as :func:`pre_llm`, with the attention the vision tower's patches receive as evidence (SigLIP's,
+  or a Qwen ViT's at its last full-attention block).
 * :func:`llm_layer`: the reducer sees the hidden states at the input of decoder layer ``k`` during prefill; layers
   below ``k`` keep the full sequence and cache, layers from ``k`` on see the reduced one.
 * :func:`two_stages`: a reducer before the LLM whose method also acts inside it (``Reducer.inner_stage``: HoliTom's
   merge, FlashVID's pruning): the inner stage acts at its layer on the tokens the outer one kept, in their order
   (a 1×1×n grid), keeping the positions they have; the outer stage hands it its plan through a :class:`Handoff`.
+
+Where text lies between a video's temporal patches (Qwen3-VL's timestamps), each kept token goes among the tokens of
+the temporal patch of its top-left source patch, in the reducer's order; the text stays, in its place.
+
+DeepStack (Qwen3-VL): the features the language model adds to the visual tokens after its first layers are cut as
+the tokens are (``sttm.api.reduce_like``: the same selection, or the same weighted means of the same members) and
+their visual-position mask becomes the reduced one: at the language model's input for :func:`pre_llm`; for
+:func:`llm_layer` at layer k, the levels of layers before k stay whole and those of layers from k on are added by
+forward hooks on those layers, cut; at a layer after DeepStack's, nothing else changes.
 
 Positions: ``original`` (default) gives each kept token the position of its top-left source patch (Qwen: that
 patch's M-RoPE (t, h, w) ids); text keeps its positions and decoding continues after the full prompt.
@@ -38,7 +48,7 @@ from functools import partial
 import torch
 
 from sttm.adapters import family
-from sttm.adapters.attention import last_token_attention, received_attention_and_keys
+from sttm.adapters.attention import last_token_attention, received_attention_and_keys, vit_received_attention_and_keys
 from sttm.adapters.cache import cache_of, fills_cache, is_prefill
 from sttm.adapters.kv_pruning import KVPruning, kv_pruning_hooks
 from sttm.adapters.plan import (
@@ -57,7 +67,7 @@ from sttm.adapters.plan import (
     reduced_layer_mask,
 )
 from sttm.adapters.reduction_log import ReducedCall, ReductionLog
-from sttm.api import Reducer, Stage, VideoTokens, flat_positions
+from sttm.api import Reducer, Stage, VideoTokens, flat_positions, reduce_like
 
 POSITION_MODES = ("original", "compact")
 
@@ -80,8 +90,6 @@ class ReductionSession:
             raise ValueError(f"unknown positions mode {positions!r}; choose one of: {', '.join(POSITION_MODES)}")
         if positions == "compact" and not family.compact_positions_apply(model):
             raise ValueError("compact positions are defined for LLaVA-OneVision; Qwen keeps its M-RoPE ids")
-        if family.deepstack_inputs(model):
-            raise ValueError(f"the reduction points do not cut the DeepStack inputs of {model.config.model_type}")
         self.model, self.reducer, self.positions, self.after = model, reducer, positions, after
         self.log = ReductionLog()
         self.request: Request | None = None
@@ -107,6 +115,11 @@ class ReductionSession:
         )
         if not extends:
             self.prompt = input_ids
+        grids = kwargs.get("video_grid_thw")
+        if grids is not None and len(grids) != len(input_ids):
+            raise ValueError(
+                f"token reduction needs one video per batch row: {len(grids)} videos in {len(input_ids)} rows"
+            )
         self.request = Request(input_ids == family.video_token_id(self.model), self.prompt.shape[1])
 
     def locate_videos(self, position_ids: torch.Tensor | None) -> bool:
@@ -120,7 +133,9 @@ class ReductionSession:
             self.prompt_length = request.prompt_length
         else:
             layout, newlines = partial(family.grid_shape, self.model), family.newlines_per_video(self.model)
-            self.videos = locate_videos(request.placeholders, position_ids, layout, newlines)
+            self.videos = locate_videos(
+                request.placeholders, position_ids, layout, newlines, family.frames_apart(self.model)
+            )
             self.prompt_length = request.prompt_length
         return self.videos is not None
 
@@ -130,38 +145,54 @@ class ReductionSession:
         position_ids: torch.Tensor | None,
         attention_mask: torch.Tensor | None,
         evidence: dict[str, torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, Plan, torch.Tensor]:
+        deepstack: list[torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, Plan, torch.Tensor, list[torch.Tensor] | None]:
         """Reduce each row's video in ``states`` [B, L, C] (positions [B|1, L] or [R, B, L], 2-D mask [B, L]);
-        ``evidence`` holds what the reducer needs besides the grid, aligned with the sequence ([B, L, ...]).
+        ``evidence`` holds what the reducer needs besides the grid, aligned with the sequence ([B, L, ...]);
+        ``deepstack`` DeepStack levels, each [Σ video tokens, C] (the rows' video tokens in sequence order).
 
-        Returns the reduced states [B, N', C], the plan and the reduced sequence's position ids [B, N'] or
-        [R, B, N']; logs the reductions.
+        Returns the reduced states [B, N', C], the plan, the reduced sequence's position ids [B, N'] or
+        [R, B, N'] and the DeepStack levels cut alike (their tokens in the reduced sequence's order; None without);
+        logs the reductions.
         """
         length, device = states.shape[1], states.device
-        tokens, keeps, reductions = [], [], []
+        tokens, keeps, visuals, reductions = [], [], [], []
+        levels: list[list[torch.Tensor]] = [[] for _ in deepstack or ()]
+        offset = 0
         for index, (row, span) in enumerate(zip(states, self.videos, strict=True)):
             grid_shape = (span.frames, span.height, span.width)
-            grid = row[span.start : span.end].reshape(*grid_shape, -1)
+            positions = span.positions(device)
+            grid = row[positions].reshape(*grid_shape, -1)
             extras = {
-                name: values[index, span.start : span.end].reshape(*grid_shape, *values.shape[2:])
+                name: values[index, positions].reshape(*grid_shape, *values.shape[2:])
                 for name, values in (evidence or {}).items()
             }
             reduction = self.reducer(VideoTokens(grid, **extras))
             reductions.append(reduction)
-            kept_at = span.start + flat_positions(reduction.boxes.to(device), span.height, span.width)
-            before, after = torch.arange(span.start, device=device), torch.arange(span.end, length, device=device)
-            keeps.append(torch.cat([before, kept_at, after]))
-            tokens.append(torch.cat([row[: span.start], reduction.tokens.to(states.dtype), row[span.end :]]))
+            kept_at = positions[flat_positions(reduction.boxes.to(device), span.height, span.width)]
+            # kept tokens join the run of their top-left patch, in the reducer's order; the text between runs stays
+            run = span.run_of(kept_at)
+            kept_order = run.sort(stable=True).indices
+            text = torch.ones(length, dtype=torch.bool, device=device).index_fill_(0, positions, False)
+            text = text.nonzero_static(size=length - span.num_tokens).squeeze(1)
+            keys = torch.cat([2 * span.run_of(text) + 2, 2 * run[kept_order] + 1])
+            order = keys.sort(stable=True).indices
+            keeps.append(torch.cat([text, kept_at[kept_order]])[order])
+            visuals.append(order >= len(text))
+            tokens.append(torch.cat([row[text], reduction.tokens.to(states.dtype)[kept_order]])[order])
+            for level, cut in zip(deepstack or (), levels, strict=True):
+                values = level[offset : offset + span.num_tokens].reshape(*grid_shape, -1)
+                cut.append(reduce_like(reduction, values)[kept_order.to(level.device)])
+            offset += span.num_tokens
+        if deepstack and offset != len(deepstack[0]):
+            raise ValueError(
+                f"DeepStack holds {len(deepstack[0])} visual tokens, the videos {offset}: reduction takes videos only"
+            )
         self.log.calls.append(ReducedCall(tuple(reductions)))
         keep, valid = left_pad(keeps, 0)
         reduced, _ = left_pad(tokens, 0)
+        visual, _ = left_pad(visuals, False)
         padded = len({len(row) for row in keeps}) > 1
-        # where each row's kept video begins once left-padded (host integers: nothing waits for the device)
-        firsts = [keep.shape[1] - len(row) + span.start for row, span in zip(keeps, self.videos, strict=True)]
-        slots = torch.arange(keep.shape[1], device=device)
-        visual = torch.stack(
-            [(slots >= first) & (slots < first + r.num_kept) for first, r in zip(firsts, reductions, strict=True)]
-        )
         mask = torch.ones_like(keep) if attention_mask is None else gather_along(attention_mask, keep, 1)
         mask = mask * valid.to(mask.device)
         full_positions = default_positions(states) if position_ids is None else position_ids
@@ -169,7 +200,8 @@ class ReductionSession:
         if self.positions == "compact":
             renumbered = (mask.cumsum(-1) - 1).clamp(min=0).to(positions.device)
             positions = torch.where(keep.to(positions.device) < self.prompt_length, renumbered, positions)
-        return reduced, Plan(keep, valid, visual, length, mask, padded), positions
+        cut = None if deepstack is None else [torch.cat(rows) for rows in levels]
+        return reduced, Plan(keep, valid, visual, length, mask, padded), positions, cut
 
     def remember(self, plan: Plan, caching: bool, reduces_first_layer: bool) -> None:
         """Keep the plan for decoding if the forward fills a cache; where the first layer's cache holds the reduced
@@ -279,12 +311,15 @@ def pre_llm(
                     name: frames_to_sequence(values, session.videos, embeds.shape[1])
                     for name, values in (frame_evidence or {}).items()
                 }
-                reduced, plan, position_ids = session.reduce(
-                    embeds, kwargs.get("position_ids"), kwargs.get("attention_mask"), evidence
-                )
+                reduced, plan, position_ids, deepstack = session.reduce(
+                    embeds, kwargs.get("position_ids"), kwargs.get("attention_mask"), evidence,
+                    kwargs.get("deepstack_visual_embeds"),
+                )  # fmt: skip
                 # an explicit mask: without one and without a cache, transformers reads position ids that jump
                 # (as original positions do) as packed sequences
                 kwargs.update(inputs_embeds=reduced, attention_mask=plan.attention_mask, position_ids=position_ids)
+                if deepstack is not None:
+                    kwargs.update(visual_pos_masks=plan.visual, deepstack_visual_embeds=deepstack)
                 session.remember(plan, fills_cache(model, kwargs), reduces_first_layer=True)
                 if handoff is not None:
                     handoff.plan = plan
@@ -307,29 +342,41 @@ def vision(
     model, reducer: Reducer, positions: str = "original", handoff: Handoff | None = None
 ) -> Iterator[ReductionLog]:
     """Reduce each video's projected tokens before the LLM using the vision tower's attention: the attention each
-    patch receives and the keys at the encoder layer whose output the LLM uses, pooled to the grid as the features
-    are (LLaVA-OneVision's SigLIP; Qwen's windowed vision attention is not read)."""
-    if not family.reads_siglip_attention(model):
-        raise ValueError("the vision reduction point reads SigLIP attention: LLaVA-OneVision models only")
-    encoder_layers = family.vision_encoder_layers(model)
-    feature_layer = model.config.vision_feature_layer
-    if not isinstance(feature_layer, int):
-        raise ValueError(f"the vision reduction point needs one vision_feature_layer, got {feature_layer}")
-    # hidden_states[i] is the output of encoder layer i - 1 (hidden_states[0] is the embeddings)
-    read = feature_layer % (len(encoder_layers) + 1)
-    if read == 0:
-        raise ValueError(f"vision_feature_layer {feature_layer} is the patch embeddings: no encoder layer made them")
-    layer = encoder_layers[read - 1]
+    patch receives and its keys, laid out as the tokens are. LLaVA-OneVision: at the SigLIP layer whose output the
+    LLM uses, pooled to the grid as the features are. Qwen: at the ViT's last block that attends over whole frames
+    (Qwen2.5-VL: its last full-attention block, its window order undone), each token the mean of the 2x2 patches
+    its merger takes."""
+    layer = family.vision_encoder_layers(model)[family.attention_read_layer(model)]
     evidence: dict[str, torch.Tensor] = {}
 
-    def on_encoder_layer(module, args):
+    def on_siglip_layer(module, args):
         with torch.no_grad():
             importance, keys = received_attention_and_keys(module, args[0])
         evidence["importance"] = family.pool_frame_features(model, importance[..., None])[..., 0]
         evidence["keys"] = family.pool_frame_features(model, keys)
 
+    grids: dict[str, torch.Tensor] = {}
+
+    def on_tower(module, args, kwargs):
+        grids["thw"] = kwargs["grid_thw"] if "grid_thw" in kwargs else args[1]
+
+    def on_vit_block(module, args, kwargs):
+        with torch.no_grad():
+            importance, keys = vit_received_attention_and_keys(
+                module, args[0], kwargs["position_embeddings"], kwargs["cu_seqlens"]
+            )
+        evidence["importance"] = family.merged_patch_values(model, importance, grids["thw"])
+        evidence["keys"] = family.merged_patch_values(model, keys, grids["thw"])
+
+    if family.reads_siglip_attention(model):
+        handles = [layer.register_forward_pre_hook(on_siglip_layer)]
+    else:
+        handles = [
+            family.vision_tower(model).register_forward_pre_hook(on_tower, with_kwargs=True),
+            layer.register_forward_pre_hook(on_vit_block, with_kwargs=True),
+        ]
     with (
-        installed(model, layer.register_forward_pre_hook(on_encoder_layer)),
+        installed(model, *handles),
         pre_llm(model, reducer, positions, frame_evidence=evidence, handoff=handoff) as log,
     ):
         yield log
@@ -346,6 +393,7 @@ class LayerPass:
     plan:            the prefill's plan, from the reducing layer on.
     decode_columns:  after a prefill, the kv columns the reduced layers keep and those they block (None: none).
     rotary:          the reduced layers' position ids and (cos, sin); None where the forward's own apply.
+    deepstack:       the DeepStack levels of the layers from the reducing one on: whole until it cuts them.
     """
 
     prefill: bool = False
@@ -355,11 +403,13 @@ class LayerPass:
     plan: Plan | None = None
     decode_columns: tuple[torch.Tensor, torch.Tensor | None] | None = None
     rotary: tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | None = None
+    deepstack: list[torch.Tensor] | None = None
 
 
 class LayerHooks:
     """The hooks of :func:`llm_layer`: on the language model (a new :class:`LayerPass` per forward), on the layer
-    whose attention ranks the tokens, on the reducing layer and on the reduced layers after it."""
+    whose attention ranks the tokens, on the reducing layer, on the reduced layers after it and, after the reduced
+    layers that DeepStack adds to, their cut levels."""
 
     def __init__(self, session: ReductionSession, layer: int) -> None:
         self.session, self.layer = session, layer
@@ -374,6 +424,11 @@ class LayerHooks:
             session.plan = session.prefilled = None
             current.attention_mask = kwargs.get("attention_mask")
             current.has_videos = session.locate_videos(kwargs.get("position_ids"))
+            levels = kwargs.get("deepstack_visual_embeds")
+            if current.has_videos and levels is not None and len(levels) > layer:
+                # the language model adds the levels of the layers before this one; the hooks add the others
+                current.deepstack = list(levels[layer:])
+                kwargs["deepstack_visual_embeds"] = list(levels[:layer])
         elif layer == 0 and session.plan is not None:
             kwargs = session.forward_on_reduced_first_layer(kwargs)
         elif session.plan is not None:
@@ -400,8 +455,8 @@ class LayerHooks:
         if current.prefill and current.has_videos:
             evidence = {"importance": current.importance} if "importance" in session.reducer.needs else {}
             current.importance = None
-            reduced, plan, position_ids = session.reduce(
-                args[0], kwargs.get("position_ids"), current.attention_mask, evidence
+            reduced, plan, position_ids, current.deepstack = session.reduce(
+                args[0], kwargs.get("position_ids"), current.attention_mask, evidence, current.deepstack
             )
             session.remember(plan, fills_cache(session.model, kwargs), reduces_first_layer=self.layer == 0)
             cos, sin = kwargs["position_embeddings"]
@@ -428,6 +483,18 @@ class LayerHooks:
             if kwargs.get("position_ids") is not None:
                 kwargs["position_ids"] = position_ids
         return args, kwargs
+
+    def after_deepstack_layer(self, level: int):
+        """A forward hook on a reduced layer that DeepStack adds to after it: adds its level ``level`` (counted from
+        the reducing layer), cut, at the reduced visual positions, as the language model adds a level."""
+
+        def add_level(module, args, kwargs, output):
+            current = self.current
+            if not current.prefill or current.deepstack is None:
+                return output
+            return family.deepstack_process(self.session.model)(output, current.plan.visual, current.deepstack[level])
+
+        return add_level
 
 
 @contextmanager
@@ -459,6 +526,10 @@ def llm_layer(
         layer_hooks.append(
             layers[hooks.scored_layer].register_forward_pre_hook(hooks.on_scored_layer, with_kwargs=True)
         )
+    layer_hooks += [
+        layers[index].register_forward_hook(hooks.after_deepstack_layer(index - layer), with_kwargs=True)
+        for index in range(layer, family.deepstack_levels(model))
+    ]
     with installed(
         model,
         family.multimodal_model(model).register_forward_pre_hook(session.capture_request, with_kwargs=True),

@@ -1,8 +1,10 @@
 """Video LLMs at their published sizes with random weights, built without a download, and a video request for them.
 
 ``ARCHITECTURES`` holds them by the name of their ``configs/model`` file: LLaVA-OneVision-7B, which LLaVA-Video-7B
-shares (SigLIP-so400m-384 + Qwen2-7B, 196 tokens per frame), and Qwen2-VL-7B (its ViT-675M + Qwen2-7B, 256 tokens
-per two 448x448 frames). Another model is one more row; a new family also needs its config class in
+shares (SigLIP-so400m-384 + Qwen2-7B, 196 tokens per frame), Qwen2-VL-7B (its ViT-675M + Qwen2-7B, 256 tokens per
+two 448x448 frames) and Qwen3-VL-8B (its 27-layer ViT of 16-pixel patches with DeepStack from layers 8, 16 and 24
++ Qwen3-8B; 196 tokens per two 448x448 frames, lmms-eval's smallest frame). Another model is one more row; a new
+family also needs its config class in
 ``CONFIG_CLASSES``, its model class in ``sttm.adapters.loading.MODEL_CLASSES`` and its processor in
 ``sttm.adapters.tiny``. The configs take the placeholder ids of that module's offline tokenizer, and its processor
 makes the requests (``request``): a question about a video of flat-coloured scenes (``scene_video``), so that
@@ -15,10 +17,12 @@ import copy
 from dataclasses import dataclass, field
 
 import torch
-from transformers import LlavaOnevisionConfig, PretrainedConfig, PreTrainedModel, Qwen2VLConfig
+from transformers import LlavaOnevisionConfig, PretrainedConfig, PreTrainedModel, Qwen2VLConfig, Qwen3VLConfig
 
-from sttm.adapters.loading import MODEL_CLASSES
-from sttm.adapters.tiny import placeholder_token_ids, tiny_processor
+from sttm.adapters.family import FAMILIES
+from sttm.adapters.loading import MODEL_CLASSES, video_inputs
+from sttm.adapters.tiny import PATCH_SIZE, placeholder_token_ids, tiny_processor
+from sttm.adapters.video import SampledVideo
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,15 @@ QWEN2_7B = dict(
     vocab_size=152_064, max_position_embeddings=32_768,
 )  # fmt: skip
 QWEN2_ROPE = {"rope_type": "default", "rope_theta": 1e6}
+QWEN3_VL_VIT = dict(
+    depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, patch_size=16, spatial_merge_size=2,
+    temporal_patch_size=2, out_hidden_size=4096, num_position_embeddings=2304, deepstack_visual_indexes=[8, 16, 24],
+)  # fmt: skip
+QWEN3_8B = dict(
+    hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,
+    head_dim=128, vocab_size=151_936, max_position_embeddings=262_144,
+    rope_parameters=dict(rope_type="default", rope_theta=5e6, mrope_section=[24, 20, 20], mrope_interleaved=True),
+)  # fmt: skip
 
 ARCHITECTURES = {
     "llava_onevision_7b": Architecture(
@@ -61,8 +74,12 @@ ARCHITECTURES = {
         vision=QWEN2_VL_VIT,
         text=dict(rope_parameters=QWEN2_ROPE | {"mrope_section": [16, 24, 24]}, **QWEN2_7B),
     ),
+    "qwen3_vl_8b": Architecture(family="qwen3_vl", frame_size=448, vision=QWEN3_VL_VIT, text=QWEN3_8B),
 }
-CONFIG_CLASSES = {"llava_onevision": LlavaOnevisionConfig, "qwen2_vl": Qwen2VLConfig}
+CONFIG_CLASSES = {"llava_onevision": LlavaOnevisionConfig, "qwen2_vl": Qwen2VLConfig, "qwen3_vl": Qwen3VLConfig}
+
+#: the frame rate of the scene video's frames
+SCENE_FPS = 2.0
 
 
 def architecture(name: str) -> Architecture:
@@ -114,11 +131,11 @@ QUESTION = "which color appeared first ? answer with the option letter ."
 
 
 def request(name: str, frames: int, device: str = "cuda", question: str = QUESTION) -> dict:
-    """The model inputs for ``question`` about a ``frames``-frame scene video, through the family's processor and
-    chat template, on ``device``."""
+    """The model inputs for ``question`` about a ``frames``-frame scene video at ``SCENE_FPS``, through the family's
+    processor and chat template, on ``device``."""
     found = architecture(name)
-    processor = tiny_processor(found.family, found.frame_size)
+    processor = tiny_processor(found.family, found.frame_size, found.vision.get("patch_size", PATCH_SIZE))
     messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
     text = processor.apply_chat_template(messages, add_generation_prompt=True)
-    video = scene_video(frames, found.frame_size).numpy()
-    return processor(text=text, videos=[video], return_tensors="pt").to(device)
+    video = SampledVideo(scene_video(frames, found.frame_size).numpy(), SCENE_FPS)
+    return video_inputs(processor, FAMILIES[found.family], text, video).to(device)

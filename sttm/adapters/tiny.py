@@ -1,14 +1,17 @@
-"""Tiny models of the three video-LLM families, built offline from transformers' own classes (no hub).
+"""Tiny models of the video-LLM families, built offline from transformers' own classes (no hub).
 
 ``tiny_model(family)`` builds ``LlavaOnevisionForConditionalGeneration`` (SigLIP + Qwen2),
-``Qwen2VLForConditionalGeneration`` or ``Qwen2_5_VLForConditionalGeneration`` with seeded random weights (a 64-wide,
-4-layer language model and a 2-layer vision tower on 224-pixel frames); ``tiny_processor(family)`` the family's
-processor over a word-level tokenizer (the words of the synthetic benchmarks' prompts) with a ChatML template;
+``Qwen2VLForConditionalGeneration``, ``Qwen2_5_VLForConditionalGeneration``, ``Qwen3VLForConditionalGeneration`` or
+``Qwen3VLMoeForConditionalGeneration`` with seeded random weights (a 64-wide, 4-layer language model, mixture of
+experts in every layer for the MoE, and a 2-layer vision tower on 224-pixel frames; Qwen3-VL's DeepStack takes both
+vision layers, added after language layers 0 and 1); ``tiny_processor(family)`` the family's processor over a
+word-level tokenizer (the words of the synthetic benchmarks' prompts) with a ChatML template;
 ``save_tiny_model(family, path)`` writes both as a Hugging Face folder that ``from_pretrained`` and
 ``AutoProcessor.from_pretrained`` load back. The tests use them, and the offline suite starts from them.
 
 Visual tokens: LLaVA-OneVision pools each frame's 16x16 patches to 8x8 (plus one newline per video); Qwen merges
-2x2 patches and 2 frames, so 8 frames of 224x224 give a 4x8x8 grid.
+2x2 patches and 2 frames, so 8 frames of 224x224 give a 4x8x8 grid (Qwen3-VL: in 4 runs of 8x8 placeholders, each
+after its timestamp, whose words the tiny vocabulary reads as ``<unk>`` and digits).
 """
 
 from __future__ import annotations
@@ -31,13 +34,19 @@ from transformers import (
     Qwen2VLImageProcessor,
     Qwen2VLProcessor,
     Qwen2VLVideoProcessor,
+    Qwen3VLConfig,
+    Qwen3VLMoeConfig,
+    Qwen3VLProcessor,
+    Qwen3VLVideoProcessor,
 )
 
 from sttm.adapters.loading import MODEL_CLASSES
 
-FAMILIES = ("llava_onevision", "qwen2_vl", "qwen2_5_vl")
+FAMILIES = ("llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+QWEN_FAMILIES = FAMILIES[1:]
 FRAME_SIZE, PATCH_SIZE = 224, 14
 HIDDEN, LAYERS = 64, 4
+MAX_FRAMES = 1024  # the most frames a tiny Qwen3-VL processor keeps at their size
 
 SPECIAL_TOKENS = [
     "<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>",
@@ -55,13 +64,11 @@ VOCAB = {token: index for index, token in enumerate(dict.fromkeys([*SPECIAL_TOKE
 
 VIDEO_MARKUP = {
     "llava_onevision": "<video>",
-    "qwen2_vl": "<|vision_start|><|video_pad|><|vision_end|>",
-    "qwen2_5_vl": "<|vision_start|><|video_pad|><|vision_end|>",
+    **{family: "<|vision_start|><|video_pad|><|vision_end|>" for family in QWEN_FAMILIES},
 }
 IMAGE_MARKUP = {
     "llava_onevision": "<image>",
-    "qwen2_vl": "<|vision_start|><|image_pad|><|vision_end|>",
-    "qwen2_5_vl": "<|vision_start|><|image_pad|><|vision_end|>",
+    **{family: "<|vision_start|><|image_pad|><|vision_end|>" for family in QWEN_FAMILIES},
 }
 
 
@@ -95,8 +102,9 @@ def tiny_tokenizer(family: str = "llava_onevision") -> PreTrainedTokenizerFast:
     )  # fmt: skip
 
 
-def tiny_processor(family: str, frame_size: int = FRAME_SIZE) -> ProcessorMixin:
-    """The family's processor for square frames of ``frame_size`` pixels (Qwen: exactly that size)."""
+def tiny_processor(family: str, frame_size: int = FRAME_SIZE, patch_size: int = PATCH_SIZE) -> ProcessorMixin:
+    """The family's processor for square frames of ``frame_size`` pixels (Qwen: exactly that size) and vision
+    patches of ``patch_size``."""
     tokenizer = tiny_tokenizer(family)
     if check_family(family) == "llava_onevision":
         size = {"height": frame_size, "width": frame_size}
@@ -109,10 +117,20 @@ def tiny_processor(family: str, frame_size: int = FRAME_SIZE) -> ProcessorMixin:
             chat_template=tokenizer.chat_template,
         )
     pixels = {"shortest_edge": frame_size * frame_size, "longest_edge": frame_size * frame_size}
+    image_processor = Qwen2VLImageProcessor(size=pixels, patch_size=patch_size)
+    if family in ("qwen3_vl", "qwen3_vl_moe"):
+        # its pixel bounds hold for all frames together: any number of frames keeps their size
+        bounds = {"shortest_edge": frame_size * frame_size, "longest_edge": MAX_FRAMES * frame_size * frame_size}
+        return Qwen3VLProcessor(
+            image_processor=image_processor,
+            video_processor=Qwen3VLVideoProcessor(size=bounds, patch_size=patch_size, cap_pixels_per_frame=False),
+            tokenizer=tokenizer,
+            chat_template=tokenizer.chat_template,
+        )
     processor_class = Qwen2VLProcessor if family == "qwen2_vl" else Qwen2_5_VLProcessor
     return processor_class(
-        image_processor=Qwen2VLImageProcessor(size=pixels, patch_size=PATCH_SIZE),
-        video_processor=Qwen2VLVideoProcessor(size=pixels, patch_size=PATCH_SIZE, cap_pixels_per_frame=True),
+        image_processor=image_processor,
+        video_processor=Qwen2VLVideoProcessor(size=pixels, patch_size=patch_size, cap_pixels_per_frame=True),
         tokenizer=tokenizer,
         chat_template=tokenizer.chat_template,
     )
@@ -152,6 +170,21 @@ def tiny_config(family: str):
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
     )  # sums to head_dim / 2
     vision = dict(depth=2, num_heads=2, patch_size=PATCH_SIZE, spatial_merge_size=2, temporal_patch_size=2)
+    if family in ("qwen3_vl", "qwen3_vl_moe"):
+        # interleaved M-RoPE: of head_dim / 2 = 8 frequencies, h and w take 2 each (every third from 1 and 2)
+        rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 2, 2], "mrope_interleaved": True}
+        experts = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=HIDDEN, decoder_sparse_step=1)
+        config_class = Qwen3VLConfig if family == "qwen3_vl" else Qwen3VLMoeConfig
+        return config_class(
+            vision_config=dict(
+                **vision, hidden_size=32, intermediate_size=64, out_hidden_size=HIDDEN,
+                num_position_embeddings=(FRAME_SIZE // PATCH_SIZE) ** 2, deepstack_visual_indexes=[0, 1],
+            ),
+            text_config=text_config(
+                head_dim=HIDDEN // 4, rope_parameters=rope, **(experts if family == "qwen3_vl_moe" else {})
+            ),
+            **ids,
+        )  # fmt: skip
     if family == "qwen2_vl":
         return Qwen2VLConfig(
             vision_config=dict(**vision, embed_dim=32, hidden_size=HIDDEN, mlp_ratio=2),

@@ -2,7 +2,9 @@
 
 ``sample_indices`` is the rule of ``llava/utils.py::process_video_with_decord`` in github.com/HYUNJS/STTM:
 frames at ``target_fps`` (indices ceil(k · video_fps / target_fps), the last frame appended if missing), or
-``max_frames`` spread uniformly when that gives more. Qwen2-VL pads the count to even by repeating the last
+``max_frames`` spread uniformly when that gives more; without a ``target_fps``, ``max_frames`` spread uniformly and
+rounded to the nearest frame, as lmms-eval's Qwen3-VL model samples (qwen-vl-utils' ``nframes``), or every frame of
+a shorter video. Qwen2-VL pads the count to even by repeating the last
 frame (``pad_to_even``), as its temporal patches take frames in pairs. Only the sampled frames are decoded to RGB
 and held (``read_frames``), so an hour of video costs the memory of its sampled frames.
 """
@@ -17,15 +19,20 @@ from pathlib import Path
 import av
 import numpy as np
 
+#: the frame rate taken for a stream that states none, when no target rate is given either
+UNKNOWN_RATE = 1.0
+
 
 class VideoError(ValueError):
     """A video that cannot be read; evaluation records it against the question and goes on."""
 
 
-def sample_indices(total_frames: int, video_fps: float, target_fps: float, max_frames: int) -> np.ndarray:
+def sample_indices(total_frames: int, video_fps: float, target_fps: float | None, max_frames: int) -> np.ndarray:
     """Indices of the frames to keep, ascending."""
     if total_frames < 1:
         raise VideoError("the video has no frames")
+    if target_fps is None:
+        return np.linspace(0, total_frames - 1, min(max_frames, total_frames)).round().astype(int)
     interval = video_fps / target_fps
     indices = np.ceil(np.arange(math.ceil((total_frames - 1) / interval)) * interval)
     if total_frames == 1 or indices[-1] != total_frames - 1:
@@ -37,10 +44,14 @@ def sample_indices(total_frames: int, video_fps: float, target_fps: float, max_f
 
 @dataclass(frozen=True)
 class SampledVideo:
-    """frames: [T, H, W, 3] uint8; fps: sampled frames per second of video time (Qwen2.5-VL's temporal ids)."""
+    """frames: [T, H, W, 3] uint8; fps: sampled frames per second of video time (Qwen2.5-VL's temporal ids);
+    indices: [T] each frame's index in the video (None: 0..T−1 at ``fps``) and video_fps the video's frame rate, which
+    Qwen3-VL's timestamps read."""
 
     frames: np.ndarray
     fps: float
+    indices: np.ndarray | None = None
+    video_fps: float | None = None
 
 
 @dataclass(frozen=True)
@@ -53,14 +64,14 @@ class FrameIndex:
     fps: float
 
 
-def frame_index(container: av.container.InputContainer, stream, target_fps: float) -> FrameIndex:
+def frame_index(container: av.container.InputContainer, stream, target_fps: float | None) -> FrameIndex:
     timestamps, keyframes = [], []
     for packet in container.demux(stream):
         if packet.size and packet.pts is not None:
             timestamps.append(packet.pts)
             if packet.is_keyframe:
                 keyframes.append(packet.pts)
-    fps = float(stream.average_rate or stream.guessed_rate or target_fps)
+    fps = float(stream.average_rate or stream.guessed_rate or target_fps or UNKNOWN_RATE)
     return FrameIndex(sorted(timestamps), sorted(keyframes), fps)
 
 
@@ -106,7 +117,7 @@ def decode_indices(path: Path, chosen: np.ndarray) -> list[np.ndarray]:
 
 
 def read_frames(
-    path: str | Path, target_fps: float = 1.0, max_frames: int = 128, pad_to_even: bool = False
+    path: str | Path, target_fps: float | None = 1.0, max_frames: int = 128, pad_to_even: bool = False
 ) -> SampledVideo:
     """The frames of the video at ``path`` sampled by ``sample_indices`` over the frames the decoder gives.
 
@@ -143,4 +154,4 @@ def read_frames(
         raise VideoError(f"cannot decode video {path}: {error}") from error
     if pad_to_even and len(chosen) % 2:
         chosen, frames = np.concatenate([chosen, chosen[-1:]]), [*frames, frames[-1]]
-    return SampledVideo(np.stack(frames), len(chosen) * index.fps / total)
+    return SampledVideo(np.stack(frames), len(chosen) * index.fps / total, chosen, index.fps)
