@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from runners.evaluate import CONFIGS, compose_evaluate, plan_cells, setting_params
+from runners.records import FULL_TOKENS
 from sttm.adapters.loading import MODEL_CLASSES
 from sttm.paper import paper_params
 
@@ -48,7 +49,7 @@ def test_settings_the_paper_did_not_run_are_refused(model, benchmark, budget, pr
         paper_params(paper_table(), model, benchmark, budget)
 
 
-@pytest.mark.parametrize("experiment", sorted(path.stem for path in (CONFIGS / "experiment").glob("*.yaml")))
+@pytest.mark.parametrize("experiment", sorted(path.stem for path in (CONFIGS / "experiment").glob("paper_*.yaml")))
 def test_each_paper_experiment_plans_sttm_at_the_authors_settings_before_any_work(experiment, tmp_path):
     cfg = compose_evaluate(f"experiment={experiment}", f"results_dir={tmp_path}")
     cells = [cell for cell in plan_cells(cfg) if cell.reducer == "sttm_paper"]
@@ -79,3 +80,10 @@ def test_llm_layer_reducers_act_at_the_models_layer_unless_their_config_names_on
     assert "layer" not in setting_params(cfg.reducers.vidcom2, cfg.model, 0.5)  # acts before the LLM
     cfg = compose_evaluate(f"model={model}", "+reducers.sttm.params.layer=5")
     assert setting_params(cfg.reducers.sttm, cfg.model, 0.5)["layer"] == 5
+
+
+def test_the_qwen3_vl_comparison_plans_its_reducers_at_a_quarter_of_the_tokens(tmp_path):
+    cfg = compose_evaluate("experiment=vidcom2_qwen3_vl_8b", f"results_dir={tmp_path}")
+    reducers = {cell.reducer for cell in plan_cells(cfg)}
+    assert reducers == {FULL_TOKENS, "visionzip", "fastvid", "holitom", "vidcom2", "sttm"}
+    assert cfg.budget == 0.25 and cfg.model.name == "qwen3_vl_8b" and cfg.model.max_frames.default == 32
