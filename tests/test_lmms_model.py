@@ -115,14 +115,17 @@ def test_qwen3_timestamps_read_the_frames_places_in_the_video_and_pixels_are_bou
     folder = save_tiny_model("qwen3_vl", tmp_path / "qwen3")
     frames = np.zeros((4, 2 * FRAME_SIZE, 2 * FRAME_SIZE, 3), dtype=np.uint8)
     video = SampledVideo(frames, fps=4 / 4.0, indices=np.array([0, 30, 60, 90]), video_fps=30.0)
-    bounded = ReducedVideoLLM(folder, min_pixels=28 * 28, max_pixels=FRAME_SIZE**2, system_prompt="you are a video")
+    bounded = ReducedVideoLLM.from_model_config(
+        TINY | {"pretrained": str(folder), "min_pixels": 28 * 28, "max_pixels": FRAME_SIZE**2,
+                "system_prompt": "you are a video"}
+    )  # fmt: skip
     inputs = bounded.model_inputs("what color ?", video)
     text = bounded.processor.decode(inputs["input_ids"][0])
     # the temporal patches (frames 0, 30) and (60, 90) of a 30 fps video sit at 0.5 s and 2.5 s
     assert "<unk> 0 . 5 <unk> <unk>" in text and "<unk> 2 . 5 <unk> <unk>" in text
     assert text.index("you are a video") < text.index("<|video_pad|>")
     assert inputs["video_grid_thw"].tolist() == [[2, 16, 16]]  # 448 px frames brought down to 224 px
-    unbounded = ReducedVideoLLM(folder).model_inputs("what color ?", video)
+    unbounded = model_at(folder).model_inputs("what color ?", video)
     assert unbounded["video_grid_thw"].tolist() == [[2, 32, 32]]
 
 
