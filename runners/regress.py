@@ -4,10 +4,16 @@
     python -m runners.regress RESULTS_DIR BASELINE.json --write    # (re)write the baseline from the results
 
 A baseline is a JSON file: ``{"tolerance": {"accuracy": points, "achieved_ratio": fraction},
-"cells": [{"model", "reducer", "budget", "task", "accuracy", "achieved_ratio"}, ...]}``. A cell regresses when
-its accuracy falls more than the tolerance below the baseline, or its achieved ratio moves by more than its
-tolerance either way (a reducer that keeps more or fewer tokens than before has changed). A baseline cell with
-no result is a failure too.
+"cells": [{"model", "reducer", "budget", "task", "accuracy", "achieved_ratio"}, ...], "environment": {...}}``
+(the package versions and commit that wrote it, ``runners.provenance``). A cell regresses when its accuracy falls
+more than the tolerance below the baseline, or its achieved ratio moves by more than its tolerance either way (a
+reducer that keeps more or fewer tokens than before has changed). A baseline cell with no result is a failure too.
+
+The accuracy tolerance is fixed, not the width of the baseline's confidence interval: the check answers the same
+questions with the same seeds as the baseline, so the noise that interval measures (which questions were drawn)
+is absent, and the ±12 points it spans at 40 questions would let a real regression of that size pass. What moves
+the same questions without a change of code is numerics (another CPU, BLAS or library version tipping a near tie):
+a question or two, which the default of 5 points (2 of 40 questions) allows.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from runners.provenance import describe, environment
 from runners.records import load_cells, write_atomically
 from runners.report import summarize
 
@@ -28,6 +35,11 @@ KEYS = ["model", "reducer", "budget", "task"]
 def load_baseline(path: Path) -> tuple[pd.DataFrame, dict[str, float]]:
     baseline = json.loads(path.read_text())
     return pd.DataFrame(baseline["cells"]), baseline["tolerance"]
+
+
+def baseline_environment(path: Path) -> dict[str, str] | None:
+    """What wrote the baseline (None for a baseline written before it was recorded)."""
+    return json.loads(path.read_text()).get("environment")
 
 
 def compare(current: pd.DataFrame, baseline: pd.DataFrame, tolerance: dict[str, float]) -> pd.DataFrame:
@@ -50,9 +62,10 @@ def compare(current: pd.DataFrame, baseline: pd.DataFrame, tolerance: dict[str, 
 
 
 def baseline_from(summary: pd.DataFrame, tolerance: dict[str, float]) -> dict:
-    """A baseline file's content from the current results (to commit after an intended change)."""
+    """A baseline file's content from the current results (to commit after an intended change), with the
+    environment writing it."""
     cells = summary[[*KEYS, "accuracy", "achieved_ratio"]].round(4).to_dict(orient="records")
-    return {"tolerance": tolerance, "cells": cells}
+    return {"tolerance": tolerance, "cells": cells, "environment": environment()}
 
 
 def check(results: Path, baseline_path: Path) -> pd.DataFrame:
@@ -78,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     table = check(args.results, args.baseline)
     columns = [*KEYS, "accuracy", "accuracy_now", "achieved_ratio", "achieved_ratio_now", "regressed", "why"]
     print(table[columns].to_markdown(index=False, floatfmt=".4g"))
+    written = baseline_environment(args.baseline)
+    print(f"\nbaseline: {describe(written) if written else 'environment not recorded'}; now: {describe(environment())}")
     regressed = int(table["regressed"].sum())
     if regressed:
         print(f"\nREGRESSION: {regressed} of {len(table)} cells moved beyond the tolerance of {args.baseline}")
