@@ -8,7 +8,8 @@ benchmark × reducer setting.
 
 Reducer settings are Hydra's ``reducers`` config group: each chosen config of ``configs/reducers`` is composed under
 ``reducers.<its name>`` (``name``: a registered reducer, ``params``: its parameters, every one overridable), and
-``+reducers.NAME={name: ..., params: {...}}`` adds one. A benchmark config has a ``kind``: ``toybench``
+``+reducers.NAME={name: ..., params: {...}}`` adds one; ``seeds=[0,1,2]`` runs each stochastic reducer (one that
+takes a ``seed``) once per seed, each seed a cell. A benchmark config has a ``kind``: ``toybench``
 (generated), ``vnbench`` (local annotations and videos), ``lmms_eval`` (lmms-eval's built-in tasks, data under
 ``hf_home``; see ``runners.tasks.builtin``) or ``suite`` (``parts``: benchmark configs of the other kinds). Each
 cell (model × benchmark × reducer setting × budget) is a folder under ``results_dir`` (``cell_dir``): ``cell.json``
@@ -44,7 +45,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from runners.provenance import environment
 from runners.records import (
+    ENVIRONMENT,
     FULL_TOKENS,
     is_done,
     load_cells,
@@ -158,13 +161,17 @@ def reducer_parameters(name: str) -> dict[str, inspect.Parameter]:
 
 
 def setting_reducer(
-    setting: DictConfig, model: DictConfig, budget: float | None, benchmark: str | None = None
+    setting: DictConfig,
+    model: DictConfig,
+    budget: float | None,
+    benchmark: str | None = None,
+    overrides: dict | None = None,
 ) -> tuple[dict, Reducer]:
-    """The parameters a reducer setting builds its reducer with in a cell (``setting_params``), and that reducer: how
-    the runner and the lmms-eval model both build one. Without a budget a setting reaches its kept fraction another
+    """The parameters a reducer setting builds its reducer with in a cell (``setting_params``, then ``overrides``:
+    a run's seed), and that reducer: how the runner and the lmms-eval model both build one. Without a budget a setting reaches its kept fraction another
     way (STTM's thresholds: a reducer whose budget defaults to None checks that itself) or fails; a parameter the
     reducer does not take fails naming the ones it does."""
-    params = setting_params(setting, model, budget, benchmark)
+    params = setting_params(setting, model, budget, benchmark) | (overrides or {})
     known = reducer_parameters(setting.name)
     unknown = sorted(set(params) - set(known))
     if unknown:
@@ -189,23 +196,53 @@ def cell_dir(cfg: DictConfig, benchmark: str, reducer: str, method: str | None, 
 
 
 def plan_cells(cfg: DictConfig) -> list[Cell]:
-    """Full tokens and every reducer setting for each of the run's benchmarks; fails on a bad config (an unknown
-    reducer, bad parameters, a reducer without a setting for one of the benchmarks), before any work."""
+    """Full tokens and every reducer setting for each of the run's benchmarks, a cell per seed of ``seeds`` for a
+    stochastic reducer; fails on a bad config (an unknown reducer, bad parameters, a reducer without a setting for
+    one of the benchmarks, bad seeds), before any work."""
     budget = check_budget(cfg.budget)
     settings = reducer_settings(cfg)
+    seeds = run_seeds(cfg, settings)
     cells = []
     for benchmark in benchmark_parts(cfg.benchmark):
         full = cell_dir(cfg, benchmark.name, FULL_TOKENS, None, {}, 1.0)
         cells.append(Cell(benchmark, FULL_TOKENS, None, {}, 1.0, full))
         for key, setting in settings.items():
-            try:
-                params, reducer = setting_reducer(setting, cfg.model, budget, benchmark.name)
-            except (TypeError, ValueError) as error:
-                raise ValueError(f"reducers.{key} on {benchmark.name}: {error}") from error
-            check_kv_reuse(cfg.kv_reuse, reducer)
-            path = cell_dir(cfg, benchmark.name, key, setting.name, params, budget)
-            cells.append(Cell(benchmark, key, setting.name, params, budget, path))
+            for seed in setting_seeds(setting.name, seeds):
+                try:
+                    params, reducer = setting_reducer(setting, cfg.model, budget, benchmark.name, seed)
+                except (TypeError, ValueError) as error:
+                    raise ValueError(f"reducers.{key} on {benchmark.name}: {error}") from error
+                check_kv_reuse(cfg.kv_reuse, reducer)
+                path = cell_dir(cfg, benchmark.name, key, setting.name, params, budget)
+                cells.append(Cell(benchmark, key, setting.name, params, budget, path))
     return cells
+
+
+def run_seeds(cfg: DictConfig, settings: dict[str, DictConfig]) -> list[int] | None:
+    """The run's ``seeds`` (None: each setting runs once, with its own ``seed``): distinct integers, for a run with
+    at least one stochastic reducer (one that takes a ``seed``)."""
+    seeds = cfg.get("seeds")
+    if seeds is None:
+        return None
+    seeds = list(seeds) if not isinstance(seeds, (int, str)) else [seeds]
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds) or len(set(seeds)) < len(seeds):
+        raise ValueError(f"seeds must be a list of distinct integers, got {seeds!r}")
+    if not any(takes_seed(setting.name) for setting in settings.values()):
+        raise ValueError(f"seeds={seeds}: none of the run's reducers ({', '.join(settings) or 'none'}) takes a seed")
+    return seeds
+
+
+def takes_seed(method: str) -> bool:
+    """Whether the registered reducer ``method`` is stochastic: it takes a ``seed``."""
+    return "seed" in inspect.signature(reducer_class(method)).parameters
+
+
+def setting_seeds(method: str, seeds: list[int] | None) -> list[dict]:
+    """What each cell of a setting of ``method`` adds to its parameters: ``{"seed": s}`` for each of the run's
+    ``seeds`` where the reducer takes a seed (replacing the setting's own), else nothing, once."""
+    if seeds is None or not takes_seed(method):
+        return [{}]
+    return [{"seed": seed} for seed in seeds]
 
 
 def builtin_hf_home(benchmarks: list[DictConfig]) -> Path:
@@ -342,6 +379,7 @@ def evaluate_cell(cfg: DictConfig, cell: Cell, model, task_manager, accelerator)
     if accelerator.is_main_process:
         write_cell_keys(cell.path, **cell.keys(cfg.model.name))
         write_atomically(cell.path / "config.yaml", OmegaConf.to_yaml(cfg))
+        write_atomically(cell.path / ENVIRONMENT, json.dumps(environment(), indent=1))
     output = simple_evaluate(
         model=model, tasks=list(cell.benchmark.tasks), task_manager=task_manager, limit=cfg.limit, log_samples=True,
         process_docs_parallel=1, random_seed=cfg.seed, datetime_str=cell.path.name,

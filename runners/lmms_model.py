@@ -232,7 +232,7 @@ class Question:
     def empty_record(self) -> QuestionRecord:
         return QuestionRecord(
             task=self.task, doc_id=self.doc_id, correct=None, prediction="", answer=self.answer,
-            visual_tokens_before=0, visual_tokens_after=0,
+            visual_tokens_before=0, visual_tokens_after=0, video=self.video if isinstance(self.video, str) else None,
         )  # fmt: skip
 
 

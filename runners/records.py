@@ -5,7 +5,8 @@ A cell is a folder. ``cell.json`` holds its keys (``write_cell_keys``). While th
 appends one line per answered question to its process's answers file (``answers.rank<r>.jsonl``), flushed and
 synced as it is written; a line cut short by a crash is dropped when the file is read back, so that question runs
 again. The runner alone writes ``records.jsonl``: once, at the end, every answer with its correctness, replacing
-the answers files (``write_records``). Whole files are written to a temporary name and renamed into place. ``DONE``
+the answers files (``write_records``). ``environment.json`` holds the package versions and commit that evaluated
+it (``runners.provenance``). Whole files are written to a temporary name and renamed into place. ``DONE``
 marks a finished cell. Lines are strict JSON: a time not measured (NaN in a ``QuestionRecord``) is written as null
 and read back as NaN.
 """
@@ -22,13 +23,15 @@ import pandas as pd
 
 RECORDS = "records.jsonl"
 CELL_KEYS = "cell.json"
+ENVIRONMENT = "environment.json"
 DONE = "DONE"
 FULL_TOKENS = "none"  # the reducer key of the full-token cells
 
 
 @dataclass(frozen=True)
 class QuestionRecord:
-    """What one question of one cell produced. Times in milliseconds; NaN where not measured."""
+    """What one question of one cell produced. Times in milliseconds; NaN where not measured. ``video`` names the
+    question's video (its path), which questions about one video share: intervals resample videos."""
 
     task: str
     doc_id: int
@@ -37,6 +40,7 @@ class QuestionRecord:
     answer: str
     visual_tokens_before: int
     visual_tokens_after: int
+    video: str | None = None
     vision_ms: float = math.nan
     reducer_ms: float = math.nan
     prefill_ms: float = math.nan
@@ -155,8 +159,9 @@ CELL_COLUMNS = ["model", "benchmark", "reducer", "budget", "params"]
 
 def load_cells(root: Path) -> pd.DataFrame:
     """Every record of the cells under ``root`` (each a folder with a ``cell.json``, ``root`` itself included), one
-    row per question, with the cell's keys (``params`` as canonical JSON), its folder relative to ``root`` and the
-    evaluation's wall time (``wall_s``) from its ``DONE``."""
+    row per question, with the cell's keys (``params`` as canonical JSON), its folder relative to ``root``, the
+    evaluation's wall time (``wall_s``) from its ``DONE`` and its ``environment`` (canonical JSON; None where the
+    cell has no ``environment.json``)."""
     frames = []
     for path in sorted(root.rglob(CELL_KEYS)):
         cell = path.parent
@@ -168,9 +173,11 @@ def load_cells(root: Path) -> pd.DataFrame:
                 frame[key] = json.dumps(keys.get(key), sort_keys=True) if key == "params" else keys.get(key)
             frame["cell"] = str(cell.relative_to(root))
             frame["wall_s"] = json.loads((cell / DONE).read_text()).get("wall_s") if is_done(cell) else None
+            environment = cell / ENVIRONMENT
+            frame["environment"] = json.dumps(json.loads(environment.read_text())) if environment.is_file() else None
             frames.append(frame)
     if not frames:
-        return pd.DataFrame(columns=[*RECORD_COLUMNS, *CELL_COLUMNS, "cell", "wall_s"])
+        return pd.DataFrame(columns=[*RECORD_COLUMNS, *CELL_COLUMNS, "cell", "wall_s", "environment"])
     return pd.concat(frames, ignore_index=True)
 
 

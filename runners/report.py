@@ -1,17 +1,24 @@
 """Tables and plots from evaluation cells, in the layout of the STTM paper's tables.
 
-    python -m runners.report RESULTS_DIR [--out DIR]
+    python -m runners.report RESULTS_DIR [--out DIR] [--seed 0] [--resamples 9999]
 
 Rows are method × budget for each model; columns are the benchmarks' accuracies, their average, the average
 relative to the full-token run of the same model, prefill and TTFT speed-ups over that run, and the achieved
-ratio of visual tokens. Writes ``table.md``, ``table.csv`` and ``table.tex``, and three plots: accuracy against
-budget per benchmark, average accuracy against prefill speed-up with its Pareto front, and the TTFT breakdown.
+ratio of visual tokens. Each method is compared with full tokens on the same questions: the difference of the
+average (points) and the relative accuracy, with 95% intervals from a paired bootstrap over videos
+(``runners.intervals``); ``~`` marks an interval that holds no difference, i.e. within noise. A stochastic reducer
+run over several seeds is one row: its accuracies are the means over seeds, with the interval across them. Writes
+``table.md`` (the table, its legend, the differences per benchmark and what produced the numbers), ``table.csv``,
+``table.tex``, ``intervals.csv`` (every interval, as numbers), and three plots: accuracy against budget per
+benchmark and average accuracy against prefill speed-up with its Pareto front, each with the intervals as error
+bars, and the TTFT breakdown.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -19,38 +26,60 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from runners.intervals import (  # noqa: E402
+    CONFIDENCE,
+    RESAMPLES,
+    SEED,
+    Interval,
+    interval_across,
+    paired_intervals,
+    video_sums,
+)
+from runners.provenance import describe, environment  # noqa: E402
 from runners.records import FULL_TOKENS, load_cells  # noqa: E402
+
+CELLS = ["model", "reducer", "budget"]
+AVERAGE = "average"  # the task name of the statistics of the average over benchmarks
+DIFFERENCE = "Δ vs full (95% CI)"
+RELATIVE = "relative % (95% CI)"
+ACROSS_SEEDS = "average over seeds (95% CI)"
+WITHIN_NOISE = "~"
+LATEX_ESCAPES = {"%": r"\%", "&": r"\&", "_": r"\_", "#": r"\#", "$": r"\$", "~": r"\textasciitilde{}"}
+POOLED = {"seed"}  # parameters whose values are repeated runs of one setting, not settings of their own
 
 
 def setting_names(records: pd.DataFrame) -> pd.Series:
     """Each record's reducer for the tables: its setting's key under ``reducers``, and where cells of one key (at one
     model, benchmark and budget) hold different parameters, as from a sweep over one, the parameters that tell them
-    apart: ``sttm (variant=corrected)``."""
+    apart: ``sttm (variant=corrected)``; cells that differ only in their ``seed`` are seeds of one setting."""
     cells = records.drop_duplicates("cell").set_index("cell")
     names = cells["reducer"].copy()
     for _, group in cells.groupby(["model", "benchmark", "reducer", "budget"], dropna=False):
         if group["params"].nunique() < 2:
             continue
         values = {cell: json.loads(text) or {} for cell, text in group["params"].items()}
-        keys = sorted({key for params in values.values() for key in params})
+        keys = sorted({key for params in values.values() for key in params} - POOLED)
         differing = [key for key in keys if len({repr(params.get(key)) for params in values.values()}) > 1]
+        if not differing:
+            continue
         for cell, params in values.items():
             names[cell] = f"{names[cell]} ({', '.join(f'{key}={params.get(key)}' for key in differing)})"
     return records["cell"].map(names)
 
 
 def summarize(records: pd.DataFrame) -> pd.DataFrame:
-    """One row per (model, reducer, budget, task): accuracy over answered questions, mean costs, and the number of
-    failed questions (a task whose questions all failed keeps its row, without accuracy). Reducers are named by
-    ``setting_names``."""
+    """One row per (model, reducer, budget, task): accuracy over answered questions (over the answers of every seed
+    of a stochastic reducer: their mean), mean costs, and the number of failed questions (a task whose questions all
+    failed keeps its row, without accuracy). Reducers are named by ``setting_names``."""
     keys = ["model", "reducer", "budget", "task"]
     records = records.assign(reducer=setting_names(records))
     answered = records[records["error"].isna()]
     summary = answered.groupby(keys).agg(
         accuracy=("correct", lambda c: 100 * c.astype(float).mean()),
-        questions=("doc_id", "size"),
+        questions=("doc_id", "nunique"),
         achieved_ratio=("achieved_ratio", "mean"),
         prefill_ms=("prefill_ms", "mean"),
         ttft_ms=("ttft_ms", "mean"),
@@ -71,7 +100,7 @@ def paper_table(summary: pd.DataFrame) -> pd.DataFrame:
     """Method × budget rows per model, benchmarks as columns, plus their average (none where one of the cell's
     benchmarks has no answered question), relative accuracy, speed-ups, prefill tokens per question, the
     evaluation's wall time and the number of failed questions."""
-    cells = ["model", "reducer", "budget"]
+    cells = CELLS
     accuracy = summary.pivot(index=cells, columns="task", values="accuracy")
     unanswered = summary["accuracy"].isna().groupby([summary[key] for key in cells]).any().reindex(accuracy.index)
     table = accuracy.assign(average=accuracy.mean(axis=1).mask(unanswered))
@@ -91,17 +120,165 @@ def paper_table(summary: pd.DataFrame) -> pd.DataFrame:
     return table.sort_index(level=["model", "budget", "reducer"], ascending=[True, False, True]).round(2)
 
 
-def plot_accuracy_vs_budget(summary: pd.DataFrame, path: Path) -> None:
+def record_seeds(records: pd.DataFrame) -> pd.Series:
+    """Each record's reducer seed (None for reducers without one), from its cell's parameters."""
+    return records["params"].map(lambda text: (json.loads(text) or {}).get("seed"))
+
+
+def question_scores(records: pd.DataFrame) -> pd.DataFrame:
+    """One row per (model, reducer, budget, task, doc_id) answered: its ``score``, the mean correctness over the
+    reducer's seeds (0 or 1 with one seed), and its ``video``, the cluster it is resampled with (the question itself
+    where its record names no video)."""
+    answered = records[records["error"].isna() & records["correct"].notna()]
+    answered = answered.assign(reducer=setting_names(answered), score=answered["correct"].astype(float))
+    question = answered["task"] + "/" + answered["doc_id"].astype(str)
+    video = answered["video"].fillna(question) if "video" in answered else question
+    questions = answered.assign(video=video).groupby([*CELLS, "task", "doc_id"], as_index=False)
+    return questions.agg(score=("score", "mean"), video=("video", "first"))
+
+
+def paired_differences(records: pd.DataFrame, seed: int = SEED, resamples: int = RESAMPLES) -> pd.DataFrame:
+    """Every reducer row against full tokens of its model on the questions both answered (joined on task and
+    doc_id), per benchmark and for their average (task ``AVERAGE``, given where every benchmark of the full-token
+    run pairs at least two videos): the difference (points) and relative accuracy (%), each with its interval
+    (``_low``, ``_high``) from ``runners.intervals.paired_intervals``, and the videos and questions it rests on. A
+    benchmark with fewer than two paired videos has no row."""
+    scores = question_scores(records)
+    full = scores[scores["reducer"] == FULL_TOKENS]
+    rows = []
+    for (model, reducer, budget), method in scores[scores["reducer"] != FULL_TOKENS].groupby(CELLS):
+        reference = full[full["model"] == model]
+        paired = reference.merge(method, on=["task", "doc_id"], suffixes=("_full", ""))
+        sums = {
+            task: video_sums(questions[["score_full", "score"]].to_numpy(), questions["video"].to_numpy())
+            for task, questions in paired.groupby("task")
+        }
+        tasks = [task for task, (_, counts) in sums.items() if len(counts) >= 2]
+        if not tasks:
+            continue
+        differences, relatives = paired_intervals([sums[t][0] for t in tasks], [sums[t][1] for t in tasks], seed,
+                                                  resamples)  # fmt: skip
+        names = [*tasks, AVERAGE] if tasks == sorted(reference["task"].unique()) else tasks
+        # without the average, its intervals (the last) go unused
+        for task, difference, relative in zip(names, differences, relatives, strict=False):
+            counts = np.concatenate([sums[t][1] for t in tasks]) if task == AVERAGE else sums[task][1]
+            rows.append({
+                "model": model, "reducer": reducer, "budget": budget, "task": task,
+                "difference": difference.estimate, "difference_low": difference.low,
+                "difference_high": difference.high, "relative": relative.estimate, "relative_low": relative.low,
+                "relative_high": relative.high, "videos": len(counts), "questions": int(counts.sum()),
+            })  # fmt: skip
+    columns = [*CELLS, "task", "difference", "difference_low", "difference_high", "relative", "relative_low",
+               "relative_high", "videos", "questions"]  # fmt: skip
+    return pd.DataFrame(rows, columns=columns)
+
+
+def seed_spread(records: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, reducer, budget): the number of ``seeds`` of its cells and, with several, the mean over seeds of
+    the average accuracy over benchmarks with its t-interval across seeds (``across``, ``across_low``,
+    ``across_high``)."""
+    answered = records[records["error"].isna() & records["correct"].notna()]
+    answered = answered.assign(reducer=setting_names(answered), seed=record_seeds(answered),
+                               correct=answered["correct"].astype(float))  # fmt: skip
+    per_task = answered.groupby([*CELLS, "seed", "task"], dropna=False)["correct"].mean()
+    per_seed = 100 * per_task.groupby(level=[*CELLS, "seed"], dropna=False).mean()
+    rows = []
+    for key, averages in per_seed.groupby(level=CELLS, dropna=False):
+        across = interval_across(averages.to_numpy())
+        rows.append(dict(zip(CELLS, key, strict=True)) | {"seeds": len(averages), "across": across.estimate,
+                    "across_low": across.low, "across_high": across.high})  # fmt: skip
+    return pd.DataFrame(rows, columns=[*CELLS, "seeds", "across", "across_low", "across_high"]).set_index(CELLS)
+
+
+def format_interval(estimate: float, low: float, high: float, null: float) -> str:
+    """``-0.5 [-2.1, 1.0]~``: an estimate and its interval, ``WITHIN_NOISE`` where the interval holds ``null`` (no
+    difference); the estimate alone where there is no interval, nothing where there is no estimate."""
+    if pd.isna(estimate):
+        return ""
+    if pd.isna(low):
+        return f"{estimate:.1f}"
+    noise = WITHIN_NOISE if Interval(estimate, low, high).contains(null) else ""
+    return f"{estimate:.1f} [{low:.1f}, {high:.1f}]{noise}"
+
+
+def formatted(differences: pd.DataFrame, statistic: str, null: float) -> pd.Series:
+    """The rows of ``paired_differences`` as ``format_interval`` strings of ``statistic``."""
+    values = differences[[statistic, f"{statistic}_low", f"{statistic}_high"]].itertuples(index=False)
+    return pd.Series([format_interval(*row, null) for row in values], index=differences.index, dtype=object)
+
+
+def with_intervals(table: pd.DataFrame, differences: pd.DataFrame, spread: pd.DataFrame) -> pd.DataFrame:
+    """``paper_table`` with the average's difference and relative accuracy and their intervals as text
+    (``DIFFERENCE``, ``RELATIVE``; empty for full tokens), and where a row ran several seeds, their number and the
+    interval across them (``seeds``, ``ACROSS_SEEDS``)."""
+    average = differences[differences["task"] == AVERAGE].set_index(CELLS).reindex(table.index)
+    table = table.assign(**{DIFFERENCE: formatted(average, "difference", 0.0).fillna(""),
+                            RELATIVE: formatted(average, "relative", 100.0).fillna("")})  # fmt: skip
+    spread = spread.reindex(table.index)
+    if (spread["seeds"] > 1).any():
+        table["seeds"] = spread["seeds"].fillna(1).astype(int)
+        table[ACROSS_SEEDS] = formatted(spread, "across", math.nan).where(spread["seeds"] > 1, "")
+    return table
+
+
+def difference_table(differences: pd.DataFrame) -> pd.DataFrame:
+    """The difference to full tokens with its interval, as text: method × budget rows, benchmarks (and their
+    average) as columns."""
+    text = differences.assign(text=formatted(differences, "difference", 0.0))
+    table = text.pivot(index=CELLS, columns="task", values="text").fillna("")
+    averaged = [AVERAGE] if AVERAGE in table else []
+    return table[sorted(set(table) - {AVERAGE}) + averaged]
+
+
+def legend(seed: int, resamples: int) -> str:
+    return (
+        f"Δ vs full: average accuracy minus that of full tokens on the same questions, in points; relative: % of full "
+        f"tokens' average accuracy. {100 * CONFIDENCE:g}% intervals from a paired bootstrap over videos (each "
+        f"benchmark's videos resampled on their own; {resamples} draws, seed {seed}). {WITHIN_NOISE}: the interval "
+        "contains 0 (Δ) or 100 (relative): within noise on these questions."
+    )
+
+
+def latex_text(text: str) -> str:
+    """``text`` with LaTeX's special characters escaped (the table's cells and headers pandas escapes itself)."""
+    return "".join(LATEX_ESCAPES.get(character, character) for character in text)
+
+
+def provenance(records: pd.DataFrame) -> list[str]:
+    """What produced the numbers: the environments the cells recorded (``runners.provenance``), each with its
+    number of cells, and the report's own where cells recorded none."""
+    cells = records.drop_duplicates("cell")
+    recorded = cells["environment"] if "environment" in cells else pd.Series(None, index=cells.index, dtype=object)
+    lines = [
+        f"evaluated with {describe(json.loads(text))} ({count} cells)"
+        for text, count in sorted(recorded.dropna().value_counts().items())
+    ]
+    if recorded.isna().any():
+        lines.append(f"reported with {describe(environment())} ({int(recorded.isna().sum())} cells recorded none)")
+    return lines
+
+
+def error_bars(points: pd.DataFrame, differences: pd.DataFrame, keys: list[str]) -> list[pd.Series]:
+    """The [below, above] extents of each point's interval of its difference to full tokens (NaN where none), matched
+    on ``keys``; plotted around the point, as its accuracy is full tokens' plus its difference."""
+    matched = points[keys].merge(differences, on=keys, how="left")
+    return [matched["difference"] - matched["difference_low"], matched["difference_high"] - matched["difference"]]
+
+
+def plot_accuracy_vs_budget(summary: pd.DataFrame, differences: pd.DataFrame, path: Path) -> None:
     tasks = sorted(summary["task"].unique())
     figure, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.5), squeeze=False)
     for axis, task in zip(axes[0], tasks, strict=True):
         rows = summary[summary["task"] == task]
         for (model, reducer), points in rows[rows["reducer"] != FULL_TOKENS].groupby(["model", "reducer"]):
             points = points.sort_values("achieved_ratio")
-            axis.plot(points["achieved_ratio"], points["accuracy"], marker="o", label=f"{model}: {reducer}")
+            axis.errorbar(
+                points["achieved_ratio"], points["accuracy"], yerr=error_bars(points, differences, [*CELLS, "task"]),
+                marker="o", capsize=3, label=f"{model}: {reducer}",
+            )  # fmt: skip
         for model, full in rows[rows["reducer"] == FULL_TOKENS].groupby("model"):
             axis.axhline(full["accuracy"].mean(), color="black", linestyle="--", label=f"{model}: full tokens")
-        axis.set(title=task, xlabel="achieved ratio of visual tokens", ylabel="accuracy (%)")
+        axis.set(title=task, xlabel="achieved ratio of visual tokens", ylabel="accuracy (%), 95% CI vs full")
     axes[0][-1].legend(fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -119,16 +296,20 @@ def pareto_front(points: pd.DataFrame) -> pd.DataFrame:
     return ordered.loc[front].sort_values("prefill_speedup")
 
 
-def plot_accuracy_vs_speedup(table: pd.DataFrame, path: Path) -> None:
+def plot_accuracy_vs_speedup(table: pd.DataFrame, differences: pd.DataFrame, path: Path) -> None:
     figure, axis = plt.subplots(figsize=(6, 4.5))
     points = table.reset_index()
+    averages = differences[differences["task"] == AVERAGE]
     for (model, reducer), rows in points.groupby(["model", "reducer"]):
-        axis.scatter(rows["prefill_speedup"], rows["average"], label=f"{model}: {reducer}")
+        axis.errorbar(
+            rows["prefill_speedup"], rows["average"], yerr=error_bars(rows, averages, CELLS), fmt="o", capsize=3,
+            label=f"{model}: {reducer}",
+        )  # fmt: skip
         for _, row in rows.iterrows():
             axis.annotate(f"{row['budget']:g}", (row["prefill_speedup"], row["average"]), fontsize="x-small")
     front = pareto_front(points)
     axis.plot(front["prefill_speedup"], front["average"], color="gray", linestyle=":", label="Pareto front")
-    axis.set(xlabel="LLM prefill speed-up over full tokens", ylabel="average accuracy (%)")
+    axis.set(xlabel="LLM prefill speed-up over full tokens", ylabel="average accuracy (%), 95% CI vs full")
     axis.legend(fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -145,25 +326,36 @@ def plot_ttft_breakdown(summary: pd.DataFrame, path: Path) -> None:
     plt.close(figure)
 
 
-def write_report(records: pd.DataFrame, out: Path) -> dict[str, Path]:
-    """Write the tables and plots for ``records`` under ``out``; return their paths by kind."""
+def write_report(records: pd.DataFrame, out: Path, seed: int = SEED, resamples: int = RESAMPLES) -> dict[str, Path]:
+    """Write the tables and plots for ``records`` under ``out``; return their paths by kind. ``seed`` and
+    ``resamples`` drive the bootstrap: the same seed writes the same intervals."""
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(records)
-    table = paper_table(summary)
+    differences = paired_differences(records, seed, resamples)
+    table = with_intervals(paper_table(summary), differences, seed_spread(records))
     paths = {
         "markdown": out / "table.md",
         "csv": out / "table.csv",
         "latex": out / "table.tex",
+        "intervals": out / "intervals.csv",
         "accuracy_vs_budget": out / "accuracy_vs_budget.png",
         "accuracy_vs_speedup": out / "accuracy_vs_speedup.png",
         "ttft_breakdown": out / "ttft_breakdown.png",
     }
-    paths["markdown"].write_text(table.reset_index().to_markdown(index=False) + "\n")
+    notes = [legend(seed, resamples), *provenance(records)]
+    sections = [table.reset_index().to_markdown(index=False), "\n\n".join(notes)]
+    if not differences.empty:
+        per_benchmark = difference_table(differences).reset_index().to_markdown(index=False)
+        sections += ["Δ vs full per benchmark (95% CI):", per_benchmark]
+    paths["markdown"].write_text("\n\n".join(sections) + "\n")
     table.to_csv(paths["csv"])
-    paths["latex"].write_text(table.to_latex(float_format="%.2f"))
-    plot_accuracy_vs_budget(summary, paths["accuracy_vs_budget"])
+    differences.to_csv(paths["intervals"], index=False)
+    latex = table.to_latex(float_format="%.2f", escape=True, caption=latex_text(legend(seed, resamples)))
+    comments = "".join(f"% {line}\n" for line in provenance(records))
+    paths["latex"].write_text(comments + latex.replace("Δ", r"$\Delta$"))
+    plot_accuracy_vs_budget(summary, differences, paths["accuracy_vs_budget"])
     if "prefill_speedup" in table:
-        plot_accuracy_vs_speedup(table, paths["accuracy_vs_speedup"])
+        plot_accuracy_vs_speedup(table, differences, paths["accuracy_vs_speedup"])
     else:
         del paths["accuracy_vs_speedup"]
     plot_ttft_breakdown(summary, paths["ttft_breakdown"])
@@ -174,12 +366,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", type=Path, help="folder holding evaluation cells")
     parser.add_argument("--out", type=Path, help="where to write (default: RESULTS/report)")
+    parser.add_argument("--seed", type=int, default=SEED, help="of the bootstrap's draws")
+    parser.add_argument("--resamples", type=int, default=RESAMPLES, help="bootstrap draws per interval")
     args = parser.parse_args(argv)
     records = load_cells(args.results)
     if records.empty:
         print(f"no records under {args.results}", file=sys.stderr)
         return 1
-    paths = write_report(records, args.out or args.results / "report")
+    paths = write_report(records, args.out or args.results / "report", args.seed, args.resamples)
     print(paths["markdown"].read_text())
     for kind, path in paths.items():
         print(f"{kind}: {path}")

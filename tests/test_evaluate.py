@@ -96,6 +96,31 @@ def test_bad_reducer_settings_fail_before_any_work_naming_the_setting(tmp_path, 
     assert not (tmp_path / "tiny").exists()
 
 
+def test_seeds_run_each_stochastic_reducer_once_per_seed_each_seed_a_cell(tmp_path):
+    cells = plan_cells(config(tmp_path, "reducers=[random,tome]", "seeds=[0,1,2]"))
+    seeded = [cell for cell in cells if cell.reducer == "random"]
+    assert [cell.build_reducer().seed for cell in seeded] == [0, 1, 2] and len({cell.path for cell in seeded}) == 3
+    assert [cell.reducer for cell in cells] == ["none", "random", "random", "random", "tome"]
+    assert "seed" not in cells[-1].params
+    once = cells_by_reducer(config(tmp_path, "reducers=[random]"))["random"]
+    assert once.params["seed"] == 0 and once.path == seeded[0].path  # the run without seeds made seed 0's cell
+
+
+@pytest.mark.parametrize(
+    ("reducers", "seeds", "problem"),
+    [
+        ("[random]", "[0,0]", r"seeds must be a list of distinct integers, got \[0, 0\]"),
+        ("[random]", "[]", r"seeds must be a list of distinct integers"),
+        ("[random]", "[0.5]", r"seeds must be a list of distinct integers"),
+        ("[tome,sttm]", "[0,1]", r"seeds=\[0, 1\]: none of the run's reducers \(tome, sttm\) takes a seed"),
+    ],
+)
+def test_bad_seeds_fail_before_any_work(tmp_path, reducers, seeds, problem):
+    with pytest.raises(ValueError, match=problem):
+        plan_cells(config(tmp_path, f"reducers={reducers}", f"seeds={seeds}"))
+    assert not (tmp_path / "tiny").exists()
+
+
 def test_reducers_without_brackets_are_refused_before_any_model_loads(tmp_path):
     command = [sys.executable, "-m", "runners.evaluate", "reducers=sttm", f"results_dir={tmp_path / 'results'}",
                f"model.pretrained={tmp_path / 'tiny'}", "model.build_if_missing=true",

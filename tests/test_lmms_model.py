@@ -74,6 +74,8 @@ def test_evaluates_with_a_reducer_records_every_question_and_resumes(setup):
     # VidCom2 rounds each frame's share: within one token per frame of the budget
     assert all(r["visual_tokens_before"] == 32 * 64 and abs(r["visual_tokens_after"] - 1024) <= 32 for r in answered)
     assert all(r["prefill_ms"] > 0 and r["ttft_ms"] > 0 and math.isnan(r["peak_memory_mb"]) for r in answered)
+    assert all(r["video"].endswith("test0001.mp4") for r in answered)  # the video its questions share
+    assert all(r["video"].endswith("test0000.mp4") for r in failed)  # the one that could not be read
 
     resumed = model_at(tiny, 4, reducer=build_reducer("vidcom2", budget=0.5), record_dir=cell)
     assert evaluate(resumed, task_manager)["accuracy,none"] == results["accuracy,none"]

@@ -9,7 +9,9 @@ import pandas as pd
 import torch
 
 from runners.evaluate import compose_evaluate, run
-from runners.regress import baseline_from, check, compare, load_baseline, main
+from runners.provenance import describe, environment
+from runners.records import QuestionRecord, append_answer, write_cell_keys
+from runners.regress import baseline_environment, baseline_from, check, compare, load_baseline, main
 from sttm import api
 from sttm.api import Reduction, VideoTokens, keep_everything, reducer_class
 
@@ -43,11 +45,29 @@ def test_an_accuracy_drop_a_ratio_change_and_a_missing_cell_fail():
     assert table["why"].tolist() == ["accuracy", "achieved ratio", "no result"]
 
 
-def test_a_baseline_written_from_results_reads_back(tmp_path):
+def test_a_baseline_written_from_results_reads_back_and_names_what_wrote_it(tmp_path):
     path = tmp_path / "toy.json"
     path.write_text(json.dumps(baseline_from(BASE, TOLERANCE)))
     cells, tolerance = load_baseline(path)
     assert tolerance == TOLERANCE and not compare(BASE, cells, tolerance)["regressed"].any()
+    assert set(baseline_environment(path)) == {"lmms_eval", "transformers", "torch", "commit"}
+
+
+def test_the_check_prints_the_environments_of_the_baseline_and_of_now(tmp_path, capsys):
+    results, baseline = tmp_path / "results", tmp_path / "toy.json"
+    for reducer, budget in (("none", 1.0), ("sttm", 0.5)):
+        cell = results / reducer
+        write_cell_keys(cell, model="tiny", reducer=reducer, budget=budget)
+        for doc_id in range(4):
+            append_answer(cell, QuestionRecord(task="toy_vnbench", doc_id=doc_id, correct=doc_id > 0, prediction="A",
+                                               answer="A", visual_tokens_before=10, visual_tokens_after=5))  # fmt: skip
+    assert main([str(results), str(baseline), "--write"]) == 0
+    assert main([str(results), str(baseline)]) == 0
+    assert f"baseline: {describe(environment())}; now: {describe(environment())}" in capsys.readouterr().out
+    content = json.loads(baseline.read_text())
+    baseline.write_text(json.dumps({key: value for key, value in content.items() if key != "environment"}))
+    assert main([str(results), str(baseline)]) == 0
+    assert "baseline: environment not recorded; now: lmms_eval " in capsys.readouterr().out
 
 
 class KeepFirstTokens(reducer_class("tome")):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
 import pytest
+import torch
 
 from runners.records import (
+    ENVIRONMENT,
     QuestionRecord,
     answers_file,
     append_answer,
@@ -18,26 +21,39 @@ from runners.records import (
     records_by_question,
     write_cell_keys,
 )
+from runners.report import (
+    ACROSS_SEEDS,
+    AVERAGE,
+    DIFFERENCE,
+    RELATIVE,
+    paired_differences,
+    paper_table,
+    pareto_front,
+    summarize,
+)
 from runners.report import main as report_main
-from runners.report import paper_table, pareto_front, summarize
 
 TASKS = ("vnbench", "videomme")
 
 
-def record(task: str, doc_id: int, correct: bool, kept: int, prefill: float, error: str | None = None):
+def record(task: str, doc_id: int, correct: bool, kept: int, prefill: float, error: str | None = None, video=None):
     return QuestionRecord(
         task=task, doc_id=doc_id, correct=None if error else correct, prediction="A", answer="A" if correct else "B",
-        visual_tokens_before=100, visual_tokens_after=kept, vision_ms=10.0, reducer_ms=1.0, prefill_ms=prefill,
-        ttft_ms=prefill + 11.0, error=error,
+        visual_tokens_before=100, visual_tokens_after=kept, video=video, vision_ms=10.0, reducer_ms=1.0,
+        prefill_ms=prefill, ttft_ms=prefill + 11.0, error=error,
     )  # fmt: skip
 
 
-def fill_cell(root, model, reducer, budget, correct_per_task, kept, prefill, failures=0, params=None):
-    cell = root / model / reducer / str(budget) / (params or {}).get("variant", "cell")
-    write_cell_keys(cell, model=model, benchmark="suite", reducer=reducer, budget=budget, params=params or {})
+def fill_cell(root, model, reducer, budget, correct_per_task, kept, prefill, failures=0, params=None, per_video=None):
+    """A cell of 4 questions per task, the first ``correct`` of each right; ``per_video`` questions share a video
+    (none named without it)."""
+    params = params or {}
+    cell = root / model / reducer / str(budget) / params.get("variant", f"seed{params.get('seed', '')}")
+    write_cell_keys(cell, model=model, benchmark="suite", reducer=reducer, budget=budget, params=params)
     for task, correct in zip(TASKS, correct_per_task, strict=True):
         for doc_id in range(4):
-            append_answer(cell, record(task, doc_id, doc_id < correct, kept, prefill))
+            video = None if per_video is None else f"{task}/{doc_id // per_video}.mp4"
+            append_answer(cell, record(task, doc_id, doc_id < correct, kept, prefill, video=video))
     for doc_id in range(failures):
         append_answer(cell, record("vnbench", 100 + doc_id, False, 0, math.nan, error="video missing"))
     return cell
@@ -94,7 +110,8 @@ def test_report_writes_tables_and_plots(results, capsys):
     assert report_main([str(results), "--out", str(results / "out")]) == 0
     written = {p.name for p in (results / "out").iterdir()}
     assert written == {
-        "table.md", "table.csv", "table.tex", "accuracy_vs_budget.png", "accuracy_vs_speedup.png", "ttft_breakdown.png"
+        "table.md", "table.csv", "table.tex", "intervals.csv", "accuracy_vs_budget.png", "accuracy_vs_speedup.png",
+        "ttft_breakdown.png",
     }  # fmt: skip
     assert "relative_%" in (results / "out" / "table.md").read_text()
     assert (results / "out" / "accuracy_vs_budget.png").read_bytes()[:4] == b"\x89PNG"
@@ -144,3 +161,79 @@ def test_settings_of_one_key_with_different_parameters_get_rows_named_by_what_di
     table = paper_table(summarize(load_cells(tmp_path)))
     averages = table["average"].droplevel(["model", "budget"]).to_dict()
     assert averages == {"sttm (variant=corrected)": 50.0, "sttm (variant=official)": 100.0, "tome": 75.0}
+
+
+def markdown_rows(path) -> dict[str, dict[str, str]]:
+    """The first markdown table of a report, as {reducer: {column: cell}}."""
+    lines = [line for line in path.read_text().split("\n\n")[0].splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    rows = [dict(zip(header, (cell.strip() for cell in line.strip("|").split("|")), strict=True)) for line in lines[2:]]
+    return {row["reducer"]: row for row in rows}
+
+
+def test_every_table_gives_the_difference_to_full_tokens_with_its_interval_and_marks_noise(results):
+    assert report_main([str(results), "--out", str(results / "out")]) == 0
+    rows = markdown_rows(results / "out" / "table.md")
+    assert rows["none"][DIFFERENCE] == "" and rows["none"][RELATIVE] == ""
+    # random drops half the answers of every benchmark: its interval holds no zero; STTM's one miss may be noise
+    assert rows["random"][DIFFERENCE].startswith("-50.0 [") and not rows["random"][DIFFERENCE].endswith("~")
+    assert rows["random"][RELATIVE].startswith("50.0 [") and not rows["random"][RELATIVE].endswith("~")
+    assert rows["sttm"][DIFFERENCE].startswith("-12.5 [") and rows["sttm"][DIFFERENCE].endswith("]~")
+    markdown = (results / "out" / "table.md").read_text()
+    assert "~: the interval contains 0" in markdown and "paired bootstrap over videos" in markdown
+    assert f"torch {torch.__version__.split('+')[0]}" in markdown and ", commit " in markdown
+    assert "Δ vs full per benchmark" in markdown
+    csv = pd.read_csv(results / "out" / "table.csv")
+    assert {DIFFERENCE, RELATIVE} <= set(csv.columns)
+    latex = (results / "out" / "table.tex").read_text()
+    assert r"$\Delta$ vs full (95\% CI)" in latex and r"relative \% (95\% CI)" in latex
+    assert r"]\textasciitilde" in latex and "% reported with lmms_eval" in latex
+    intervals = pd.read_csv(results / "out" / "intervals.csv").set_index(["reducer", "task"])
+    assert intervals.loc[("sttm", "vnbench"), ["difference_low", "difference_high"]].tolist() == [0.0, 0.0]
+    assert intervals.loc[("random", AVERAGE), "difference_high"] < 0
+
+
+def test_questions_about_one_video_are_resampled_together(tmp_path):
+    fill_cell(tmp_path, "tiny", "none", 1.0, (4, 4), kept=100, prefill=100.0, per_video=2)
+    fill_cell(tmp_path, "tiny", "sttm", 0.5, (2, 4), kept=50, prefill=50.0, per_video=2)
+    fill_cell(tmp_path / "apart", "tiny", "none", 1.0, (4, 4), kept=100, prefill=100.0)
+    fill_cell(tmp_path / "apart", "tiny", "sttm", 0.5, (2, 4), kept=50, prefill=50.0)
+    by_video = paired_differences(load_cells(tmp_path / "tiny")).set_index("task")
+    by_question = paired_differences(load_cells(tmp_path / "apart")).set_index("task")
+    assert by_video["videos"].to_dict() == {"videomme": 2, "vnbench": 2, AVERAGE: 4}
+    assert by_question["videos"].to_dict() == {"videomme": 4, "vnbench": 4, AVERAGE: 8}
+    assert by_video.loc["vnbench", "difference"] == by_question.loc["vnbench", "difference"] == -50.0
+    # the two misses share one of the two videos: a draw holds it twice, once or never
+    assert by_video.loc["vnbench", ["difference_low", "difference_high"]].tolist() == [-100.0, 0.0]
+
+
+def test_the_seeds_of_a_stochastic_reducer_are_one_row_with_their_mean_and_interval(tmp_path):
+    fill_cell(tmp_path, "tiny", "none", 1.0, (4, 4), kept=100, prefill=100.0)
+    for seed, correct in ((0, 2), (1, 3), (2, 4)):
+        params = {"seed": seed, "budget": 0.5}
+        fill_cell(tmp_path, "tiny", "random", 0.5, (correct, correct), kept=50, prefill=50.0, params=params)
+    fill_cell(tmp_path, "tiny", "tome", 0.5, (3, 3), kept=50, prefill=50.0, params={"budget": 0.5})
+    assert report_main([str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    rows = markdown_rows(tmp_path / "out" / "table.md")
+    assert set(rows) == {"none", "random", "tome"} and float(rows["random"]["average"]) == 75.0
+    assert rows["random"]["seeds"] == "3" and rows["tome"]["seeds"] == "1"
+    assert rows["random"][ACROSS_SEEDS] == "75.0 [12.9, 137.1]"  # 75 ± t(0.975, 2) · 25 / √3
+    assert rows["tome"][ACROSS_SEEDS] == ""
+    assert rows["random"][DIFFERENCE].startswith("-25.0 [")  # each question scored by its mean over seeds
+
+
+def test_the_intervals_are_reproducible_and_their_seed_is_overridable(results):
+    for out, seed in (("a", "0"), ("b", "0"), ("c", "7")):
+        assert report_main([str(results), "--out", str(results / out), "--seed", seed, "--resamples", "500"]) == 0
+    assert (results / "a" / "intervals.csv").read_text() == (results / "b" / "intervals.csv").read_text()
+    assert "500 draws, seed 7" in (results / "c" / "table.md").read_text()
+
+
+def test_the_report_names_the_environment_each_cell_was_evaluated_in(results):
+    environment = {"lmms_eval": "0.7.3", "transformers": "5.24.0", "torch": "2.14.1", "commit": "abc123"}
+    for cell in results.rglob("cell.json"):
+        (cell.parent / ENVIRONMENT).write_text(json.dumps(environment))
+    assert report_main([str(results), "--out", str(results / "out")]) == 0
+    markdown = (results / "out" / "table.md").read_text()
+    assert "evaluated with lmms_eval 0.7.3, transformers 5.24.0, torch 2.14.1, commit abc123 (3 cells)" in markdown
+    assert "reported with" not in markdown
