@@ -168,9 +168,9 @@ def setting_reducer(
     overrides: dict | None = None,
 ) -> tuple[dict, Reducer]:
     """The parameters a reducer setting builds its reducer with in a cell (``setting_params``, then ``overrides``:
-    a run's seed), and that reducer: how the runner and the lmms-eval model both build one. Without a budget a setting reaches its kept fraction another
-    way (STTM's thresholds: a reducer whose budget defaults to None checks that itself) or fails; a parameter the
-    reducer does not take fails naming the ones it does."""
+    a run's seed), and that reducer: how the runner and the lmms-eval model both build one. Without a budget a
+    setting reaches its kept fraction another way (STTM's thresholds: a reducer whose budget defaults to None checks
+    that itself) or fails; a parameter the reducer does not take fails naming the ones it does."""
     params = setting_params(setting, model, budget, benchmark) | (overrides or {})
     known = reducer_parameters(setting.name)
     unknown = sorted(set(params) - set(known))
