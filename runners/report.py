@@ -76,6 +76,8 @@ def summarize(records: pd.DataFrame) -> pd.DataFrame:
     failed keeps its row, without accuracy). Reducers are named by ``setting_names``."""
     keys = ["model", "reducer", "budget", "task"]
     records = records.assign(reducer=setting_names(records))
+    if "prefill_flops" not in records:  # records written before FLOPs were recorded
+        records = records.assign(prefill_flops=float("nan"))
     answered = records[records["error"].isna()]
     summary = answered.groupby(keys).agg(
         accuracy=("correct", lambda c: 100 * c.astype(float).mean()),
@@ -86,6 +88,7 @@ def summarize(records: pd.DataFrame) -> pd.DataFrame:
         vision_ms=("vision_ms", "mean"),
         reducer_ms=("reducer_ms", "mean"),
         prefill_tokens=("prefill_tokens", "mean"),
+        prefill_flops=("prefill_flops", "mean"),
         cell=("cell", "first"),
         wall_s=("wall_s", "first"),
     )
@@ -98,13 +101,15 @@ def summarize(records: pd.DataFrame) -> pd.DataFrame:
 
 def paper_table(summary: pd.DataFrame) -> pd.DataFrame:
     """Method × budget rows per model, benchmarks as columns, plus their average (none where one of the cell's
-    benchmarks has no answered question), relative accuracy, speed-ups, prefill tokens per question, the
+    benchmarks has no answered question), relative accuracy, speed-ups, the prefill's FLOPs as a share of full
+    tokens' (``sttm.adapters.flops``), prefill tokens per question, the
     evaluation's wall time and the number of failed questions."""
     cells = CELLS
     accuracy = summary.pivot(index=cells, columns="task", values="accuracy")
     unanswered = summary["accuracy"].isna().groupby([summary[key] for key in cells]).any().reindex(accuracy.index)
     table = accuracy.assign(average=accuracy.mean(axis=1).mask(unanswered))
-    costs = summary.groupby(cells)[["prefill_ms", "ttft_ms", "achieved_ratio"]].mean().reindex(table.index)
+    costs = summary.groupby(cells)[["prefill_ms", "ttft_ms", "prefill_flops", "achieved_ratio"]].mean()
+    costs = costs.reindex(table.index)
     is_full = table.index.get_level_values("reducer") == FULL_TOKENS
     if is_full.any():
         per_model = pd.concat([table["average"], costs], axis=1)[is_full].groupby(level="model").first()
@@ -112,6 +117,7 @@ def paper_table(summary: pd.DataFrame) -> pd.DataFrame:
         table["relative_%"] = 100 * table["average"] / full["average"]
         table["prefill_speedup"] = full["prefill_ms"] / costs["prefill_ms"]
         table["ttft_speedup"] = full["ttft_ms"] / costs["ttft_ms"]
+        table["flops_%"] = 100 * costs["prefill_flops"] / full["prefill_flops"]  # sttm.adapters.flops
     table["achieved_ratio"] = costs["achieved_ratio"]
     table["prefill_tokens_per_question"] = summary.groupby(cells)["prefill_tokens"].mean().reindex(table.index)
     per_cell = summary.dropna(subset=["cell"]).drop_duplicates([*cells, "cell"])
