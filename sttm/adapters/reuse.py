@@ -25,9 +25,15 @@ from sttm.clock import Clock, timed
 SEQUENCE_INPUTS = ("input_ids", "attention_mask", "mm_token_type_ids")
 
 
+def looks_at_question(reducer: Reducer) -> bool:
+    """Whether the reduction depends on the question: the reducer's, or that of its stage inside the LLM."""
+    inner = reducer.inner_stage()
+    return reducer.query_aware or (inner is not None and inner.query_aware)
+
+
 def check_kv_reuse(kv_reuse: bool, reducer: Reducer | None) -> None:
     """Reuse needs a reduction that does not depend on the question."""
-    if kv_reuse and reducer is not None and reducer.query_aware:
+    if kv_reuse and reducer is not None and looks_at_question(reducer):
         raise ValueError(f"kv_reuse needs a query-agnostic reducer; {reducer.name!r} looks at the question")
 
 
