@@ -21,6 +21,7 @@ from transformers import LlavaOnevisionConfig, PretrainedConfig, PreTrainedModel
 
 from sttm.adapters.family import FAMILIES
 from sttm.adapters.loading import MODEL_CLASSES, video_inputs
+from sttm.adapters.pooling import pool_channels_last
 from sttm.adapters.tiny import PATCH_SIZE, placeholder_token_ids, tiny_processor
 from sttm.adapters.video import SampledVideo
 
@@ -102,7 +103,8 @@ def real_size_config(name: str, text_sizes: dict | None = None) -> PretrainedCon
 
 
 def random_model(name: str, attn_implementation: str, device: str = "cuda") -> PreTrainedModel:
-    """The architecture ``name`` with random bf16 weights (seed 0), built on ``device``, in eval mode."""
+    """The architecture ``name`` with random bf16 weights (seed 0), built on ``device``, in eval mode, pooling as
+    ``load_model`` does by default (channels-last)."""
     family = architecture(name).family
     torch.manual_seed(0)
     default = torch.get_default_dtype()
@@ -112,6 +114,7 @@ def random_model(name: str, attn_implementation: str, device: str = "cuda") -> P
             model = MODEL_CLASSES[family]._from_config(real_size_config(name), attn_implementation=attn_implementation)
     finally:
         torch.set_default_dtype(default)
+    pool_channels_last(model)
     return model.eval()
 
 
