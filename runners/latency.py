@@ -31,7 +31,7 @@ from omegaconf import OmegaConf
 from runners.evaluate import CONFIGS, compose_evaluate, setting_params
 from sttm.adapters import family
 from sttm.adapters.points import reduction_point
-from sttm.adapters.real_size import ARCHITECTURES, QUESTION, architecture, random_model, request
+from sttm.adapters.real_size import ARCHITECTURES, QUESTION, random_model, request
 from sttm.adapters.reduction_log import ReductionLog
 from sttm.adapters.reuse import greedy_from_prefix, prefill_prefix
 from sttm.adapters.timing import timed_generate
@@ -169,19 +169,18 @@ def fixed_thresholds(reducer: STTM, model, inputs: dict) -> STTM:
     return STTM(threshold=info["threshold"], temporal_threshold=info["temporal_threshold"], layer=reducer.layer)
 
 
-def reducers_at(
-    budget: float, family: str, names: list[str] | None = None, layer: int = LLM_LAYER
-) -> list[tuple[str, Reducer | str]]:
-    """(name, reducer) for every reducer config (or those ``names``), LLM-layer ones at ``layer``, or (name, why it
-    cannot run)."""
-    model = OmegaConf.create({"llm_layer": layer})
+def reducers_at(budget: float, model_name: str, names: list[str] | None = None) -> list[tuple[str, Reducer | str]]:
+    """(name, reducer) for every reducer config (or those ``names``) composed with ``configs/model/<model_name>``, so
+    that LLM-layer methods act at its ``llm_layer`` and inner stages at its ``inner_stages`` (the tiny model's
+    without a file of that name), or (name, why it cannot run)."""
     configs = sorted(path.stem for path in (CONFIGS / "reducers").glob("*.yaml") if path.stem != "sttm_paper")
     chosen_configs = [config for config in configs if names is None or config in names]
-    settings = compose_evaluate(f"reducers=[{','.join(chosen_configs)}]").get("reducers") or {}
+    model_override = [f"model={model_name}"] if (CONFIGS / "model" / f"{model_name}.yaml").is_file() else []
+    cfg = compose_evaluate(f"reducers=[{','.join(chosen_configs)}]", *model_override)
     chosen = []
-    for key, setting in settings.items():
+    for key, setting in (cfg.get("reducers") or {}).items():
         try:
-            chosen.append((key, build_reducer(setting.name, **setting_params(setting, model, budget))))
+            chosen.append((key, build_reducer(setting.name, **setting_params(setting, cfg.model, budget))))
         except ValueError as error:
             chosen.append((key, str(error)))
     return chosen
@@ -197,7 +196,7 @@ def run(
     device: str = "cuda",
     names: list[str] | None = None,
 ) -> list[dict]:
-    family, layer = architecture(name).family, llm_layer_of(name)
+    layer = llm_layer_of(name)
     model = random_model(name, attention, device)
     rows = []
     for frames in frames_list:
@@ -213,7 +212,7 @@ def run(
         for budget in budgets:
             settings = [(f"ceiling: {EvenlySpaced.name} at layer {layer}, no cost, through the hooks",
                          EvenlySpaced(budget, layer))]  # fmt: skip
-            settings += reducers_at(budget, family, names, layer)
+            settings += reducers_at(budget, name, names)
             sttm = next((reducer for method, reducer in settings if method == "sttm"), None)
             if isinstance(sttm, STTM):
                 settings.append(("sttm (fixed thresholds)", fixed_thresholds(sttm, model, inputs)))

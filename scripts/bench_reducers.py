@@ -31,8 +31,9 @@ from sttm.synthetic import redundant_video
 STTM_PAPER_SETTINGS = {"0.5": (0.85, 0.55), "0.3": (0.80, 0.50)}
 
 
-def settings_to_time(names: list[str], budgets: list[float]) -> list[tuple[str, str, Reducer]]:
-    """(reducer, setting label, instance) for every reducer and budget; STTM also at the paper's thresholds."""
+def settings_to_time(names: list[str], budgets: list[float]) -> list[tuple[str, str, Reducer | str]]:
+    """(reducer, setting label, instance) for every reducer and budget, or the reason a reducer refuses the budget
+    in place of the instance; STTM also at the paper's thresholds."""
     runs = []
     for name in names:
         if name == "sttm":
@@ -41,7 +42,11 @@ def settings_to_time(names: list[str], budgets: list[float]) -> list[tuple[str, 
                     reducer = build_reducer(name, threshold=spatial, temporal_threshold=temporal, variant=variant)
                     runs.append((name, f"{variant} tau={spatial}/{temporal} (paper {budget})", reducer))
         for budget in budgets:
-            reducer = build_reducer(name, budget=budget)
+            try:
+                reducer = build_reducer(name, budget=budget)
+            except ValueError as refusal:
+                runs.append((name, f"budget={budget}", str(refusal)))
+                continue
             if reducer.stage is Stage.DECODE:
                 continue
             runs.append((name, f"budget={budget}", reducer))
@@ -97,10 +102,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {device_name}, torch {torch.__version__}, commit {git_commit()}, input {list(grid.shape)} {grid.dtype}")
 
     runs = settings_to_time(names, args.budgets)
-    time_calls(lambda: runs[0][2].reduce(video), args.warmup * 10, 0, grid.device)  # clocks and allocator settle
+    first = next(reducer for _, _, reducer in runs if isinstance(reducer, Reducer))
+    time_calls(lambda: first.reduce(video), args.warmup * 10, 0, grid.device)  # clocks and allocator settle
     rows = []
     for name, setting, reducer in runs:
-        kept = reducer(video).kept_ratio
+        try:
+            if isinstance(reducer, str):
+                raise ValueError(reducer)
+            kept = reducer(video).kept_ratio
+        except ValueError as refusal:
+            rows.append({"reducer": name, "setting": setting, "note": str(refusal)})
+            continue
         times = time_calls(lambda r=reducer: r.reduce(video), args.warmup, args.repeats, grid.device)
         rows.append({"reducer": name, "setting": setting, "kept": kept, "times_ms": times})
 
@@ -127,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"{'reducer':<20} {'setting':<58} {'kept':>6} {'median ms':>10} {'p10-p90 ms':>14}")
     for row in rows:
+        if "note" in row:
+            print(f"{row['reducer']:<20} {row['setting']:<58} not run: {row['note']}")
+            continue
         ordered = sorted(row["times_ms"])
         p10, p90 = ordered[len(ordered) // 10], ordered[(len(ordered) * 9) // 10]
         row["median_ms"] = statistics.median(ordered)

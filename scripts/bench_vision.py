@@ -31,8 +31,9 @@ FEATURE_INPUTS = ("pixel_values_videos", "video_grid_thw")
 
 def video_features(model, inputs: dict) -> torch.Tensor:
     """The video features ``model`` puts in its placeholders: [N, C]."""
-    kwargs = {key: inputs[key] for key in FEATURE_INPUTS if key in inputs}
-    output = family.multimodal_model(model).get_video_features(**kwargs)
+    # positional: transformers 5.17 names LLaVA-OneVision's first argument pixel_values, later ones pixel_values_videos
+    arguments = [inputs[key] for key in FEATURE_INPUTS if key in inputs]
+    output = family.multimodal_model(model).get_video_features(*arguments)
     features = output.pooler_output if hasattr(output, "pooler_output") else output
     return torch.cat(list(features)) if isinstance(features, list | tuple) else features
 

@@ -28,10 +28,20 @@ def tiny_architecture(family: str) -> Architecture:
 
 
 def test_every_reducer_config_runs_or_says_why_not():
-    settings = dict(reducers_at(0.15, "qwen2_vl"))
+    settings = dict(reducers_at(0.15, "qwen2_vl_7b"))
     assert "sttm" in settings and settings["sttm"].layer == 2
     assert "floor of 25%" in settings["dycoke"]
     assert settings["visionzip"].stage.value == "vision"  # Qwen's ViT attention is read too
+
+
+def test_inner_stages_act_where_the_benchmarked_model_config_puts_them():
+    """The authors' layers for each model, not the tiny model's: HoliTom merges at 18 and FlashVID prunes at 20 in
+    LLaVA-OneVision-7B; FlashVID at 28 keeping 10% in Qwen3-VL-8B, and in-LLM methods at its layer 3."""
+    llava = dict(reducers_at(0.5, "llava_onevision_7b", ["holitom", "flashvid"]))
+    qwen3 = dict(reducers_at(0.5, "qwen3_vl_8b", ["flashvid", "fastv"]))
+    assert (llava["holitom"].inner_stage().layer, llava["flashvid"].inner_stage().layer) == (18, 20)
+    flashvid_inner = qwen3["flashvid"].inner_stage()
+    assert (flashvid_inner.layer, flashvid_inner.budget, qwen3["fastv"].layer) == (28, 0.1, 3)
 
 
 def test_tables_and_plots_are_written(tmp_path):
