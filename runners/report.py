@@ -291,32 +291,43 @@ def plot_accuracy_vs_budget(summary: pd.DataFrame, differences: pd.DataFrame, pa
     plt.close(figure)
 
 
-def pareto_front(points: pd.DataFrame) -> pd.DataFrame:
-    """The points no other point beats on both prefill speed-up and average accuracy."""
-    ordered = points.sort_values(["prefill_speedup", "average"], ascending=[False, False])
+def pareto_front(points: pd.DataFrame, cost: str = "prefill_speedup", higher_is_better: bool = True) -> pd.DataFrame:
+    """The points no other point beats on both ``cost`` (a speed-up: higher is better; a share of FLOPs: lower) and
+    average accuracy, ordered by ``cost``."""
+    ordered = points.dropna(subset=[cost]).sort_values([cost, "average"], ascending=[not higher_is_better, False])
     front, best = [], -float("inf")
     for index, row in ordered.iterrows():
         if row["average"] > best:
             front.append(index)
             best = row["average"]
-    return ordered.loc[front].sort_values("prefill_speedup")
+    return ordered.loc[front].sort_values(cost)
 
 
-def plot_accuracy_vs_speedup(table: pd.DataFrame, differences: pd.DataFrame, path: Path) -> None:
-    figure, axis = plt.subplots(figsize=(6, 4.5))
+#: the accuracy–efficiency plot's panels: a column of the paper table, its axis label, and whether higher is better
+EFFICIENCY_AXES = (
+    ("prefill_speedup", "LLM prefill speed-up over full tokens", True),
+    ("flops_%", "prefill FLOPs, % of full tokens'", False),
+)
+
+
+def plot_accuracy_vs_cost(table: pd.DataFrame, differences: pd.DataFrame, path: Path) -> None:
+    """Average accuracy against each efficiency column of ``table`` that holds a value (one panel each)."""
     points = table.reset_index()
+    axes_shown = [axis for axis in EFFICIENCY_AXES if axis[0] in points and points[axis[0]].notna().any()]
+    figure, panels = plt.subplots(1, len(axes_shown), figsize=(6 * len(axes_shown), 4.5), squeeze=False)
     averages = differences[differences["task"] == AVERAGE]
-    for (model, reducer), rows in points.groupby(["model", "reducer"]):
-        axis.errorbar(
-            rows["prefill_speedup"], rows["average"], yerr=error_bars(rows, averages, CELLS), fmt="o", capsize=3,
-            label=f"{model}: {reducer}",
-        )  # fmt: skip
-        for _, row in rows.iterrows():
-            axis.annotate(f"{row['budget']:g}", (row["prefill_speedup"], row["average"]), fontsize="x-small")
-    front = pareto_front(points)
-    axis.plot(front["prefill_speedup"], front["average"], color="gray", linestyle=":", label="Pareto front")
-    axis.set(xlabel="LLM prefill speed-up over full tokens", ylabel="average accuracy (%), 95% CI vs full")
-    axis.legend(fontsize="small")
+    for axis, (column, label, higher_is_better) in zip(panels[0], axes_shown, strict=True):
+        for (model, reducer), rows in points.groupby(["model", "reducer"]):
+            axis.errorbar(
+                rows[column], rows["average"], yerr=error_bars(rows, averages, CELLS), fmt="o", capsize=3,
+                label=f"{model}: {reducer}",
+            )  # fmt: skip
+            for _, row in rows.iterrows():
+                axis.annotate(f"{row['budget']:g}", (row[column], row["average"]), fontsize="x-small")
+        front = pareto_front(points, column, higher_is_better)
+        axis.plot(front[column], front["average"], color="gray", linestyle=":", label="Pareto front")
+        axis.set(xlabel=label, ylabel="average accuracy (%), 95% CI vs full")
+    panels[0][-1].legend(fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -345,7 +356,7 @@ def write_report(records: pd.DataFrame, out: Path, seed: int = SEED, resamples: 
         "latex": out / "table.tex",
         "intervals": out / "intervals.csv",
         "accuracy_vs_budget": out / "accuracy_vs_budget.png",
-        "accuracy_vs_speedup": out / "accuracy_vs_speedup.png",
+        "accuracy_vs_cost": out / "accuracy_vs_cost.png",
         "ttft_breakdown": out / "ttft_breakdown.png",
     }
     notes = [legend(seed, resamples), *provenance(records)]
@@ -360,10 +371,10 @@ def write_report(records: pd.DataFrame, out: Path, seed: int = SEED, resamples: 
     comments = "".join(f"% {line}\n" for line in provenance(records))
     paths["latex"].write_text(comments + latex.replace("Δ", r"$\Delta$"))
     plot_accuracy_vs_budget(summary, differences, paths["accuracy_vs_budget"])
-    if "prefill_speedup" in table:
-        plot_accuracy_vs_speedup(table, differences, paths["accuracy_vs_speedup"])
+    if any(column in table and table[column].notna().any() for column, _, _ in EFFICIENCY_AXES):
+        plot_accuracy_vs_cost(table, differences, paths["accuracy_vs_cost"])
     else:
-        del paths["accuracy_vs_speedup"]
+        del paths["accuracy_vs_cost"]
     plot_ttft_breakdown(summary, paths["ttft_breakdown"])
     return paths
 

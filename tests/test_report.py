@@ -106,11 +106,17 @@ def test_pareto_front_drops_dominated_points():
     assert pareto_front(points)[["prefill_speedup", "average"]].values.tolist() == [[1.0, 90], [2.0, 88], [2.5, 80]]
 
 
+def test_pareto_front_of_flops_keeps_the_cheapest_points():
+    """For a share of FLOPs lower is better: a point costing more for less accuracy is dominated."""
+    points = pd.DataFrame({"flops_%": [100.0, 50.0, 60.0, 20.0], "average": [90, 88, 85, 80]})
+    assert pareto_front(points, "flops_%", higher_is_better=False)["flops_%"].tolist() == [20.0, 50.0, 100.0]
+
+
 def test_report_writes_tables_and_plots(results, capsys):
     assert report_main([str(results), "--out", str(results / "out")]) == 0
     written = {p.name for p in (results / "out").iterdir()}
     assert written == {
-        "table.md", "table.csv", "table.tex", "intervals.csv", "accuracy_vs_budget.png", "accuracy_vs_speedup.png",
+        "table.md", "table.csv", "table.tex", "intervals.csv", "accuracy_vs_budget.png", "accuracy_vs_cost.png",
         "ttft_breakdown.png",
     }  # fmt: skip
     assert "relative_%" in (results / "out" / "table.md").read_text()
