@@ -8,8 +8,9 @@ import pytest
 import torch
 from toy_reducers import BlockMean
 
-from sttm.adapters.points import POSITION_MODES, llm_layer, pre_llm, reduction_point
+from sttm.adapters.points import llm_layer, pre_llm, reduction_point
 from sttm.adapters.reuse import check_kv_reuse, greedy_from_prefix, looks_at_question, prefill_prefix, prefix_length
+from sttm.adapters.session import POSITION_MODES
 from sttm.adapters.tiny import FAMILIES, FRAME_SIZE, tiny_model, tiny_processor
 from sttm.api import available_reducers, build_reducer
 from sttm.reducer import STTM

@@ -8,7 +8,6 @@ cache hold the video.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -16,9 +15,7 @@ from sttm.adapters.attention import decoder_queries_and_keys
 from sttm.adapters.cache import cache_of, is_prefill
 from sttm.adapters.family import decoder_layers
 from sttm.adapters.plan import causal_mask, masked_value
-
-if TYPE_CHECKING:
-    from sttm.adapters.points import ReductionSession
+from sttm.adapters.session import ReductionSession
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ not depend on the question. Attention is causal and a query-agnostic reducer loo
 prefix's cache, reduction included, is the same for every question about the video. ``prefill_prefix`` runs the
 model (and the reducer, inside a reduction point) on the prefix once; ``greedy_from_prefix`` copies that cache,
 prefills only the question's tokens and decodes greedily. Inside the reduction point the question's forward
-continues the last prefilled prompt (``sttm.adapters.points.ReductionSession.place_new_tokens``) where a prefill of
+continues the last prefilled prompt (``sttm.adapters.session.ReductionSession.place_new_tokens``) where a prefill of
 the whole prompt places it, in both position modes: after the full prefix with original positions, after the
 reduced one with compact positions; decoding then continues after the full prompt. So a video's questions come
 after its prefix's prefill and before the next prefill inside the same reduction point.
