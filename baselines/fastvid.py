@@ -31,6 +31,13 @@ Here each token's box is its slot, and ``num_patches`` counts the input slots th
 its members and itself for a merged one. Officially a token feeds one target per anchor frame of its segment, so
 the counts sum to more than T·H·W where a segment has several anchors; in the corrected variant to T·H·W.
 
+``members`` and ``member_weights`` give each token as a weighted sum of the grid's slots (a salient token: its slot;
+a merged one: ``w + (1 − w) / n`` on its target's slot and ``(1 − w) / n`` on each other member's), so that other
+values of the same slots (Qwen3-VL's DeepStack features) merge alike (``sttm.api.reduce_like``). A slot that feeds
+several tokens (official, a segment with several anchor frames) names no single one: ``members`` is then None,
+``info["shared_patches"]`` counts those slots, and a model that must merge such values alike refuses the reduction.
+The corrected variant partitions each segment, so its slots always name their token.
+
 There is no stage inside the LLM: all of this runs once, on the LLM's input embeddings, before the first layer.
 Here it is one reduction before the LLM that reads the vision tower's attention (``Stage.VISION``): the grid is the
 projected, pooled features, ``importance`` the ATS score. The authors' score is the SigLIP MAP head's probe
@@ -189,6 +196,11 @@ def density_scores(
     return torch.where(denser, distance, farthest).min(dim=-1).values * density
 
 
+def own_weight(count: torch.Tensor, weight_floor: float) -> torch.Tensor:
+    """A target's own weight in its merged token, ``max(1 / (n + 1), weight_floor)`` for n members [...]."""
+    return (1 / (count + 1)).clamp(min=weight_floor)
+
+
 def merge_into_targets(
     tokens: torch.Tensor, targets: torch.Tensor, members: torch.Tensor, weight_floor: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -198,8 +210,19 @@ def merge_into_targets(
     assignment = members.to(tokens.dtype)
     count = assignment.sum(dim=-2)
     mean = (assignment.transpose(-1, -2) @ tokens) / count.clamp(min=1)[..., None]
-    weight = (1 / (count + 1)).clamp(min=weight_floor)[..., None]
+    weight = own_weight(count, weight_floor)[..., None]
     return weight * targets + (1 - weight) * mean, count.long()
+
+
+def target_weights(
+    members: torch.Tensor, target_rows: torch.Tensor, count: torch.Tensor, weight_floor: float
+) -> torch.Tensor:
+    """members [..., M, K] bool, target_rows [..., K] (the token each target is), count [..., K] members -> [..., M, K]
+    float32 each token's weight in each merged target (:func:`merge_into_targets`): its share of the members' mean
+    plus, for the target itself, its own weight."""
+    own = own_weight(count.float(), weight_floor)
+    weights = members * ((1 - own) / count.clamp(min=1))[..., None, :]
+    return weights.scatter_add_(-2, target_rows[..., None, :], own[..., None, :])
 
 
 class SegmentGroup(NamedTuple):
@@ -253,6 +276,7 @@ class MergedTargets(NamedTuple):
     positions: torch.Tensor  # its position among the frame's non-salient tokens
     tokens: torch.Tensor  # [n, V, C] the merged targets
     fed_by: torch.Tensor  # int64 input slots merged into each: its members and itself
+    weights: torch.Tensor  # [n, L·R, V] float32 each of the segment's non-salient tokens' weight in each target
 
 
 def merge_segments(
@@ -295,8 +319,38 @@ def merge_segments(
     own = members[segments, target_rows, torch.arange(a * k, device=device)]
     fed_by = count + (~own).long()
     slots = group.slots
+    weights = target_weights(members, target_rows, count, weight_floor)[:, :, slots]
     return MergedTargets(anchor_frames.repeat_interleave(k, dim=1)[:, slots], targets.flatten(1)[:, slots],
-                         merged[:, slots], fed_by[:, slots])  # fmt: skip
+                         merged[:, slots], fed_by[:, slots], weights)  # fmt: skip
+
+
+def slot_members(
+    fed: torch.Tensor, fan: torch.Tensor, into: torch.Tensor, share: torch.Tensor, order: torch.Tensor, slots: int
+) -> tuple[torch.Tensor | None, torch.Tensor | None, int]:
+    """[E] input slots (each once), the tokens each feeds, the first of them (index in the order the tokens were
+    made) and its weight there; [K] the output order of the tokens made -> ([slots] the output token each slot went
+    into, −1: none; [slots] float32 its weight there; the slots that fed several tokens). Where some did, a slot
+    cannot name its token: (None, None, count)."""
+    shared = int((fan > 1).sum())
+    if shared:
+        return None, None, shared
+    position = torch.empty_like(order).scatter_(0, order, torch.arange(len(order), device=order.device))
+    members = torch.full((slots,), -1, dtype=torch.long, device=fed.device)
+    members[fed] = torch.where(fan > 0, position[into], -1)
+    weights = torch.zeros(slots, device=fed.device).index_put_((fed,), share.float())
+    return members, weights, 0
+
+
+class FastVIDTokens(NamedTuple):
+    """FastVID's reduction of one video."""
+
+    tokens: torch.Tensor  # [K, C] kept tokens, in the grid dtype
+    slots: torch.Tensor  # [K] flat indices ``t·H·W + y·W + x`` of their slots, ascending
+    num_patches: torch.Tensor  # [K] input slots that fed each: 1 for a salient token, a merged one's members and itself
+    members: torch.Tensor | None  # [T·H·W] the token each slot went into (−1: none); None where a slot fed several
+    member_weights: torch.Tensor | None  # [T·H·W] float32 its weight there (a token is the weighted sum of its slots)
+    facts: dict  # the counts used: frame_salient_num, frame_context_num, segment_sizes, frame_context_counts, and
+    # shared_patches, the slots that fed several tokens (official variant: one target per anchor frame)
 
 
 def fastvid(
@@ -311,14 +365,11 @@ def fastvid(
     dtm_beta: float = 0.6,
     variant: str = "official",
     noise: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+) -> FastVIDTokens:
     """FastVID on one video: grid [T, H, W, C], importance [T, H, W] (ATS score), global_features [T, Cg] (DySeg).
 
     ``noise`` [T, N − salient] is added to the density (official variant: the authors' ``rand · 1e-6``; None: no
-    noise). Returns the kept tokens [K, C] (grid dtype), their slots' flat indices ``t·H·W + y·W + x`` [K]
-    ascending, the input slots that fed each [K] (1 for a salient token; a merged token's members and itself),
-    and a dict of the counts used (``frame_salient_num``, ``frame_context_num``, ``segment_sizes``,
-    ``frame_context_counts``).
+    noise).
     """
     _check_variant(variant)
     t, h, w, c = grid.shape
@@ -352,22 +403,38 @@ def fastvid(
 
     slots, tokens = [frames[:, None] * per_frame + salient], [flat[frames[:, None], salient]]
     patches = [torch.ones_like(salient)]
+    # every input slot once: the tokens it feeds, the first of them (counted in the order made), its weight there
+    fed, fan, into, share = [slots[0]], [patches[0]], [torch.arange(salient.numel(), device=device)], [patches[0]]
+    made = salient.numel()
     for group in groups:
         merged = merge_segments(pool, scores, group, dtm_beta, variant)
         slots.append(merged.frames * per_frame + rest[merged.frames, merged.positions])
         tokens.append(merged.tokens)
         patches.append(merged.fed_by)
+        row = torch.arange(group.length * rest_count, device=device)
+        row_frame = group.starts[:, None] + row // rest_count  # [n, L·R]
+        fed.append(row_frame * per_frame + rest[row_frame, row % rest_count])
+        feeds = merged.weights != 0  # [n, L·R, V]
+        fan.append(feeds.sum(dim=2))
+        first_target = made + torch.arange(len(group.starts), device=device)[:, None] * feeds.shape[2]
+        into.append(first_target + feeds.int().argmax(dim=2))
+        share.append(merged.weights.sum(dim=2))
+        made += merged.tokens.shape[:2].numel()
     slots = torch.cat([s.flatten() for s in slots])
     order = slots.argsort()
     tokens = torch.cat([x.reshape(-1, c) for x in tokens])[order]
     patches = torch.cat([x.flatten() for x in patches])[order]
+    members, member_weights, shared = slot_members(
+        *(torch.cat([x.flatten() for x in parts]) for parts in (fed, fan, into, share)), order, t * per_frame
+    )
     facts = {
         "frame_salient_num": salient_count,
         "frame_context_num": context,
         "segment_sizes": torch.bincount(segment).tolist(),
         "frame_context_counts": counts.tolist(),
+        "shared_patches": shared,
     }
-    return tokens, slots[order], patches, facts
+    return FastVIDTokens(tokens, slots[order], patches, members, member_weights, facts)
 
 
 @register("fastvid")
@@ -438,8 +505,10 @@ class FastVID(Reducer):
             salient, _ = token_counts(h * w, self.budget, self.stprune_d, self.variant)
             generator = torch.Generator(device=grid.device).manual_seed(self.noise_seed)
             noise = torch.rand(t, h * w - salient, generator=generator, device=grid.device) * DENSITY_NOISE
-        tokens, slots, patches, facts = fastvid(
+        result = fastvid(
             grid, video.importance, global_features.to(grid.device), self.budget, self.dyseg_c, self.dyseg_tau,
             self.stprune_d, self.dtm_p, self.dtm_beta, self.variant, noise,
         )  # fmt: skip
-        return Reduction(tokens, patch_boxes(slots, h, w), patches, video.num_tokens, info={**info, **facts})
+        return Reduction(result.tokens, patch_boxes(result.slots, h, w), result.num_patches, video.num_tokens,
+                         info={**info, **result.facts}, members=result.members,
+                         member_weights=result.member_weights)  # fmt: skip

@@ -29,7 +29,14 @@ the reference's order of summation where rounding could show.
 
 Output: the selected tokens and the cluster tokens, sorted by slot (the authors' order); each token's box is its
 slot (the selected token, or the cluster centre, which is a tree root), and ``num_patches`` counts the input
-slots it stands for (a root's tree; a cluster's members' trees).
+slots it stands for (a root's tree; a cluster's members' trees). ``members`` and ``member_weights`` give each token
+as a weighted sum of the grid's slots, so that other values of the same slots (Qwen3-VL's DeepStack features) merge
+alike (``sttm.api.reduce_like``): a selected token is its slot; a cluster weighs each slot of its roots' trees
+``1 / (d · m)``, d its root's divisor (official: 1 + the root's direct children, so a tree's weights sum to more
+than 1; corrected: the tree's size) and m the cluster's roots. Officially a one-frame segment clusters its selected
+slots again and ADTS v2 may select a slot twice: such a slot is in two tokens and names neither, ``members`` is then
+None, ``info["shared_patches"]`` counts those slots, and a model that must merge such values alike refuses the
+reduction. (The authors' Qwen3-VL code takes the DeepStack features at the kept slots instead of merging them.)
 
 Budget: by default (``budget_mode="direct"``) the budget b is the vision-side kept fraction, B = ceil(N·b). The
 authors' knob ``retention_ratio`` r is instead the average kept fraction over the LLM's layers, and their vision
@@ -65,11 +72,13 @@ switch it off) and hands it out as ``inner_stage()``.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from baselines.fastv import most_attended
+from baselines.fastvid import slot_members
 from sttm.api import (
     RankedInLLM,
     Reducer,
@@ -340,6 +349,17 @@ def cluster_means(tokens: torch.Tensor, valid: torch.Tensor, assignment: torch.T
     return torch.bmm(members.transpose(1, 2), tokens) / members.sum(dim=1)[:, :, None]
 
 
+class ClusterTokens(NamedTuple):
+    """TSTM's tokens, M clusters frame by frame, and where the T·N input slots went."""
+
+    slots: torch.Tensor  # [M] flat slot of each cluster's centre
+    tokens: torch.Tensor  # [M, C]
+    num_patches: torch.Tensor  # [M] input slots each stands for
+    members: torch.Tensor  # [T·N] the cluster each input slot went into, through its tree root; −1: none
+    member_weights: torch.Tensor  # [T·N] float32 its weight there: 1 / (its root's divisor · the cluster's roots)
+    soft: torch.Tensor  # [S] bool the segments whose temporal threshold fell to the soft floor
+
+
 def merged_tokens(
     frames: torch.Tensor,
     selected: torch.Tensor,
@@ -349,10 +369,9 @@ def merged_tokens(
     merged_count: int,
     threshold: float = 0.8,
     corrected: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> ClusterTokens:
     """TSTM: [T, N, C] tokens, [T, N] bool selected by ADTS, [T] segments of ``lengths``, B tokens a frame of which
-    ``merged_count`` merged -> the cluster tokens' ([M] flat slots, [M, C] values, [M] input slots each stands for),
-    frame by frame; and [S] bool the segments whose temporal threshold fell to the soft floor."""
+    ``merged_count`` merged -> the cluster tokens."""
     frame_count, width, _ = frames.shape
     device = frames.device
     first = torch.tensor([0, *lengths[:-1]], device=device).cumsum(0)[segment]
@@ -360,8 +379,8 @@ def merged_tokens(
     similarity, parent = temporal_links(frames, selected, position == 0)
     merged, soft = temporal_merges(similarity, segment, position, lengths, frame_tokens, threshold, corrected)
     sums = tree_sums(frames, merged, parent, lengths)
-    sizes = torch.bincount(tree_roots(merged, parent, max(lengths)), minlength=frame_count * width)
-    sizes = sizes.view(frame_count, width)
+    root = tree_roots(merged, parent, max(lengths))
+    sizes = torch.bincount(root, minlength=frame_count * width).view(frame_count, width)
     if corrected:  # a root's tree mean
         denominators = sizes.clamp(min=1).to(sums.dtype)
     else:  # the reference's: its tree's sum over 1 + its direct children
@@ -376,8 +395,32 @@ def merged_tokens(
     means = cluster_means(roots, valid, assignment, count)
     patches = torch.zeros(frame_count, count, dtype=torch.long, device=device)
     patches.scatter_add_(1, assignment, sizes * valid)
-    frame, cluster = (torch.arange(count, device=device) < clusters[:, None]).nonzero(as_tuple=True)
-    return frame * width + centres[frame, cluster], means[frame, cluster], patches[frame, cluster], soft
+    made = torch.arange(count, device=device) < clusters[:, None]  # [T, K]
+    frame, cluster = made.nonzero(as_tuple=True)
+    # a slot goes into its tree root's cluster, weighted by the root's divisor and the cluster's roots
+    root_frame, root_cluster = root // width, assignment.flatten()[root]
+    roots_per_cluster = torch.zeros_like(patches).scatter_add_(1, assignment, valid.long())
+    in_cluster = valid.flatten()[root]
+    output = made.flatten().cumsum(0).view_as(made) - 1  # each cluster's index among those returned
+    members = torch.where(in_cluster, output[root_frame, root_cluster], -1)
+    weights = 1 / (denominators.flatten()[root].float() * roots_per_cluster[root_frame, root_cluster])
+    return ClusterTokens(frame * width + centres[frame, cluster], means[frame, cluster], patches[frame, cluster],
+                         members, torch.where(in_cluster, weights, 0.0), soft)  # fmt: skip
+
+
+def selected_and_cluster_members(
+    selected: torch.Tensor, clusters: ClusterTokens, order: torch.Tensor
+) -> tuple[torch.Tensor | None, torch.Tensor | None, int]:
+    """[S] flat slots of the selected tokens (the first S tokens made), the cluster tokens made after them, [K] the
+    output order of all -> each slot's output token and weight there (:func:`baselines.fastvid.slot_members`), and the
+    slots in two tokens (ADTS v2 may select a slot twice; officially a one-frame segment clusters selected slots)."""
+    slots, device = len(clusters.members), selected.device
+    times_selected = torch.bincount(selected, minlength=slots)
+    selected_as = torch.empty_like(times_selected).index_put_((selected,), torch.arange(len(selected), device=device))
+    into = torch.where(times_selected > 0, selected_as, len(selected) + clusters.members)
+    share = torch.where(times_selected > 0, 1.0, clusters.member_weights)
+    fan = times_selected + (clusters.members >= 0)
+    return slot_members(torch.arange(slots, device=device), fan, into, share, order, slots)
 
 
 def fastv_prune(
@@ -520,21 +563,24 @@ class FlashVID(Reducer):
         kept_idx = [(rows * width + chosen).flatten()]
         kept_tokens, kept_patches = [frames[rows, chosen].reshape(-1, c)], [torch.ones_like(kept_idx[0])]
 
-        soft_segments = 0
+        soft_segments, clusters = 0, None
         if merged_count > 0:
             selected = torch.zeros(t, width, dtype=torch.bool, device=device)
             selected[rows, chosen] = True
-            slots, tokens, patches, soft = merged_tokens(
+            clusters = merged_tokens(
                 frames, selected, segment, lengths, frame_tokens, merged_count, self.temporal_threshold, corrected
             )
-            kept_idx.append(slots)
-            kept_tokens.append(tokens)
-            kept_patches.append(patches)
-            soft_segments = int(soft.sum())
+            kept_idx.append(clusters.slots)
+            kept_tokens.append(clusters.tokens)
+            kept_patches.append(clusters.num_patches)
+            soft_segments = int(clusters.soft.sum())
         info.update(soft_threshold_segments=soft_segments)
 
         token_idx = torch.cat(kept_idx)
         order = token_idx.sort(stable=True).indices
         tokens = torch.cat(kept_tokens)[order]
+        members = weights = None  # without clusters every token is a selected one, unchanged
+        if clusters is not None:
+            members, weights, info["shared_patches"] = selected_and_cluster_members(kept_idx[0], clusters, order)
         return Reduction(tokens, patch_boxes(token_idx[order], h, w), torch.cat(kept_patches)[order],
-                         video.num_tokens, info=info)  # fmt: skip
+                         video.num_tokens, info=info, members=members, member_weights=weights)  # fmt: skip

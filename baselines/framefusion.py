@@ -35,7 +35,8 @@ baselines), with ``round(budget · n)`` visual tokens kept:
    queries and keys, so the model keeps sdpa or flash attention). That attention is paid to the unmerged tokens,
    so a merged token's importance is the mean over its members, matching the mean of its hidden states (the
    authors measure it after merging, on the merged token). Kept tokens stay in their original order; a merged
-   token sits at its earliest member's patch and counts its members in ``num_patches``.
+   token sits at its earliest member's patch and counts its members in ``num_patches``; ``members`` names the kept
+   token each patch went into (−1: pruned), a plain mean.
 
 Similarities and means are computed in float32 (or wider) and cast back, so unmerged tokens come back bit for bit
 (the authors' in-place bf16 ``index_add_`` is noted there as numerically unstable).
@@ -185,4 +186,6 @@ class FrameFusion(RankedInLLM):
         kept = most_attended(attention, count)
         info.update(merged=n - len(slots), pruned=len(slots) - count,
                     similar=int((similarity >= self.similarity_lower_bound).sum()))  # fmt: skip
-        return Reduction(tokens[kept], patch_boxes(slots[kept], h, w), sizes[kept], n, info=info)
+        rank = torch.full_like(slots, -1).index_copy_(0, kept, torch.arange(count, device=kept.device))
+        return Reduction(tokens[kept], patch_boxes(slots[kept], h, w), sizes[kept], n, info=info,
+                         members=rank[group])  # fmt: skip

@@ -29,8 +29,14 @@ last kept layer, pooled like the features, as ``importance``). With x[t, p] the 
 
 A static token sits in the slot of its centre in the segment's first frame; a dynamic token in its own slot.
 ``num_patches`` counts the input slots averaged into a token (a static token: frames × (1 + members)); dropped
-dynamic slots are in no token. The authors add ``rand · 1e-6`` to the densities to break ties; here ties break
-deterministically, the lower slot counting as the denser, which is their result when the noise favours lower slots.
+dynamic slots are in no token. ``members`` and ``member_weights`` give each token as a weighted sum of the grid's
+slots (a dynamic token: its slot; a static one over its segment's w frames: β / w on each of its centre's slots, 1 / w
+without members, and (1 − β) / (m · w) on each of its m members'), so that other values of the same slots
+(Qwen3-VL's DeepStack features) merge alike (``sttm.api.reduce_like``); inside the LLM, a kept token weighs itself
+1 / 2^n and its j-th of n members 1 / 2^(n − j + 1) (official), or all 1 / (n + 1) (corrected).
+
+The authors add ``rand · 1e-6`` to the densities to break ties; here ties break deterministically, the lower slot
+counting as the denser, which is their result when the noise favours lower slots.
 Ties are not rare: at k = m = 1 every density is 1, and at k = 2 every pair of mutual nearest neighbours ties, so
 there the authors' centres depend on their RNG. Similarities and means are computed in float32 and the tokens cast back
 to the grid's dtype (the authors compute in the model's dtype). Their ``D`` (share of "contextual" dynamic
@@ -242,22 +248,30 @@ def dpc_knn_centres(
 
 def merge_into_centres(
     points: torch.Tensor, valid: torch.Tensor, is_centre: torch.Tensor, distances: torch.Tensor, beta: float
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Every non-centre point joins its nearest centre (the lowest of equals); a centre with members becomes
     ``β · centre + (1 − β) · mean(members)``.
 
     points [S, N, C], valid and is_centre [S, N], distances [S, N, N] -> ([S, N, C] tokens, valid at the centres;
-    [S, N] int64 members of each centre).
+    [S, N] int64 members of each centre; [S, N] int64 the centre each point went into, itself for a centre).
     """
     sets, size, channels = points.shape
-    target = distances.masked_fill(~is_centre[:, None, :], torch.inf).argmin(dim=-1)  # [S, N]
+    nearest = distances.masked_fill(~is_centre[:, None, :], torch.inf).argmin(dim=-1)  # [S, N]
+    target = torch.where(is_centre, torch.arange(size, device=points.device), nearest)
     member = valid & ~is_centre
     flat_target = (torch.arange(sets, device=points.device)[:, None] * size + target)[member]
     sums = points.new_zeros(sets * size, channels).index_add_(0, flat_target, points[member])
     members = torch.bincount(flat_target, minlength=sets * size).view(sets, size)
     means = sums.view(sets, size, channels) / members.clamp(min=1)[..., None]
     blended = beta * points + (1 - beta) * means
-    return torch.where(members[..., None] > 0, blended, points), members
+    return torch.where(members[..., None] > 0, blended, points), members, target
+
+
+def centre_weights(is_centre: torch.Tensor, members: torch.Tensor, target: torch.Tensor, beta: float) -> torch.Tensor:
+    """[S, N] float32 each point's weight in its centre's token (:func:`merge_into_centres`): β for a centre with
+    members, 1 for one without, (1 − β) / its centre's members for a member."""
+    own = torch.where(members > 0, beta, 1.0)
+    return torch.where(is_centre, own, (1 - beta) / members.gather(1, target).clamp(min=1)).float()
 
 
 def newline_row_width(height: int, width: int, variant: str = "official") -> int:
@@ -306,11 +320,15 @@ def token_counts(n_static: np.ndarray, n_dynamic: np.ndarray, ratio: float, vari
 
 class HoliTomTokens(NamedTuple):
     """The outer reduction of one video: tokens [N, C] in the authors' order, token_idx [N] (flat (t, h, w) slot each
-    occupies), num_patches [N], segments [S, 2], tokens saved by the segmentation, r', static tokens kept [S]."""
+    occupies), num_patches [N], members [T·L] (the token each input slot went into, −1: none) and member_weights
+    [T·L] (its weight there: each token is the weighted sum of its slots), segments [S, 2], tokens saved by the
+    segmentation, r', static tokens kept [S]."""
 
     tokens: torch.Tensor
     token_idx: torch.Tensor
     num_patches: torch.Tensor
+    members: torch.Tensor
+    member_weights: torch.Tensor
     segments: np.ndarray
     saved: int
     ratio: float
@@ -359,27 +377,40 @@ def holitom_outer(
     )
     frame, slot = keep.nonzero(as_tuple=True)
     parts = [(frames[frame, slot], frame * slots + slot, torch.ones_like(frame), frame_segment[frame], 1)]
+    members = torch.full((num_frames * slots,), -1, dtype=torch.long, device=device)  # before the output's order
+    members[frame * slots + slot] = torch.arange(len(frame), device=device)
+    weights = keep.flatten().float()
 
     clustered = np.flatnonzero(static_count > 0)
     if clustered.size:
         row_of_segment = np.full(len(segments), -1)
         row_of_segment[clustered] = np.arange(clustered.size)
+        frame_row = torch.as_tensor(row_of_segment[segment_of_frame], device=device)  # [T], −1: not clustered
         points, point_slots, valid = segment_means(
-            features, static[torch.as_tensor(clustered, device=device)],
-            torch.as_tensor(row_of_segment[segment_of_frame], device=device),
-        )  # fmt: skip
+            features, static[torch.as_tensor(clustered, device=device)], frame_row
+        )
         k = np.minimum(neighbours, static_count[clustered] if variant == "official" else n_static[clustered])
         is_centre, distances = dpc_knn_centres(
             points, valid, torch.as_tensor(static_count[clustered], device=device), torch.as_tensor(k, device=device)
         )
-        merged, members = merge_into_centres(points, valid, is_centre, distances, beta)
+        merged, joined, target = merge_into_centres(points, valid, is_centre, distances, beta)
         row, column = is_centre.nonzero(as_tuple=True)
         first = torch.as_tensor(starts[clustered], device=device)[row]
         frames_in = torch.as_tensor(lengths[clustered], device=device)[row]
         segment = torch.as_tensor(clustered, device=device)[row]
         token_idx = first * slots + point_slots[row, column]
-        parts.append((merged[row, column].to(frames.dtype), token_idx, (members[row, column] + 1) * frames_in,
+        parts.append((merged[row, column].to(frames.dtype), token_idx, (joined[row, column] + 1) * frames_in,
                       segment, 0))  # fmt: skip
+        # a static slot of a clustered segment goes, in each of its frames, into its point's centre's token
+        token = len(frame) + is_centre.flatten().cumsum(0).view_as(is_centre) - 1  # each centre's static token
+        length = torch.as_tensor(lengths[clustered], device=device)[:, None]
+        share = centre_weights(is_centre, joined, target, beta) / length  # a point is the mean of its frames
+        patch_frame, patch_slot = (static[frame_segment] & (frame_row >= 0)[:, None]).nonzero(as_tuple=True)
+        point_row = frame_row[patch_frame]
+        point = (static.cumsum(dim=1) - 1)[frame_segment[patch_frame], patch_slot]
+        patch = patch_frame * slots + patch_slot
+        members[patch] = token[point_row, target[point_row, point]]
+        weights[patch] = share[point_row, point]
 
     tokens, token_idx, num_patches, segment, group = zip(*parts, strict=True)
     token_idx = torch.cat(token_idx)
@@ -388,9 +419,11 @@ def holitom_outer(
     else:  # per segment, static tokens first, then the frames' dynamic tokens; slot order within each
         group = torch.cat([torch.full_like(s, g) for s, g in zip(segment, group, strict=True)])
         order = ((torch.cat(segment) * 2 + group) * (num_frames * slots) + token_idx).argsort()
+    position = torch.empty_like(order).scatter_(0, order, torch.arange(len(order), device=device))
+    members = F.pad(position, (0, 1), value=-1)[members]  # −1 (in no token) reads the −1 at the end
     return HoliTomTokens(
-        torch.cat(tokens)[order], token_idx[order], torch.cat(num_patches)[order], segments, saved, ratio,
-        static_count,
+        torch.cat(tokens)[order], token_idx[order], torch.cat(num_patches)[order], members, weights, segments, saved,
+        ratio, static_count,
     )  # fmt: skip
 
 
@@ -471,7 +504,8 @@ class HoliTom(Reducer):
             "static_tokens_per_segment": result.static_tokens.tolist(),
         }
         boxes = patch_boxes(result.token_idx, h, w)
-        return Reduction(result.tokens, boxes, result.num_patches, video.num_tokens, info=info)
+        return Reduction(result.tokens, boxes, result.num_patches, video.num_tokens, info=info,
+                         members=result.members, member_weights=result.member_weights)  # fmt: skip
 
 
 def inner_kept_count(length: int, merge_ratio: float) -> int:
@@ -496,10 +530,25 @@ class InnerMerge(NamedTuple):
     members: torch.Tensor
 
 
+def merge_weights(
+    flat: torch.Tensor, members: torch.Tensor, variant: str, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weights of the inner merge: [m] the kept token each member goes into, in position order, and [k] the
+    members of each -> ([k] each kept token's own weight, [m] each member's). Official (``h = (h + x) / 2`` for each
+    member x in order): 1 / 2^n and 1 / 2^(n − j + 1) for the j-th of n; corrected: 1 / (n + 1) for all."""
+    if variant == "corrected":
+        share = 1 / (members + 1).to(dtype)
+        return share, share[flat]
+    order = flat.argsort(stable=True)
+    first = members.cumsum(0) - members
+    rank = torch.empty_like(flat).scatter_(0, order, torch.arange(len(flat), device=flat.device) - first[flat[order]])
+    weight = torch.pow(2.0, -(members[flat] - rank).to(dtype))  # the last member counts 1/2, the first 1/2^n
+    return torch.pow(2.0, -members.to(dtype)), weight
+
+
 def average_into(kept: torch.Tensor, dropped: torch.Tensor, target: torch.Tensor, variant: str):
     """kept [B, k, C], dropped [B, m, C] in position order, target [B, m] (index among the k) -> ([B, k, C] merged,
-    [B, k] members). Official: ``h = (h + x) / 2`` for each member x in order, i.e. h / 2^n + Σ_j x_j / 2^(n−j+1);
-    corrected: the mean of h and its members."""
+    [B, k] members), with the weights of :func:`merge_weights`."""
     batch, size, channels = kept.shape
     flat = (torch.arange(batch, device=kept.device)[:, None] * size + target).flatten()
     members = torch.bincount(flat, minlength=batch * size)
@@ -507,11 +556,7 @@ def average_into(kept: torch.Tensor, dropped: torch.Tensor, target: torch.Tensor
     if variant == "corrected":
         sums = kept.reshape(-1, channels).index_add(0, flat, sources)
         return (sums / (members + 1)[:, None].to(sums.dtype)).view_as(kept), members.view(batch, size)
-    order = flat.argsort(stable=True)
-    first = members.cumsum(0) - members
-    rank = torch.empty_like(flat).scatter_(0, order, torch.arange(len(flat), device=flat.device) - first[flat[order]])
-    weight = torch.pow(2.0, -(members[flat] - rank).to(kept.dtype))  # the last member counts 1/2, the first 1/2^n
-    scale = torch.pow(2.0, -members.to(kept.dtype))
+    scale, weight = merge_weights(flat, members, variant, kept.dtype)
     merged = (kept.reshape(-1, channels) * scale[:, None]).index_add_(0, flat, sources * weight[:, None])
     return merged.view_as(kept), members.view(batch, size)
 
@@ -594,8 +639,15 @@ class HoliTomInner(RankedInLLM):
             raise ValueError(f"HoliTom's inner merge keeps round(n * {self.budget}) = 0 of n = {video.num_tokens} "
                              f"visual tokens: nothing to merge into")  # fmt: skip
         merge = merge_into_kept(video.grid.reshape(1, -1, c), video.importance.reshape(1, -1), count, self.variant)
-        kept = merge.kept[0]
-        return Reduction(merge.states[0], patch_boxes(kept, h, w), merge.members[0] + 1, video.num_tokens, info=info)
+        kept, dropped, joined = merge.kept[0], merge.dropped[0], merge.members[0]
+        device = kept.device
+        into = torch.empty(video.num_tokens, dtype=torch.long, device=device)  # the kept token each one goes into
+        into[kept] = torch.arange(count, device=device)
+        into[dropped] = into[merge.targets[0]]
+        own, weight = merge_weights(into[dropped], joined, self.variant)
+        weights = torch.empty(video.num_tokens, device=device).index_put_((kept,), own).index_put_((dropped,), weight)
+        return Reduction(merge.states[0], patch_boxes(kept, h, w), joined + 1, video.num_tokens, info=info,
+                         members=into, member_weights=weights)  # fmt: skip
 
 
 def llava_pool(frames: torch.Tensor, mode: str) -> torch.Tensor:

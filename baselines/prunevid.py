@@ -33,11 +33,12 @@ Stage 1, as the authors run it on one video's [T, L, C] tokens (L = H·W):
 Here every set is one row of a single padded batch (members first, in raster order), so DPC-kNN runs once for all
 of them, and the host waits for the device twice (the frame labels, the static counts). A token's box is one patch:
 the slot of its cluster centre (an unclustered token's own slot), at the segment's first frame for a static token;
-``num_patches`` counts the input slots it stands for (w per static slot). DPC-kNN adds ``rand · 1e-6`` to the
-densities to break ties; the authors draw it from the global RNG on the features' device, here it comes from a CPU
-generator seeded with ``seed``, drawn in the authors' order and shapes, so the result is the authors' one after
-``torch.manual_seed(seed)`` on the CPU, and the same on any device. Similarities and distances are computed in
-float32 (or wider), means in the grid's dtype.
+``num_patches`` counts the input slots it stands for (w per static slot), and ``members`` names the token each grid
+patch went into: every token is the plain mean of its patches (a static set's entries all average w frames).
+DPC-kNN adds ``rand · 1e-6`` to the densities to break ties; the authors draw it from the global RNG on the
+features' device, here it comes from a CPU generator seeded with ``seed``, drawn in the authors' order and shapes, so
+the result is the authors' one after ``torch.manual_seed(seed)`` on the CPU, and the same on any device.
+Similarities and distances are computed in float32 (or wider), means in the grid's dtype.
 
 Unlike the reference, videos of fewer than k = 7 frames work: their frames are clustered with T neighbours, and
 into one segment at least (the reference's ``topk`` fails there); a one-frame segment, which only a one-frame video
@@ -415,12 +416,12 @@ class PruneVid(Reducer):
                 f"cluster_ratio {ratio} gives a set of {empty[0]} tokens no cluster (the authors' code fails)"
             )
         counts = [m or n for n, m in zip(sizes, clusters, strict=True)]
-        tokens, slots, patches = self.merge(frames, static, means, sets, clusters, counts, generator)
+        tokens, slots, patches, members = self.merge(frames, static, means, sets, clusters, counts, generator)
         static_sets = [i for i, token_set in enumerate(sets) if token_set.static]
         info = {**self.knobs(), "cluster_ratio": ratio, "floor": floor, "window_sizes": lengths,
                 "static_sizes": [counts[i] for i in static_sets],
                 "dynamic_sizes": [sum(counts[i + 1 : j]) for i, j in pairwise([*static_sets, len(sets)])]}  # fmt: skip
-        return Reduction(tokens, patch_boxes(slots, h, w), patches, video.num_tokens, info=info)
+        return Reduction(tokens, patch_boxes(slots, h, w), patches, video.num_tokens, info=info, members=members)
 
     def merge(
         self,
@@ -431,9 +432,10 @@ class PruneVid(Reducer):
         clusters: list[int],
         counts: list[int],
         generator: torch.Generator | None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Stage 1's output in the authors' order, from the frames [T, L, C], the static slots [S, L] and the
-        segment means [S, L, C]: [N, C] tokens, [N] flat slots and [N] patches each stands for.
+        segment means [S, L, C]: [N, C] tokens, [N] flat slots, [N] patches each stands for and [T·L] the token each
+        patch went into (each token is the plain mean of its patches).
 
         Every set is a row of one batch, its members first in raster order; the clustered ones go through
         :func:`dpc_knn` together, with the noise drawn in the authors' order (their calls' order and sizes).
@@ -459,6 +461,7 @@ class PruneVid(Reducer):
             (row * most + column)[merged],
             np.flatnonzero(~merged),
             (row * width + column)[~merged],
+            [sets[i].segment for i in dynamic_sets],  # each frame's segment
         ]
         packed = on_device(np.concatenate([np.asarray(field, dtype=np.int64) for field in fields]), device)
         segment, is_static, size, frame, span, static_rows, dynamic_rows, static_at, dynamic_at, *picks = packed.split(
@@ -472,7 +475,9 @@ class PruneVid(Reducer):
         out = torch.empty((len(row), channels), dtype=frames.dtype, device=device)
         out_slots = torch.empty(len(row), dtype=torch.long, device=device)
         out_patches = torch.empty_like(out_slots)
-        merged_at, merged_entry, kept_at, kept_entry = picks
+        merged_at, merged_entry, kept_at, kept_entry, frame_segment = picks
+        entry_token = torch.full((len(sets) * width,), -1, dtype=torch.long, device=device)  # each set entry's token
+        entry_token[kept_entry] = kept_at
         if most:
             noise = None
             if generator is not None:
@@ -487,11 +492,19 @@ class PruneVid(Reducer):
             out[merged_at] = cluster_tokens.reshape(-1, channels)[merged_entry]
             out_slots[merged_at] = slots.gather(1, centres.clamp(min=0)).reshape(-1)[merged_entry]
             out_patches[merged_at] = (members * span[:, None]).reshape(-1)[merged_entry]
+            cluster_token = torch.full((len(sets) * most,), -1, dtype=torch.long, device=device)
+            cluster_token[merged_entry] = merged_at
+            cluster = torch.arange(len(sets), device=device)[:, None] * most + assignment.clamp(min=0)
+            entry_token = torch.where(assignment.flatten() >= 0, cluster_token[cluster.flatten()], entry_token)
         if len(kept_at):
             out[kept_at] = tokens.reshape(-1, channels)[kept_entry]
             out_slots[kept_at] = slots.reshape(-1)[kept_entry]
             out_patches[kept_at] = span[kept_entry // width]
-        return out, out_slots, out_patches
+        # a patch is an entry of its segment's static set or of its frame's dynamic set, in raster order
+        is_static = static[frame_segment]  # [T, L]
+        rank = torch.where(is_static, is_static.cumsum(dim=1), (~is_static).cumsum(dim=1)) - 1
+        owner = torch.where(is_static, static_at[frame_segment][:, None], dynamic_at[:, None])
+        return out, out_slots, out_patches, entry_token[owner * width + rank].flatten()
 
 
 @register("prunevid_llm")

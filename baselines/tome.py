@@ -11,6 +11,9 @@ of the tokens, so rounds repeat until ``ceil(N · budget)`` tokens remain. Outpu
 unmerged A tokens by descending best similarity, then the B tokens in order (so below 50% the layout is
 scrambled). Each output token sits in the grid slot of the B token (or unmerged A token) it ends up in.
 
+A merged token is the size-weighted mean of the tokens it absorbed, themselves means of theirs: the plain mean of the
+grid patches it holds, whatever the rounds. ``Reduction.members`` names, for each patch, the token it ends up in.
+
 Budget: the kept fraction ``1 − prune_ratio``, exactly: ``ceil(N · budget)`` tokens. The reference cannot keep
 everything (it fails when a round merges nothing); here budget 1.0 returns the tokens unchanged.
 """
@@ -71,21 +74,39 @@ def keep_slots(slots: torch.Tensor, matching: Matching) -> torch.Tensor:
     return torch.cat([slots[::2][matching.unmerged], slots[1::2]])
 
 
-def tome_per_video(tokens: torch.Tensor, target: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """Merge [N, C] tokens down to ``target`` by repeated bipartite soft matching.
+def destinations(size: int, matching: Matching) -> torch.Tensor:
+    """[N] the index among the N − r merged tokens that each of ``size`` = N tokens goes into."""
+    a_kept, device = len(matching.unmerged), matching.unmerged.device
+    to_a = torch.empty(-(-size // 2), dtype=torch.long, device=device)
+    to_a[matching.unmerged] = torch.arange(a_kept, device=device)
+    to_a[matching.sources] = a_kept + matching.destinations
+    into = torch.empty(size, dtype=torch.long, device=device)
+    into[::2], into[1::2] = to_a, a_kept + torch.arange(size // 2, device=device)
+    return into
 
-    Returns ([target, C] merged tokens, [target] flat slot index of each, [target] int64 sizes summing to N, the
-    number of merge rounds).
-    """
+
+class Merged(NamedTuple):
+    """ToMe's result on one sequence of N tokens."""
+
+    tokens: torch.Tensor  # [K, C] merged tokens
+    slots: torch.Tensor  # [K] flat slot index of each
+    sizes: torch.Tensor  # [K] int64 tokens merged into each, summing to N
+    members: torch.Tensor  # [N] int64 the merged token each input token went into
+    rounds: int
+
+
+def tome_per_video(tokens: torch.Tensor, target: int) -> Merged:
+    """Merge [N, C] tokens down to ``target`` by repeated bipartite soft matching."""
     slots = torch.arange(tokens.shape[0], device=tokens.device)
-    sizes = torch.ones_like(slots)
+    sizes, members = torch.ones_like(slots), slots
     rounds = 0
     while tokens.shape[0] > target:
         matching = bipartite_soft_matching(tokens, tokens.shape[0] - target)
+        members = destinations(tokens.shape[0], matching)[members]
         tokens, sizes = merge_weighted(tokens, sizes, matching)
         slots = keep_slots(slots, matching)
         rounds += 1
-    return tokens, slots, sizes, rounds
+    return Merged(tokens, slots, sizes, members, rounds)
 
 
 @register("tome")
@@ -102,5 +123,6 @@ class ToMe(Reducer):
     def reduce(self, video: VideoTokens) -> Reduction:
         _, h, w, channels = video.grid.shape
         target = math.ceil(video.num_tokens * self.budget)
-        tokens, slots, sizes, rounds = tome_per_video(video.grid.reshape(-1, channels), target)
-        return Reduction(tokens, patch_boxes(slots, h, w), sizes, video.num_tokens, info={"merge_rounds": rounds})
+        merged = tome_per_video(video.grid.reshape(-1, channels), target)
+        return Reduction(merged.tokens, patch_boxes(merged.slots, h, w), merged.sizes, video.num_tokens,
+                         info={"merge_rounds": merged.rounds}, members=merged.members)  # fmt: skip

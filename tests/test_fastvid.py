@@ -21,7 +21,7 @@ from baselines.fastvid import (
     frame_mean_features,
     token_counts,
 )
-from sttm.api import Stage, VideoTokens, build_reducer, flat_positions, keep_everything
+from sttm.api import Stage, VideoTokens, build_reducer, flat_positions, keep_everything, reduce_like
 
 GOLDEN = (Path(__file__).resolve().parents[1] / ".." / "shared" / "golden" / "fastvid").resolve()
 needs_golden = pytest.mark.skipif(not GOLDEN.is_dir(), reason=f"FastVID reference vectors not found at {GOLDEN}")
@@ -77,7 +77,7 @@ def test_the_segments_and_anchor_counts_are_the_authors_in_every_reference_case(
 def test_the_reference_cases_do_not_depend_on_the_density_noise():
     case, params, grid, importance = golden_case("case003")
     knobs = {key: params[key] for key in ("retention_ratio", "DySeg_c", "DySeg_tau", "STPrune_d", "DTM_p", "DTM_beta")}
-    _, slots, _, _ = fastvid(grid, importance, torch.from_numpy(case["global_features"]), *knobs.values())
+    slots = fastvid(grid, importance, torch.from_numpy(case["global_features"]), *knobs.values()).slots
     assert torch.equal(slots, torch.from_numpy(case["token_idx"]))
 
 
@@ -165,6 +165,27 @@ def test_official_pools_are_whole_segments_so_a_token_feeds_one_target_per_ancho
     assert int(official.num_patches.sum()) == salient + 2 * (125 - salient)  # two anchors, each takes every token
     assert int(corrected.num_patches.sum()) == 125  # a partition of the video
     assert corrected.info["frame_context_counts"] == [10, 0, 0, 0, 10]
+    # so no official token can name the one token its slot went into; each corrected one can
+    assert official.members is None and official.info["shared_patches"] == 125 - salient
+    assert corrected.info["shared_patches"] == 0
+    assert torch.allclose(reduce_like(corrected, grid), corrected.tokens, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["official", "corrected"])
+def test_a_merged_token_is_the_dtm_weighted_sum_of_its_members(variant):
+    video = random_video(4, 6, seed=5)
+    reducer = FastVID(budget=0.4, dyseg_c=1, dyseg_tau=0.0, variant=variant)  # 14 of 36: 9 salient, 5 context
+    reduction = reducer.reduce(video, one_scene(4))  # one segment, its last frame the one anchor (p = 4)
+    members, weights = reduction.members, reduction.member_weights
+    assert reduction.info["shared_patches"] == 0 and bool((members >= 0).all())  # every slot in one token
+    totals = torch.zeros(reduction.num_kept).index_add_(0, members, weights)
+    assert torch.allclose(totals, torch.ones(reduction.num_kept))
+    merged = reduction.num_patches > 1
+    n = reduction.num_patches[merged].float()  # members, the target among them
+    own = (1 / (n + 1)).clamp(min=0.6)
+    on_itself = weights[flat_positions(reduction.boxes, 6, 6)][merged]  # w · target + (1 − w) · its share of the mean
+    assert bool(merged.any()) and torch.allclose(on_itself, own + (1 - own) / n)
+    assert torch.allclose(reduce_like(reduction, video.grid), reduction.tokens, atol=1e-6)
 
 
 def test_official_anchors_with_the_single_frame_count_merge_only_their_own_frame():

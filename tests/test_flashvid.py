@@ -27,7 +27,7 @@ from baselines.flashvid import (
 )
 from sttm.adapters.points import reduction_point
 from sttm.adapters.tiny import tiny_model
-from sttm.api import Stage, VideoTokens, build_reducer, flat_positions, keep_everything
+from sttm.api import Stage, VideoTokens, build_reducer, flat_positions, keep_everything, reduce_like
 
 GOLDEN = (Path(__file__).resolve().parents[1] / ".." / "shared" / "golden" / "flashvid").resolve()
 needs_golden = pytest.mark.skipif(not GOLDEN.is_dir(), reason=f"FlashVID reference vectors not found at {GOLDEN}")
@@ -144,6 +144,10 @@ def test_official_roots_are_inflated_corrected_ones_are_means_in_the_reducer():
         assert reduction.num_kept == 3 * 7 + 9 and int(roots.sum()) == 9 and bool((positions[roots] < 16).all())
         assert torch.allclose(reduction.tokens[roots], scale * frame[positions[roots]])
         assert torch.equal(reduction.tokens[~roots], grid.reshape(48, 32)[positions[~roots]])
+        # its members say so: each of a root's 3 copies weighs scale / 3
+        in_root = roots[reduction.members]
+        assert torch.allclose(reduction.member_weights[in_root], torch.full((27,), scale / 3))
+        assert torch.allclose(reduce_like(reduction, grid), reduction.tokens, atol=1e-6)
 
 
 def test_the_soft_floor_keeps_one_token_more_than_the_floor_officially_and_exactly_the_floor_corrected():
@@ -175,6 +179,10 @@ def test_one_frame_segments_cluster_the_selected_tokens_again_officially_not_cor
     selected, merged = official.info["num_attn_div_tokens"], official.info["num_sttm_tokens"]
     assert int(official.num_patches.sum()) == 4 * (36 + selected)  # the selected tokens count twice
     assert int(corrected.num_patches.sum()) == 4 * 36
+    # so an official selected token's slot is in two tokens, and cannot name one
+    assert official.members is None and official.info["shared_patches"] == 4 * selected
+    assert corrected.info["shared_patches"] == 0
+    assert torch.allclose(reduce_like(corrected, tokens.grid), corrected.tokens, atol=1e-6)
     positions = flat_positions(corrected.boxes, 6, 6)
     assert len(positions.unique()) == len(positions) == 4 * (selected + merged)
 

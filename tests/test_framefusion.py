@@ -59,7 +59,7 @@ def test_a_chain_of_similar_tokens_collapses_into_its_first_as_the_plain_mean():
     reduction = FrameFusion(budget=0.5)(VideoTokens(grid, importance=torch.rand(4, 1, 1)))
     assert torch.allclose(reduction.tokens, torch.tensor([[2 / 3, 2 / 3], [-1.0, 0.0]]))  # (x0 + x1 + x2) / 3
     assert reduction.boxes.tolist() == [[0, 0, 0, 1, 1], [3, 0, 0, 1, 1]]
-    assert reduction.num_patches.tolist() == [3, 1]
+    assert reduction.num_patches.tolist() == [3, 1] and reduction.members.tolist() == [0, 0, 0, 1]
     assert chain_heads(torch.tensor([False, True, True, False, True])[:, None, None]).flatten().tolist() == [
         0, 0, 0, 3, 3,
     ]  # fmt: skip
@@ -82,6 +82,7 @@ def test_pruning_keeps_the_top_k_by_attention_a_merged_token_scoring_its_members
     assert reduction.info["merged"] == 1 and reduction.info["pruned"] == 1
     assert flat_positions(reduction.boxes, 1, 2).tolist() == [1, 3]
     assert torch.equal(reduction.tokens, torch.stack([b, c]))
+    assert reduction.members.tolist() == [-1, 0, -1, 1]  # the pruned merge takes its members along
 
 
 @pytest.mark.parametrize("budget", [0.01, 0.1, 0.3, 0.5, 0.77, 0.99])

@@ -34,7 +34,7 @@ from baselines.holitom import (
 )
 from sttm.adapters.points import reduction_point
 from sttm.adapters.tiny import tiny_model
-from sttm.api import Stage, VideoTokens, build_reducer, flat_positions, keep_everything
+from sttm.api import Stage, VideoTokens, build_reducer, flat_positions, keep_everything, reduce_like
 
 GOLDEN = (Path(__file__).resolve().parents[1] / ".." / "shared" / "golden" / "holitom").resolve()
 needs_golden = pytest.mark.skipif(not GOLDEN.is_dir(), reason=f"reference vectors not found at {GOLDEN}")
@@ -92,6 +92,21 @@ def test_identical_frames_form_one_segment_whose_slots_are_averaged_into_its_fir
     assert reduction.info["retain_ratio_adjusted"] == 1 and reduction.info["static_tokens"] == 9
     assert flat_positions(reduction.boxes, 3, 3).tolist() == list(range(9))
     assert torch.equal(reduction.tokens, frame.reshape(9, 8)) and reduction.num_patches.tolist() == [4] * 9
+
+
+def test_a_static_token_weighs_its_centre_by_beta_and_its_members_by_the_rest_each_averaged_over_time():
+    grid = scenes(4, 4, 4, 16, noise=0.01)
+    reduction = HoliTom(budget=0.1, tau=0.8)(VideoTokens(grid, importance=torch.rand(4, 4, 4)))
+    # every slot static over the 4 frames: the DP saves 48 of 64, r' = 0.1 · 64 / 16 = 0.4 keeps 6 of 16 points
+    assert reduction.info["segments"] == [[0, 3]] and reduction.info["static_tokens"] == reduction.num_kept == 6
+    members, weights = reduction.members, reduction.member_weights
+    assert bool((members >= 0).all())  # each slot's point joined a centre
+    totals = torch.zeros(reduction.num_kept).index_add_(0, members, weights)
+    assert torch.allclose(totals, torch.ones(6))
+    joined = reduction.num_patches // 4 - 1  # points joining each centre
+    on_centre = weights[flat_positions(reduction.boxes, 4, 4)]  # a centre's weight on its slot in the first frame
+    assert bool((joined > 0).any()) and torch.allclose(on_centre, torch.where(joined > 0, 0.6, 1.0) / 4)
+    assert torch.allclose(reduce_like(reduction, grid), reduction.tokens, atol=1e-6)
 
 
 def test_frames_without_static_slots_keep_their_most_attended_slots_in_slot_order():
@@ -212,6 +227,12 @@ def test_the_inner_merge_is_a_running_pairwise_average_officially_and_a_mean_whe
     corrected = merge_into_kept(states, scores, kept_count=1, variant="corrected")
     assert torch.allclose(corrected.states, torch.tensor([[[8 / 3, 8 / 3]]]))
     assert official.dropped.tolist() == [[1, 2]] and official.targets.tolist() == [[0, 0]]
+    video = VideoTokens(states.view(1, 1, 3, 2), importance=scores.view(1, 1, 3))
+    for variant, weights in (("official", [1 / 4, 1 / 4, 1 / 2]), ("corrected", [1 / 3] * 3)):  # as the reducer says
+        reduction = HoliTomInner(budget=1 / 3, layer=2, variant=variant)(video)
+        assert reduction.members.tolist() == [0, 0, 0]
+        assert torch.allclose(reduction.member_weights, torch.tensor(weights))
+        assert torch.allclose(reduce_like(reduction, video.grid), reduction.tokens)
 
 
 def test_the_inner_merge_ranks_every_row_by_row_0_officially_and_by_its_own_when_corrected():

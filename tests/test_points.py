@@ -16,6 +16,10 @@ import torch  # noqa: E402
 from toy_reducers import BlockMean  # noqa: E402
 from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E402
 
+from baselines.fastvid import FastVID  # noqa: E402
+from baselines.flashvid import FlashVID  # noqa: E402
+from baselines.holitom import HoliTom, HoliTomInner  # noqa: E402
+from baselines.prunevid import PruneVid  # noqa: E402
 from sttm.adapters.family import (  # noqa: E402
     deepstack_levels,
     pool_frame_features,
@@ -529,6 +533,43 @@ def test_from_the_reducing_layer_on_deepstack_levels_are_cut_and_before_it_whole
         assert torch.equal(whole, given)
     assert log.last.num_kept < log.last.num_input
     assert (cached - recomputed).abs().max() <= 1e-4
+
+
+#: methods that merge before DeepStack's layers: before the LLM with the evidence the tiny Qwen3-VL gives them (its
+#: ViT's attention), their stage inside the LLM off (timestamps split the kept tokens: see the test below), HoliTom's
+#: with every slot static (tau −1: the random frames' slots are not alike); HoliTom's merge inside the LLM alone at
+#: layer 1, before DeepStack's second level
+BEFORE_DEEPSTACK = {
+    "fastvid": lambda: FastVID(budget=0.5),
+    "holitom": lambda: HoliTom(budget=0.25, tau=-1.0, inner_merge=False),
+    "holitom_inner": lambda: HoliTomInner(budget=0.5, layer=1),
+    "prunevid": lambda: PruneVid(budget=0.5),
+    "flashvid": lambda: FlashVID(budget=0.5, variant="corrected", llm_prune=False),
+}
+
+
+@pytest.mark.parametrize("family", QWEN3)
+@pytest.mark.parametrize("method", BEFORE_DEEPSTACK)
+def test_methods_that_merge_before_deepstack_decode_like_the_recomputed_forward(family, method):
+    model = tiny_model(family)
+    model_inputs = inputs(family, 2)
+    with reduction_point(model, BEFORE_DEEPSTACK[method]()) as log:
+        _, cached = generate(model, model_inputs, use_cache=True)
+        _, recomputed = generate(model, model_inputs, use_cache=False)
+    assert all((reduction.num_patches > 1).any() for reduction in log.last.reductions)
+    assert (cached - recomputed).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("method", ["holitom", "flashvid"])
+def test_a_stage_inside_the_llm_after_one_before_it_is_refused_where_timestamps_split_the_video(method):
+    if method == "holitom":
+        reducer = HoliTom(budget=0.5, inner_layer=2)
+    else:
+        reducer = FlashVID(budget=0.5, variant="corrected", llm_layer=2)
+    model = tiny_model("qwen3_vl")
+    with pytest.raises(ValueError, match="needs the kept video tokens in one run, not split by text"):
+        with reduction_point(model, reducer):
+            generate(model, inputs("qwen3_vl", 1))
 
 
 class UnsaidMerge(BlockMean):

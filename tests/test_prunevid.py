@@ -26,7 +26,7 @@ from baselines.prunevid import (
     segment_statistics,
     temporal_segments,
 )
-from sttm.api import Stage, VideoTokens, build_reducer, flat_positions, keep_everything
+from sttm.api import Stage, VideoTokens, build_reducer, flat_positions, keep_everything, reduce_like
 
 GOLDEN = (Path(__file__).resolve().parents[1] / ".." / "shared" / "golden" / "prunevid").resolve()
 needs_golden = pytest.mark.skipif(not GOLDEN.is_dir(), reason=f"reference vectors not found at {GOLDEN}")
@@ -90,6 +90,7 @@ def test_a_static_slot_is_averaged_over_its_segment_and_comes_before_the_frames_
     assert reduction.info["window_sizes"] == [8] and reduction.info["static_sizes"] == [1]
     assert torch.allclose(reduction.tokens[0], grid[:, 0, 0].mean(dim=0))
     assert reduction.num_patches[0] == 8 and flat_positions(reduction.boxes[:1], 3, 4).tolist() == [0]
+    assert reduction.members.view(8, 12)[:, 0].tolist() == [0] * 8  # slot 0 of every frame is in the static token
     assert torch.equal(reduction.tokens[1:], grid.reshape(8, 12, 8)[:, 1:].reshape(-1, 8))  # raster order per frame
     assert reduction.num_patches[1:].tolist() == [1] * 88
 
@@ -178,6 +179,8 @@ def test_a_budget_keeps_at_most_its_share_and_records_the_ratio(budget):
     kept = sum(info["static_sizes"]) + sum(info["dynamic_sizes"])
     assert kept == reduction.num_kept and sum(info["window_sizes"]) == 16
     assert int(reduction.num_patches.sum()) == 16 * 196  # every slot is in exactly one token
+    assert torch.equal(torch.bincount(reduction.members, minlength=reduction.num_kept), reduction.num_patches)
+    assert torch.allclose(reduce_like(reduction, grid), reduction.tokens, atol=1e-5)  # each its patches' mean
     assert 0 < info["cluster_ratio"] <= 1 and info["tau"] == 0.8 and info["temporal_segment_ratio"] == 0.25
 
 

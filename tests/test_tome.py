@@ -12,7 +12,7 @@ import torch
 
 from baselines import check_golden
 from baselines.tome import Matching, ToMe, bipartite_soft_matching, merge_weighted
-from sttm.api import Stage, VideoTokens, build_reducer
+from sttm.api import Stage, VideoTokens, build_reducer, reduce_like
 
 GOLDEN = (Path(__file__).resolve().parents[1] / ".." / "shared" / "golden" / "tome").resolve()
 needs_golden = pytest.mark.skipif(not GOLDEN.is_dir(), reason=f"reference vectors not found at {GOLDEN}")
@@ -91,6 +91,10 @@ def test_merged_tokens_are_the_mean_of_their_patches():
     assert torch.allclose(result.tokens[:, -1], torch.ones(result.num_kept))
     total = result.tokens[:, :-1].T @ result.num_patches.float()
     assert torch.allclose(total, clip.grid.reshape(-1, 8).sum(0), atol=1e-4)
+    # through every round of merges of merges: its members name them
+    assert result.info["merge_rounds"] > 1
+    assert torch.equal(torch.bincount(result.members, minlength=result.num_kept), result.num_patches)
+    assert torch.allclose(reduce_like(result, ones.grid), result.tokens, atol=1e-6)
 
 
 def test_registered_at_decoder_layer_two():
