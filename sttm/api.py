@@ -161,7 +161,9 @@ def reduce_like(reduction: Reduction, values: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"values of {len(flat)} patches for a reduction of {reduction.num_input} tokens")
     if reduction.members is None:
         if bool((reduction.num_patches != 1).any()):
-            raise ValueError("the reduction merges tokens but does not say their members (Reduction.members)")
+            shared = reduction.info.get("shared_patches")
+            why = f": {shared} patches feed several tokens, which one member per patch cannot say" if shared else ""
+            raise ValueError(f"the reduction merges tokens but does not say their members (Reduction.members){why}")
         return flat[flat_positions(reduction.boxes.to(values.device), height, width)]
     members = reduction.members.to(values.device)
     inside = members >= 0

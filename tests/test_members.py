@@ -39,7 +39,7 @@ def test_the_grid_reduced_like_the_tokens_gives_the_tokens_back(name, params):
     if merges and reduction.members is None:  # only a merge that puts a patch into several tokens may say none
         assert reduction.info.get("shared_patches", 0) > 0, f"{name} merges tokens but does not say their members"
         assert params.get("variant") != "corrected"
-        with pytest.raises(ValueError, match="does not say their members"):
+        with pytest.raises(ValueError, match="does not say their members.*patches feed several tokens"):
             reduce_like(reduction, GRID)
         return
     like = reduce_like(reduction, GRID)
