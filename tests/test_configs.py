@@ -87,3 +87,5 @@ def test_the_qwen3_vl_comparison_plans_its_reducers_at_a_quarter_of_the_tokens(t
     reducers = {cell.reducer for cell in plan_cells(cfg)}
     assert reducers == {FULL_TOKENS, "visionzip", "fastvid", "holitom", "vidcom2", "sttm"}
     assert cfg.budget == 0.25 and cfg.model.name == "qwen3_vl_8b" and cfg.model.max_frames.default == 32
+    # the variants Qwen3-VL can cut DeepStack's features by, before its DeepStack layers
+    assert cfg.reducers.fastvid.params.variant == "corrected" and cfg.reducers.holitom.params.inner_merge is False
