@@ -15,11 +15,11 @@ before any data is written or a model loads (``runners.checks``), and the run is
 
 Each cell (model × benchmark × reducer setting × budget) is a folder under ``results_dir`` keyed by everything its
 answers depend on (``runners.cells``), so that a run with another ``limit``, seed, model or any other setting gets
-cells of its own, never the old answers. A cell holds ``cell.json`` (its keys and settings),
-``records.jsonl`` (one line per question of the run, see ``runners.records``; correctness joined from lmms-eval's
-per-sample scores), ``lmms_eval_results.json`` and ``DONE``. A finished cell is skipped; an unfinished one resumes
-from its answers, asking its failed questions again unless ``retry_failed=false``; parallel jobs of a multirun
-never evaluate one cell at once. A cell where lmms-eval raises stays unfinished (``FAILED``): the other cells run,
+cells of its own, never the old answers. A cell holds ``cell.json`` (its keys and settings), ``records.jsonl``
+(one line per question of the run, see ``runners.records``; correctness joined from lmms-eval's per-sample
+scores), ``lmms_eval_results.json`` and ``DONE``. A finished cell is skipped; an unfinished one resumes from its
+answers, asking its failed questions again unless ``retry_failed=false``; parallel jobs of a multirun never
+evaluate one cell at once. A cell where lmms-eval raises stays unfinished (``FAILED``): the other cells run,
 the report is written, then the run fails naming it; Ctrl-C stops with one line naming the cell to resume. Full
 tokens always run, as every comparison needs them. The paper-layout table and the plots over the cells of the
 run's settings (every reducer setting and budget run with them) go to ``results_dir/<model>/<benchmark>/report``.
