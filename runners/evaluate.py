@@ -9,31 +9,34 @@ benchmark × reducer setting.
 Reducer settings are Hydra's ``reducers`` config group: each chosen config of ``configs/reducers`` is composed under
 ``reducers.<its name>`` (``name``: a registered reducer, ``params``: its parameters, every one overridable), and
 ``+reducers.NAME={name: ..., params: {...}}`` adds one; ``seeds=[0,1,2]`` runs each stochastic reducer (one that
-takes a ``seed``) once per seed, each seed a cell. A benchmark config has a ``kind``: ``toybench``
-(generated), ``vnbench`` (local annotations and videos), ``lmms_eval`` (lmms-eval's built-in tasks, data under
-``hf_home``; see ``runners.tasks.builtin``) or ``suite`` (``parts``: benchmark configs of the other kinds). Each
-cell (model × benchmark × reducer setting × budget) is a folder under ``results_dir`` (``cell_dir``): ``cell.json``
-(its keys, the reducer's parameters among them), ``records.jsonl`` (one line per question, see
-``runners.records``; correctness joined from lmms-eval's per-sample scores), ``lmms_eval_results.json`` and
-``DONE``. A finished cell is skipped; an unfinished one resumes from its answers; parallel jobs of a multirun
-never evaluate one cell at once. A cell where lmms-eval raises stays unfinished: the other cells run, the report
-is written, then the run fails naming it. Full tokens always run, as every comparison needs them. The
-paper-layout table and the plots go to ``results_dir/<model>/<benchmark>/report``.
+takes a ``seed``) once per seed, each seed a cell. Benchmarks: ``runners.benchmarks``. Every setting is checked
+before any data is written or a model loads (``runners.checks``), and the run is offline unless ``offline=false``
+(``runners.offline``).
+
+Each cell (model × benchmark × reducer setting × budget) is a folder under ``results_dir`` keyed by everything its
+answers depend on (``runners.cells``), so that a run with another ``limit``, seed, model or any other setting gets
+cells of its own, never the old answers. A cell holds ``cell.json`` (its keys and settings), ``records.jsonl``
+(one line per question of the run, see ``runners.records``; correctness joined from lmms-eval's per-sample
+scores), ``lmms_eval_results.json`` and ``DONE``. A finished cell is skipped; an unfinished one resumes from its
+answers, asking its failed questions again unless ``retry_failed=false``; parallel jobs of a multirun never
+evaluate one cell at once. A cell where lmms-eval raises stays unfinished (``FAILED``): the other cells run,
+the report is written, then the run fails naming it; Ctrl-C stops with one line naming the cell to resume. Full
+tokens always run, as every comparison needs them. The paper-layout table and the plots over the cells of the
+run's settings (every reducer setting and budget run with them) go to ``results_dir/<model>/<benchmark>/report``.
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
+from runners.offline import use_network  # first: the offline defaults, before anything imports the hub libraries
+
+# isort: split
 import inspect
 import json
 import logging
 import os
 import random
+import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
@@ -45,15 +48,21 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from runners.benchmarks import benchmark_parts, index_tasks, prepare
+from runners.cells import Cell, cell_dir, claimed, run_settings
+from runners.checks import check_model, check_reducers_choice, check_settings
+from runners.files import locked, write_atomically
 from runners.provenance import environment
 from runners.records import (
     ENVIRONMENT,
     FULL_TOKENS,
-    is_done,
+    add_session,
+    canonical,
+    drop_failed,
     load_cells,
     mark_done,
+    mark_failed,
     read_records,
-    write_atomically,
     write_cell_keys,
     write_records,
 )
@@ -63,38 +72,16 @@ from sttm.api import Reducer, Stage, build_reducer, check_budget, reducer_class
 from sttm.paper import paper_params
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-KINDS = ("toybench", "vnbench", "lmms_eval", "suite")
 SETTING_KEYS = {"name", "params", "paper"}
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Cell:
-    """One benchmark (a suite's part) × one reducer setting × one budget, and the folder that holds its results."""
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run, with the cell being evaluated then (None outside one)."""
 
-    benchmark: DictConfig
-    reducer: str  # the setting's key under ``reducers`` (FULL_TOKENS for full tokens): its folder and table row
-    method: str | None  # the registered reducer the setting builds; None for full tokens
-    params: dict  # what the reducer is built with, the budget among them where the method takes one
-    budget: float
-    path: Path
-
-    def build_reducer(self) -> Reducer | None:
-        return None if self.method is None else build_reducer(self.method, **self.params)
-
-    def keys(self, model: str) -> dict:
-        """What ``cell.json`` records."""
-        return {"model": model, "benchmark": self.benchmark.name, "reducer": self.reducer, "budget": self.budget,
-                "method": self.method, "params": self.params}  # fmt: skip
-
-
-def benchmark_parts(benchmark: DictConfig) -> list[DictConfig]:
-    """The benchmarks a run evaluates: a suite's parts, or the benchmark itself."""
-    if benchmark.kind not in KINDS:
-        raise ValueError(f"benchmark.kind {benchmark.kind!r} is not supported; choose from: {', '.join(KINDS)}")
-    if benchmark.kind == "suite":
-        return [part for member in benchmark.parts.values() for part in benchmark_parts(member)]
-    return [benchmark]
+    def __init__(self, cell: Path | None) -> None:
+        super().__init__(cell)
+        self.cell = cell
 
 
 def compose_evaluate(*overrides: str) -> DictConfig:
@@ -187,25 +174,19 @@ def setting_reducer(
     return params, build_reducer(setting.name, **params)
 
 
-def cell_dir(cfg: DictConfig, benchmark: str, reducer: str, method: str | None, params: dict, budget: float) -> Path:
-    """``results_dir/<model>/<benchmark>/<reducer>/<setting>/budget_<budget>``, where ``<setting>`` digests the
-    method and its parameters (the budget aside), so that different settings under one key never share a cell."""
-    setting = {"method": method, "params": {name: value for name, value in params.items() if name != "budget"}}
-    digest = hashlib.sha1(json.dumps(setting, sort_keys=True).encode()).hexdigest()[:8]
-    return Path(cfg.results_dir) / cfg.model.name / benchmark / reducer / digest / f"budget_{budget:g}"
-
-
 def plan_cells(cfg: DictConfig) -> list[Cell]:
     """Full tokens and every reducer setting for each of the run's benchmarks, a cell per seed of ``seeds`` for a
-    stochastic reducer; fails on a bad config (an unknown reducer, bad parameters, a reducer without a setting for
-    one of the benchmarks, bad seeds), before any work."""
+    stochastic reducer; fails on a bad config (a bad run setting, an unknown reducer, bad parameters, a reducer
+    without a setting for one of the benchmarks, bad seeds), before any work."""
+    check_settings(cfg)
     budget = check_budget(cfg.budget)
     settings = reducer_settings(cfg)
     seeds = run_seeds(cfg, settings)
     cells = []
     for benchmark in benchmark_parts(cfg.benchmark):
-        full = cell_dir(cfg, benchmark.name, FULL_TOKENS, None, {}, 1.0)
-        cells.append(Cell(benchmark, FULL_TOKENS, None, {}, 1.0, full))
+        shared = run_settings(cfg, benchmark)
+        cells.append(Cell(benchmark, FULL_TOKENS, None, {}, 1.0, cell_dir(cfg, FULL_TOKENS, None, {}, 1.0, shared),
+                          shared))  # fmt: skip
         for key, setting in settings.items():
             for seed in setting_seeds(setting.name, seeds):
                 try:
@@ -213,8 +194,8 @@ def plan_cells(cfg: DictConfig) -> list[Cell]:
                 except (TypeError, ValueError) as error:
                     raise ValueError(f"reducers.{key} on {benchmark.name}: {error}") from error
                 check_kv_reuse(cfg.kv_reuse, reducer)
-                path = cell_dir(cfg, benchmark.name, key, setting.name, params, budget)
-                cells.append(Cell(benchmark, key, setting.name, params, budget, path))
+                path = cell_dir(cfg, key, setting.name, params, budget, shared)
+                cells.append(Cell(benchmark, key, setting.name, params, budget, path, shared))
     return cells
 
 
@@ -245,70 +226,19 @@ def setting_seeds(method: str, seeds: list[int] | None) -> list[dict]:
     return [{"seed": seed} for seed in seeds]
 
 
-def builtin_hf_home(benchmarks: list[DictConfig]) -> Path:
-    """The one ``hf_home`` of the run's built-in benchmarks: lmms-eval reads a single HF_HOME per process."""
-    homes = {str(Path(benchmark.hf_home).expanduser().absolute()) for benchmark in benchmarks}
-    if len(homes) > 1:
-        raise ValueError(
-            f"the built-in benchmarks name different hf_home folders ({', '.join(sorted(homes))}); lmms-eval reads "
-            "one HF_HOME per process: give them the same one"
-        )
-    return Path(homes.pop())
-
-
-def prepare(cfg: DictConfig) -> None:
-    """Write the benchmarks' lmms-eval tasks (generating the synthetic ones), check that the built-in ones' data is
-    there, and build the tiny model where the config asks for it. Missing benchmark data fails here, before any
-    model loads."""
-    benchmarks = benchmark_parts(cfg.benchmark)
-    builtin = [benchmark for benchmark in benchmarks if benchmark.kind == "lmms_eval"]
-    if builtin:
-        from runners.tasks.builtin import check_builtin_data
-
-        hf_home = builtin_hf_home(builtin)
-        for benchmark in builtin:
-            check_builtin_data(list(benchmark.tasks), hf_home)
-    for benchmark in benchmarks:
-        if benchmark.kind == "toybench":
-            from runners.toybench import generate
-
-            generate(Path(benchmark.data_dir), seed=cfg.seed, splits=("test",), names=list(benchmark.tasks))
-        elif benchmark.kind == "vnbench":
-            from runners.tasks.vnbench.data import write_vnbench_task
-
-            write_vnbench_task(Path(benchmark.annotations), Path(benchmark.videos), Path(benchmark.data_dir))
-    if cfg.model.get("build_if_missing") and not Path(cfg.model.pretrained).is_dir():
-        from sttm.adapters.tiny import save_tiny_model
-
-        save_tiny_model(cfg.model.family, Path(cfg.model.pretrained), seed=cfg.seed)
-
-
-def index_tasks(benchmarks: list[DictConfig]):
-    """lmms-eval's task index over our local tasks' folders, plus lmms-eval's own tasks (their data under the
-    built-in benchmarks' hf_home) only where the run has built-in benchmarks: indexing those costs seconds."""
-    builtin = [benchmark for benchmark in benchmarks if benchmark.kind == "lmms_eval"]
-    if builtin:
-        from runners.tasks.builtin import use_hf_home
-
-        use_hf_home(builtin_hf_home(builtin))
-    from lmms_eval.tasks import TaskManager
-
-    local = [str(Path(benchmark.data_dir).resolve()) for benchmark in benchmarks if benchmark.kind != "lmms_eval"]
-    return TaskManager(include_path=local or None, include_defaults=bool(builtin))
-
-
-def join_correctness(cell: Path, samples: dict) -> None:
-    """Write the cell's ``records.jsonl``: the model's answers, each with its correctness from lmms-eval's
-    per-sample scores."""
+def join_correctness(cell: Path, samples: dict) -> int:
+    """Write the cell's ``records.jsonl``: the answers to the questions lmms-eval scored in this run (``samples``,
+    its per-sample logs by task), each with its correctness, a failed one as it is; return how many. Records of
+    other questions (left in the folder by another session) are left out."""
     from runners.tasks.builtin import is_correct
 
     correct = {(task, s["doc_id"]): is_correct(task, s) for task, rows in samples.items() for s in rows}
-    rows = []
-    for row in read_records(cell):
-        if not row["error"]:
-            row["correct"] = correct.get((row["task"], row["doc_id"]))
-        rows.append(row)
-    write_records(cell, rows)
+    rows = {(row["task"], row["doc_id"]): row for row in read_records(cell)}
+    unanswered = correct.keys() - rows.keys()
+    if unanswered:
+        raise RuntimeError(f"lmms-eval scored {len(unanswered)} question(s) without a record, e.g. {min(unanswered)}")
+    write_records(cell, [rows[key] | ({} if rows[key]["error"] else {"correct": correct[key]}) for key in correct])
+    return len(correct)
 
 
 def make_reproducible(seed: int, deterministic: bool) -> None:
@@ -322,36 +252,6 @@ def make_reproducible(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
         torch.use_deterministic_algorithms(True)
-
-
-@contextmanager
-def locked(path: Path, wait: bool = True) -> Iterator[bool]:
-    """Hold an exclusive lock on ``path`` (an empty file, created if missing) while the block runs, so that parallel
-    jobs never write the same data or cell at once; without ``wait``, yield False at once if another process
-    holds it. The lock goes with the process, so a crashed job leaves none behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-            held = True
-        except BlockingIOError:
-            held = False
-        yield held
-
-
-def claimed(cells: list[Cell], accelerator) -> Iterator[Cell]:
-    """The cells not done yet, each yielded while this job holds its lock; a cell another job is evaluating is
-    left to it. The processes of a data-parallel job follow the main process's decision."""
-    from accelerate.utils import broadcast_object_list
-
-    for cell in cells:
-        lock = locked(cell.path / ".lock", wait=False) if accelerator.is_main_process else nullcontext(True)
-        with lock as held:
-            evaluate = broadcast_object_list([held and not is_done(cell.path)])[0]
-            if evaluate:
-                yield cell
-            elif not held:
-                log.info("%s: another job is evaluating it", cell.path)
 
 
 def log_cell(cfg: DictConfig, cell: Cell) -> None:
@@ -370,39 +270,51 @@ def log_cell(cfg: DictConfig, cell: Cell) -> None:
 
 
 def evaluate_cell(cfg: DictConfig, cell: Cell, model, task_manager, accelerator) -> None:
-    """Run the cell's tasks through lmms-eval; the main process writes the records with their correctness and the
-    results, logs the cell and marks it done. Raises where lmms-eval raised or returned a task without results."""
+    """Run the cell's tasks through lmms-eval (its failed questions asked again first, unless ``retry_failed`` is
+    false); the main process writes the records with their correctness and the results, logs the cell and marks it
+    done, with the wall time of every session it took. Raises where lmms-eval raised or returned a task without
+    results."""
     from lmms_eval.evaluator import simple_evaluate
 
     started = time.perf_counter()
-    model.record_dir = cell.path
-    if accelerator.is_main_process:
+    main = accelerator.is_main_process
+    if main:
         write_cell_keys(cell.path, **cell.keys(cfg.model.name))
         write_atomically(cell.path / "config.yaml", OmegaConf.to_yaml(cfg))
         write_atomically(cell.path / ENVIRONMENT, json.dumps(environment(), indent=1))
-    output = simple_evaluate(
-        model=model, tasks=list(cell.benchmark.tasks), task_manager=task_manager, limit=cfg.limit, log_samples=True,
-        process_docs_parallel=1, random_seed=cfg.seed, datetime_str=cell.path.name,
-    )  # fmt: skip
-    if not accelerator.is_main_process:
-        return
-    missing = [task for task in cell.benchmark.tasks if task not in output["results"]]
-    if missing:
-        raise RuntimeError(f"lmms-eval returned no results for {', '.join(missing)}")
-    join_correctness(cell.path, output["samples"])
-    write_atomically(cell.path / "lmms_eval_results.json", json.dumps(output["results"], indent=1, default=str))
-    log_cell(cfg, cell)
-    mark_done(cell.path, {"questions": len(read_records(cell.path)), "wall_s": time.perf_counter() - started})
+        if cfg.retry_failed and (retried := drop_failed(cell.path)):
+            log.info("%s: asking its %d failed question(s) again", cell.path, retried)
+    accelerator.wait_for_everyone()  # every process reads the answers the main process left
+    model.record_dir = cell.path
+    try:
+        output = simple_evaluate(
+            model=model, tasks=list(cell.benchmark.tasks), task_manager=task_manager, limit=cfg.limit,
+            log_samples=True, process_docs_parallel=1, random_seed=cfg.seed, datetime_str=cell.path.name,
+        )  # fmt: skip
+        if not main:
+            return
+        missing = [task for task in cell.benchmark.tasks if task not in output["results"]]
+        if missing:
+            raise RuntimeError(f"lmms-eval returned no results for {', '.join(missing)}")
+        questions = join_correctness(cell.path, output["samples"])
+        write_atomically(cell.path / "lmms_eval_results.json", json.dumps(output["results"], indent=1, default=str))
+        log_cell(cfg, cell)
+    finally:
+        if main:
+            sessions = add_session(cell.path, time.perf_counter() - started)
+    mark_done(cell.path, {"questions": questions} | sessions)
 
 
 def write_run_report(cfg: DictConfig, benchmarks: list[DictConfig], report: Path) -> None:
-    """Write to ``report`` the report over every cell of the run's benchmarks (every budget there), under a lock
-    as parallel jobs may finish together."""
+    """Write to ``report`` the report over the cells of the run's settings (``run_settings``) of every benchmark of
+    the run, every reducer setting and budget there, under a lock as parallel jobs may finish together."""
     root = Path(cfg.results_dir) / cfg.model.name
     frames = [load_cells(root / benchmark.name) for benchmark in benchmarks]
-    records = [frame for frame in frames if not frame.empty]
+    settings = [canonical(run_settings(cfg, benchmark)) for benchmark in benchmarks]
+    records = [frame[frame["settings"] == ours] for frame, ours in zip(frames, settings, strict=True)]
+    records = [frame for frame in records if not frame.empty]
     if not records:
-        log.warning("no records under %s: no report", root)
+        log.warning("no cells of this run's settings under %s: no report", root)
         return
     with locked(root / ".report.lock"):
         paths = write_report(pd.concat(records, ignore_index=True), report)
@@ -411,62 +323,88 @@ def write_run_report(cfg: DictConfig, benchmarks: list[DictConfig], report: Path
         print(f"{kind}: {path}")
 
 
+def record_failure(cell: Path, error: BaseException) -> None:
+    """Mark the cell failed (``FAILED``), or log why it cannot be (a full disk may fail the cell and this too)."""
+    try:
+        mark_failed(cell, f"{type(error).__name__}: {error}")
+    except OSError:
+        log.exception("%s: cannot mark the cell failed", cell)
+
+
 def run(cfg: DictConfig) -> Path:
     """Evaluate every cell that is not done; write the report; return the report folder. Raises after the report,
-    naming them, where cells failed.
+    naming them, where cells failed (logging them even where the report cannot be written); raises
+    ``Interrupted``, naming the cell, on Ctrl-C.
 
     Under ``torchrun --nproc_per_node N`` every process runs this with one model copy: the main process prepares
     the data, lmms-eval gives each process its share of the questions, each appends to its own answers file, and
     the main process joins them and writes the cell's files and the report.
     """
     cells = plan_cells(cfg)
+    use_network(not cfg.offline)
+    check_model(cfg.model, cfg.offline)
     benchmarks = benchmark_parts(cfg.benchmark)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     make_reproducible(cfg.seed, cfg.reproduce)
     from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=cfg.model.device == "cpu")
-    if accelerator.is_main_process:
-        with locked(Path(cfg.results_dir) / ".prepare.lock"):
-            prepare(cfg)
-    accelerator.wait_for_everyone()
-    task_manager = index_tasks(benchmarks)
-    from runners.lmms_model import ReducedVideoLLM, max_frames
-
-    model = None
-    failed = []
-    quiet = not accelerator.is_main_process
-    for cell in tqdm(claimed(cells, accelerator), desc="cells", unit="cell", disable=quiet):
-        if model is None:
-            model = ReducedVideoLLM.from_model_config(cfg.model, positions=cfg.positions, kv_reuse=cfg.kv_reuse)
-            model.accelerator = accelerator
-        model.max_frames = max_frames(cfg.model, cell.benchmark.get("frame_cap", "default"))
-        model.reducer = cell.build_reducer()
-        try:
-            evaluate_cell(cfg, cell, model, task_manager, accelerator)
-        except (Exception, SystemExit):  # lmms-eval's task code may sys.exit
-            log.exception("cell %s failed", cell.path)
-            failed.append(cell.path)
+    model, failed, cell = None, [], None
+    try:
+        if accelerator.is_main_process:
+            with locked(Path(cfg.results_dir) / ".prepare.lock"):
+                prepare(cfg)
         accelerator.wait_for_everyone()
+        task_manager = index_tasks(benchmarks)
+        from runners.lmms_model import ReducedVideoLLM, max_frames
+
+        quiet = not accelerator.is_main_process
+        for cell in tqdm(claimed(cells, accelerator), desc="cells", unit="cell", disable=quiet):
+            if model is None:
+                model = ReducedVideoLLM.from_model_config(cfg.model, positions=cfg.positions, kv_reuse=cfg.kv_reuse)
+                model.accelerator = accelerator
+            model.max_frames = max_frames(cfg.model, cell.benchmark.get("frame_cap", "default"))
+            model.reducer = cell.build_reducer()
+            try:
+                evaluate_cell(cfg, cell, model, task_manager, accelerator)
+            except (Exception, SystemExit) as error:  # lmms-eval's task code may sys.exit
+                log.exception("cell %s failed", cell.path)
+                if accelerator.is_main_process:
+                    record_failure(cell.path, error)
+                failed.append(cell.path)
+            accelerator.wait_for_everyone()
+            cell = None
+    except KeyboardInterrupt:
+        raise Interrupted(None if cell is None else cell.path) from None
     report = Path(cfg.results_dir) / cfg.model.name / cfg.benchmark.name / "report"
-    if accelerator.is_main_process:
-        write_run_report(cfg, benchmarks, report)
+    summary = f"{len(failed)} cell(s) failed, left unfinished: {', '.join(map(str, failed))}"
+    try:
+        if accelerator.is_main_process:
+            write_run_report(cfg, benchmarks, report)
+    except BaseException:
+        if failed:
+            log.error(summary)
+        raise
     if failed:
-        raise RuntimeError(f"{len(failed)} cell(s) failed, left unfinished: {', '.join(map(str, failed))}")
+        raise RuntimeError(summary)
     return report
 
 
-def check_reducers_choice(choice) -> None:
-    """Refuse ``reducers=sttm``: one config chosen without brackets (Hydra's choice of one option of the group)."""
-    if isinstance(choice, str):
-        raise ValueError(f"reducers={choice}: choose reducer configs as a list, 'reducers=[{choice}]'")
+def interruption(interrupted: KeyboardInterrupt) -> str:
+    """The line Ctrl-C ends a run with: the cell it stopped and how to resume."""
+    cell = getattr(interrupted, "cell", None)
+    if cell is None:
+        return "interrupted outside a cell; finished cells are kept: run the same command again to go on"
+    return f"interrupted while evaluating {cell}: its answers are kept; run the same command again to resume it"
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIGS), config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     check_reducers_choice(HydraConfig.get().runtime.choices.get("reducers"))
-    run(cfg)
+    try:
+        run(cfg)
+    except KeyboardInterrupt as interrupted:
+        print(interruption(interrupted), file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -41,11 +41,11 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 from lmms_eval.api.model import lmms
-from lmms_eval.models.registry_v2 import ModelManifest
 from lmms_eval.utils import simple_parse_args_string
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from runners.generation import Generation, generation
 from runners.records import FULL_TOKENS, QuestionRecord, append_answer, records_by_question
 from runners.tasks.builtin import reply_is_correct
 from sttm.adapters.family import family_of, frames_in_pairs, newlines_per_video, video_token_id
@@ -57,7 +57,6 @@ from sttm.adapters.timing import timed_generate
 from sttm.adapters.video import VideoError, read_frames
 from sttm.api import Reducer, Stage, check_budget, reducer_class
 
-MANIFEST = ModelManifest(model_id="sttm_bench", simple_class_path="runners.lmms_model.ReducedVideoLLM")
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 #: the model_args that describe the cell itself; ``MODEL_CONFIG_ARGS`` set the model config's keys, and the others
 #: are the reducer's parameters
@@ -65,41 +64,15 @@ OWN_ARGS = ("model", "reducer", "budget", "benchmark", "frame_cap", "positions",
             "batch_size", "max_batch_size")  # fmt: skip
 MODEL_CONFIG_ARGS = ("pretrained", "dtype", "attn_implementation", "device", "device_map", "llm_layer", "target_fps",
                      "max_frames", "max_new_tokens")  # fmt: skip
-#: the generation arguments read from a request; greedy decoding only
-GENERATION_ARGS = ("max_new_tokens", "until", "do_sample", "temperature", "top_p", "top_k", "num_beams")
 
 
-@dataclass(frozen=True)
-class Generation:
-    """How one request is decoded: greedily, up to ``max_new_tokens``, the reply cut before the first of ``until``."""
+def MANIFEST():  # the name the entry point gives
+    """This model's registration with lmms-eval, which the entry point ``lmms_eval.models`` names and lmms-eval's
+    registry calls when it loads: built then, as importing the registry here would load that entry point before
+    this module is whole (lmms-eval's "circular import" warning)."""
+    from lmms_eval.models.registry_v2 import ModelManifest
 
-    max_new_tokens: int
-    until: tuple[str, ...] = ()
-
-    def cut(self, reply: str) -> str:
-        ends = [reply.index(stop) for stop in self.until if stop and stop in reply]
-        return reply[: min(ends, default=len(reply))].strip()
-
-
-def generation(gen_kwargs: dict | None, max_new_tokens: int) -> Generation:
-    """A request's generation arguments (its task's ``generation_kwargs`` updated by ``--gen_kwargs``) as lmms-eval's
-    own models read them: ``max_new_tokens`` (``max_new_tokens`` where the request gives none), ``until`` (a string or
-    a list of them; lmms-eval gives a task without one ``["\\n\\n"]``), and greedy decoding. Sampling and beam search
-    fail: every reducer's timing and the KV reuse assume one greedy sequence; ``temperature``, ``top_p`` and ``top_k``
-    act only with ``do_sample``, as in ``transformers``."""
-    gen_kwargs = gen_kwargs or {}
-    unknown = sorted(set(gen_kwargs) - set(GENERATION_ARGS))
-    if unknown:
-        raise ValueError(f"generation arguments {unknown} are not supported; sttm_bench reads {list(GENERATION_ARGS)}")
-    if gen_kwargs.get("do_sample") or int(gen_kwargs.get("num_beams", 1)) != 1:
-        raise ValueError(
-            "sttm_bench decodes greedily (one sequence, as the reducers' timing and the KV reuse assume): got "
-            f"do_sample={gen_kwargs.get('do_sample')}, num_beams={gen_kwargs.get('num_beams')}"
-        )
-    until = gen_kwargs.get("until") or []
-    return Generation(
-        int(gen_kwargs.get("max_new_tokens", max_new_tokens)), (until,) if isinstance(until, str) else tuple(until)
-    )
+    return ModelManifest(model_id="sttm_bench", simple_class_path="runners.lmms_model.ReducedVideoLLM")
 
 
 def max_frames(model: Mapping, frame_cap: str = "default") -> int:
@@ -423,7 +396,7 @@ class ReducedVideoLLM(lmms):
                 ttft_ms=timing.ttft_ms,
                 decode_ms_per_token=timing.decode_ms_per_token,
                 peak_memory_mb=timing.peak_memory_mb,
-                prefill_tokens=prompt_length,
+                prefill_tokens=prompt_length - sum(removed for _, removed in cuts),  # as the last layers prefill it
                 prefill_flops=flops,
                 extra=stages,
             )
@@ -436,6 +409,7 @@ class ReducedVideoLLM(lmms):
         tokens from a copy of the cache. The first question carries the prefix's time and tokens."""
         prefix = prefill_prefix(self.model, inputs[0])
         reduction = log.last if log.calls else None
+        removed = 0 if reduction is None else before - reduction.num_kept
         records = []
         for position, (question, base, question_inputs) in enumerate(zip(group, bases, inputs, strict=True)):
             settings = question.generation
@@ -453,7 +427,7 @@ class ReducedVideoLLM(lmms):
                     prefill_ms=prefill_ms,
                     ttft_ms=prefill_ms,
                     decode_ms_per_token=answer.decode_ms_per_token,
-                    prefill_tokens=question_tokens + (prefix.length if shared else 0),
+                    prefill_tokens=question_tokens + (prefix.length - removed if shared else 0),
                     extra={"kv_reuse": True, "questions_per_prefill": len(bases)},
                 )
             )

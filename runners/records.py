@@ -1,14 +1,16 @@
 """Per-question records of one evaluation cell (model × benchmark × reducer setting × budget), written so that a
 crash loses nothing and a re-run duplicates nothing.
 
-A cell is a folder. ``cell.json`` holds its keys (``write_cell_keys``). While the cell is evaluated, the model
-appends one line per answered question to its process's answers file (``answers.rank<r>.jsonl``), flushed and
-synced as it is written; a line cut short by a crash is dropped when the file is read back, so that question runs
-again. The runner alone writes ``records.jsonl``: once, at the end, every answer with its correctness, replacing
-the answers files (``write_records``). ``environment.json`` holds the package versions and commit that evaluated
-it (``runners.provenance``). Whole files are written to a temporary name and renamed into place. ``DONE``
-marks a finished cell. Lines are strict JSON: a time not measured (NaN in a ``QuestionRecord``) is written as null
-and read back as NaN.
+A cell is a folder. ``cell.json`` holds its keys and the settings it was evaluated with (``write_cell_keys``).
+While the cell is evaluated, the model appends one line per answered question to its process's answers file
+(``answers.rank<r>.jsonl``), flushed and synced as it is written; a line cut short by a crash is dropped when the
+file is read back, so that question runs again. The runner alone writes ``records.jsonl``: at the end, every answer
+to the run's questions with its correctness, replacing the answers files (``write_records``).
+``environment.json`` holds the package versions and commit that evaluated it (``runners.provenance``). Whole files
+are written atomically (``runners.files``). ``sessions.json`` adds up the wall time of the sessions a resumed cell
+took; ``DONE`` marks a finished cell, ``FAILED`` (the error) one whose last evaluation raised, and a process
+evaluating it holds ``.lock`` (``cell_status``). Lines are strict JSON: a time not measured (NaN in a
+``QuestionRecord``) is written as null and read back as NaN.
 """
 
 from __future__ import annotations
@@ -21,10 +23,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from runners.files import is_locked, write_atomically
+
 RECORDS = "records.jsonl"
 CELL_KEYS = "cell.json"
 ENVIRONMENT = "environment.json"
 DONE = "DONE"
+FAILED = "FAILED"
+SESSIONS = "sessions.json"
+LOCK = ".lock"
 FULL_TOKENS = "none"  # the reducer key of the full-token cells
 
 
@@ -47,7 +54,7 @@ class QuestionRecord:
     ttft_ms: float = math.nan
     decode_ms_per_token: float = math.nan
     peak_memory_mb: float = math.nan
-    prefill_tokens: int | None = None
+    prefill_tokens: int | None = None  # the prompt the LLM prefills, reduced (from its layer on, for one in the LLM)
     prefill_flops: float = math.nan  # sttm.adapters.flops: the LLM's prefill from the tokens each layer saw
     error: str | None = None
     extra: dict = field(default_factory=dict)
@@ -75,17 +82,6 @@ def parse_line(line: str) -> dict:
     """A row written by ``json_line``, its measured fields that were not measured back as NaN."""
     row = json.loads(line)
     return row | {key: math.nan for key in MEASURED if key in row and row[key] is None}
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
 
 
 def drop_partial_line(path: Path) -> None:
@@ -145,42 +141,87 @@ def records_by_question(cell: Path) -> dict[tuple[str, int], dict]:
     return {(row["task"], row["doc_id"]): row for row in read_records(cell)}
 
 
+def drop_failed(cell: Path) -> int:
+    """Forget the cell's failed questions (their records hold an error), so that a resumed run asks them again;
+    return how many."""
+    rows = read_records(cell)
+    kept = [row for row in rows if not row["error"]]
+    if len(kept) < len(rows):
+        write_records(cell, kept)
+    return len(rows) - len(kept)
+
+
+def add_session(cell: Path, wall_s: float) -> dict:
+    """Add one evaluation session's wall time to the cell's ``sessions.json``; return its totals, ``sessions`` and
+    ``wall_s``."""
+    path = cell / SESSIONS
+    totals = json.loads(path.read_text()) if path.is_file() else {"sessions": 0, "wall_s": 0.0}
+    totals = {"sessions": totals["sessions"] + 1, "wall_s": totals["wall_s"] + wall_s}
+    write_atomically(path, json.dumps(totals))
+    return totals
+
+
 def mark_done(cell: Path, summary: dict) -> None:
     write_atomically(cell / DONE, json.dumps(summary, indent=1))
+    (cell / FAILED).unlink(missing_ok=True)
+
+
+def mark_failed(cell: Path, error: str) -> None:
+    write_atomically(cell / FAILED, error + "\n")
 
 
 def is_done(cell: Path) -> bool:
     return (cell / DONE).is_file()
 
 
+def cell_status(cell: Path) -> str:
+    """``done``, ``running`` (a process holds its lock), ``failed`` (its last evaluation raised) or ``unfinished``."""
+    if is_done(cell):
+        return "done"
+    if is_locked(cell / LOCK):
+        return "running"
+    return "failed" if (cell / FAILED).is_file() else "unfinished"
+
+
+def canonical(value) -> str:
+    """``value`` (JSON types) as one JSON text, keys sorted: equal values, equal texts."""
+    return json.dumps(value, sort_keys=True)
+
+
 RECORD_COLUMNS = [f.name for f in fields(QuestionRecord)] + ["achieved_ratio"]
-CELL_COLUMNS = ["model", "benchmark", "reducer", "budget", "params"]
+CELL_COLUMNS = ["model", "benchmark", "reducer", "budget", "params", "settings"]
+JSON_COLUMNS = ("params", "settings")
+COLUMNS = [*RECORD_COLUMNS, *CELL_COLUMNS, "cell", "status", "wall_s", "environment"]
 
 
 def load_cells(root: Path) -> pd.DataFrame:
     """Every record of the cells under ``root`` (each a folder with a ``cell.json``, ``root`` itself included), one
-    row per question, with the cell's keys (``params`` as canonical JSON), its folder relative to ``root``, the
-    evaluation's wall time (``wall_s``) from its ``DONE`` and its ``environment`` (canonical JSON; None where the
-    cell has no ``environment.json``)."""
+    row per question, with the cell's keys (``params`` and ``settings`` as canonical JSON), its folder relative to
+    ``root``, its ``status`` (``cell_status``), the evaluation's wall time over its sessions (``wall_s``) from its
+    ``DONE`` and its ``environment`` (canonical JSON; None where the cell has no ``environment.json``). A cell
+    without records yet has one row per task of its ``cell.json`` without a question (``doc_id`` missing), so that
+    it shows with its status."""
     frames = []
     for path in sorted(root.rglob(CELL_KEYS)):
         cell = path.parent
         keys = json.loads(path.read_text())
-        rows = read_records(cell)
+        rows = read_records(cell) or [{"task": task} for task in keys.get("tasks", [])]
         if rows:
-            frame = pd.DataFrame(rows)
+            frame = pd.DataFrame(rows).reindex(columns=RECORD_COLUMNS)
             for key in CELL_COLUMNS:
-                frame[key] = json.dumps(keys.get(key), sort_keys=True) if key == "params" else keys.get(key)
+                frame[key] = canonical(keys.get(key)) if key in JSON_COLUMNS else keys.get(key)
             frame["cell"] = str(cell.relative_to(root))
+            frame["status"] = cell_status(cell)
             frame["wall_s"] = json.loads((cell / DONE).read_text()).get("wall_s") if is_done(cell) else None
             environment = cell / ENVIRONMENT
             frame["environment"] = json.dumps(json.loads(environment.read_text())) if environment.is_file() else None
             frames.append(frame)
     if not frames:
-        return pd.DataFrame(columns=[*RECORD_COLUMNS, *CELL_COLUMNS, "cell", "wall_s", "environment"])
+        return pd.DataFrame(columns=COLUMNS)
     return pd.concat(frames, ignore_index=True)
 
 
 def write_cell_keys(cell: Path, **keys) -> None:
-    """Record what a cell holds (its model, benchmark, reducer setting and budget), for ``load_cells``."""
+    """Record what a cell holds (its model, benchmark and tasks, reducer setting, budget and the settings it is
+    evaluated with), for ``load_cells``."""
     write_atomically(cell / CELL_KEYS, json.dumps(keys, indent=1))

@@ -2,21 +2,26 @@
 
     python -m runners.report RESULTS_DIR [--out DIR] [--seed 0] [--resamples 9999]
 
-Rows are method × budget for each model; columns are the benchmarks' accuracies, their average, the average
-relative to the full-token run of the same model, prefill and TTFT speed-ups over that run, and the achieved
-ratio of visual tokens. Each method is compared with full tokens on the same questions: the difference of the
-average (points) and the relative accuracy, with 95% intervals from a paired bootstrap over videos
-(``runners.intervals``); ``~`` marks an interval that holds no difference, i.e. within noise. A stochastic reducer
-run over several seeds is one row: its accuracies are the means over seeds, with the interval across them. Writes
-``table.md`` (the table, its legend, the differences per benchmark and what produced the numbers), ``table.csv``,
-``table.tex``, ``intervals.csv`` (every interval, as numbers), and three plots: accuracy against budget per
-benchmark and average accuracy against prefill speed-up with its Pareto front, each with the intervals as error
-bars, and the TTFT breakdown.
+Rows are method × budget for each model (in a folder holding runs of different settings, each run's model is named
+by the settings that tell it apart: ``tiny [limit=20]``); columns are the benchmarks' accuracies as lmms-eval
+scores them (a question that failed, e.g. on an unreadable video, is wrong), their average, the average over the
+answered questions alone, the average relative to the full-token run of the same model, prefill and TTFT speed-ups
+over that run, the achieved ratio of visual tokens, the numbers of failed and of all questions, and the cells'
+status (a cell not done shows as unfinished, running or failed). Each method is compared with full tokens on the
+same questions: the difference of the average (points) and the relative accuracy, with 95% intervals from a paired
+bootstrap over videos (``runners.intervals``); ``~`` marks an interval that holds no difference, i.e. within
+noise. A stochastic reducer run over several seeds is one row: its accuracies are the means over seeds, with the
+interval across them. Writes ``table.md`` (the table, its legend, the differences per benchmark and what produced
+the numbers), ``table.csv``, ``table.tex``, ``intervals.csv`` (every interval, as numbers), and three plots:
+accuracy against budget per benchmark and average accuracy against prefill speed-up with its Pareto front, each
+with the intervals as error bars, and the TTFT breakdown; each file whole or not at all (a failed write leaves the
+previous one).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import sys
@@ -29,6 +34,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from runners.files import write_atomically  # noqa: E402
 from runners.intervals import (  # noqa: E402
     CONFIDENCE,
     RESAMPLES,
@@ -51,37 +57,102 @@ LATEX_ESCAPES = {"%": r"\%", "&": r"\&", "_": r"\_", "#": r"\#", "$": r"\$", "~"
 POOLED = {"seed"}  # parameters whose values are repeated runs of one setting, not settings of their own
 
 
-def setting_names(records: pd.DataFrame) -> pd.Series:
-    """Each record's reducer for the tables: its setting's key under ``reducers``, and where cells of one key (at one
-    model, benchmark and budget) hold different parameters, as from a sweep over one, the parameters that tell them
-    apart: ``sttm (variant=corrected)``; cells that differ only in their ``seed`` are seeds of one setting."""
-    cells = records.drop_duplicates("cell").set_index("cell")
+def dotted(settings: dict, prefix: str = "") -> dict:
+    """Nested settings as one level of dotted keys: ``{"model": {"dtype": ...}}`` → ``{"model.dtype": ...}``."""
+    flat = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat |= dotted(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def differences(values: dict[str, dict], ignored: set[str] = frozenset()) -> dict[str, str]:
+    """For each cell of ``values`` (its settings, by cell), ``key=value`` of the settings (but the ``ignored``) in
+    which the cells differ; empty where none do."""
+    keys = sorted({key for settings in values.values() for key in settings} - ignored)
+    differing = [key for key in keys if len({repr(settings.get(key)) for settings in values.values()}) > 1]
+    return {cell: ", ".join(f"{key}={settings.get(key)}" for key in differing) for cell, settings in values.items()}
+
+
+def run_names(cells: pd.DataFrame) -> pd.Series:
+    """Each cell's model for the tables (``cells``: one row per cell, by cell): its name, and where cells of one
+    model ran with different settings (a folder holding several runs), the settings that tell them apart,
+    ``tiny [limit=20]``, so that each run is compared with full tokens of its own settings. A benchmark's own
+    settings (``benchmark.*``) are told apart among the cells of that benchmark; a cell that recorded no settings
+    (evaluated before they were recorded) is ``[settings not recorded]`` beside cells that did."""
+    parts = pd.Series([[] for _ in cells.index], index=cells.index)
+    for _, group in cells.groupby("model"):
+        settings = {cell: json.loads(text) for cell, text in group["settings"].items() if text != "null"}
+        runs = {cell: dotted({key: value for key, value in values.items() if key != "benchmark"})
+                for cell, values in settings.items()}  # fmt: skip
+        for cell, text in differences(runs).items():
+            parts[cell].append(text)
+        for _, benchmark in group.loc[list(settings)].groupby("benchmark"):
+            own = {cell: dotted({"benchmark": settings[cell].get("benchmark", {})}) for cell in benchmark.index}
+            for cell, text in differences(own).items():
+                parts[cell].append(text)
+        if settings:
+            for cell in group.index.difference(list(settings)):
+                parts[cell].append("settings not recorded")
+    suffixes = parts.map(lambda texts: ", ".join(text for text in texts if text))
+    return cells["model"].where(suffixes == "", cells["model"] + " [" + suffixes + "]")
+
+
+def setting_names(cells: pd.DataFrame) -> pd.Series:
+    """Each cell's reducer for the tables (``cells``: one row per cell, by cell): its setting's key under
+    ``reducers``, and where cells of one key (at one model, benchmark and budget) hold different parameters, as from
+    a sweep over one, the parameters that tell them apart: ``sttm (variant=corrected)``; cells that differ only in
+    their ``seed`` are seeds of one setting."""
     names = cells["reducer"].copy()
     for _, group in cells.groupby(["model", "benchmark", "reducer", "budget"], dropna=False):
-        if group["params"].nunique() < 2:
-            continue
         values = {cell: json.loads(text) or {} for cell, text in group["params"].items()}
-        keys = sorted({key for params in values.values() for key in params} - POOLED)
-        differing = [key for key in keys if len({repr(params.get(key)) for params in values.values()}) > 1]
-        if not differing:
-            continue
-        for cell, params in values.items():
-            names[cell] = f"{names[cell]} ({', '.join(f'{key}={params.get(key)}' for key in differing)})"
-    return records["cell"].map(names)
+        for cell, text in differences(values, POOLED).items():
+            if text:
+                names[cell] = f"{names[cell]} ({text})"
+    return names
+
+
+def named(records: pd.DataFrame) -> pd.DataFrame:
+    """``records`` with their model named by ``run_names`` and their reducer by ``setting_names``."""
+    cells = records.drop_duplicates("cell").set_index("cell")
+    cells = cells.assign(model=run_names(cells))
+    return records.assign(model=records["cell"].map(cells["model"]), reducer=records["cell"].map(setting_names(cells)))
+
+
+def scores(records: pd.DataFrame) -> pd.Series:
+    """Each record's score as lmms-eval's accuracy counts it: 1 for a right answer, 0 for a wrong one or a failed
+    question (an unreadable video); NaN for a question not scored yet and for a cell's row without a question."""
+    unscored = records["doc_id"].isna() | (records["correct"].isna() & records["error"].isna())
+    return records["correct"].eq(True).astype(float).mask(unscored)
+
+
+def cells_status(status: pd.Series) -> str:
+    """One status for the cells of a row from theirs (``runners.records.cell_status``, or such lists): ``done`` when
+    all are, else those that are not, e.g. ``unfinished, running``."""
+    pending = {part for text in status for part in text.split(", ")} - {"done"}
+    return ", ".join(sorted(pending)) or "done"
 
 
 def summarize(records: pd.DataFrame) -> pd.DataFrame:
-    """One row per (model, reducer, budget, task): accuracy over answered questions (over the answers of every seed
-    of a stochastic reducer: their mean), mean costs, and the number of failed questions (a task whose questions all
-    failed keeps its row, without accuracy). Reducers are named by ``setting_names``."""
+    """One row per (model, reducer, budget, task): ``accuracy`` as lmms-eval scores it (a failed question is wrong;
+    none while a question is unscored), over the answers of every seed of a stochastic reducer (their mean),
+    ``answered_accuracy`` over the answered questions alone, mean costs over those, the number of ``questions`` and
+    of ``failed`` ones, and the cells' ``status`` (a cell without records yet keeps its rows, without questions).
+    Models and reducers are named by ``named``."""
     keys = ["model", "reducer", "budget", "task"]
-    records = records.assign(reducer=setting_names(records))
-    if "prefill_flops" not in records:  # records written before FLOPs were recorded
-        records = records.assign(prefill_flops=float("nan"))
-    answered = records[records["error"].isna()]
-    summary = answered.groupby(keys).agg(
-        accuracy=("correct", lambda c: 100 * c.astype(float).mean()),
+    records = named(records).assign(score=scores(records))
+    questions = records[records["doc_id"].notna()]
+    questions = questions.assign(failed=questions["error"].notna())
+    answered = questions[~questions["failed"]]
+    counts = questions.groupby(keys).agg(
+        accuracy=("score", lambda score: 100 * score.mean(skipna=False)),
         questions=("doc_id", "nunique"),
+        failed=("failed", "sum"),
+    )
+    costs = answered.groupby(keys).agg(
+        answered_accuracy=("score", lambda score: 100 * score.mean(skipna=False)),
         achieved_ratio=("achieved_ratio", "mean"),
         prefill_ms=("prefill_ms", "mean"),
         ttft_ms=("ttft_ms", "mean"),
@@ -89,25 +160,27 @@ def summarize(records: pd.DataFrame) -> pd.DataFrame:
         reducer_ms=("reducer_ms", "mean"),
         prefill_tokens=("prefill_tokens", "mean"),
         prefill_flops=("prefill_flops", "mean"),
-        cell=("cell", "first"),
-        wall_s=("wall_s", "first"),
     )
-    failed = records[records["error"].notna()].groupby(keys).size()
-    summary = summary.reindex(summary.index.union(failed.index))
+    cells = records.groupby(keys).agg(cell=("cell", "first"), wall_s=("wall_s", "first"),
+                                      status=("status", cells_status))  # fmt: skip
+    summary = cells.join(counts).join(costs)
     summary["questions"] = summary["questions"].fillna(0).astype(int)
-    summary["failed"] = failed.reindex(summary.index, fill_value=0)
+    summary["failed"] = summary["failed"].fillna(0).astype(int)
     return summary.reset_index()
 
 
 def paper_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Method × budget rows per model, benchmarks as columns, plus their average (none where one of the cell's
-    benchmarks has no answered question), relative accuracy, speed-ups, the prefill's FLOPs as a share of full
-    tokens' (``sttm.adapters.flops``), prefill tokens per question, the
-    evaluation's wall time and the number of failed questions."""
+    """Method × budget rows per model, benchmarks as columns (accuracy as lmms-eval scores it), plus their average
+    (none where one of the cell's benchmarks has no accuracy), the average over answered questions alone, relative
+    accuracy, speed-ups, the prefill's FLOPs as a share of full tokens' (``sttm.adapters.flops``), prefill tokens
+    per question, the evaluation's wall time, the number of failed questions and of all questions, and the cells'
+    status."""
     cells = CELLS
     accuracy = summary.pivot(index=cells, columns="task", values="accuracy")
     unanswered = summary["accuracy"].isna().groupby([summary[key] for key in cells]).any().reindex(accuracy.index)
     table = accuracy.assign(average=accuracy.mean(axis=1).mask(unanswered))
+    answered = summary.pivot(index=cells, columns="task", values="answered_accuracy")
+    table["answered_average"] = answered.mean(axis=1).mask(answered.isna().any(axis=1))
     costs = summary.groupby(cells)[["prefill_ms", "ttft_ms", "prefill_flops", "achieved_ratio"]].mean()
     costs = costs.reindex(table.index)
     is_full = table.index.get_level_values("reducer") == FULL_TOKENS
@@ -123,6 +196,8 @@ def paper_table(summary: pd.DataFrame) -> pd.DataFrame:
     per_cell = summary.dropna(subset=["cell"]).drop_duplicates([*cells, "cell"])
     table["wall_s"] = per_cell.groupby(cells)["wall_s"].sum(min_count=1).reindex(table.index)
     table["failed"] = summary.groupby(cells)["failed"].sum().reindex(table.index)
+    table["questions"] = summary.groupby(cells)["questions"].sum().reindex(table.index)
+    table["status"] = summary.groupby(cells)["status"].agg(cells_status).reindex(table.index)
     return table.sort_index(level=["model", "budget", "reducer"], ascending=[True, False, True]).round(2)
 
 
@@ -132,14 +207,14 @@ def record_seeds(records: pd.DataFrame) -> pd.Series:
 
 
 def question_scores(records: pd.DataFrame) -> pd.DataFrame:
-    """One row per (model, reducer, budget, task, doc_id) answered: its ``score``, the mean correctness over the
-    reducer's seeds (0 or 1 with one seed), and its ``video``, the cluster it is resampled with (the question itself
-    where its record names no video)."""
-    answered = records[records["error"].isna() & records["correct"].notna()]
-    answered = answered.assign(reducer=setting_names(answered), score=answered["correct"].astype(float))
-    question = answered["task"] + "/" + answered["doc_id"].astype(str)
-    video = answered["video"].fillna(question) if "video" in answered else question
-    questions = answered.assign(video=video).groupby([*CELLS, "task", "doc_id"], as_index=False)
+    """One row per (model, reducer, budget, task, doc_id) scored: its ``score``, the mean over the reducer's seeds of
+    its ``scores`` (0 or 1 with one seed; a failed question is wrong), and its ``video``, the cluster it is
+    resampled with (the question itself where its record names no video)."""
+    records = named(records).assign(score=scores(records))
+    scored = records[records["score"].notna()]
+    question = scored["task"] + "/" + scored["doc_id"].astype(int).astype(str)
+    video = scored["video"].fillna(question)
+    questions = scored.assign(video=video).groupby([*CELLS, "task", "doc_id"], as_index=False)
     return questions.agg(score=("score", "mean"), video=("video", "first"))
 
 
@@ -149,10 +224,10 @@ def paired_differences(records: pd.DataFrame, seed: int = SEED, resamples: int =
     run pairs at least two videos): the difference (points) and relative accuracy (%), each with its interval
     (``_low``, ``_high``) from ``runners.intervals.paired_intervals``, and the videos and questions it rests on. A
     benchmark with fewer than two paired videos has no row."""
-    scores = question_scores(records)
-    full = scores[scores["reducer"] == FULL_TOKENS]
+    per_question = question_scores(records)
+    full = per_question[per_question["reducer"] == FULL_TOKENS]
     rows = []
-    for (model, reducer, budget), method in scores[scores["reducer"] != FULL_TOKENS].groupby(CELLS):
+    for (model, reducer, budget), method in per_question[per_question["reducer"] != FULL_TOKENS].groupby(CELLS):
         reference = full[full["model"] == model]
         paired = reference.merge(method, on=["task", "doc_id"], suffixes=("_full", ""))
         sums = {
@@ -181,12 +256,12 @@ def paired_differences(records: pd.DataFrame, seed: int = SEED, resamples: int =
 
 def seed_spread(records: pd.DataFrame) -> pd.DataFrame:
     """Per (model, reducer, budget): the number of ``seeds`` of its cells and, with several, the mean over seeds of
-    the average accuracy over benchmarks with its t-interval across seeds (``across``, ``across_low``,
-    ``across_high``)."""
-    answered = records[records["error"].isna() & records["correct"].notna()]
-    answered = answered.assign(reducer=setting_names(answered), seed=record_seeds(answered),
-                               correct=answered["correct"].astype(float))  # fmt: skip
-    per_task = answered.groupby([*CELLS, "seed", "task"], dropna=False)["correct"].mean()
+    the average accuracy over benchmarks (lmms-eval's, ``scores``) with its t-interval across seeds (``across``,
+    ``across_low``, ``across_high``)."""
+    records = named(records).assign(score=scores(records))
+    scored = records[records["score"].notna()]
+    scored = scored.assign(seed=record_seeds(scored))
+    per_task = scored.groupby([*CELLS, "seed", "task"], dropna=False)["score"].mean()
     per_seed = 100 * per_task.groupby(level=[*CELLS, "seed"], dropna=False).mean()
     rows = []
     for key, averages in per_seed.groupby(level=CELLS, dropna=False):
@@ -271,6 +346,14 @@ def error_bars(points: pd.DataFrame, differences: pd.DataFrame, keys: list[str])
     return [matched["difference"] - matched["difference_low"], matched["difference_high"] - matched["difference"]]
 
 
+def save_figure(figure, path: Path) -> None:
+    """Write ``figure`` as a PNG to ``path``, whole or not at all, and close it."""
+    png = io.BytesIO()
+    figure.savefig(png, format="png", dpi=120)
+    plt.close(figure)
+    write_atomically(path, png.getvalue())
+
+
 def plot_accuracy_vs_budget(summary: pd.DataFrame, differences: pd.DataFrame, path: Path) -> None:
     tasks = sorted(summary["task"].unique())
     figure, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.5), squeeze=False)
@@ -287,8 +370,7 @@ def plot_accuracy_vs_budget(summary: pd.DataFrame, differences: pd.DataFrame, pa
         axis.set(title=task, xlabel="achieved ratio of visual tokens", ylabel="accuracy (%), 95% CI vs full")
     axes[0][-1].legend(fontsize="small")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def pareto_front(points: pd.DataFrame, cost: str = "prefill_speedup", higher_is_better: bool = True) -> pd.DataFrame:
@@ -329,8 +411,7 @@ def plot_accuracy_vs_cost(table: pd.DataFrame, differences: pd.DataFrame, path: 
         axis.set(xlabel=label, ylabel="average accuracy (%), 95% CI vs full")
     panels[0][-1].legend(fontsize="small")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def plot_ttft_breakdown(summary: pd.DataFrame, path: Path) -> None:
@@ -339,8 +420,7 @@ def plot_ttft_breakdown(summary: pd.DataFrame, path: Path) -> None:
     parts.rename(index=lambda b: f"{b:g}" if isinstance(b, float) else b).plot.bar(stacked=True, ax=axis)
     axis.set(ylabel="ms per question", xlabel="model, reducer, budget", title="time to first token, by part")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def write_report(records: pd.DataFrame, out: Path, seed: int = SEED, resamples: int = RESAMPLES) -> dict[str, Path]:
@@ -364,12 +444,12 @@ def write_report(records: pd.DataFrame, out: Path, seed: int = SEED, resamples: 
     if not differences.empty:
         per_benchmark = difference_table(differences).reset_index().to_markdown(index=False)
         sections += ["Δ vs full per benchmark (95% CI):", per_benchmark]
-    paths["markdown"].write_text("\n\n".join(sections) + "\n")
-    table.to_csv(paths["csv"])
-    differences.to_csv(paths["intervals"], index=False)
+    write_atomically(paths["markdown"], "\n\n".join(sections) + "\n")
+    write_atomically(paths["csv"], table.to_csv())
+    write_atomically(paths["intervals"], differences.to_csv(index=False))
     latex = table.to_latex(float_format="%.2f", escape=True, caption=latex_text(legend(seed, resamples)))
     comments = "".join(f"% {line}\n" for line in provenance(records))
-    paths["latex"].write_text(comments + latex.replace("Δ", r"$\Delta$"))
+    write_atomically(paths["latex"], comments + latex.replace("Δ", r"$\Delta$"))
     plot_accuracy_vs_budget(summary, differences, paths["accuracy_vs_budget"])
     if any(column in table and table[column].notna().any() for column, _, _ in EFFICIENCY_AXES):
         plot_accuracy_vs_cost(table, differences, paths["accuracy_vs_cost"])

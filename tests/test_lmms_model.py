@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +26,7 @@ from sttm.adapters.video import SampledVideo  # noqa: E402
 from sttm.api import Reducer, Stage, build_reducer  # noqa: E402
 
 TINY = dict(model_config("tiny_llava_onevision"))
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def model_at(folder, max_new_tokens: int = 8, **options) -> ReducedVideoLLM:
@@ -50,6 +54,13 @@ def evaluate(model, task_manager):
 
 def test_is_registered_with_lmms_eval():
     assert get_model("sttm_bench") is ReducedVideoLLM
+
+
+def test_imported_before_lmms_evals_registry_it_is_registered_without_a_circular_import():
+    script = "import runners.lmms_model\nfrom lmms_eval.models import get_model\nprint(get_model('sttm_bench'))"
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.stdout.strip() == "<class 'runners.lmms_model.ReducedVideoLLM'>", done.stderr[-2000:]
+    assert "Failed to load model entry-point manifests" not in done.stderr
 
 
 def test_batches_are_refused(setup):
@@ -88,10 +99,13 @@ def test_full_tokens_and_an_llm_layer_reducer(setup):
     evaluate(full, task_manager)
     layer = model_at(tiny, 2, reducer=build_reducer("sttm", budget=0.5), record_dir=root / "sttm")
     evaluate(layer, task_manager)
-    full_records = [r for r in read_records(root / "full") if not r["error"]]
-    sttm_records = [r for r in read_records(root / "sttm") if not r["error"]]
-    assert all(r["achieved_ratio"] == 1.0 for r in full_records)
-    assert all(r["achieved_ratio"] <= 0.5 and r["reducer_ms"] > 0 for r in sttm_records)
+    full_records = {r["doc_id"]: r for r in read_records(root / "full") if not r["error"]}
+    sttm_records = {r["doc_id"]: r for r in read_records(root / "sttm") if not r["error"]}
+    assert all(r["achieved_ratio"] == 1.0 for r in full_records.values())
+    assert all(r["achieved_ratio"] <= 0.5 and r["reducer_ms"] > 0 for r in sttm_records.values())
+    for doc_id, row in sttm_records.items():  # the prompt from the reducer's layer on, its visual tokens reduced
+        removed = row["visual_tokens_before"] - row["visual_tokens_after"]
+        assert removed > 0 and row["prefill_tokens"] == full_records[doc_id]["prefill_tokens"] - removed
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])

@@ -1,13 +1,16 @@
 """Answers of data-parallel processes: one file per rank, read back as one, written into the cell's records.jsonl
-without loss or duplicates."""
+without loss or duplicates; files written whole or not at all."""
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 
 import pytest
 
+from runners.files import replacing, write_atomically
 from runners.records import QuestionRecord, answers_file, append_answer, read_records, write_records
 
 
@@ -52,3 +55,25 @@ def test_records_are_strict_json_with_times_not_measured_as_null_read_back_as_na
     assert math.isnan(read["reducer_ms"]) and math.isnan(read["peak_memory_mb"])
     write_records(tmp_path, [read | {"correct": True}])
     assert json.loads((tmp_path / "records.jsonl").read_text())["vision_ms"] is None
+
+
+def test_a_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    path = tmp_path / "cell.json"
+    write_atomically(path, "old")
+
+    def disk_full(descriptor):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        write_atomically(path, "new")
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["cell.json"]
+
+
+def test_two_writers_of_one_file_never_share_a_temporary(tmp_path):
+    path = tmp_path / "video.mp4"
+    with replacing(path) as first, replacing(path) as second:
+        first.write_text("first")
+        second.write_text("second")
+        assert first != second and first.parent == second.parent == tmp_path
+    assert path.read_text() == "first" and [p.name for p in tmp_path.iterdir()] == ["video.mp4"]  # the last renamed

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
+from runners.files import locked
 from runners.records import (
     ENVIRONMENT,
     QuestionRecord,
@@ -17,6 +24,7 @@ from runners.records import (
     is_done,
     load_cells,
     mark_done,
+    mark_failed,
     read_records,
     records_by_question,
     write_cell_keys,
@@ -34,6 +42,7 @@ from runners.report import (
 from runners.report import main as report_main
 
 TASKS = ("vnbench", "videomme")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def record(task: str, doc_id: int, correct: bool, kept: int, prefill: float, error: str | None = None, video=None):
@@ -44,12 +53,15 @@ def record(task: str, doc_id: int, correct: bool, kept: int, prefill: float, err
     )  # fmt: skip
 
 
-def fill_cell(root, model, reducer, budget, correct_per_task, kept, prefill, failures=0, params=None, per_video=None):
+def fill_cell(root, model, reducer, budget, correct_per_task, kept, prefill, failures=0, params=None, per_video=None,
+              settings=None):  # fmt: skip
     """A cell of 4 questions per task, the first ``correct`` of each right; ``per_video`` questions share a video
-    (none named without it)."""
+    (none named without it); ``settings``: those of its run (none recorded without them)."""
     params = params or {}
     cell = root / model / reducer / str(budget) / params.get("variant", f"seed{params.get('seed', '')}")
-    write_cell_keys(cell, model=model, benchmark="suite", reducer=reducer, budget=budget, params=params)
+    cell = cell / hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8] if settings else cell
+    write_cell_keys(cell, model=model, benchmark="suite", reducer=reducer, budget=budget, params=params,
+                    settings=settings)  # fmt: skip
     for task, correct in zip(TASKS, correct_per_task, strict=True):
         for doc_id in range(4):
             video = None if per_video is None else f"{task}/{doc_id // per_video}.mp4"
@@ -94,9 +106,11 @@ def test_paper_table_relates_every_method_to_the_full_token_run(results):
     records = load_cells(results)
     table = paper_table(summarize(records))
     sttm = table.loc[("tiny", "sttm", 0.5)]
-    assert sttm["vnbench"] == 100.0 and sttm["videomme"] == 75.0 and sttm["average"] == 87.5
-    assert sttm["relative_%"] == 87.5 and sttm["prefill_speedup"] == 2.0 and sttm["achieved_ratio"] == 0.5
-    assert sttm["ttft_speedup"] == pytest.approx(111 / 61, abs=0.01) and sttm["failed"] == 2
+    assert sttm["vnbench"] == 66.67 and sttm["videomme"] == 75.0 and sttm["average"] == 70.83  # 2 failures: wrong
+    assert sttm["answered_average"] == 87.5 and sttm["failed"] == 2  # 4 of 4 and 3 of 4 answered right
+    assert sttm["questions"] == 10 and sttm["status"] == "unfinished"  # no DONE
+    assert sttm["relative_%"] == 70.83 and sttm["prefill_speedup"] == 2.0 and sttm["achieved_ratio"] == 0.5
+    assert sttm["ttft_speedup"] == pytest.approx(111 / 61, abs=0.01)
     assert table.loc[("tiny", "none", 1.0)]["relative_%"] == 100.0
     assert list(table.index.get_level_values("budget")) == [1.0, 0.5, 0.5]
 
@@ -136,10 +150,11 @@ def test_failed_questions_are_counted_per_cell_even_where_a_task_or_a_cell_has_n
     write_cell_keys(broken, model="tiny", reducer="random", budget=0.5)
     append_answer(broken, record("vnbench", 0, False, 0, math.nan, error="video missing"))
     table = paper_table(summarize(load_cells(tmp_path)))
-    assert table.loc[("tiny", "sttm", 0.5), "failed"] == 5
-    assert math.isnan(table.loc[("tiny", "sttm", 0.5), "nextqa"])
-    assert math.isnan(table.loc[("tiny", "sttm", 0.5), "average"])  # no average over fewer benchmarks than the rest
-    assert table.loc[("tiny", "random", 0.5), "failed"] == 1
+    sttm = table.loc[("tiny", "sttm", 0.5)]
+    assert sttm["failed"] == 5 and sttm["nextqa"] == 0.0  # its three questions failed: wrong, as lmms-eval scores
+    assert sttm["average"] == round((100 * 4 / 6 + 75 + 0) / 3, 2)
+    assert math.isnan(sttm["answered_average"])  # none of nextqa answered
+    assert table.loc[("tiny", "random", 0.5), "failed"] == 1 and table.loc[("tiny", "random", 0.5), "vnbench"] == 0
     assert table.loc[("tiny", "none", 1.0), "failed"] == 0 and table.loc[("tiny", "none", 1.0), "average"] == 100.0
     assert report_main([str(tmp_path), "--out", str(tmp_path / "out")]) == 0
     header = (tmp_path / "out" / "table.md").read_text().splitlines()[0]
@@ -243,3 +258,86 @@ def test_the_report_names_the_environment_each_cell_was_evaluated_in(results):
     markdown = (results / "out" / "table.md").read_text()
     assert "evaluated with lmms_eval 0.7.3, transformers 5.24.0, torch 2.14.1, commit abc123 (3 cells)" in markdown
     assert "reported with" not in markdown
+
+
+def test_cells_of_runs_with_different_settings_get_models_named_by_the_settings_that_differ(tmp_path):
+    for limit, correct in ((2, (2, 2)), (4, (4, 3))):
+        settings = {"limit": limit, "seed": 0, "model": {"dtype": "float32"}, "benchmark": {"name": "suite"}}
+        fill_cell(tmp_path, "tiny", "none", 1.0, (4, 4), kept=100, prefill=100.0, settings=settings)
+        fill_cell(tmp_path, "tiny", "sttm", 0.5, correct, kept=50, prefill=50.0, settings=settings)
+    table = paper_table(summarize(load_cells(tmp_path)))
+    assert table["average"].droplevel("budget").to_dict() == {
+        ("tiny [limit=2]", "none"): 100.0, ("tiny [limit=2]", "sttm"): 50.0,
+        ("tiny [limit=4]", "none"): 100.0, ("tiny [limit=4]", "sttm"): 87.5,
+    }  # fmt: skip
+    assert table["questions"].tolist() == [8, 8, 8, 8]  # each row over its run's questions alone
+    assert table.loc[("tiny [limit=4]", "sttm", 0.5), "relative_%"] == 87.5  # against its own run's full tokens
+
+
+def test_cells_not_done_show_as_such_never_as_ordinary_rows(tmp_path):
+    mark_done(fill_cell(tmp_path, "tiny", "none", 1.0, (4, 4), kept=100, prefill=100.0), {"wall_s": 1.0})
+    failed = fill_cell(tmp_path, "tiny", "tome", 0.5, (4, 4), kept=50, prefill=50.0)
+    mark_failed(failed, "RuntimeError: lmms-eval returned no results for vnbench")
+    unfinished = tmp_path / "tiny" / "sttm" / "0.5"  # answered, not yet scored
+    write_cell_keys(unfinished, model="tiny", benchmark="suite", reducer="sttm", budget=0.5, params={})
+    for task in TASKS:
+        append_answer(unfinished, QuestionRecord(task, 0, None, "A", "A", 100, 50))
+    running = tmp_path / "tiny" / "random" / "0.5"  # another process holds it, before its first answer
+    write_cell_keys(running, model="tiny", benchmark="suite", tasks=list(TASKS), reducer="random", budget=0.5)
+    with locked(running / ".lock"):
+        table = paper_table(summarize(load_cells(tmp_path))).droplevel(["model", "budget"])
+    assert table["status"].to_dict() == {"none": "done", "random": "running", "sttm": "unfinished", "tome": "failed"}
+    assert table.loc["random", "questions"] == 0 and table.loc["sttm", "questions"] == 2
+    assert table.loc[["random", "sttm"], ["vnbench", "videomme", "average"]].isna().all().all()
+
+
+FULL_DISK = """
+import json, os, sys
+from pathlib import Path
+from runners.report import main
+results, more, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+assert main([results, "--out", str(out)]) == 0
+before = {path.name: path.read_bytes() for path in out.iterdir()}
+filler = os.open(out.parent / "filler", os.O_WRONLY | os.O_CREAT)
+for size in (1 << 16, 1):
+    try:
+        while True:
+            os.write(filler, b"0" * size)
+    except OSError:
+        pass
+try:
+    main([more, "--out", str(out)])
+    error = None
+except OSError as raised:
+    error = raised.errno
+after = {path.name: path.read_bytes() for path in out.iterdir()}
+print(json.dumps({"error": error, "same": before == after, "files": sorted(after)}))
+"""
+
+
+def can_mount_tmpfs() -> bool:
+    return shutil.which("unshare") is not None and (
+        subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs tmpfs /mnt"], capture_output=True).returncode == 0
+    )
+
+
+@pytest.mark.skipif(not can_mount_tmpfs(), reason="needs `unshare -rm` and tmpfs to fill a disk of its own")
+def test_a_full_disk_leaves_the_previous_report_whole(tmp_path):
+    results, more = tmp_path / "results", tmp_path / "more"  # more: a report that needs more room than the first
+    fill_cell(results, "tiny", "none", 1.0, (4, 4), kept=100, prefill=100.0)
+    fill_cell(results, "tiny", "sttm", 0.5, (4, 3), kept=50, prefill=50.0, failures=2)
+    shutil.copytree(results, more)
+    for reducer in ("tome", "fastv", "dycoke", "vidcom2", "visionzip", "divprune", "pool", "framefusion"):
+        for budget in (0.5, 0.3, 0.15):
+            fill_cell(more, "tiny", reducer, budget, (3, 2), kept=int(100 * budget), prefill=100.0 * budget)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    command = f'mount -t tmpfs -o size=2m tmpfs "{disk}" && "{sys.executable}" -c "$0" "$1" "$2" "$3"'
+    arguments = [FULL_DISK, str(results), str(more), str(disk / "report")]
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", command, *arguments], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    outcome = json.loads(done.stdout.splitlines()[-1])
+    assert outcome["error"] == errno.ENOSPC and outcome["same"]  # the good report of before, whole
+    assert outcome["files"] == sorted(["table.md", "table.csv", "table.tex", "intervals.csv", "accuracy_vs_budget.png",
+                                       "accuracy_vs_speedup.png", "ttft_breakdown.png"])  # fmt: skip

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +15,8 @@ import pytest
 from runners.toybench import MAX_OPTIONS, SUITE_VERSION, generate, generate_split, is_current, lettered
 from runners.toybench.benchmarks import BENCHMARKS, Question
 from runners.toybench.render import COLORS, SHAPES, SIZE, read_video
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -165,3 +171,24 @@ def test_options_are_lettered_from_a_up_to_the_most_a_question_has():
     too_many = Question("Which color?", "red", ["blue"] * MAX_OPTIONS, "ret")
     with pytest.raises(ValueError, match=f"at most {MAX_OPTIONS} options, got {MAX_OPTIONS + 1}"):
         lettered(too_many, 0, rng)
+
+
+def test_two_first_time_runs_sharing_the_data_folder_write_it_once_between_them(tmp_path):
+    script = (
+        "import sys, time; from pathlib import Path; from runners.toybench import generate\n"
+        "Path(sys.argv[2]).touch()\n"
+        "while not (Path(sys.argv[1]).parent / 'go').exists(): time.sleep(0.01)  # both start at once\n"
+        "generate(Path(sys.argv[1]), splits=('test',), names=['toy_vnbench'])"
+    )
+    ready = [tmp_path / f"ready{number}" for number in range(2)]
+    runs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "data"), str(flag)], cwd=ROOT,
+                             stderr=subprocess.PIPE, text=True) for flag in ready]  # fmt: skip
+    while not all(flag.exists() for flag in ready) and all(run.poll() is None for run in runs):
+        time.sleep(0.01)
+    (tmp_path / "go").touch()
+    errors = [run.communicate(timeout=600)[1] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [error[-2000:] for error in errors]
+    folder = tmp_path / "data" / "toy_vnbench"
+    rows = [json.loads(line) for line in (folder / "test.jsonl").open()]
+    assert {row["video"] for row in rows} == {str(path) for path in (folder / "videos").iterdir()}  # no temporary
+    assert all(len(read_video(Path(row["video"]))) > 0 for row in rows[:: len(rows) // 4])

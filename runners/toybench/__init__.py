@@ -6,7 +6,8 @@ Writes ``OUT_DIR/<benchmark>/{test,train}.jsonl``, ``OUT_DIR/<benchmark>/videos/
 task ``OUT_DIR/<benchmark>/<benchmark>.yaml`` (load it with ``TaskManager(include_path=OUT_DIR)``). Video paths
 in the JSONL are absolute: the data belongs to the machine that generated it. The train split comes from the
 same generators with another seed. Re-running skips splits that are complete and were written by this
-``SUITE_VERSION`` of the generators (each row records the version that wrote it).
+``SUITE_VERSION`` of the generators (each row records the version that wrote it). Generation holds a lock on
+``OUT_DIR`` (``OUT_DIR/.generate.lock``), so that runs sharing the folder write it once, one after another.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from runners.records import write_atomically
+from runners.files import locked, write_atomically
 from runners.tasks.local import write_local_task
 from runners.tasks.multiple_choice import LETTERS as OPTION_LETTERS
 from runners.toybench.benchmarks import BENCHMARKS, Question, videos
@@ -96,17 +97,18 @@ def generate(
     names: list[str] | None = None,
 ) -> list[Path]:
     """Every benchmark's (or the ``names`` given) splits under ``out`` (a complete, current split is left as it
-    is)."""
+    is), under the folder's lock."""
     written = []
-    for name, (_, test_videos) in BENCHMARKS.items():
-        if names is not None and name not in names:
-            continue
-        for split in splits:
-            jsonl = out / name / f"{split}.jsonl"
-            if not is_current(jsonl):
-                count = test_videos * (train_factor if split == "train" else 1)
-                generate_split(name, split, out, seed, count)
-            written.append(jsonl)
-        if "test" in splits:
-            write_task_yaml(name, out)
+    with locked(out / ".generate.lock"):
+        for name, (_, test_videos) in BENCHMARKS.items():
+            if names is not None and name not in names:
+                continue
+            for split in splits:
+                jsonl = out / name / f"{split}.jsonl"
+                if not is_current(jsonl):
+                    count = test_videos * (train_factor if split == "train" else 1)
+                    generate_split(name, split, out, seed, count)
+                written.append(jsonl)
+            if "test" in splits:
+                write_task_yaml(name, out)
     return written

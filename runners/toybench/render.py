@@ -12,6 +12,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from runners.files import replacing
+
 SIZE = 224
 COLORS = {
     "red": (220, 40, 40),
@@ -74,10 +76,8 @@ def draw(frame: np.ndarray, shape: str, color: str, center: tuple[int, int], rad
 
 
 def write_video(frames: list[np.ndarray], path: Path, fps: int = 1) -> None:
-    """Encode frames as H.264 mp4 (through a temporary name, so that no half-written file is left)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with av.open(str(temporary), "w", format="mp4") as container:
+    """Encode frames as H.264 mp4, whole or not at all (``runners.files.replacing``)."""
+    with replacing(path) as temporary, av.open(str(temporary), "w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps, options={"crf": "18", "preset": "veryfast"})
         stream.width = stream.height = SIZE
         stream.pix_fmt = "yuv420p"
@@ -87,7 +87,6 @@ def write_video(frames: list[np.ndarray], path: Path, fps: int = 1) -> None:
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    temporary.replace(path)
 
 
 def read_video(path: Path) -> np.ndarray:
