@@ -33,6 +33,8 @@ FAILED = "FAILED"
 SESSIONS = "sessions.json"
 LOCK = ".lock"
 FULL_TOKENS = "none"  # the reducer key of the full-token cells
+CELLS = ["model", "reducer", "budget"]  # what names a cell in records and tables
+AVERAGE = "average"  # the task name of the statistics of the average over benchmarks
 
 
 @dataclass(frozen=True)

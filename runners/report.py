@@ -13,29 +13,24 @@ bootstrap over videos (``runners.intervals``); ``~`` marks an interval that hold
 noise. A stochastic reducer run over several seeds is one row: its accuracies are the means over seeds, with the
 interval across them. Writes ``table.md`` (the table, its legend, the differences per benchmark and what produced
 the numbers), ``table.csv``, ``table.tex``, ``intervals.csv`` (every interval, as numbers), and three plots:
-accuracy against budget per benchmark and average accuracy against prefill speed-up with its Pareto front, each
-with the intervals as error bars, and the TTFT breakdown; each file whole or not at all (a failed write leaves the
-previous one).
+accuracy against budget per benchmark and average accuracy against prefill speed-up and prefill FLOPs with their
+Pareto fronts, each with the intervals as error bars, and the TTFT breakdown (``runners.plots``); each file whole
+or not at all (a failed write leaves the previous one).
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import sys
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from runners.files import write_atomically  # noqa: E402
-from runners.intervals import (  # noqa: E402
+from runners.files import write_atomically
+from runners.intervals import (
     CONFIDENCE,
     RESAMPLES,
     SEED,
@@ -44,11 +39,15 @@ from runners.intervals import (  # noqa: E402
     paired_intervals,
     video_sums,
 )
-from runners.provenance import describe, environment  # noqa: E402
-from runners.records import FULL_TOKENS, load_cells  # noqa: E402
+from runners.plots import (
+    EFFICIENCY_AXES,
+    plot_accuracy_vs_budget,
+    plot_accuracy_vs_cost,
+    plot_ttft_breakdown,
+)
+from runners.provenance import describe, environment
+from runners.records import AVERAGE, CELLS, FULL_TOKENS, load_cells
 
-CELLS = ["model", "reducer", "budget"]
-AVERAGE = "average"  # the task name of the statistics of the average over benchmarks
 DIFFERENCE = "Δ vs full (95% CI)"
 RELATIVE = "relative % (95% CI)"
 ACROSS_SEEDS = "average over seeds (95% CI)"
@@ -337,90 +336,6 @@ def provenance(records: pd.DataFrame) -> list[str]:
     if recorded.isna().any():
         lines.append(f"reported with {describe(environment())} ({int(recorded.isna().sum())} cells recorded none)")
     return lines
-
-
-def error_bars(points: pd.DataFrame, differences: pd.DataFrame, keys: list[str]) -> list[pd.Series]:
-    """The [below, above] extents of each point's interval of its difference to full tokens (NaN where none), matched
-    on ``keys``; plotted around the point, as its accuracy is full tokens' plus its difference."""
-    matched = points[keys].merge(differences, on=keys, how="left")
-    return [matched["difference"] - matched["difference_low"], matched["difference_high"] - matched["difference"]]
-
-
-def save_figure(figure, path: Path) -> None:
-    """Write ``figure`` as a PNG to ``path``, whole or not at all, and close it."""
-    png = io.BytesIO()
-    figure.savefig(png, format="png", dpi=120)
-    plt.close(figure)
-    write_atomically(path, png.getvalue())
-
-
-def plot_accuracy_vs_budget(summary: pd.DataFrame, differences: pd.DataFrame, path: Path) -> None:
-    tasks = sorted(summary["task"].unique())
-    figure, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.5), squeeze=False)
-    for axis, task in zip(axes[0], tasks, strict=True):
-        rows = summary[summary["task"] == task]
-        for (model, reducer), points in rows[rows["reducer"] != FULL_TOKENS].groupby(["model", "reducer"]):
-            points = points.sort_values("achieved_ratio")
-            axis.errorbar(
-                points["achieved_ratio"], points["accuracy"], yerr=error_bars(points, differences, [*CELLS, "task"]),
-                marker="o", capsize=3, label=f"{model}: {reducer}",
-            )  # fmt: skip
-        for model, full in rows[rows["reducer"] == FULL_TOKENS].groupby("model"):
-            axis.axhline(full["accuracy"].mean(), color="black", linestyle="--", label=f"{model}: full tokens")
-        axis.set(title=task, xlabel="achieved ratio of visual tokens", ylabel="accuracy (%), 95% CI vs full")
-    axes[0][-1].legend(fontsize="small")
-    figure.tight_layout()
-    save_figure(figure, path)
-
-
-def pareto_front(points: pd.DataFrame, cost: str = "prefill_speedup", higher_is_better: bool = True) -> pd.DataFrame:
-    """The points no other point beats on both ``cost`` (a speed-up: higher is better; a share of FLOPs: lower) and
-    average accuracy, ordered by ``cost``."""
-    ordered = points.dropna(subset=[cost]).sort_values([cost, "average"], ascending=[not higher_is_better, False])
-    front, best = [], -float("inf")
-    for index, row in ordered.iterrows():
-        if row["average"] > best:
-            front.append(index)
-            best = row["average"]
-    return ordered.loc[front].sort_values(cost)
-
-
-#: the accuracy–efficiency plot's panels: a column of the paper table, its axis label, and whether higher is better
-EFFICIENCY_AXES = (
-    ("prefill_speedup", "LLM prefill speed-up over full tokens", True),
-    ("flops_%", "prefill FLOPs, % of full tokens'", False),
-)
-
-
-def plot_accuracy_vs_cost(table: pd.DataFrame, differences: pd.DataFrame, path: Path) -> None:
-    """Average accuracy against each efficiency column of ``table`` that holds a value (one panel each)."""
-    points = table.reset_index()
-    axes_shown = [axis for axis in EFFICIENCY_AXES if axis[0] in points and points[axis[0]].notna().any()]
-    figure, panels = plt.subplots(1, len(axes_shown), figsize=(6 * len(axes_shown), 4.5), squeeze=False)
-    averages = differences[differences["task"] == AVERAGE]
-    for axis, (column, label, higher_is_better) in zip(panels[0], axes_shown, strict=True):
-        for (model, reducer), rows in points.groupby(["model", "reducer"]):
-            axis.errorbar(
-                rows[column], rows["average"], yerr=error_bars(rows, averages, CELLS), fmt="o", capsize=3,
-                label=f"{model}: {reducer}",
-            )  # fmt: skip
-            for _, row in rows.iterrows():
-                axis.annotate(f"{row['budget']:g}", (row[column], row["average"]), fontsize="x-small")
-        front = pareto_front(points, column, higher_is_better)
-        axis.plot(front[column], front["average"], color="gray", linestyle=":", label="Pareto front")
-        axis.set(xlabel=label, ylabel="average accuracy (%), 95% CI vs full")
-    panels[0][-1].legend(fontsize="small")
-    figure.tight_layout()
-    save_figure(figure, path)
-
-
-def plot_ttft_breakdown(summary: pd.DataFrame, path: Path) -> None:
-    parts = summary.groupby(["model", "reducer", "budget"])[["vision_ms", "reducer_ms", "prefill_ms"]].mean()
-    figure, axis = plt.subplots(figsize=(max(6, 0.6 * len(parts)), 4))
-    parts.rename(index=lambda b: f"{b:g}" if isinstance(b, float) else b).plot.bar(stacked=True, ax=axis)
-    axis.set(ylabel="ms per question", xlabel="model, reducer, budget", title="time to first token, by part")
-    figure.tight_layout()
-    save_figure(figure, path)
 
 
 def write_report(records: pd.DataFrame, out: Path, seed: int = SEED, resamples: int = RESAMPLES) -> dict[str, Path]:
