@@ -65,15 +65,33 @@ queries, and in each segment keep the ``int(s · alpha)`` most attended of its s
 ``int(d · alpha)`` most attended of its d dynamic ones, in their original order; the hidden states entering layer
 ``selected_layer + 1`` and the KV cache of layers 0 … ``selected_layer`` keep only those (and every text token),
 at their positions. That attention is softmax(q·k/√d) of the layer's queries and keys without rotary embeddings and
-without the causal mask (``LlamaAttention.forward``, ``attn_weights_wo_pos``). ``PruneVid`` carries the stage as
-``inner`` (a ``PruneVidLLM`` at layer ``selected_layer + 1`` with budget ``alpha``; None when
-``question_guided=False``), for a model adapter to run on stage 1's tokens with ``info``'s sizes; the harness's
-adapters do not run it yet (``inner_stage`` is None): they give the last prompt token's attention with rotary
-embeddings, not every later token's without them, and keep layers 0 … ``selected_layer``'s cache whole, so a
-PruneVid cell is stage 1 alone, as LightCompress runs it. The reducer
-``prunevid_llm`` runs the stage alone on the whole grid: every frame is one group of dynamic tokens, ranked by the
-``importance`` the ``llm_layer`` point gives (the last prompt token's attention at layer k − 1, mean over heads),
-and its budget is alpha.
+without the causal mask, over every key of the prompt (``LlamaAttention.forward``, ``attn_weights_wo_pos``).
+
+Here stage 2 is ``PruneVid.inner_stage()`` (None with ``question_guided=False``: stage 1 alone, as LightCompress
+runs it): a ``PruneVidLLM`` with budget ``alpha`` at the input of layer ``selected_layer + 1``, which the
+``two_stages`` point runs on the tokens stage 1 kept, in its order; it groups them by stage 1's sizes, which it
+reads from stage 1's reduction (``VideoTokens.outer``). Its ``importance`` is the authors' attention
+(``importance_queries = "after_video"``, ``sttm.adapters.attention.after_video_attention``), read at the input of
+layer ``selected_layer``: the queries are the prompt's tokens after the last kept video token (in
+LLaVA-OneVision the video's newline token, which the harness keeps as text, is one of them), the keys every prompt
+token but padding, in float32 (the authors multiply in the model's dtype and round the weights to it, so near-ties
+may rank otherwise; their ``topk`` leaves exact ties open, ties here go to the lower index). The kept tokens keep
+the positions stage 1 gave them. ``info`` records ``stage1_ratio`` (stage 1's kept fraction), ``stage2_ratio``
+(stage 2's, of stage 1's tokens) and ``overall_ratio``; the cell's records carry the inner layer and its kept
+tokens.
+
+One departure, on the cache: the layers before ``selected_layer + 1`` keep stage 1's whole cache, where the authors cut
+it to the kept tokens after the prefill (``VTPWindowCache.prompt_prefill``). The prefill is the authors' (given stage
+1's tokens and positions), and so the first generated token (a whole one-letter answer); after it, a decoded token
+attends at layers 0 … ``selected_layer`` to all of stage 1's video tokens, not only the kept ones, and those layers'
+cache is larger than theirs. The harness cannot express their cut exactly: its reduction points make cached decoding
+equal a forward without a cache over the prompt and the generated tokens, and in such a forward the generated tokens
+would need, at layers 0 … ``selected_layer``, a mask made from the attention of layer ``selected_layer``, which is only
+known once those layers have run; so the authors' decoding is not one forward over the whole sequence. (Masking the
+dropped columns in cached decoding alone would give their tokens but break that equality.)
+
+The reducer ``prunevid_llm`` runs stage 2 alone at the ``llm_layer`` point on the whole grid: every frame is one
+group of dynamic tokens, ranked by the same attention, and its budget is alpha.
 """
 
 from __future__ import annotations
@@ -381,9 +399,9 @@ class PruneVid(Reducer):
         self.selected_layer, self.alpha = selected_layer, alpha
         self.inner = PruneVidLLM(budget=alpha, layer=selected_layer + 1) if question_guided else None
 
-    def inner_stage(self) -> None:
-        """None: the question-guided stage needs evidence the adapters do not compute (see the module docstring)."""
-        return None
+    def inner_stage(self) -> PruneVidLLM | None:
+        """Stage 2, the question-guided selection inside the LLM, or None where ``question_guided`` is off."""
+        return self.inner
 
     def knobs(self) -> dict:
         inner = None if self.inner is None else {"selected_layer": self.selected_layer, "alpha": self.alpha}
@@ -507,15 +525,32 @@ class PruneVid(Reducer):
         return out, out_slots, out_patches, entry_token[owner * width + rank].flatten()
 
 
+def stage_two_groups(video: VideoTokens) -> tuple[list[int], list[int], list[int]]:
+    """The groups stage 2 keeps a share of, as :func:`question_guided_keep` takes them (static, dynamic and window
+    sizes): stage 1's sets where the grid is the tokens it kept (``video.outer``), otherwise each frame's tokens
+    (stage 2 alone, or after a stage 1 that kept every token, in raster order)."""
+    outer = video.outer
+    if outer is not None and "static_sizes" in outer.info:
+        return outer.info["static_sizes"], outer.info["dynamic_sizes"], outer.info["window_sizes"]
+    frames = len(video.grid) if outer is None else len(outer.boxes[:, 0].unique())
+    return [0], [video.num_tokens], [frames]
+
+
 @register("prunevid_llm")
 class PruneVidLLM(RankedInLLM):
-    """PruneVid's stage 2 alone, inside the LLM: per frame, the video tokens the prompt attends to most."""
+    """PruneVid's stage 2 inside the LLM: per group (stage 1's static set of a segment, or one frame's dynamic
+    tokens), the video tokens the prompt after the video attends to most at layer ``layer`` − 1."""
+
+    importance_queries = "after_video"
 
     def __init__(self, budget: float = 0.4, layer: int = 11) -> None:
         super().__init__(budget, layer)
 
     def reduce(self, video: VideoTokens) -> Reduction:
-        everything = [video.num_tokens]
-        kept = question_guided_keep(video.importance.reshape(-1), self.budget, [0], everything, [len(video.grid)])
-        info = {"alpha": self.budget, "selected_layer": self.layer - 1}
+        kept = question_guided_keep(video.importance.reshape(-1), self.budget, *stage_two_groups(video))
+        outer = video.outer
+        received = video.num_tokens if outer is None else outer.num_input
+        info = {"alpha": self.budget, "selected_layer": self.layer - 1,
+                "stage1_ratio": None if outer is None else outer.kept_ratio,
+                "stage2_ratio": len(kept) / video.num_tokens, "overall_ratio": len(kept) / received}  # fmt: skip
         return keep_subset(video, kept.to(video.grid.device), info=info)

@@ -59,6 +59,8 @@ class VideoTokens:
     importance:  optional [T, H, W] per-token score (e.g. attention received), for methods that rank tokens.
     keys:        optional [T, H, W, K] attention keys of the tokens, for methods that compare tokens by them.
     question:    the question text, for query-aware methods.
+    outer:       for a stage inside the LLM that follows another (``Reducer.inner_stage``): the other stage's
+                 reduction of this video, whose kept tokens, in its order, are the grid (1×1×N).
 
     Malformed input raises ValueError here; a grid holding NaN or inf does so here on the CPU, and elsewhere when a
     reducer is called with it (``Reducer.__call__``).
@@ -68,6 +70,7 @@ class VideoTokens:
     importance: torch.Tensor | None = None
     keys: torch.Tensor | None = None
     question: str | None = None
+    outer: Reduction | None = None
 
     def __post_init__(self) -> None:
         grid = self.grid
@@ -98,6 +101,11 @@ class VideoTokens:
             raise ValueError(
                 f"keys must have shape [T, H, W, K] with [T, H, W] = {tuple(grid.shape[:3])}, "
                 f"got {tuple(self.keys.shape)}"
+            )
+        if self.outer is not None and self.outer.num_kept != self.num_tokens:
+            raise ValueError(
+                f"the outer stage kept {self.outer.num_kept} tokens but the grid holds {self.num_tokens}: an inner "
+                f"stage's grid is the tokens the outer one kept"
             )
 
     @property
@@ -219,13 +227,18 @@ class Reducer(ABC):
     #: decoder layer k for ``Stage.LLM_LAYER`` / ``Stage.DECODE`` methods; None for the others.
     layer: int | None = None
 
-    #: what the reduction point must compute besides the grid: "importance" (at ``llm_layer``: the attention the
-    #: last prompt token pays each visual token at layer k; at ``vision``: the attention each patch receives in the
-    #: vision tower) and "keys" (at ``vision``: the vision tower's attention keys), pooled to the grid.
+    #: what the reduction point must compute besides the grid: "importance" (at ``llm_layer``: the attention paid
+    #: to each visual token at layer k, ``importance_queries`` says by whom; at ``vision``: the attention each patch
+    #: receives in the vision tower) and "keys" (at ``vision``: the vision tower's attention keys), pooled to the grid.
     needs: ClassVar[frozenset[str]] = frozenset()
 
     #: at ``llm_layer``, how many layers before k the "importance" attention is read (0: at layer k itself).
     importance_lag: ClassVar[int] = 0
+
+    #: at ``llm_layer``, whose attention "importance" is: "last_token", the last prompt token's (rotary embedding
+    #: applied, mean over heads: FastV's); "after_video", the most any prompt token after the video pays (over heads
+    #: and those tokens, without rotary embedding or causal mask: PruneVid's stage 2).
+    importance_queries: ClassVar[str] = "last_token"
 
     @abstractmethod
     def reduce(self, video: VideoTokens) -> Reduction:
@@ -250,9 +263,10 @@ class Reducer(ABC):
 
 
 class RankedInLLM(Reducer):
-    """Base of the reducers that act at decoder layer ``layer`` on the visual tokens ranked by the attention the last
-    prompt token pays them at layer ``layer − 1`` (``importance``): FastV, FrameFusion and the stages inside the LLM of
-    two-stage methods. Query-aware: the ranking depends on the question."""
+    """Base of the reducers that act at decoder layer ``layer`` on the visual tokens ranked by the attention the
+    prompt pays them at layer ``layer − 1`` (``importance``; the last prompt token's unless ``importance_queries``
+    says otherwise): FastV, FrameFusion and the stages inside the LLM of two-stage methods. Query-aware: the ranking
+    depends on the question."""
 
     stage = Stage.LLM_LAYER
     query_aware = True

@@ -72,17 +72,19 @@ def test_the_whole_benchmark_runs_on_a_tiny_architecture(monkeypatch):
 
 def test_the_qwen3_vl_8b_benchmark_runs_scaled_down(monkeypatch):
     """``--model qwen3_vl_8b`` shrunk to the tiny Qwen3-VL (DeepStack after layers 0 and 1) on the CPU: LLM-layer
-    methods at the model config's layer 3, VisionZip and FastVID on the ViT's attention, PruneVid's merge before
-    DeepStack (its levels merged through the members)."""
+    methods at the model config's layer 3, VisionZip and FastVID on the ViT's attention, a stage inside the LLM past
+    the shrunk model's layers refused with the reason (PruneVid's at the authors' layer 11)."""
     monkeypatch.setitem(ARCHITECTURES, "qwen3_vl_8b", tiny_architecture("qwen3_vl"))
     monkeypatch.setattr("sttm.adapters.real_size.real_size_config", lambda name: tiny_config("qwen3_vl"))
     names = ["sttm", "tome", "fastv", "vidcom2", "pool", "visionzip", "prunevid", "fastvid"]
     rows = run("qwen3_vl_8b", [8], [0.5], repeats=1, attention="sdpa", kv_reuse=2, device="cpu", names=names)
     measured = {row["method"]: row for row in rows if "kept_ratio" in row}
+    notes = {row["method"]: row["note"] for row in rows if "note" in row}
     ceilings = {"ceiling: evenly spaced at layer 3, no cost, through the hooks", "ceiling: cut at layer 3"}
     methods = {"full tokens", "sttm", "sttm (fixed thresholds)", "tome", "fastv", "vidcom2", "pool", "visionzip",
-               "prunevid", "fastvid"}  # fmt: skip
+               "fastvid"}  # fmt: skip
     assert ceilings | methods <= set(measured)
+    assert "layer 11 is out of range" in notes["prunevid"]
     assert all(0 < row["kept_ratio"] <= 0.5 + 1e-9 for name, row in measured.items() if name != "full tokens")
     assert rows[0]["speedup"] > 0 and "| qwen3_vl_8b | 8 | sttm |" in markdown(rows, "## qwen3_vl_8b")
 

@@ -1,5 +1,6 @@
 """PruneVid: static slots merged over each segment, DPC-kNN clusters in space, the budget mapped to the cluster ratio,
-question-guided selection by groups; and, given a checkout of the authors' code, identical outputs on 40 inputs."""
+question-guided selection by groups inside the LLM on stage 1's tokens (cached decoding equals recomputing both
+stages); and, given a checkout of the authors' code, identical outputs on 40 inputs."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_points import generate, inputs
 
 from baselines import check_golden
 from baselines.prunevid import (
@@ -26,7 +28,19 @@ from baselines.prunevid import (
     segment_statistics,
     temporal_segments,
 )
-from sttm.api import Stage, VideoTokens, build_reducer, flat_positions, keep_everything, reduce_like
+from sttm.adapters.attention import after_video_attention
+from sttm.adapters.points import reduction_point, stage_point
+from sttm.adapters.tiny import tiny_model
+from sttm.api import (
+    Reduction,
+    Stage,
+    VideoTokens,
+    build_reducer,
+    flat_positions,
+    keep_everything,
+    patch_boxes,
+    reduce_like,
+)
 
 GOLDEN = (Path(__file__).resolve().parents[1] / ".." / "shared" / "golden" / "prunevid").resolve()
 needs_golden = pytest.mark.skipif(not GOLDEN.is_dir(), reason=f"reference vectors not found at {GOLDEN}")
@@ -216,10 +230,92 @@ def test_the_inner_stage_keeps_each_frames_most_attended_tokens_and_rides_on_the
     reduction = reducer(VideoTokens(random_grid(3, 2, 5, 4), importance=importance))
     expected = [10 * f + i for f in range(3) for i in importance[f].flatten().topk(4).indices.sort().values.tolist()]
     assert flat_positions(reduction.boxes, 2, 5).tolist() == expected
-    assert reduction.info == {"alpha": 0.4, "selected_layer": 10} and reducer.importance_lag == 1
-    outer = PruneVid(alpha=0.3, selected_layer=5)
-    assert outer.inner.layer == 6 and outer.inner.budget == 0.3 and outer.inner.stage is Stage.LLM_LAYER
-    assert PruneVid(question_guided=False).inner is None
+    assert reduction.info == {"alpha": 0.4, "selected_layer": 10, "stage1_ratio": None, "stage2_ratio": 0.4,
+                              "overall_ratio": 0.4}  # fmt: skip
+    assert reducer.importance_lag == 1 and reducer.importance_queries == "after_video"
+    inner = PruneVid(alpha=0.3, selected_layer=5).inner_stage()
+    assert inner.layer == 6 and inner.budget == 0.3 and inner.stage is Stage.LLM_LAYER
+    assert PruneVid(question_guided=False).inner_stage() is None
+
+
+class HandLayer(torch.nn.Module):
+    """A decoder layer of 2 query heads sharing 1 key head, of width 1: token (a, b, c) has the key a and the queries
+    b and c; no norm, scaling 1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.input_layernorm = torch.nn.Identity()
+        self.self_attn = torch.nn.Module()
+        self.self_attn.head_dim, self.self_attn.scaling = 1, 1.0
+        self.self_attn.q_proj = torch.nn.Linear(3, 2, bias=False)
+        self.self_attn.k_proj = torch.nn.Linear(3, 1, bias=False)
+        with torch.no_grad():
+            self.self_attn.q_proj.weight.copy_(torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]))
+            self.self_attn.k_proj.weight.copy_(torch.tensor([[1.0, 0.0, 0.0]]))
+
+
+def test_stage_two_keeps_in_each_of_stage_ones_groups_the_tokens_the_question_attends_to_most():
+    # text, 6 video tokens, 2 question tokens; a key log(w) and a query q give softmax weights w^q / sum(w^q)
+    w = torch.tensor([1.0, 2.0, 3.0, 1.0, 4.0, 3.0, 1.0, 1.0, 1.0])
+    hidden = torch.zeros(1, 9, 3)
+    hidden[0, :, 0] = w.log()
+    hidden[0, 7, 1] = 1.0  # question token 7: head 0 weights w / 17, head 1 uniform (1/9)
+    hidden[0, 8, 2] = 2.0  # question token 8: head 0 uniform, head 1 weights w² / 43
+    with torch.no_grad():
+        attention = after_video_attention(HandLayer(), hidden, None, [7])
+        # keys after the query count (no causal mask); a generated token after the prompt is neither query nor key
+        generated = torch.cat([hidden, torch.tensor([[[3.0, 5.0, 5.0]]])], dim=1)
+        assert torch.equal(after_video_attention(HandLayer(), generated, None, [7], after=1), F.pad(attention, (0, 1)))
+    video = attention[0, 1:7]
+    expected = torch.tensor([2 / 17, 9 / 43, 1 / 9, 16 / 43, 9 / 43, 1 / 9])  # max over heads and question tokens
+    torch.testing.assert_close(video, expected)
+    # stage 1 kept 6 of 12 tokens: 2 static ones of a segment of 2 frames, then 2 dynamic per frame
+    info = {"static_sizes": [2], "dynamic_sizes": [4], "window_sizes": [2]}
+    flat = torch.arange(6)
+    outer = Reduction(torch.zeros(6, 4), patch_boxes(flat, 2, 3), torch.ones(6, dtype=torch.long), 12, info=info)
+    grid = random_grid(1, 1, 6, 4)
+    reduction = PruneVidLLM(budget=0.5, layer=2)(VideoTokens(grid, importance=video.reshape(1, 1, 6), outer=outer))
+    assert flat_positions(reduction.boxes, 1, 6).tolist() == [1, 3, 4]  # one of each group of two
+    assert torch.equal(reduction.tokens, grid.reshape(6, 4)[[1, 3, 4]])
+    assert (reduction.info["stage1_ratio"], reduction.info["stage2_ratio"], reduction.info["overall_ratio"]) == (
+        0.5, 0.5, 0.25,
+    )  # fmt: skip
+
+
+INNER_REDUCER = {"budget": 0.5, "selected_layer": 1, "alpha": 0.5}
+
+
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_vl"])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_cached_decoding_equals_recomputing_both_stages(family, batch):
+    model = tiny_model(family)
+    model_inputs = inputs(family, batch)
+    with reduction_point(model, PruneVid(**INNER_REDUCER)) as log:
+        out, cached = generate(model, model_inputs, use_cache=True, steps=3)
+        _, recomputed = generate(model, model_inputs, use_cache=False, steps=3)
+    outer, inner = log.last, log.inner.last
+    assert inner.num_input == outer.num_kept and inner.num_kept < outer.num_kept < outer.num_input
+    assert (cached - recomputed).abs().max() <= 1e-4
+    if batch == 1:  # layers 0 and 1 hold stage 1's prompt, the others stage 2's
+        stage_one = model_inputs["input_ids"].shape[1] - outer.num_input + outer.num_kept
+        stage_two = stage_one - inner.num_input + inner.num_kept
+        lengths = [
+            out.past_key_values.get_seq_length(index) for index in range(model.config.text_config.num_hidden_layers)
+        ]
+        assert lengths == [stage_one + 2] * 2 + [stage_two + 2] * (len(lengths) - 2)
+
+
+def test_without_the_question_guided_stage_it_is_stage_one_alone():
+    model = tiny_model("llava_onevision")
+    model_inputs = inputs("llava_onevision", 2)
+    with stage_point(model, PruneVid(**INNER_REDUCER)) as log:
+        _, stage_one = generate(model, model_inputs)
+    with reduction_point(model, PruneVid(**INNER_REDUCER, question_guided=False)) as log:
+        _, switched_off = generate(model, model_inputs)
+    assert log.inner is None and torch.equal(switched_off, stage_one)
+    with reduction_point(model, PruneVid(**INNER_REDUCER)) as log:
+        _, both = generate(model, model_inputs)
+    assert log.inner is not None and not torch.allclose(both, stage_one)
 
 
 def test_bad_input_names_the_problem():
@@ -246,6 +342,21 @@ def test_bad_input_names_the_problem():
         question_guided_keep(torch.rand(10), 0.5, [4], [6], [4])
     with pytest.raises(ValueError, match=r"alpha must lie in \(0, 1\]"):
         question_guided_keep(torch.rand(10), 0.0, [4], [6], [2])
+    outer = keep_everything(VideoTokens(random_grid(1, 1, 5, 4)))
+    with pytest.raises(ValueError, match="the outer stage kept 5 tokens but the grid holds 6"):
+        VideoTokens(random_grid(1, 1, 6, 4), outer=outer)
+    with pytest.raises(ValueError, match="needs a prompt token after each row's video"):
+        after_video_attention(HandLayer(), torch.zeros(2, 5, 3), None, [3, 5])
+
+
+class EveryTokensAttention(PruneVidLLM):
+    importance_queries = "every_token"
+
+
+def test_an_attention_the_llm_layer_point_does_not_compute_is_refused():
+    with pytest.raises(ValueError, match="the llm_layer point gives that of: last_token, after_video"):
+        with reduction_point(tiny_model("llava_onevision"), EveryTokensAttention(layer=2)):
+            pass
 
 
 # --- the authors' code -------------------------------------------------------------------------------------------

@@ -20,23 +20,25 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 def decoder_queries_and_keys(
-    layer, hidden: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor], query_positions: slice
+    layer, hidden: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor] | None, query_positions: slice
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotated queries [B, heads, q, d] at ``query_positions`` and keys [B, heads, L, d] (repeated to the query
-    heads) of a Qwen2-style decoder ``layer`` whose input is ``hidden`` [B, L, D] (Qwen3's: queries and keys
-    normalised per head before the rotation, where the layer has ``q_norm`` and ``k_norm``)."""
+    """Queries [B, heads, q, d] at ``query_positions`` and keys [B, heads, L, d] (repeated to the query heads) of a
+    Qwen2-style decoder ``layer`` whose input is ``hidden`` [B, L, D], rotated by ``position_embeddings`` (cos, sin)
+    or, for None, as projected (Qwen3's: queries and keys normalised per head, where the layer has ``q_norm`` and
+    ``k_norm``)."""
     attention = layer.self_attn
     normed = layer.input_layernorm(hidden)
     batch, length, head_dim = hidden.shape[0], hidden.shape[1], attention.head_dim
-    cos, sin = (table.to(hidden.device) for table in position_embeddings)
     queries = attention.q_proj(normed[:, query_positions]).view(batch, -1, attention.q_proj.out_features // head_dim,
                                                                 head_dim)  # fmt: skip
     keys = attention.k_proj(normed).view(batch, length, -1, head_dim)
     if hasattr(attention, "q_norm"):
         queries, keys = attention.q_norm(queries), attention.k_norm(keys)
     queries, keys = queries.transpose(1, 2), keys.transpose(1, 2)
-    queries = apply_rotary(queries, cos[:, query_positions], sin[:, query_positions])
-    keys = apply_rotary(keys, cos, sin)
+    if position_embeddings is not None:
+        cos, sin = (table.to(hidden.device) for table in position_embeddings)
+        queries = apply_rotary(queries, cos[:, query_positions], sin[:, query_positions])
+        keys = apply_rotary(keys, cos, sin)
     return queries, keys.repeat_interleave(queries.shape[1] // keys.shape[1], dim=1)
 
 
@@ -58,6 +60,28 @@ def last_token_attention(
     if key_mask is not None:
         scores = scores.masked_fill(~key_mask[:, :length].bool()[:, None], -torch.inf)
     return torch.nn.functional.pad(scores.softmax(dim=-1).mean(dim=1), (0, after))
+
+
+def after_video_attention(
+    layer, hidden: torch.Tensor, key_mask: torch.Tensor | None, video_ends: list[int], after: int = 0
+) -> torch.Tensor:
+    """[B, L] the most attention any prompt token after row b's video (from ``video_ends[b]`` on) pays each token at
+    decoder ``layer``, over heads and those tokens, as PruneVid ranks video tokens: queries and keys without the
+    rotary embedding, softmax over every key of the prompt (no causal mask) in float32. ``key_mask`` [B, L] is 0 for
+    padding, which is no key; ``after``: tokens generated after the prompt that a forward without a cache runs along,
+    neither queries nor keys (0 for them)."""
+    length = hidden.shape[1] - after
+    if max(video_ends) >= length:
+        raise ValueError("the attention of the tokens after the video needs a prompt token after each row's video")
+    first = min(video_ends)
+    queries, keys = decoder_queries_and_keys(layer, hidden[:, :length], None, slice(first, length))
+    scores = (queries.float() @ keys.float().transpose(-1, -2)) * layer.self_attn.scaling  # [B, heads, q, L]
+    if key_mask is not None:
+        scores = scores.masked_fill(~key_mask[:, :length].bool()[:, None, None], -torch.inf)
+    ends = torch.tensor(video_ends, device=hidden.device)
+    after_video = torch.arange(first, length, device=hidden.device) >= ends[:, None]  # [B, q]
+    weights = scores.softmax(dim=-1).masked_fill(~after_video[:, None, :, None], 0)
+    return torch.nn.functional.pad(weights.amax(dim=(1, 2)), (0, after))
 
 
 def received_attention_and_keys(layer, hidden: torch.Tensor, frames_per_chunk: int = 8):

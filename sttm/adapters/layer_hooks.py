@@ -8,10 +8,13 @@ from dataclasses import dataclass
 import torch
 
 from sttm.adapters import family
-from sttm.adapters.attention import last_token_attention
+from sttm.adapters.attention import after_video_attention, last_token_attention
 from sttm.adapters.cache import cache_of, fills_cache, is_prefill
 from sttm.adapters.plan import Plan, decode_columns, gather_along, reduced_layer_mask
 from sttm.adapters.session import ReductionSession
+
+#: the attention the hooks compute as "importance", by ``Reducer.importance_queries``
+IMPORTANCE_QUERIES = ("last_token", "after_video")
 
 
 @dataclass
@@ -21,7 +24,8 @@ class LayerPass:
     prefill:         whether the reduced layers' cache is empty (or there is none): the forward reduces its videos.
     has_videos:      whether the prefill's rows hold videos to reduce.
     attention_mask:  the prefill's 2-D mask [B, L].
-    importance:      [B, L] the attention of the last prompt token at the scored layer, for the reducing layer.
+    importance:      [B, L] the attention at the scored layer (``Reducer.importance_queries``), for the reducing
+                     layer.
     plan:            the prefill's plan, from the reducing layer on.
     decode_columns:  after a prefill, the kv columns the reduced layers keep and those they block (None: none).
     rotary:          the reduced layers' position ids and (cos, sin); None where the forward's own apply.
@@ -46,6 +50,11 @@ class LayerHooks:
     def __init__(self, session: ReductionSession, layer: int) -> None:
         self.session, self.layer = session, layer
         self.scored_layer = layer - session.reducer.importance_lag
+        if session.reducer.importance_queries not in IMPORTANCE_QUERIES:
+            raise ValueError(
+                f"reducer {session.reducer.name!r} ranks by the attention of {session.reducer.importance_queries!r}; "
+                f"the llm_layer point gives that of: {', '.join(IMPORTANCE_QUERIES)}"
+            )
         self.rotary_embedding = family.rotary_embedding(session.model)
         self.current = LayerPass()
 
@@ -73,11 +82,17 @@ class LayerHooks:
         return args, kwargs
 
     def on_scored_layer(self, module, args, kwargs):
-        current = self.current
-        if current.prefill and current.has_videos and "importance" in self.session.reducer.needs:
-            current.importance = last_token_attention(
-                module, args[0], kwargs["position_embeddings"], current.attention_mask, self.session.after_prompt
-            )
+        current, session = self.current, self.session
+        if current.prefill and current.has_videos and "importance" in session.reducer.needs:
+            if session.reducer.importance_queries == "after_video":
+                video_ends = [span.end for span in session.videos]
+                current.importance = after_video_attention(
+                    module, args[0], current.attention_mask, video_ends, session.after_prompt
+                )
+            else:
+                current.importance = last_token_attention(
+                    module, args[0], kwargs["position_embeddings"], current.attention_mask, session.after_prompt
+                )
         return args, kwargs
 
     def on_reducing_layer(self, module, args, kwargs):

@@ -14,8 +14,9 @@ reduced sequence and places later forwards on its cache: :mod:`sttm.adapters.ses
 * :func:`llm_layer`: the reducer sees the hidden states at the input of decoder layer ``k`` during prefill; layers
   below ``k`` keep the full sequence and cache, layers from ``k`` on see the reduced one.
 * :func:`two_stages`: a reducer before the LLM whose method also acts inside it (``Reducer.inner_stage``: HoliTom's
-  merge, FlashVID's pruning): the inner stage acts at its layer on the tokens the outer one kept, in their order
-  (a 1×1×n grid), keeping the positions they have; the outer stage hands it its plan through a :class:`Handoff`.
+  merge, FlashVID's pruning, PruneVid's question-guided selection): the inner stage acts at its layer on the tokens
+  the outer one kept, in their order (a 1×1×n grid, with the outer reduction as ``VideoTokens.outer``), keeping the
+  positions they have; the outer stage hands it its plan and reductions through a :class:`Handoff`.
 
 Where text lies between a video's temporal patches (Qwen3-VL's timestamps), each kept token goes among the tokens of
 the temporal patch of its top-left source patch, in the reducer's order; the text stays, in its place.
@@ -101,7 +102,7 @@ def pre_llm(
         if is_prefill(cache, 0):
             session.plan = session.prefilled = None
             if handoff is not None:
-                handoff.plan = None
+                handoff.plan = handoff.reductions = None
             if session.locate_videos(kwargs.get("position_ids")):
                 embeds = kwargs["inputs_embeds"]
                 evidence = {
@@ -119,7 +120,7 @@ def pre_llm(
                     kwargs.update(visual_pos_masks=plan.visual, deepstack_visual_embeds=deepstack)
                 session.remember(plan, fills_cache(model, kwargs), reduces_first_layer=True)
                 if handoff is not None:
-                    handoff.plan = plan
+                    handoff.plan, handoff.reductions = plan, session.log.last.reductions
         elif session.plan is not None:
             kwargs = session.forward_on_reduced_first_layer(kwargs)
         return args, kwargs

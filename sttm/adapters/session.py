@@ -29,17 +29,18 @@ from sttm.adapters.plan import (
     locate_videos,
 )
 from sttm.adapters.reduction_log import ReducedCall, ReductionLog
-from sttm.api import Reducer, VideoTokens, flat_positions, reduce_like
+from sttm.api import Reducer, Reduction, VideoTokens, flat_positions, reduce_like
 
 POSITION_MODES = ("original", "compact")
 
 
 @dataclass
 class Handoff:
-    """The plan of an outer stage's latest reducing prefill (None where that prefill held no video), read by the
-    stage inside the LLM that follows it in the same forward."""
+    """The plan of an outer stage's latest reducing prefill and each row's reduction (None where that prefill held
+    no video), read by the stage inside the LLM that follows it in the same forward."""
 
     plan: Plan | None = None
+    reductions: tuple[Reduction, ...] | None = None
 
 
 class ReductionSession:
@@ -129,7 +130,8 @@ class ReductionSession:
                 name: values[index, positions].reshape(*grid_shape, *values.shape[2:])
                 for name, values in (evidence or {}).items()
             }
-            reduction = self.reducer(VideoTokens(grid, **extras))
+            outer = None if self.after is None else self.after.reductions[index]
+            reduction = self.reducer(VideoTokens(grid, outer=outer, **extras))
             reductions.append(reduction)
             kept_at = positions[flat_positions(reduction.boxes.to(device), span.height, span.width)]
             # kept tokens join the run of their top-left patch, in the reducer's order; the text between runs stays
