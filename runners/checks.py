@@ -16,7 +16,7 @@ from omegaconf import DictConfig, ListConfig
 from runners.benchmarks import benchmark_parts, known_tasks
 from sttm.adapters.family import FAMILIES
 from sttm.adapters.loading import ATTENTION_IMPLEMENTATIONS, DTYPES
-from sttm.adapters.points import POSITION_MODES
+from sttm.adapters.session import POSITION_MODES
 
 FLAGS = ("kv_reuse", "reproduce", "offline", "retry_failed")
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
