@@ -543,7 +543,7 @@ BEFORE_DEEPSTACK = {
     "fastvid": lambda: FastVID(budget=0.5),
     "holitom": lambda: HoliTom(budget=0.25, tau=-1.0, inner_merge=False),
     "holitom_inner": lambda: HoliTomInner(budget=0.5, layer=1),
-    "prunevid": lambda: PruneVid(budget=0.5),
+    "prunevid": lambda: PruneVid(budget=0.5, question_guided=False),
     "flashvid": lambda: FlashVID(budget=0.5, variant="corrected", llm_prune=False),
 }
 
@@ -560,12 +560,16 @@ def test_methods_that_merge_before_deepstack_decode_like_the_recomputed_forward(
     assert (cached - recomputed).abs().max() <= 1e-4
 
 
-@pytest.mark.parametrize("method", ["holitom", "flashvid"])
+TWO_STAGES = {
+    "holitom": lambda: HoliTom(budget=0.5, inner_layer=2),
+    "flashvid": lambda: FlashVID(budget=0.5, variant="corrected", llm_layer=2),
+    "prunevid": lambda: PruneVid(budget=0.5, selected_layer=1),
+}
+
+
+@pytest.mark.parametrize("method", TWO_STAGES)
 def test_a_stage_inside_the_llm_after_one_before_it_is_refused_where_timestamps_split_the_video(method):
-    if method == "holitom":
-        reducer = HoliTom(budget=0.5, inner_layer=2)
-    else:
-        reducer = FlashVID(budget=0.5, variant="corrected", llm_layer=2)
+    reducer = TWO_STAGES[method]()
     model = tiny_model("qwen3_vl")
     with pytest.raises(ValueError, match="needs the kept video tokens in one run, not split by text"):
         with reduction_point(model, reducer):
