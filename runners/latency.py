@@ -134,6 +134,13 @@ class EvenlySpaced(Reducer):
         return keep_subset(video, evenly_spaced(video.num_tokens, self.budget, video.grid.device))
 
 
+class EvenlySpacedBeforeLLM(EvenlySpaced):
+    """The same share kept before the LLM: the ceiling of the methods acting there, through the same hooks (with
+    Qwen3-VL's DeepStack features cut as the tokens are)."""
+
+    stage = Stage.PRE_LLM
+
+
 def ceiling_rows(
     name: str, model, inputs: dict, frames: int, budgets: list[float], repeats: int, layer: int = LLM_LAYER
 ) -> list[dict]:
@@ -211,7 +218,9 @@ def run(
         print(*rows[-2 * len(budgets) :], sep="\n", flush=True)
         for budget in budgets:
             settings = [(f"ceiling: {EvenlySpaced.name} at layer {layer}, no cost, through the hooks",
-                         EvenlySpaced(budget, layer))]  # fmt: skip
+                         EvenlySpaced(budget, layer)),
+                        (f"ceiling: {EvenlySpaced.name} before the LLM, no cost, through the hooks",
+                         EvenlySpacedBeforeLLM(budget))]  # fmt: skip
             settings += reducers_at(budget, name, names)
             sttm = next((reducer for method, reducer in settings if method == "sttm"), None)
             if isinstance(sttm, STTM):
