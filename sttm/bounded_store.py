@@ -47,6 +47,17 @@ def tensors_of(value) -> Iterator[torch.Tensor]:
             yield from tensors_of(item)
 
 
+def mapped(value, move):
+    """``value`` with every tensor inside it replaced by ``move(tensor)``."""
+    if isinstance(value, torch.Tensor):
+        return move(value)
+    if isinstance(value, dict):
+        return {key: mapped(item, move) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(mapped(item, move) for item in value)
+    return value
+
+
 def size_of(value) -> int:
     """The bytes of the tensors inside ``value``."""
     return sum(tensor.nbytes for tensor in tensors_of(value))

@@ -17,6 +17,7 @@ import torch
 
 from runners import evaluate
 from runners.evaluate import plan_cells, run
+from runners.lmms_model import Generation, Question, ReducedVideoLLM, model_config
 from runners.records import QuestionRecord, read_records
 from runners.toybench.render import write_video
 from runners.video_cache import GB, VideoCache, charged, split_inputs, sweep_store, video_features
@@ -68,6 +69,26 @@ def test_a_sweep_records_the_same_answers_with_and_without_the_cache_and_resumes
     assert all(resumed[key]["extra"].get("video_features") == "cache" for key in resumed if key[0] == "sttm")
 
 
+@pytest.mark.skipif(not TRAINED.is_dir(), reason=f"the committed tiny model is not at {TRAINED}")
+def test_questions_sharing_one_prefill_answer_the_same_from_the_cache(tmp_path):
+    config = dict(model_config("tiny_llava_onevision")) | {"pretrained": str(TRAINED)}
+    llm = ReducedVideoLLM.from_model_config(config, reducer=build_reducer("pool", budget=0.5), kv_reuse=True)
+    path = str(video_file(tmp_path / "a.mp4"))
+    texts = ["which color appeared first ?", "how many times did it appear ?"]
+    group = [
+        Question(index, text, "toy", index, "A", path, Generation(4), {}, None) for index, text in enumerate(texts)
+    ]
+    plain = llm.answer_group(group)
+    llm.video_cache = VideoCache(BoundedStore(GB), llm.processor, llm.model)
+    computed, read_back = llm.answer_group(group), llm.answer_group(group)
+    for records in (computed, read_back):
+        assert [(r.prediction, r.visual_tokens_after) for r in records] == [
+            (r.prediction, r.visual_tokens_after) for r in plain]  # fmt: skip
+    assert "video_features" not in computed[0].extra and read_back[0].extra["video_features"] == "cache"
+    assert read_back[0].prefill_ms == read_back[0].ttft_ms and math.isnan(read_back[0].vision_ms)
+    assert "video_features" not in read_back[1].extra  # the first question carries the prefix's vision
+
+
 def test_bad_bounds_fail_naming_the_key(tmp_path):
     cfg = evaluate.compose_evaluate(f"results_dir={tmp_path}", "feature_cache_memory_gb=-1")
     with pytest.raises(ValueError, match="feature_cache_memory_gb must be a number of GiB, 0 or more, got -1"):
@@ -87,19 +108,22 @@ def request(model, processor, frames: np.ndarray, question: str = "what color ?"
 
 
 @pytest.mark.parametrize("family", ["llava_onevision", "qwen2_vl", "qwen3_vl"])
-def test_features_read_back_give_the_logits_of_the_tower_and_nothing_stays_installed(family):
+def test_features_read_back_give_the_logits_and_tokens_of_the_tower_and_nothing_stays_installed(family):
     model, processor = tiny_model(family), tiny_processor(family)
     inputs = request(model, processor, scene(4, 224))
     store = BoundedStore(GB)
     with torch.inference_mode():
         plain = model(**inputs).logits
+        tokens = model.generate(**inputs, max_new_tokens=3, do_sample=False)
         for expected_hit in (False, True):
             with cached_video_features(model, store, "video") as use:
                 logits = model(**inputs).logits
             assert use.hit is expected_hit and torch.equal(logits, plain)
             assert math.isfinite(use.computed_ms) and use.computed_ms > 0
             assert "get_video_features" not in vars(multimodal_model(model))
-    assert use.lookup_ms >= 0 and store.hits == 1 and store.misses == 1
+        with cached_video_features(model, store, "video") as generated:  # generate encodes the video itself
+            assert torch.equal(model.generate(**inputs, max_new_tokens=3, do_sample=False), tokens)
+    assert generated.hit and use.lookup_ms >= 0 and store.hits == 2 and store.misses == 1
     other = request(model, processor, scene(8, 224, seed=1))
     with pytest.raises(ValueError, match="the key does not name this request's video"):
         with torch.inference_mode(), cached_video_features(model, store, "video"):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import importlib
 import math
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from transformers.utils import ModelOutput
 
 from sttm.adapters.family import multimodal_model
 from sttm.api import Reducer, Stage
-from sttm.bounded_store import BoundedStore
+from sttm.bounded_store import BoundedStore, mapped
 from sttm.clock import Clock
 
 #: the fields of ``get_video_features``'s output that the models' forwards read
@@ -44,9 +45,9 @@ def features_reusable(reducer: Reducer | None) -> bool:
 
 def model_identity(model) -> dict:
     """What a model's video features depend on besides its pixels: its checkpoint (a local folder's weight files by
-    name, size and modification time; a hub id by name; a model built in memory by its object, in this process only),
-    dtype, attention implementation, device type, pooling (``sttm.adapters.pooling``) and the torch and transformers
-    versions."""
+    name, size and modification time; a hub id by name; a model built in memory by a name drawn for this call, so
+    that no other model ever reads its features), dtype, attention implementation, device type, pooling
+    (``sttm.adapters.pooling``) and the torch and transformers versions."""
     name = model.config.name_or_path
     folder = Path(name) if name else None
     if folder is not None and folder.is_dir():
@@ -54,7 +55,7 @@ def model_identity(model) -> dict:
                    if p.name.endswith(WEIGHT_SUFFIXES)]  # fmt: skip
         checkpoint = {"folder": str(folder.resolve()), "weights": weights}
     else:
-        checkpoint = {"name": name} if name else {"in_memory": id(model)}
+        checkpoint = {"name": name} if name else {"in_memory": uuid.uuid4().hex}
     return {
         "checkpoint": checkpoint,
         "dtype": str(model.dtype),
@@ -64,17 +65,6 @@ def model_identity(model) -> dict:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
     }
-
-
-def mapped(value, move):
-    """``value`` with every tensor inside it (in dicts, lists and tuples) replaced by ``move(tensor)``."""
-    if isinstance(value, torch.Tensor):
-        return move(value)
-    if isinstance(value, dict):
-        return {key: mapped(item, move) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(mapped(item, move) for item in value)
-    return value
 
 
 def class_path(cls: type) -> str:
