@@ -149,7 +149,8 @@ class Question:
         sync(self.device)
         wall_ms = (time.perf_counter() - start) * 1e3
         from_cache = use is not None and use.hit
-        reducer_ms = log.last.reducer_ms + (log.inner.last.reducer_ms if log.inner else 0.0) if log.calls else 0.0
+        inner = log.inner.last.reducer_ms if log.inner is not None and log.inner.calls else 0.0
+        reducer_ms = log.last.reducer_ms + inner if log.calls else 0.0
         times |= {
             "vision_ms": use.lookup_ms if from_cache else timing.vision_ms,
             "reducer_ms": reducer_ms,
@@ -221,7 +222,11 @@ def table(rows: list[dict]) -> str:
 
 
 def commit() -> str | None:
-    found = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    """The checkout's commit, or ``STTM_COMMIT`` where it is no git checkout."""
+    try:
+        found = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    except OSError:
+        return os.environ.get("STTM_COMMIT")
     return found.stdout.strip() or os.environ.get("STTM_COMMIT")
 
 
@@ -229,8 +234,8 @@ def described(path: Path) -> dict:
     """A video's length, size and frame rate, as its container states them."""
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        minutes = float(stream.duration * stream.time_base) / 60 if stream.duration else None
-        return {"path": str(path), "minutes": minutes, "width": stream.width, "height": stream.height,
+        seconds = float(stream.duration * stream.time_base) if stream.duration else container.duration / av.time_base
+        return {"path": str(path), "minutes": seconds / 60, "width": stream.width, "height": stream.height,
                 "fps": float(stream.average_rate), "bytes": path.stat().st_size}  # fmt: skip
 
 
