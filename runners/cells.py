@@ -25,7 +25,10 @@ from sttm.api import Reducer, build_reducer
 # Top-level keys that cannot change an answer, left out of a cell's settings: where results go, where lmms-eval's
 # built-in datasets are read from (the benchmark nodes that read hf_home hold its value), experiment tracking,
 # whether downloads are allowed and whether a resumed cell asks its failed questions again.
-NOT_SETTINGS = ("results_dir", "hf_home", "logger", "offline", "retry_failed")
+NOT_SETTINGS = (
+    "results_dir", "hf_home", "logger", "offline", "retry_failed",
+    "feature_cache", "feature_cache_memory_gb", "feature_cache_disk_gb",  # the same answers with and without it
+)  # fmt: skip
 CELL_OWN = ("reducers", "budget", "seeds")  # in a cell's key as its reducer's parameters and its budget
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from sttm.adapters.family import FAMILIES
 from sttm.adapters.loading import ATTENTION_IMPLEMENTATIONS, DTYPES
 from sttm.adapters.session import POSITION_MODES
 
-FLAGS = ("kv_reuse", "reproduce", "offline", "retry_failed")
+FLAGS = ("kv_reuse", "reproduce", "offline", "retry_failed", "feature_cache")
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
 

@@ -67,6 +67,7 @@ from runners.records import (
     write_records,
 )
 from runners.report import write_report
+from runners.video_cache import VideoCache, sweep_store
 from sttm.adapters.reuse import check_kv_reuse
 from sttm.api import Reducer, Stage, build_reducer, check_budget, reducer_class
 from sttm.paper import paper_params
@@ -343,6 +344,7 @@ def run(cfg: DictConfig) -> Path:
     cells = plan_cells(cfg)
     use_network(not cfg.offline)
     check_model(cfg.model, cfg.offline)
+    store = sweep_store(cfg)
     benchmarks = benchmark_parts(cfg.benchmark)
     make_reproducible(cfg.seed, cfg.reproduce)
     from accelerate import Accelerator
@@ -362,8 +364,11 @@ def run(cfg: DictConfig) -> Path:
             if model is None:
                 model = ReducedVideoLLM.from_model_config(cfg.model, positions=cfg.positions, kv_reuse=cfg.kv_reuse)
                 model.accelerator = accelerator
+                model.video_cache = None if store is None else VideoCache(store, model.processor, model.model)
             model.max_frames = max_frames(cfg.model, cell.benchmark.get("frame_cap", "default"))
             model.reducer = cell.build_reducer()
+            if model.video_cache is not None:
+                model.video_cache.start_benchmark(cell.benchmark.name)
             try:
                 evaluate_cell(cfg, cell, model, task_manager, accelerator)
             except (Exception, SystemExit) as error:  # lmms-eval's task code may sys.exit

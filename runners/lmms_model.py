@@ -48,13 +48,14 @@ from tqdm import tqdm
 from runners.generation import Generation, generation
 from runners.records import FULL_TOKENS, QuestionRecord, append_answer, records_by_question
 from runners.tasks.builtin import reply_is_correct
-from sttm.adapters.family import family_of, frames_in_pairs, newlines_per_video, video_token_id
+from runners.video_cache import charged, group_inputs, video_features
+from sttm.adapters.family import family_of, newlines_per_video, video_token_id
 from sttm.adapters.flops import prefill_flops, tokens_per_layer
 from sttm.adapters.loading import load_model, video_inputs, video_question_prompt
 from sttm.adapters.points import reduction_point
 from sttm.adapters.reuse import check_kv_reuse, greedy_from_prefix, prefill_prefix
 from sttm.adapters.timing import timed_generate
-from sttm.adapters.video import VideoError, read_frames
+from sttm.adapters.video import VideoError
 from sttm.api import Reducer, Stage, check_budget, reducer_class
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -236,6 +237,7 @@ def group_by_video(questions: list[Question]) -> list[list[Question]]:
 
 class ReducedVideoLLM(lmms):
     is_simple = True
+    video_cache = None  # a sweep's runners.video_cache.VideoCache, which the runner sets; None: nothing is kept
 
     def __init__(
         self,
@@ -356,15 +358,18 @@ class ReducedVideoLLM(lmms):
         if isinstance(path, VideoError):
             return [dataclasses.replace(base, error=str(path)) for base in bases]
         try:
-            video = read_frames(path, self.target_fps, self.max_frames, frames_in_pairs(self.model))
+            inputs = [each.to(self.device) for each in group_inputs(self, [question.text for question in group], path)]
         except VideoError as error:
             return [dataclasses.replace(base, error=str(error)) for base in bases]
-        inputs = [self.model_inputs(question.text, video).to(self.device) for question in group]
         placeholders = int((inputs[0]["input_ids"] == video_token_id(self.model)).sum())
         before = placeholders - newlines_per_video(self.model)
-        with torch.inference_mode(), reduction_point(self.model, self.reducer, self.positions) as log:
+        with (
+            torch.inference_mode(),
+            video_features(self, path) as cached,
+            reduction_point(self.model, self.reducer, self.positions) as log,
+        ):
             if self.kv_reuse:
-                return self.answer_from_one_prefill(group, bases, inputs, log, before)
+                return charged(self.answer_from_one_prefill(group, bases, inputs, log, before), cached)
             settings = group[0].generation
             output, timing = timed_generate(
                 self.model, inputs[0], max_new_tokens=settings.max_new_tokens, do_sample=False
@@ -384,7 +389,7 @@ class ReducedVideoLLM(lmms):
                 cuts.append((stages["inner_layer"], reduction.num_kept - inner.num_kept))
         text_config = self.model.config.text_config
         flops = prefill_flops(text_config, tokens_per_layer(text_config.num_hidden_layers, prompt_length, cuts))
-        return [
+        records = [
             dataclasses.replace(
                 bases[0],
                 prediction=settings.cut(self.processor.decode(output[0, prompt_length:], skip_special_tokens=True)),
@@ -401,6 +406,7 @@ class ReducedVideoLLM(lmms):
                 extra=stages,
             )
         ]
+        return charged(records, cached)
 
     def answer_from_one_prefill(
         self, group: list[Question], bases: list[QuestionRecord], inputs: list[dict], log, before: int
