@@ -259,6 +259,7 @@ class ReducedVideoLLM(lmms):
         record_dir: str | Path | None = None,
         batch_size: int | str | None = 1,
         max_batch_size: int | None = None,
+        channels_last_pooling: bool = True,
     ) -> None:
         """The checkpoint at ``pretrained`` as a model config describes it (``from_model_config``); ``max_new_tokens``
         where a request sets none."""
@@ -281,7 +282,9 @@ class ReducedVideoLLM(lmms):
         self.record_dir = None if record_dir is None else Path(record_dir)
         if device == "cuda" and int(os.environ.get("WORLD_SIZE", 1)) > 1:  # one model copy per data-parallel process
             device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
-        self.model, self.processor = load_model(pretrained, dtype, attn_implementation, device_map or device)
+        self.model, self.processor = load_model(
+            pretrained, dtype, attn_implementation, device_map or device, channels_last_pooling=channels_last_pooling
+        )
         self.device = self.model.device
 
     @classmethod
@@ -293,7 +296,8 @@ class ReducedVideoLLM(lmms):
             device=model["device"], device_map=model["device_map"], target_fps=model.get("target_fps"),
             max_frames=max_frames(model, frame_cap), max_new_tokens=model["max_new_tokens"],
             min_pixels=model.get("min_pixels"), max_pixels=model.get("max_pixels"),
-            system_prompt=model.get("system_prompt"), **options,
+            system_prompt=model.get("system_prompt"),
+            channels_last_pooling=model.get("channels_last_pooling", True), **options,
         )  # fmt: skip
 
     @classmethod

@@ -177,3 +177,11 @@ def test_kv_reuse_is_refused_for_query_aware_reducers(setup):
         model_at(tiny, reducer=AsksTheQuestion(), kv_reuse=True)
     with pytest.raises(ValueError, match="query-agnostic reducer; 'fastv' looks at the question"):
         model_at(tiny, reducer=build_reducer("fastv", budget=0.5), positions="compact", kv_reuse=True)
+
+
+def test_the_model_config_turns_the_channels_last_pooling_off(setup):
+    _, folder, _ = setup
+    model = model_at(folder)
+    assert "apply_pooling" in vars(model.model.model)  # installed on the instance by default
+    plain = ReducedVideoLLM.from_model_config(TINY | {"pretrained": str(folder), "channels_last_pooling": False})
+    assert "apply_pooling" not in vars(plain.model.model)  # transformers' own, from the class
