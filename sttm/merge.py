@@ -24,9 +24,14 @@ slot per grid patch for the nodes (a node sits at the slot of its top-left patch
 depends on the data. The temporal similarity of every cell of every level of a frame with every cell of the next
 frame is one batched matrix product per video (``temporal_table``; a few hundred cells per frame cost less than
 gathering each node's partners), read by the node pairs at each threshold. The host waits on the device only to
-learn when the label propagation has settled (once per ``ROUNDS_PER_CHECK`` rounds) and once to learn how many
-tokens the merge leaves (or, in a search, the counts): on a GPU the rest is queued behind the work before it,
-which hides its launch cost.
+learn when the official label propagation has settled (once per ``ROUNDS_PER_CHECK`` rounds; the corrected
+variant's forest needs a fixed number of pointer jumps) and once to learn how many tokens the merge leaves (or, in
+a search, the counts): on a GPU the rest is queued behind the work before it, which hides its launch cost.
+
+A budget search need not group at every threshold it tries: every comparison the grouping makes flips at one of
+the similarities, so the tokens kept are a step function of the threshold, whose bounds (the count itself for the
+corrected variant) come from sorting the thresholds at which each node, and each pair of nested nodes of
+consecutive frames, is a token and linked (``count_steps``).
 
 Numerics: similarities in float32 (half-precision products accumulate in float32); temporal group sums accumulate
 in float32 in slot order from the representative (``sttm.group_means``; the authors accumulate in the input dtype,
@@ -38,6 +43,7 @@ threshold.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -45,7 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from sttm.group_means import group_means
-from sttm.quadtree import Layout, QuadTree, batched_dot
+from sttm.quadtree import QuadTree, batched_dot, similarity_dtype
 
 VARIANTS = ("official", "corrected")
 
@@ -84,6 +90,10 @@ class NodeMap:
     cell: torch.Tensor
     level: torch.Tensor
     cover: torch.Tensor
+
+    def row(self, row: int) -> NodeMap:
+        """The map of threshold ``row`` alone (K = 1)."""
+        return NodeMap(*(field[row : row + 1] for field in (self.is_node, self.cell, self.level, self.cover)))
 
 
 def node_map(tree: QuadTree, emitted: list[torch.Tensor]) -> NodeMap:
@@ -183,41 +193,51 @@ def temporal_links(
 
 
 #: rounds of the label propagation queued between two looks at whether it has settled.
-ROUNDS_PER_CHECK = 8
+ROUNDS_PER_CHECK = 2
 
 
-def propagate_labels(
-    num_slots: int, earlier: torch.Tensor, later: torch.Tensor, linked: torch.Tensor, until_consistent: bool
-) -> torch.Tensor:
+def propagate_labels(num_slots: int, earlier: torch.Tensor, later: torch.Tensor, linked: torch.Tensor) -> torch.Tensor:
     """[K, S] group label (smallest member slot) of each slot, by the authors' min-label propagation (§2.3), for K
     independent rows of slot pairs ``earlier``, ``later`` [K, P] (slots in 0..S−1) whose ``linked`` [K, P] pairs join.
 
     Each round, both ends of every linked pair take the pair's smaller label (``amin`` scatters), then every
-    label jumps to its label's label. ``until_consistent=False`` is the authors' loop: a row stops at the first
-    round whose labels are idempotent, which can be before every linked pair agrees. ``True`` goes on until
-    every linked pair shares a label (connected components). Rounds after the one that settles a row leave its
-    labels as they are, so the host looks only every ``ROUNDS_PER_CHECK`` rounds, at all rows at once.
+    label jumps to its label's label. A row stops at the first round whose labels are idempotent, which can be
+    before every linked pair agrees (the authors' loop). Rounds after the one that settles a row leave its labels
+    as they are, so the host looks only every ``ROUNDS_PER_CHECK`` rounds, at all rows at once.
     """
-    rows = len(linked)
+    rows, pairs = linked.shape
     offsets = torch.arange(rows, device=linked.device)[:, None] * num_slots
     # an unlinked pair becomes a loop on one slot, which changes no label (and spreads the writes over slots)
-    loop = torch.arange(linked.shape[1], device=linked.device) % num_slots
-    earlier = (torch.where(linked, earlier, loop) + offsets).flatten()
-    later = (torch.where(linked, later, loop) + offsets).flatten()
-    ends = torch.cat([earlier, later])
-    labels = torch.arange(rows * num_slots, device=linked.device)
+    loop = torch.arange(pairs, device=linked.device) % num_slots
+    ends = (torch.where(linked, torch.stack([earlier, later]), loop) + offsets).flatten()  # earlier ends, then later
+    labels = torch.arange(rows * num_slots, dtype=torch.int32, device=linked.device)
     settled = torch.zeros(rows, 1, dtype=torch.bool, device=linked.device)
     while True:
         for _ in range(ROUNDS_PER_CHECK):
-            smaller = torch.minimum(labels[earlier], labels[later])
+            smaller = torch.minimum(*labels[ends].view(2, -1))
             updated = labels.scatter_reduce(0, ends, smaller.repeat(2), reduce="amin")
             labels = torch.where(settled, labels.view(rows, -1), updated[updated].view(rows, -1)).flatten()
-            now_settled = (labels == labels[labels]).view(rows, -1).all(dim=1, keepdim=True)
-            if until_consistent:
-                now_settled &= (labels[earlier] == labels[later]).view(rows, -1).all(dim=1, keepdim=True)
-            settled = settled | now_settled
+            settled = settled | (labels == labels[labels]).view(rows, -1).all(dim=1, keepdim=True)
         if settled.all():
             return labels.view(rows, -1) - offsets
+
+
+def root_labels(
+    num_slots: int, earlier: torch.Tensor, later: torch.Tensor, linked: torch.Tensor, frames: int
+) -> torch.Tensor:
+    """[K, S] group label of each slot where each later slot has at most one earlier partner among the ``linked``
+    [K, P] pairs ``earlier``, ``later`` (``most_similar_links``): the links make a forest, each link one frame back
+    (slots in 0..S−1 frame by frame, ``frames`` of them), and a slot's label is its tree's root, its earliest member
+    (the connected components).
+
+    Pointer jumping doubles the links followed per jump, so ⌈log2(T − 1)⌉ jumps reach every root: no wait for the
+    device.
+    """
+    own = torch.arange(num_slots, device=linked.device).repeat(len(linked), 1)
+    parent = own.scatter_reduce(1, later, torch.where(linked, earlier, later), reduce="amin")
+    for _ in range(max(frames - 2, 0).bit_length()):
+        parent = parent.gather(1, parent)
+    return parent
 
 
 def most_similar_links(
@@ -279,8 +299,9 @@ def group_nodes(
         return nodes, None
     table = temporal_table(tree) if table is None else table
     earlier, later, linked = temporal_links(tree, nodes, table, temporal_thresholds, variant)
-    labels = propagate_labels(nodes.cover.shape[1], earlier, later, linked, until_consistent=variant == "corrected")
-    return nodes, labels
+    if variant == "corrected":
+        return nodes, root_labels(nodes.cover.shape[1], earlier, later, linked, tree.shape[0])
+    return nodes, propagate_labels(nodes.cover.shape[1], earlier, later, linked)
 
 
 def frame_pair_dots(features: torch.Tensor, chunks: int) -> torch.Tensor:
@@ -296,6 +317,105 @@ def frame_pair_dots(features: torch.Tensor, chunks: int) -> torch.Tensor:
 def count_tokens(nodes: NodeMap, labels: torch.Tensor | None) -> torch.Tensor:
     """[K] tokens left after grouping at each threshold: one per group."""
     return representatives(nodes.is_node, labels).sum(dim=-1)
+
+
+def emission_intervals(tree: QuadTree) -> tuple[torch.Tensor, torch.Tensor]:
+    """[T, Σ] lo and hi: each cell of each frame is a token at the spatial thresholds τ with lo < τ ≤ hi (§1.4).
+
+    A cell stops the search where τ ≤ its smallest child similarity (a finest cell always does; a NaN never
+    reaches τ) and is reached where τ is above that of each of its ancestors. Cells index ``tree.cells``.
+    """
+    t, height, width, _ = tree.shape
+    dtype, device = similarity_dtype(tree.cells.dtype), tree.cells.device
+    finest = torch.full((t, height * width), math.inf, dtype=dtype, device=device)
+    hi = torch.cat([*(m.flatten(1) for m in tree.min_sim), finest], dim=1).nan_to_num(nan=-math.inf, posinf=math.inf)
+    lo = F.pad(hi, (0, 1), value=-math.inf)[:, tree.layout.nesting.ancestors].amax(dim=-1)
+    return lo, hi
+
+
+def link_intervals(
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    table: torch.Tensor,
+    earlier: torch.Tensor,
+    later: torch.Tensor,
+    link_limit: Callable[[torch.Tensor], torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[T − 1, ...] the spatial thresholds τ at which cell ``earlier`` of frame t and cell ``later`` of frame t + 1
+    (cell indexes, broadcast together) are both tokens and linked: pair_lo < τ ≤ pair_hi. ``lo``, ``hi`` [T, Σ] are
+    the ``emission_intervals``, ``table`` the ``temporal_table``; ``link_limit(sims)`` gives the highest τ whose
+    temporal threshold a similarity reaches."""
+    pair_lo = torch.maximum(lo[:-1, earlier], lo[1:, later])
+    pair_hi = torch.minimum(hi[:-1, earlier], hi[1:, later])
+    return pair_lo, torch.minimum(pair_hi, link_limit(table[: len(lo) - 1, earlier, later]))
+
+
+def union_pieces(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The intervals (lo, hi] of each row of [..., D] cut into disjoint pieces (piece_lo, hi] of their union: sorted by
+    lo, each keeps what lies above the earlier ones' highest end (a piece with hi ≤ piece_lo is empty)."""
+    lo, order = lo.sort(dim=-1)
+    hi = hi.gather(-1, order)
+    reach = F.pad(hi.cummax(dim=-1).values[..., :-1], (1, 0), value=-math.inf)
+    return torch.maximum(lo, reach), hi
+
+
+def live_ends(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The intervals (lo, hi] flattened, the ends of an empty one moved to +inf, past every threshold."""
+    empty = (hi <= lo).flatten()
+    return lo.flatten().masked_fill(empty, math.inf), hi.flatten().masked_fill(empty, math.inf)
+
+
+def step_function(
+    added: list[tuple[torch.Tensor, torch.Tensor]], removed: list[tuple[torch.Tensor, torch.Tensor]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """How many intervals of ``added`` hold τ less how many of ``removed`` do (``live_ends``), as a step function:
+    ``values`` [n] sorted and ``counts`` [n + 1], read at τ as ``counts[i]`` where i = #values < τ
+    (``torch.searchsorted(values, τ)``)."""
+    rises = torch.cat([lo for lo, _ in added] + [hi for _, hi in removed])
+    falls = torch.cat([hi for _, hi in added] + [lo for lo, _ in removed])
+    values, order = torch.cat([rises, falls]).sort()
+    return values, F.pad(torch.where(order < len(rises), 1, -1).cumsum(0), (1, 0))
+
+
+def count_steps(
+    tree: QuadTree, table: torch.Tensor | None, link_limit: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bounds on the tokens kept as step functions of the spatial threshold τ that the temporal one follows:
+    ``values`` [n] sorted and ``counts`` [2, n + 1], the (upper, lower) bound at τ being ``counts[:, i]`` where
+    i = #values < τ (``torch.searchsorted(values, τ)``). Every comparison the grouping makes at τ turns at one of
+    ``values`` (§1.4, §2.2), so the thresholds of one i group alike.
+
+    The upper bound is the nodes less those linked to a node of the previous frame: the count of the corrected
+    variant (a forest, one link per linked node) and at least that of the official one (whose groups each hold
+    one such tree or more). The lower bound is the nodes less the linked pairs: at most either (a link joins two
+    groups or none). ``table`` is the tree's ``temporal_table`` (None: no temporal merging, and both bounds are
+    the count); ``link_limit(sims)`` maps similarities to the highest τ whose temporal threshold they reach (−inf
+    for none), rising with the similarity.
+
+    A node of frame t + 1 links to the node of frame t that holds it (at most one, at any τ) or to those it holds
+    (never both at one τ): where its links to those it holds overlap in τ, their union counts once, in pieces that
+    start and end where the links do, so the upper bound turns only where the lower one can.
+    """
+    lo, hi = emission_intervals(tree)
+    nodes = [live_ends(lo, hi)]
+    if table is None or len(lo) == 1:
+        values, counts = step_function(nodes, [])
+        return values, counts.expand(2, -1)
+    nesting = tree.layout.nesting
+    pair_lo, pair_hi = link_intervals(lo, hi, table, nesting.earlier, nesting.later, link_limit)  # [T − 1, Q]
+    pair_lo, pair_hi = pair_lo.masked_fill(~nesting.real, math.inf), pair_hi.masked_fill(~nesting.real, -math.inf)
+    sizes = [nesting.up] + [cells * descendants for cells, descendants in nesting.held]
+    (up_lo, *down_lo), (up_hi, *down_hi) = pair_lo.split(sizes, 1), pair_hi.split(sizes, 1)
+    held = [
+        (lows.unflatten(1, shape), highs.unflatten(1, shape))
+        for shape, lows, highs in zip(nesting.held, down_lo, down_hi, strict=True)
+    ]
+    holding = [live_ends(up_lo, up_hi)]  # the links to the node that holds a node
+    values, lower = step_function(nodes, holding + [live_ends(*pairs) for pairs in held])
+    upper_values, upper = step_function(nodes, holding + [live_ends(*union_pieces(*pairs)) for pairs in held])
+    # upper's values are among ``values``: read it at the top of each of their steps
+    below = F.pad(torch.searchsorted(upper_values, values, right=True), (1, 0))
+    return values, torch.stack([upper[below], lower])
 
 
 def as_thresholds(values: list[float], device: torch.device) -> torch.Tensor:
@@ -314,15 +434,6 @@ class Merged(NamedTuple):
     member_weights: torch.Tensor | None
 
 
-def pyramid_weights(layout: Layout) -> torch.Tensor:
-    """[L, H·W] the weight of each patch in its level-l ancestor's unweighted pyramid mean (root level first): the
-    product of 1 / (its ancestors' real children) below level l."""
-    children = [step.children.flatten() for step in layout.steps]
-    children.append(torch.ones_like(layout.ancestor_cell[-1]))  # the finest level's cells are the patches
-    share = 1 / torch.cat(children)[layout.ancestor_cell].float()
-    return share.flip(0).cumprod(0).flip(0)
-
-
 def merge_members(
     tree: QuadTree, node_maps: NodeMap, labels: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -338,12 +449,10 @@ def merge_members(
         return members, None
     cells = tree.shape[1] * tree.shape[2]
     patch = torch.arange(len(node), device=node.device) % cells
-    weights = pyramid_weights(tree.layout)[node_maps.level[0], patch]
+    weights = tree.layout.pyramid_weights[node_maps.level[0], patch]
     if labels is not None:
-        nodes_in_group = torch.zeros_like(weights).index_add_(
-            0, labels[0][node_maps.is_node[0]], torch.ones_like(weights[node_maps.is_node[0]])
-        )
-        weights = weights / nodes_in_group[group]
+        is_node = node_maps.is_node[0].to(weights.dtype)
+        weights = weights / torch.zeros_like(weights).index_add_(0, labels[0], is_node)[group]  # over its group's nodes
     return members, weights
 
 
@@ -351,9 +460,13 @@ def merge_video(
     tree: QuadTree, threshold: float, temporal_threshold: float, variant: str, table: torch.Tensor | None = None
 ) -> Merged:
     """STTM on a built quadtree (see ``Merged``); τ_t ≤ 0 turns temporal merging off; see ``group_nodes``."""
-    device = tree.cells.device
-    temporal = as_thresholds([temporal_threshold], device) if temporal_threshold > 0 else None
-    node_maps, labels = group_nodes(tree, as_thresholds([threshold], device), temporal, variant, table)
+    spatial, temporal = as_thresholds([threshold, temporal_threshold], tree.cells.device).split(1)  # one copy
+    temporal = temporal if temporal_threshold > 0 else None
+    return merge_grouped(tree, *group_nodes(tree, spatial, temporal, variant, table))
+
+
+def merge_grouped(tree: QuadTree, node_maps: NodeMap, labels: torch.Tensor | None) -> Merged:
+    """STTM's tokens from the nodes of one threshold (K = 1) and their group labels (None: no temporal merging)."""
     nodes = collect_nodes(tree, node_maps)
     members = merge_members(tree, node_maps, labels)
     if labels is not None:

@@ -88,6 +88,63 @@ def make_step(child_height: int, child_width: int, device: torch.device) -> Step
 
 
 @dataclass(frozen=True)
+class Nesting:
+    """The pairs of cells where one holds the other (a cell holds itself and its descendants), as the frame-to-frame
+    pairs of ``sttm.merge.count_steps`` take them: cell ``earlier[q]`` of one frame, ``later[q]`` of the next. Cells
+    index all levels' cells concatenated (Σ of them), as ``Layout.ancestor_cell`` does.
+
+    ancestors:   [Σ, A] each cell's strict ancestors, padded with Σ (A ≥ 1).
+    earlier:     [Q] the pairs' earlier cells: first the ``up`` pairs where it holds the later cell, then those where
+                 it is a strict descendant of it, per level of the later cell but the finest, [n_l, D_l] flattened:
+                 each of the level's cells beside its D_l descendants (padded).
+    later:       [Q] the pairs' later cells.
+    real:        [Q] bool, False for the padding.
+    up:          the number of pairs where the earlier cell holds the later one.
+    held:        per level but the finest, (n_l, D_l).
+    """
+
+    ancestors: torch.Tensor
+    earlier: torch.Tensor
+    later: torch.Tensor
+    real: torch.Tensor
+    up: int
+    held: list[tuple[int, int]]
+
+
+def nesting(ancestor_cell: torch.Tensor, corners: list[torch.Tensor]) -> Nesting:
+    """The ``Nesting`` of a layout's cells from each patch's ancestor at every level, ``ancestor_cell`` [L, H·W], and
+    each cell's top-left patch per level, ``corners``."""
+    levels, device = len(corners), ancestor_cell.device
+    cells = sum(len(corner) for corner in corners)
+    # a cell's ancestors are those of its top-left patch at the coarser levels
+    chains = [ancestor_cell[: lvl + 1, corner].T for lvl, corner in enumerate(corners)]  # per level [n_l, l + 1]
+    width = max(levels - 1, 1)
+    ancestors = torch.cat([F.pad(chain[:, :-1], (0, width + 1 - chain.shape[1]), value=cells) for chain in chains])
+    earlier, later = [], []
+    for chain in chains:  # each row: the cell's ancestors from the root level down, then the cell
+        for k in range(chain.shape[1]):
+            earlier += chain[:, k].tolist()
+            later += chain[:, -1].tolist()
+    up = len(earlier)
+    real, held = [True] * len(earlier), []
+    for lvl in range(levels - 1):
+        holder, descendant = torch.broadcast_tensors(ancestor_cell[lvl], ancestor_cell[lvl + 1 :])
+        pairs = torch.unique(torch.stack([holder.flatten(), descendant.flatten()]), dim=1).tolist()
+        first = int(ancestor_cell[lvl].min())  # a level's cells are consecutive
+        lists = [[] for _ in corners[lvl]]
+        for cell, inside in zip(*pairs, strict=True):
+            lists[cell - first].append(inside)
+        most = max(len(found) for found in lists)
+        for cell, found in enumerate(lists, start=first):
+            earlier += found + [0] * (most - len(found))
+            later += [cell] * most
+            real += [True] * len(found) + [False] * (most - len(found))
+        held.append((len(lists), most))
+    as_tensor = functools.partial(torch.tensor, device=device)
+    return Nesting(ancestors, as_tensor(earlier), as_tensor(later), as_tensor(real), up, held)
+
+
+@dataclass(frozen=True)
 class Layout:
     """Index tensors that depend only on the grid shape and root level; levels root first, finest last.
 
@@ -96,6 +153,8 @@ class Layout:
     ancestor_corner:  [L, H·W] the flat finest-grid index of that ancestor's top-left patch.
     corner_ends:      [L, H·W, 2] (y1, x1) of the level-l node whose top-left patch is p.
     corners:          per level [h·w] the flat finest-grid index of each cell's top-left patch.
+    nesting:          which cells hold which (``Nesting``).
+    pyramid_weights:  [L, H·W] each patch's weight in its level-l ancestor's unweighted pyramid mean.
     """
 
     steps: list[Step]
@@ -103,6 +162,17 @@ class Layout:
     ancestor_corner: torch.Tensor
     corner_ends: torch.Tensor
     corners: list[torch.Tensor]
+    nesting: Nesting
+    pyramid_weights: torch.Tensor
+
+
+def pyramid_weights(steps: list[Step], ancestor_cell: torch.Tensor) -> torch.Tensor:
+    """[L, H·W] the weight of each patch in its level-l ancestor's unweighted pyramid mean (root level first): the
+    product of 1 / (its ancestors' real children) below level l."""
+    children = [step.children.flatten() for step in steps]
+    children.append(torch.ones_like(ancestor_cell[-1]))  # the finest level's cells are the patches
+    share = 1 / torch.cat(children)[ancestor_cell].float()
+    return share.flip(0).cumprod(0).flip(0)
 
 
 @functools.lru_cache(maxsize=32)
@@ -135,12 +205,15 @@ def grid_layout(height: int, width: int, root_level: int, device: torch.device) 
     for lvl in range(len(sizes)):
         ends = torch.broadcast_tensors(y1[lvl][:, None], x1[lvl][None, :])
         corner_ends[lvl, corners[lvl]] = torch.stack(ends, dim=-1).flatten(0, 1)
+    ancestor_cell = torch.stack(ancestor) + cells_before[:, None]
     return Layout(
         steps=steps,
-        ancestor_cell=torch.stack(ancestor) + cells_before[:, None],
+        ancestor_cell=ancestor_cell,
         ancestor_corner=torch.stack([corner[cell] for corner, cell in zip(corners, ancestor, strict=True)]),
         corner_ends=corner_ends,
         corners=corners,
+        nesting=nesting(ancestor_cell, corners),
+        pyramid_weights=pyramid_weights(steps, ancestor_cell),
     )
 
 

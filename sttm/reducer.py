@@ -3,21 +3,101 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, keep_everything, register
 from sttm.bisect import bisect
-from sttm.merge import VARIANTS, as_thresholds, count_tokens, group_nodes, merge_video, temporal_table
+from sttm.merge import (
+    VARIANTS,
+    Merged,
+    NodeMap,
+    as_thresholds,
+    count_steps,
+    count_tokens,
+    group_nodes,
+    merge_grouped,
+    merge_video,
+    temporal_table,
+)
 from sttm.quadtree import QuadTree, build_quadtree
 
 #: in budget mode the temporal threshold's gap below the spatial one closes over the top of this range, so that
 #: the least merging searched is τ_s = τ_t = 1.
 _GAP_CLOSES_OVER = 0.15
 
-#: levels of the bisection counted in one batched pass (2^depth − 1 thresholds): on a GPU a pass costs its
+#: levels of the bisection counted in one batched pass (2^depth − 1 thresholds at most): on a GPU a pass costs its
 #: launches whatever its width, on a CPU its width.
 LOOKAHEAD_DEPTH_CUDA, LOOKAHEAD_DEPTH_CPU = 6, 3
+
+#: float32 values on either side of the first guess at ``linking_limit`` that it checks.
+_LIMIT_CANDIDATES = 3
+
+
+def temporal_thresholds(spatial: torch.Tensor, gap: float) -> torch.Tensor:
+    """[...] float64: the temporal threshold that follows each spatial one [...] (float64) in budget mode, ``gap``
+    below it, a gap that closes over the top ``_GAP_CLOSES_OVER`` of the range, and at least 1e-3."""
+    closing = (1.0 - spatial) / torch.full_like(spatial, _GAP_CLOSES_OVER)  # a tensor divisor divides exactly on GPU
+    return torch.clamp_min(spatial - gap * closing.clamp_max(1.0), 1e-3)
+
+
+def float32_neighbours(x: torch.Tensor, steps: int) -> torch.Tensor:
+    """[2·steps + 1, ...] the float32 values ``-steps..steps`` places from each of ``x`` [...] (float32, finite)."""
+    bits = x.view(torch.int32)
+    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # integers in the order of the floats (an involution)
+    moved = ordered + torch.arange(-steps, steps + 1, dtype=torch.int32, device=x.device).view(-1, *[1] * x.dim())
+    return (moved ^ ((moved >> 31) & 0x7FFFFFFF)).view(torch.float32)
+
+
+def linking_limit(sims: torch.Tensor, gap: float) -> torch.Tensor:
+    """[...] the highest float32 spatial threshold in [-1, 1] whose temporal threshold (``temporal_thresholds``
+    rounded to float32, as ``as_thresholds`` rounds it) each similarity [...] reaches, −inf where none does; in the
+    similarities' dtype. The temporal threshold rises with the spatial one, so every lower spatial threshold links.
+
+    Inverting the threshold's two linear pieces guesses within a float32 step or two; the float32 values around
+    the guess are then checked one by one, in the float64 arithmetic the search itself uses.
+    """
+    wide = sims.double()
+    steady, closing = wide + gap, (wide + gap / _GAP_CLOSES_OVER) / (1 + gap / _GAP_CLOSES_OVER)
+    guess = torch.where(steady <= 1 - _GAP_CLOSES_OVER, steady, closing).nan_to_num(-1.0).clamp(-1.0, 1.0).float()
+    candidates = float32_neighbours(guess, _LIMIT_CANDIDATES).clamp(-1.0, 1.0)
+    reached = temporal_thresholds(candidates.double(), gap).float() <= sims
+    return torch.where(reached, candidates, -math.inf).amax(dim=0).to(sims.dtype)
+
+
+@dataclass(frozen=True)
+class Steps:
+    """``count_steps`` on the host: the breakpoints ``values`` [n] and, per region, the count's bounds ``counts``
+    [2, n + 1] (upper, lower)."""
+
+    values: np.ndarray
+    counts: np.ndarray
+
+    def region(self, threshold: float) -> int:
+        """Where ``threshold`` lies among the breakpoints: thresholds of one region count alike."""
+        return int(np.searchsorted(self.values, self.values.dtype.type(threshold)))
+
+    def sign(self, region: int, target: int, exact: bool) -> int | None:
+        """How the count in ``region`` compares with ``target`` (-1, 0, 1) where the bounds tell, else None;
+        ``exact``: the upper bound is the count."""
+        upper, lower = self.counts[:, region]
+        if exact or upper == lower:
+            return int(upper > target) - int(upper < target)
+        if upper < target:
+            return -1
+        return 1 if lower > target else None
+
+
+def steps_on_host(values: torch.Tensor, counts: torch.Tensor) -> Steps:
+    """``count_steps`` on the host, less the breakpoints at +inf (no threshold reaches them): one wait to learn how
+    many are finite, one transfer."""
+    finite = int(torch.searchsorted(values, math.inf))
+    packed = torch.cat([F.pad(values, (0, 1), value=math.inf)[None], counts.to(values.dtype)])
+    packed = packed[:, : finite + 1].cpu().numpy()
+    return Steps(packed[0, :-1], packed[1:])
 
 
 def _check_threshold(name: str, value: float) -> float:
@@ -39,10 +119,12 @@ class STTM(Reducer):
       without exceeding it. τ_t follows τ_s at ``budget_gap`` below it (0.2, the gap of most of the paper's
       LLaVA-Video settings; None: spatial merging only), a gap that closes for τ_s above 0.85 so that the least
       merging searched is τ_s = τ_t = 1; τ_s is found by bisection in [-1, 1] down to adjacent float32 values
-      (similarities of flat regions tie near 1, so coarser steps can skip most of the reachable counts); the
-      temporal similarities are computed once per video and the midpoints of several bisection levels are
-      counted in one pass, which visits the thresholds a one-at-a-time bisection visits and returns its choice.
-      Budget 1.0 keeps every token.
+      (similarities of flat regions tie near 1, so coarser steps can skip most of the reachable counts). The
+      similarities are computed once per video, and with them the kept count's bounds as step functions of τ_s
+      (``sttm.merge.count_steps``): they are the count for the corrected variant and for spatial merging alone,
+      so the bisection runs on the host; for the official variant they settle every midpoint but those near the
+      budget, which are counted on the device, several bisection levels in one pass. Either way the search visits
+      the thresholds a one-at-a-time bisection visits and returns its choice. Budget 1.0 keeps every token.
       The chosen thresholds go to ``Reduction.info``. Below the quadtree's floor (root nodes, all merged over
       time) the floor is kept and ``info["budget_met"]`` is False.
 
@@ -76,6 +158,8 @@ class STTM(Reducer):
             raise ValueError(f"unknown STTM variant {variant!r}; choose one of: {', '.join(VARIANTS)}")
         if head_dim is not None and head_dim <= 0:
             raise ValueError(f"head_dim must be a positive channel count, got {head_dim}")
+        if budget_gap is not None and not (math.isfinite(budget_gap) and budget_gap >= 0):
+            raise ValueError(f"budget_gap must be a number ≥ 0 (τ_t sits that far below τ_s), got {budget_gap}")
         self.threshold = None if threshold is None else _check_threshold("threshold", threshold)
         self.temporal_threshold = (
             -1.0 if temporal_threshold is None else _check_threshold("temporal_threshold", temporal_threshold)
@@ -96,11 +180,10 @@ class STTM(Reducer):
             raise ValueError(f"head_dim {self.head_dim} does not divide the {grid.shape[-1]} channels")
         tree = build_quadtree(grid, self.root_level, self.variant, self.weighted_avg, self.head_dim)
         if self.budget is None:
-            thresholds, budget_met, table = (self.threshold, self.temporal_threshold), True, None
+            thresholds, budget_met = (self.threshold, self.temporal_threshold), True
+            merged = merge_video(tree, *thresholds, self.variant)
         else:
-            table = None if self.budget_gap is None else temporal_table(tree)
-            thresholds, budget_met = self._search_thresholds(tree, video.num_tokens, table)
-        merged = merge_video(tree, *thresholds, self.variant, table)
+            thresholds, budget_met, merged = self._search(tree, video.num_tokens)
         info = {"threshold": thresholds[0], "temporal_threshold": thresholds[1], "variant": self.variant}
         if self.budget is not None:
             info["budget_met"] = budget_met
@@ -110,25 +193,46 @@ class STTM(Reducer):
         )  # fmt: skip
 
     def _thresholds_at(self, spatial: float) -> tuple[float, float]:
+        return spatial, self._temporal_at([spatial])[0]
+
+    def _temporal_at(self, spatials: list[float]) -> list[float]:
+        """The temporal threshold that follows each spatial one in budget mode (-1.0: none)."""
         if self.budget_gap is None:
-            return spatial, -1.0
-        gap = self.budget_gap * min(1.0, (1.0 - spatial) / _GAP_CLOSES_OVER)
-        return spatial, max(spatial - gap, 1e-3)
+            return [-1.0] * len(spatials)
+        return temporal_thresholds(torch.tensor(spatials, dtype=torch.float64), self.budget_gap).tolist()
 
-    def _counts(self, tree: QuadTree, table: torch.Tensor | None, spatials: list[float]) -> list[int]:
-        """Tokens kept at each spatial threshold, its temporal one following it, in one batched pass."""
-        device = tree.cells.device
-        temporals = [self._thresholds_at(spatial)[1] for spatial in spatials]
-        temporal = None if table is None else as_thresholds(temporals, device)
-        nodes, labels = group_nodes(tree, as_thresholds(spatials, device), temporal, self.variant, table)
-        return count_tokens(nodes, labels).tolist()
+    def _search(self, tree: QuadTree, num_tokens: int) -> tuple[tuple[float, float], bool, Merged]:
+        """The least merging whose kept count stays within ``budget·num_tokens`` as a bisection on τ_s down to
+        adjacent float32 values finds it (``bisect``), whether it is, and STTM's tokens there.
 
-    def _search_thresholds(
-        self, tree: QuadTree, num_tokens: int, table: torch.Tensor | None
-    ) -> tuple[tuple[float, float], bool]:
-        """The least merging whose kept count stays within ``budget·num_tokens``: bisection on τ_s, down to adjacent
-        float32 values, whose next ``lookahead_depth`` levels of midpoints are counted together (``bisect``)."""
+        The bisection reads the count off ``count_steps`` where it can: always for the corrected variant and
+        spatial merging alone, where the bounds are the count; for the official one where the bounds fall on one
+        side of the target. The rest is counted on the device, every threshold of a pass in one batch, and the
+        merge reuses the grouping of the threshold chosen where it was counted.
+        """
         target = math.floor(self.budget * num_tokens + 1e-9)
+        table = None if self.budget_gap is None else temporal_table(tree)
+        steps = steps_on_host(*count_steps(tree, table, lambda sims: linking_limit(sims, self.budget_gap)))
+        exact = self.variant == "corrected"
+        grouped: dict[int, tuple[NodeMap, torch.Tensor | None]] = {}
+
+        def count(spatials: list[float]) -> list[int]:
+            nodes, labels = self._group(tree, table, spatials)
+            for row, spatial in enumerate(spatials):
+                grouped[steps.region(spatial)] = nodes.row(row), None if labels is None else labels[row : row + 1]
+            return count_tokens(nodes, labels).tolist()
+
         depth = LOOKAHEAD_DEPTH_CUDA if tree.cells.is_cuda else LOOKAHEAD_DEPTH_CPU
-        spatial, met = bisect(lambda spatials: self._counts(tree, table, spatials), target, depth)
-        return self._thresholds_at(spatial), met
+        spatial, met = bisect(count, target, depth, lambda region: steps.sign(region, target, exact), steps.region)
+        thresholds = self._thresholds_at(spatial)
+        if steps.region(spatial) in grouped:
+            return thresholds, met, merge_grouped(tree, *grouped[steps.region(spatial)])
+        return thresholds, met, merge_video(tree, *thresholds, self.variant, table)
+
+    def _group(
+        self, tree: QuadTree, table: torch.Tensor | None, spatials: list[float]
+    ) -> tuple[NodeMap, torch.Tensor | None]:
+        """``group_nodes`` at each spatial threshold, its temporal one following it, in one batched pass."""
+        both = as_thresholds(spatials + self._temporal_at(spatials), tree.cells.device)  # one copy to the device
+        spatial, temporal = both.split(len(spatials))
+        return group_nodes(tree, spatial, None if table is None else temporal, self.variant, table)

@@ -102,6 +102,8 @@ def test_grids_smaller_than_2x2_are_refused(height, width):
         ({}, "spatial threshold"),
         ({"threshold": 0.8, "variant": "fast"}, "unknown STTM variant 'fast'"),
         ({"threshold": 0.8, "head_dim": 0}, "head_dim"),
+        ({"budget": 0.5, "budget_gap": -0.1}, "budget_gap must be a number ≥ 0"),
+        ({"budget": 0.5, "budget_gap": math.nan}, "budget_gap must be a number ≥ 0"),
     ],
 )
 def test_bad_parameters_are_refused(params, problem):
@@ -246,9 +248,8 @@ def round_by_round_labels(num_slots, earlier, later, linked, until_consistent):
             return labels[:num_slots], rounds
 
 
-@pytest.mark.parametrize("until_consistent", [False, True])
 @pytest.mark.parametrize("seed", range(4))
-def test_label_propagation_checked_every_few_rounds_equals_checking_every_round(seed, until_consistent):
+def test_label_propagation_checked_every_few_rounds_equals_checking_every_round(seed):
     """Long chains linked from their far end need more rounds than one block between the host's checks."""
     generator = torch.Generator().manual_seed(seed)
     num_slots = 3000
@@ -256,10 +257,28 @@ def test_label_propagation_checked_every_few_rounds_equals_checking_every_round(
     earlier = torch.cat([order[:-1], torch.randint(num_slots, (500,), generator=generator)])
     later = torch.cat([order[1:], torch.randint(num_slots, (500,), generator=generator)])
     linked = torch.rand(len(earlier), generator=generator) < 0.97
-    expected, rounds = round_by_round_labels(num_slots, earlier, later, linked, until_consistent)
+    expected, rounds = round_by_round_labels(num_slots, earlier, later, linked, until_consistent=False)
     assert rounds > merge.ROUNDS_PER_CHECK
-    labels = merge.propagate_labels(num_slots, earlier[None], later[None], linked[None], until_consistent)
+    labels = merge.propagate_labels(num_slots, earlier[None], later[None], linked[None])
     assert torch.equal(labels[0], expected)
+
+
+@pytest.mark.parametrize("frames", [1, 2, 3, 9, 33])
+def test_a_forest_of_links_one_frame_back_is_labelled_by_its_roots_as_propagation_to_consistency_labels_it(frames):
+    """The corrected variant's groups: each later slot keeps at most one link (repeated, as a pair of equal boxes is
+    found both ways), so pointer jumping a fixed number of times finds the connected components."""
+    generator = torch.Generator().manual_seed(frames)
+    per_frame, num_slots = 40, 40 * frames
+    slot = torch.arange(per_frame, num_slots)
+    parent = (slot // per_frame - 1) * per_frame + torch.randint(per_frame, slot.shape, generator=generator)
+    noise = torch.randint(num_slots, (2, 300), generator=generator).sort(dim=0).values
+    earlier, later = torch.cat([parent, parent, noise[0]]), torch.cat([slot, slot, noise[1]])
+    chosen = torch.rand(len(slot), generator=generator) < 0.8
+    linked = torch.cat([chosen, chosen, torch.zeros(300, dtype=torch.bool)])
+    expected, _ = round_by_round_labels(num_slots, earlier, later, linked, until_consistent=True)
+    labels = merge.root_labels(num_slots, earlier[None], later[None], linked[None], frames)
+    assert torch.equal(labels[0], expected)
+    assert len(expected.unique()) == num_slots - int(chosen.sum())  # a forest: one group fewer per link
 
 
 GROUP_MEANS_UNDER_THE_TRITON_INTERPRETER = """

@@ -1,5 +1,6 @@
-"""STTM's budget search: the batched bisection visits and returns what a one-at-a-time bisection does, and counting
-K thresholds in one pass gives each one's own count."""
+"""STTM's budget search: the batched bisection visits and returns what a one-at-a-time bisection does, counting
+K thresholds in one pass gives each one's own count, and the step functions that bound the count (and are it for
+the corrected variant) hold at every threshold."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ import torch
 
 from sttm.api import VideoTokens
 from sttm.bisect import bisect
-from sttm.merge import as_thresholds, count_tokens, group_nodes, merge_video, temporal_table
+from sttm.merge import as_thresholds, count_steps, count_tokens, group_nodes, merge_video, temporal_table
 from sttm.quadtree import build_quadtree
-from sttm.reducer import STTM
+from sttm.reducer import STTM, linking_limit, steps_on_host, temporal_thresholds
 from sttm.synthetic import redundant_video
 
 
@@ -68,10 +69,111 @@ def test_batched_bisection_returns_what_one_at_a_time_bisection_returns(depth):
         assert len(calls) <= 2 + math.ceil(len(visited) / depth)
 
 
+@pytest.mark.parametrize("depth", [1, 3, 6])
+def test_bisection_told_some_signs_and_regions_returns_what_one_at_a_time_bisection_returns(depth):
+    """Signs known without counting (as bounds give them) and thresholds grouped in regions of one count (the steps
+    between edges): the search counts none of the known and each region once, and still chooses the same."""
+    rng = random.Random(depth)
+    for _ in range(300):
+        count, heights = step_function(rng)
+        target = rng.choice([*heights, rng.randint(0, 61)])
+        told = {height: rng.random() < 0.7 for height in heights}  # which counts the bounds would settle
+
+        def region(threshold: float, count=count) -> int:
+            return count([threshold])[0]  # the steps' heights differ, so a height names its step
+
+        def known(height: int, told=told, target=target) -> int | None:
+            return (height > target) - (height < target) if told[height] else None
+
+        calls = []
+        result = bisect(
+            lambda ts, calls=calls, count=count: calls.append(ts) or count(ts), target, depth, known, region
+        )
+        expected, met, _ = one_at_a_time(count, target)
+        assert result == (expected, met)
+        counted = [region(t) for ts in calls for t in ts]
+        assert len(counted) == len(set(counted)) and not any(told[height] for height in counted)
+
+
 def videos():
     for seed, (frames, height, width) in enumerate([(6, 14, 14), (5, 13, 13), (4, 7, 9), (1, 8, 8)]):
         yield redundant_video(frames, height, width, channels=24, scene_length=2, seed=seed)
     yield torch.randn(4, 6, 6, 16, generator=torch.Generator().manual_seed(7))
+
+
+def near_one_video() -> torch.Tensor:
+    """Frames that repeat the first one up to perturbations of 1e-7..1e-5 in cosine similarity."""
+    generator = torch.Generator().manual_seed(0)
+    first = torch.randn(1, 8, 8, 32, generator=generator)
+    scale = torch.logspace(-3.5, -2.5, 7)[:, None, None, None]
+    return torch.cat([first, first + scale * torch.randn(7, 8, 8, 32, generator=generator)])
+
+
+def python_temporal_threshold(spatial: float, gap: float) -> float:
+    """The temporal threshold of budget mode as STTM computed it in Python floats before it had a tensor function."""
+    return max(spatial - gap * min(1.0, (1.0 - spatial) / 0.15), 1e-3)
+
+
+def temporal_as_compared(spatials: np.ndarray, gap: float) -> np.ndarray:
+    """``python_temporal_threshold`` at each spatial threshold (float64 arithmetic, as Python's), rounded to float32 as
+    ``as_thresholds`` rounds it."""
+    return np.maximum(spatials - gap * np.minimum(1.0, (1.0 - spatials) / 0.15), 1e-3).astype(np.float32)
+
+
+@pytest.mark.parametrize("gap", [0.0, 0.2, 0.5, 0.9])
+def test_the_temporal_threshold_is_the_python_arithmetic_bit_for_bit(gap):
+    spatials = np.concatenate([np.linspace(-1, 1, 20001), 0.85 + np.arange(-50, 50) * 1e-9, [1.0, -1.0, 0.85]])
+    spatials = spatials.astype(np.float32).astype(np.float64)
+    ours = temporal_thresholds(torch.from_numpy(spatials), gap).numpy()
+    assert np.array_equal(ours, [python_temporal_threshold(float(s), gap) for s in spatials])
+
+
+@pytest.mark.parametrize("gap", [0.0, 0.2, 0.5, 0.9])
+def test_linking_limit_is_the_highest_spatial_threshold_whose_temporal_one_a_similarity_reaches(gap):
+    """Checked against the temporal threshold of the float32 values on either side of the limit found."""
+    rng = np.random.default_rng(int(gap * 10))
+    near = [np.float32(1e-3), np.float32(0.85 - gap), np.float32(1.0), np.float32(0.5), np.float32(0.65)]
+    sims = np.concatenate([
+        rng.uniform(-0.2, 1.05, 20000),
+        *(value + np.arange(-300, 300) * np.spacing(value) for value in near),
+        [np.nan, -1.0, 0.0, 1.0, 2.0],
+    ]).astype(np.float32)  # fmt: skip
+    limit = linking_limit(torch.from_numpy(sims), gap).numpy()
+    assert limit.dtype == np.float32 and not np.isnan(limit).any()
+    finite = np.isfinite(limit)
+    assert (limit[finite] >= -1).all() and (limit[finite] <= 1).all()
+    with np.errstate(invalid="ignore"):
+        assert (temporal_as_compared(limit[finite].astype(np.float64), gap) <= sims[finite]).all()
+        above = np.nextafter(limit, np.float32(np.inf)).astype(np.float64)
+        beyond = temporal_as_compared(above, gap) > sims
+        assert (beyond | (limit == 1) | ~finite).all()  # the next float32 up is out of reach, unless 1 is the top
+        lowest = temporal_as_compared(np.array([-1.0]), gap)[0]
+        assert np.array_equal(~finite, ~(lowest <= sims))  # none where even τ_s = -1 is out of reach
+    assert finite.sum() > len(sims) // 2
+
+
+@pytest.mark.parametrize("variant", ["official", "corrected"])
+@pytest.mark.parametrize("budget_gap", [0.2, 0.5, None])
+def test_the_count_lies_within_its_steps_bounds_and_is_the_upper_one_when_corrected(variant, budget_gap):
+    """At thresholds spread over [-1, 1] and at breakpoints: the official count lies within the bounds, the
+    corrected one and the spatial-only one are the upper bound, and a threshold counts as its region's top does."""
+    rng = np.random.default_rng(0)
+    for grid in [*videos(), near_one_video()]:
+        tree = build_quadtree(grid, 1, variant, weighted_avg=False, head_dim=None)
+        table = None if budget_gap is None else temporal_table(tree)
+        steps = steps_on_host(*count_steps(tree, table, lambda sims, gap=budget_gap: linking_limit(sims, gap)))
+        reducer = STTM(budget=0.5, variant=variant, budget_gap=budget_gap)
+        finite = steps.values[(steps.values >= -1) & (steps.values <= 1)]
+        spread = np.concatenate([rng.uniform(-1, 1, 30), rng.choice(finite, 30), [-1.0, 1.0]]).astype(np.float32)
+        for spatial in spread.tolist():
+            kept = len(merge_video(tree, *reducer._thresholds_at(spatial), variant, table)[0])
+            upper, lower = steps.counts[:, steps.region(spatial)]
+            assert lower <= kept <= upper
+            if variant == "corrected" or budget_gap is None:
+                assert kept == upper
+            top = steps.values[steps.region(spatial)] if steps.region(spatial) < len(steps.values) else 1.0
+            if top <= 1:  # the top of the region is a threshold of it
+                assert len(merge_video(tree, *reducer._thresholds_at(float(top)), variant, table)[0]) == kept
 
 
 @pytest.mark.parametrize("variant", ["official", "corrected"])
@@ -88,13 +190,24 @@ def test_counting_thresholds_together_equals_counting_each_alone(variant):
         assert together == alone
 
 
+def other_videos():
+    """Inputs beside ``videos``: repeats within float32 rounding of one, and other dtypes (similarities in float64
+    for a float64 grid, float32 for half precision)."""
+    yield near_one_video()
+    yield redundant_video(5, 14, 14, channels=24, scene_length=3, seed=11).double()
+    yield redundant_video(5, 10, 18, channels=32, scene_length=2, seed=12).bfloat16()
+
+
 @pytest.mark.parametrize("variant", ["official", "corrected"])
-@pytest.mark.parametrize("budget_gap", [0.2, None])
-def test_budget_mode_chooses_the_thresholds_a_one_at_a_time_bisection_chooses(variant, budget_gap):
-    for grid in videos():
+@pytest.mark.parametrize(
+    ("budget_gap", "root_level", "inputs"),
+    [(0.2, 1, videos), (None, 1, videos), (0.5, 0, videos), (0.2, 1, other_videos)],
+)
+def test_budget_mode_chooses_the_thresholds_a_one_at_a_time_bisection_chooses(variant, budget_gap, root_level, inputs):
+    for grid in inputs():
         for budget in (0.6, 0.35, 0.15):
-            reducer = STTM(budget=budget, variant=variant, budget_gap=budget_gap)
-            tree = build_quadtree(grid, 1, variant, weighted_avg=False, head_dim=None)
+            reducer = STTM(budget=budget, variant=variant, budget_gap=budget_gap, root_level=root_level)
+            tree = build_quadtree(grid, root_level, variant, weighted_avg=False, head_dim=None)
 
             def kept(thresholds: list[float], reducer=reducer, tree=tree) -> list[int]:
                 return [len(merge_video(tree, *reducer._thresholds_at(t), variant)[0]) for t in thresholds]
@@ -105,3 +218,16 @@ def test_budget_mode_chooses_the_thresholds_a_one_at_a_time_bisection_chooses(va
             assert (result.info["threshold"], result.info["temporal_threshold"]) == reducer._thresholds_at(spatial)
             assert result.info["budget_met"] == met
             assert result.num_kept == kept([spatial])[0]
+
+
+@pytest.mark.parametrize("budget_gap", [0.2, None])
+def test_the_corrected_budget_search_counts_nothing_on_the_device(monkeypatch, budget_gap):
+    """Its count is the upper bound of ``count_steps``: the bisection runs on the host, and only the merge groups."""
+    reducer = STTM(budget=0.35, variant="corrected", budget_gap=budget_gap)
+
+    def refuse(*args):
+        raise AssertionError("counted on the device")
+
+    monkeypatch.setattr(reducer, "_group", refuse)
+    result = reducer.reduce(VideoTokens(next(videos())))
+    assert result.info["budget_met"] and 0 < result.kept_ratio <= 0.35

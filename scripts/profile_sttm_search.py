@@ -1,0 +1,122 @@
+"""Count what one STTM call asks of the device: aten ops, host syncs, and on CUDA kernel launches.
+
+    python scripts/profile_sttm_search.py                                   # [128, 14, 14, 3584] bf16, GPU if any
+    python scripts/profile_sttm_search.py --shape 32 14 14 3584 --dtype float32 --device cpu
+
+For STTM at the paper's fixed thresholds and in budget mode, each variant, one warmed-up ``reduce()`` is profiled
+with ``torch.profiler``. Printed per setting: every aten op the call ran (nested ones included), the top-level ones
+(what Python asked for), the ops that wait for the device's values (``aten::_local_scalar_dense``: ``.item()`` and
+``bool()``; ``aten::nonzero``: boolean indexing and ``nonzero``; a top-level ``aten::resolve_conj``: ``.tolist()``
+and ``.numpy()``, of host tensors too), and on CUDA the kernel launches, device-to-host copies and stream syncs the
+runtime saw. Timing is left to ``scripts/bench_reducers.py``: a profiled call is slower than a plain one.
+
+For budget mode the last column says whether the search chose the thresholds of a plain bisection on the same
+device, one midpoint at a time, each counted by a merge of its own (``sttm.bisect.bisect`` at depth 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections import Counter
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from sttm.api import VideoTokens, build_reducer
+from sttm.bisect import bisect
+from sttm.merge import merge_video
+from sttm.quadtree import build_quadtree
+from sttm.reducer import STTM
+from sttm.synthetic import redundant_video
+
+#: host waits as the CPU profiler names them, and whether only top-level calls count (``bmm`` calls
+#: ``resolve_conj`` too, without waiting).
+SYNC_OPS = {"item/bool": ("aten::_local_scalar_dense", False), "nonzero": ("aten::nonzero", False),
+            "tolist": ("aten::resolve_conj", True)}  # fmt: skip
+#: the CUDA runtime calls that launch a kernel, copy to the host or wait for a stream.
+RUNTIME_CALLS = {
+    "launches": ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx"),
+    "copies": ("cudaMemcpyAsync",),
+    "syncs": ("cudaStreamSynchronize", "cudaDeviceSynchronize"),
+}
+#: the authors' LLaVA-Video-7B Video-MME thresholds at 50% and 30% (as in ``scripts/bench_reducers.py``).
+PAPER_THRESHOLDS = ((0.85, 0.55), (0.80, 0.50))
+
+
+def op_counts(call, cuda: bool) -> dict[str, int]:
+    """Counts of the ops one ``call()`` runs (see the module docstring)."""
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    with profile(activities=activities) as prof:
+        call()
+        if cuda:
+            torch.cuda.synchronize()
+    events = prof.events()
+    names = Counter(event.name for event in events)
+    aten = [event for event in events if event.name.startswith("aten::")]
+    counts = {
+        "aten ops": len(aten),
+        "top-level aten ops": sum(1 for event in aten if event.cpu_parent is None),
+        **{
+            key: sum(1 for event in aten if event.name == name and not (top_level and event.cpu_parent is not None))
+            for key, (name, top_level) in SYNC_OPS.items()
+        },
+    }
+    if cuda:
+        counts.update({key: sum(names[name] for name in calls) for key, calls in RUNTIME_CALLS.items()})
+    return counts
+
+
+def plain_search(reducer: STTM, video: VideoTokens) -> tuple[float, float]:
+    """The thresholds a one-at-a-time bisection chooses for ``reducer``'s budget, each midpoint merged alone."""
+    tree = build_quadtree(video.grid, reducer.root_level, reducer.variant, reducer.weighted_avg, reducer.head_dim)
+
+    def count(spatials: list[float]) -> list[int]:
+        return [len(merge_video(tree, *reducer._thresholds_at(s), reducer.variant).tokens) for s in spatials]
+
+    spatial, _ = bisect(count, math.floor(reducer.budget * video.num_tokens + 1e-9), depth=1)
+    return reducer._thresholds_at(spatial)
+
+
+def settings(budgets: list[float], variants: list[str]) -> list[tuple[str, dict]]:
+    runs = []
+    for variant in variants:
+        for spatial, temporal in PAPER_THRESHOLDS:
+            runs.append((f"{variant} tau={spatial}/{temporal}", {"threshold": spatial, "temporal_threshold": temporal}))
+        runs += [(f"{variant} budget={budget}", {"budget": budget}) for budget in budgets]
+    return [(label, {**params, "variant": label.split()[0]}) for label, params in runs]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budgets", nargs="*", type=float, default=[0.5, 0.3])
+    parser.add_argument("--variants", nargs="*", default=["official", "corrected"])
+    parser.add_argument("--shape", nargs=4, type=int, default=[128, 14, 14, 3584], metavar=("T", "H", "W", "C"))
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+
+    grid = redundant_video(*args.shape, dtype=getattr(torch, args.dtype), device=args.device)
+    video = VideoTokens(grid)
+    cuda = grid.is_cuda
+    print(f"# torch {torch.__version__}, input {list(grid.shape)} {grid.dtype} on {grid.device}")
+    rows = []
+    for label, params in settings(args.budgets, args.variants):
+        reducer = build_reducer("sttm", **params)
+        result = reducer.reduce(video)  # warm-up: layouts cached, kernels compiled
+        counts = op_counts(lambda r=reducer: r.reduce(video), cuda)
+        if reducer.budget is not None:
+            chosen = (result.info["threshold"], result.info["temporal_threshold"])
+            counts["as plain bisection"] = "yes" if chosen == plain_search(reducer, video) else "NO"
+        rows.append((label, result.kept_ratio, counts))
+    keys = list(rows[-1][2])
+    print(f"{'setting':<32} {'kept':>6} " + " ".join(f"{key:>{max(len(key), 6)}}" for key in keys))
+    for label, kept, counts in rows:
+        cells = [f"{counts.get(key, ''):>{max(len(key), 6)}}" for key in keys]
+        print(f"{label:<32} {kept:>6.3f} " + " ".join(cells))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
