@@ -378,7 +378,7 @@ def step_function(
 
 
 def count_steps(
-    tree: QuadTree, table: torch.Tensor | None, link_limit: Callable[[torch.Tensor], torch.Tensor] | None = None
+    tree: QuadTree, table: torch.Tensor | None, link_limit: Callable[[torch.Tensor], torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Bounds on the tokens kept as step functions of the spatial threshold τ that the temporal one follows:
     ``values`` [n] sorted and ``counts`` [2, n + 1], the (upper, lower) bound at τ being ``counts[:, i]`` where
