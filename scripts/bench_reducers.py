@@ -6,7 +6,9 @@
 The input is ``sttm.synthetic.redundant_video`` ([128, 14, 14, 3584] bf16 by default: a LLaVA-Video-7B video at
 decoder layer 2), with scene changes every few frames; the paper's LLaVA-Video thresholds keep about 30-50% of
 it. Each reducer runs ``--warmup`` times, then ``--repeats`` timed calls (CUDA events on GPU, perf_counter on
-CPU); the table gives median and spread. ``--authors-code`` also times the authors' ``quadtree_build_video``
+CPU); the table gives median and spread. ``--profile N`` also profiles one call of each row
+(``sttm.device_work``: launches, host waits, the kernels' own time and the N ops whose kernels took longest), which
+tells a call bound by its kernels from one bound by the host's dispatch. ``--authors-code`` also times the authors' ``quadtree_build_video``
 from a checkout of github.com/HYUNJS/STTM on the same input, and checks that both keep the same boxes.
 """
 
@@ -25,6 +27,7 @@ import torch
 
 from sttm.api import Reducer, Stage, VideoTokens, available_reducers, build_reducer
 from sttm.clock import timed
+from sttm.device_work import device_work
 from sttm.synthetic import redundant_video
 
 #: STTM settings timed besides budget mode: the authors' LLaVA-Video-7B Video-MME thresholds (STTM_SPEC.md §4).
@@ -89,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--authors-code", type=Path, help="checkout of HYUNJS/STTM to time its quadtree too")
+    parser.add_argument("--profile", type=int, default=0, metavar="N", help="profile one call per row, N top ops")
     parser.add_argument("--output", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
 
@@ -115,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         times = time_calls(lambda r=reducer: r.reduce(video), args.warmup, args.repeats, grid.device)
         rows.append({"reducer": name, "setting": setting, "kept": kept, "times_ms": times})
+        if args.profile:
+            rows[-1]["work"] = device_work(lambda r=reducer: r.reduce(video), grid.is_cuda, top=args.profile)
 
     if args.authors_code:
         quadtree_build_video = authors_quadtree(args.authors_code)
@@ -149,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['reducer']:<20} {row['setting']:<58} {row['kept']:>6.3f} {row['median_ms']:>10.2f} "
             f"{p10:>6.2f}-{p90:<7.2f}"
         )
+        if "work" in row:
+            print("    " + "; ".join(f"{key}: {value}" for key, value in row["work"].items()))
     if args.output:
         meta = {
             "device": device_name,

@@ -4,11 +4,9 @@
     python scripts/profile_sttm_search.py --shape 32 14 14 3584 --dtype float32 --device cpu
 
 For STTM at the paper's fixed thresholds and in budget mode, each variant, one warmed-up ``reduce()`` is profiled
-with ``torch.profiler``. Printed per setting: every aten op the call ran (nested ones included), the top-level ones
-(what Python asked for), the ops that wait for the device's values (``aten::_local_scalar_dense``: ``.item()`` and
-``bool()``; ``aten::nonzero``: boolean indexing and ``nonzero``; a top-level ``aten::resolve_conj``: ``.tolist()``
-and ``.numpy()``, of host tensors too), and on CUDA the kernel launches, device-to-host copies and stream syncs the
-runtime saw. Timing is left to ``scripts/bench_reducers.py``: a profiled call is slower than a plain one.
+with ``torch.profiler``. Printed per setting: what ``sttm.device_work`` counts (aten ops, the host waits, and on
+CUDA launches, copies, syncs and the kernels' time). Timing is left to ``scripts/bench_reducers.py``: a profiled
+call is slower than a plain one.
 
 For budget mode the last column says whether the search chose the thresholds of a plain bisection on the same
 device, one midpoint at a time, each counted by a merge of its own (``sttm.bisect.bisect`` at depth 1).
@@ -19,53 +17,19 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections import Counter
 
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 from sttm.api import VideoTokens, build_reducer
 from sttm.bisect import bisect
+from sttm.device_work import device_work
 from sttm.merge import merge_video
 from sttm.quadtree import build_quadtree
 from sttm.reducer import STTM
 from sttm.synthetic import redundant_video
 
-#: host waits as the CPU profiler names them, and whether only top-level calls count (``bmm`` calls
-#: ``resolve_conj`` too, without waiting).
-SYNC_OPS = {"item/bool": ("aten::_local_scalar_dense", False), "nonzero": ("aten::nonzero", False),
-            "tolist": ("aten::resolve_conj", True)}  # fmt: skip
-#: the CUDA runtime calls that launch a kernel, copy to the host or wait for a stream.
-RUNTIME_CALLS = {
-    "launches": ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx"),
-    "copies": ("cudaMemcpyAsync",),
-    "syncs": ("cudaStreamSynchronize", "cudaDeviceSynchronize"),
-}
 #: the authors' LLaVA-Video-7B Video-MME thresholds at 50% and 30% (as in ``scripts/bench_reducers.py``).
 PAPER_THRESHOLDS = ((0.85, 0.55), (0.80, 0.50))
-
-
-def op_counts(call, cuda: bool) -> dict[str, int]:
-    """Counts of the ops one ``call()`` runs (see the module docstring)."""
-    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
-    with profile(activities=activities) as prof:
-        call()
-        if cuda:
-            torch.cuda.synchronize()
-    events = prof.events()
-    names = Counter(event.name for event in events)
-    aten = [event for event in events if event.name.startswith("aten::")]
-    counts = {
-        "aten ops": len(aten),
-        "top-level aten ops": sum(1 for event in aten if event.cpu_parent is None),
-        **{
-            key: sum(1 for event in aten if event.name == name and not (top_level and event.cpu_parent is not None))
-            for key, (name, top_level) in SYNC_OPS.items()
-        },
-    }
-    if cuda:
-        counts.update({key: sum(names[name] for name in calls) for key, calls in RUNTIME_CALLS.items()})
-    return counts
 
 
 def plain_search(reducer: STTM, video: VideoTokens) -> tuple[float, float]:
@@ -105,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, params in settings(args.budgets, args.variants):
         reducer = build_reducer("sttm", **params)
         result = reducer.reduce(video)  # warm-up: layouts cached, kernels compiled
-        counts = op_counts(lambda r=reducer: r.reduce(video), cuda)
+        counts = device_work(lambda r=reducer: r.reduce(video), cuda)
         if reducer.budget is not None:
             chosen = (result.info["threshold"], result.info["temporal_threshold"])
             counts["as plain bisection"] = "yes" if chosen == plain_search(reducer, video) else "NO"
