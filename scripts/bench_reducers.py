@@ -8,8 +8,9 @@ decoder layer 2), with scene changes every few frames; the paper's LLaVA-Video t
 it. Each reducer runs ``--warmup`` times, then ``--repeats`` timed calls (CUDA events on GPU, perf_counter on
 CPU); the table gives median and spread. ``--profile N`` also profiles one call of each row
 (``sttm.device_work``: launches, host waits, the kernels' own time and the N ops whose kernels took longest), which
-tells a call bound by its kernels from one bound by the host's dispatch. ``--authors-code`` also times the authors' ``quadtree_build_video``
-from a checkout of github.com/HYUNJS/STTM on the same input, and checks that both keep the same boxes.
+tells a call bound by its kernels from one bound by the host's dispatch. ``--authors-code`` also times the
+authors' ``quadtree_build_video`` from a checkout of github.com/HYUNJS/STTM on the same input, and checks that both
+keep the same boxes.
 """
 
 from __future__ import annotations
