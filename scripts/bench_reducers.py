@@ -6,7 +6,8 @@
 The input is ``sttm.synthetic.redundant_video`` ([128, 14, 14, 3584] bf16 by default: a LLaVA-Video-7B video at
 decoder layer 2), with scene changes every few frames; the paper's LLaVA-Video thresholds keep about 30-50% of
 it. Each reducer runs ``--warmup`` times, then ``--repeats`` timed calls (CUDA events on GPU, perf_counter on
-CPU); the table gives median and spread. ``--profile N`` also profiles one call of each row
+CPU); the table gives median and spread, and whether the call after the timed ones returned the same tokens and
+boxes, bit for bit, as the first. ``--profile N`` also profiles one call of each row
 (``sttm.device_work``: launches, host waits, the kernels' own time and the N ops whose kernels took longest), which
 tells a call bound by its kernels from one bound by the host's dispatch. ``--authors-code`` also times the
 authors' ``quadtree_build_video`` from a checkout of github.com/HYUNJS/STTM on the same input, and checks that both
@@ -33,6 +34,7 @@ from sttm.synthetic import redundant_video
 
 #: STTM settings timed besides budget mode: the authors' LLaVA-Video-7B Video-MME thresholds (STTM_SPEC.md §4).
 STTM_PAPER_SETTINGS = {"0.5": (0.85, 0.55), "0.3": (0.80, 0.50)}
+REPEATABLE = {True: "yes", False: "NO", None: ""}  # None: not checked (the authors' code)
 
 
 def settings_to_time(names: list[str], budgets: list[float]) -> list[tuple[str, str, Reducer | str]]:
@@ -114,12 +116,16 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if isinstance(reducer, str):
                 raise ValueError(reducer)
-            kept = reducer(video).kept_ratio
+            first = reducer(video)
         except ValueError as refusal:
             rows.append({"reducer": name, "setting": setting, "note": str(refusal)})
             continue
         times = time_calls(lambda r=reducer: r.reduce(video), args.warmup, args.repeats, grid.device)
-        rows.append({"reducer": name, "setting": setting, "kept": kept, "times_ms": times})
+        again = reducer.reduce(video)
+        repeatable = torch.equal(first.tokens, again.tokens) and torch.equal(first.boxes, again.boxes)
+        rows.append(
+            {"reducer": name, "setting": setting, "kept": first.kept_ratio, "times_ms": times, "repeatable": repeatable}
+        )
         if args.profile:
             rows[-1]["work"] = device_work(lambda r=reducer: r.reduce(video), grid.is_cuda, top=args.profile)
 
@@ -144,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                 }
             )
 
-    print(f"{'reducer':<20} {'setting':<58} {'kept':>6} {'median ms':>10} {'p10-p90 ms':>14}")
+    print(f"{'reducer':<20} {'setting':<58} {'kept':>6} {'median ms':>10} {'p10-p90 ms':>14} {'repeatable':>10}")
     for row in rows:
         if "note" in row:
             print(f"{row['reducer']:<20} {row['setting']:<58} not run: {row['note']}")
@@ -154,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         row["median_ms"] = statistics.median(ordered)
         print(
             f"{row['reducer']:<20} {row['setting']:<58} {row['kept']:>6.3f} {row['median_ms']:>10.2f} "
-            f"{p10:>6.2f}-{p90:<7.2f}"
+            f"{p10:>6.2f}-{p90:<7.2f} {REPEATABLE[row.get('repeatable')]:>10}"
         )
         if "work" in row:
             print("    " + "; ".join(f"{key}: {value}" for key, value in row["work"].items()))
