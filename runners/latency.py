@@ -12,8 +12,9 @@ model's ``llm_layer`` in ``configs/model``: 2, or 3 for Qwen3-VL, after its Deep
 (a reducer the model refuses, e.g. a merge before Qwen3-VL's DeepStack layers that does not say its members, is a
 row that says why); STTM also runs at the fixed thresholds its budget search chose, as the paper uses fixed
 thresholds. Each setting: one warm-up, then the median of ``--repeats`` calls of ``generate`` (8 new tokens), timed
-as ``sttm.adapters.timing`` defines. Writes ``OUTPUT.json`` (rows, GPU, commit, command), appends the rows of this
-run to ``OUTPUT.md`` and draws ``OUTPUT_<model>.png`` (prefill speed-up against kept ratio).
+as ``sttm.adapters.timing`` defines. Adds this run to ``OUTPUT.json`` (rows, GPU, commit, command), rewritten after
+every row with ``"complete": false`` until the last, so a run cut short keeps what it measured; then appends its
+rows to ``OUTPUT.md`` and draws ``OUTPUT_<model>.png`` (prefill speed-up against kept ratio).
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ import json
 import os
 import statistics
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
 from runners.evaluate import CONFIGS, compose_evaluate, setting_params
+from runners.files import write_atomically
 from sttm.adapters import family
 from sttm.adapters.points import reduction_point
 from sttm.adapters.real_size import ARCHITECTURES, QUESTION, random_model, request
@@ -193,7 +196,7 @@ def reducers_at(budget: float, model_name: str, names: list[str] | None = None) 
     return chosen
 
 
-def run(
+def measured_rows(
     name: str,
     frames_list: list[int],
     budgets: list[float],
@@ -202,20 +205,19 @@ def run(
     kv_reuse: int,
     device: str = "cuda",
     names: list[str] | None = None,
-) -> list[dict]:
+) -> Iterator[dict]:
+    """The benchmark's rows, each as soon as it is measured: per frame count, the KV-reuse row (``kv_reuse`` > 0),
+    full tokens, the cut ceilings, then per budget the no-cost ceilings through the hooks and every reducer (a row
+    with a ``note`` where one refuses)."""
     layer = llm_layer_of(name)
     model = random_model(name, attention, device)
-    rows = []
     for frames in frames_list:
         if kv_reuse:
-            rows += kv_reuse_rows(name, model, frames, kv_reuse, repeats)
-            print(rows[-1], flush=True)
+            yield from kv_reuse_rows(name, model, frames, kv_reuse, repeats)
         inputs = request(name, frames, device)
         full = measure(model, inputs, None, repeats)
-        rows.append({"model": name, "frames": frames, "method": "full tokens", "budget": 1.0, **full})
-        print(rows[-1], flush=True)
-        rows += ceiling_rows(name, model, inputs, frames, budgets, repeats, layer)
-        print(*rows[-2 * len(budgets) :], sep="\n", flush=True)
+        yield {"model": name, "frames": frames, "method": "full tokens", "budget": 1.0, **full}
+        yield from ceiling_rows(name, model, inputs, frames, budgets, repeats, layer)
         for budget in budgets:
             settings = [(f"ceiling: {EvenlySpaced.name} at layer {layer}, no cost, through the hooks",
                          EvenlySpaced(budget, layer)),
@@ -228,19 +230,17 @@ def run(
             for method, reducer in settings:
                 row = {"model": name, "frames": frames, "method": method, "budget": budget}
                 if isinstance(reducer, str):
-                    rows.append({**row, "note": reducer})
+                    yield {**row, "note": reducer}
                     continue
                 try:
                     result = measure(model, inputs, reducer, repeats)
                 except ValueError as refusal:  # the model's reduction point refuses it (said in the row)
-                    rows.append({**row, "note": str(refusal)})
+                    yield {**row, "note": str(refusal)}
                     continue
                 result["prefill_speedup"] = full["prefill_ms"] / result["prefill_ms"]
                 result["ttft_speedup"] = full["ttft_ms"] / result["ttft_ms"]
                 result["reducer_share_of_prefill"] = result["reducer_ms"] / full["prefill_ms"]
-                rows.append({**row, **result})
-                print(rows[-1], flush=True)
-    return rows
+                yield {**row, **result}
 
 
 def markdown(rows: list[dict], header: str) -> str:
@@ -318,16 +318,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         parser.error("the latency benchmark needs a CUDA GPU")
-    rows = run(args.model, args.frames, args.budgets, args.repeats, args.attention, args.kv_reuse, names=args.reducers)
     gpu, commit = torch.cuda.get_device_name(), os.environ.get("STTM_COMMIT", "unknown")
     command = "python -m runners.latency " + " ".join(argv if argv is not None else sys.argv[1:])
     header = (f"## {args.model} on {gpu} (torch {torch.__version__}, {args.attention}), commit {commit}\n\n"
               f"`{command}`; medians of {args.repeats} runs after a warm-up, 8 new tokens")  # fmt: skip
     args.output.parent.mkdir(parents=True, exist_ok=True)
     json_path = args.output.with_suffix(".json")
-    runs = json.loads(json_path.read_text()) if json_path.is_file() else []
-    runs.append({"gpu": gpu, "commit": commit, "command": command, "rows": rows})
-    json_path.write_text(json.dumps(runs, indent=1))
+    earlier = json.loads(json_path.read_text()) if json_path.is_file() else []
+    rows: list[dict] = []
+    this_run = {"gpu": gpu, "commit": commit, "command": command, "complete": False, "rows": rows}
+    measuring = measured_rows(args.model, args.frames, args.budgets, args.repeats, args.attention, args.kv_reuse,
+                              names=args.reducers)  # fmt: skip
+    for row in measuring:  # the JSON holds every row measured so far, should the run be cut short
+        rows.append(row)
+        print(row, flush=True)
+        write_atomically(json_path, json.dumps([*earlier, this_run], indent=1))
+    this_run["complete"] = True
+    write_atomically(json_path, json.dumps([*earlier, this_run], indent=1))
     with args.output.with_suffix(".md").open("a") as file:
         file.write(markdown(rows, header) + "\n")
     plot(rows, args.output.parent / f"{args.output.name}_{args.model}.png")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -10,9 +12,9 @@ from runners.latency import (
     ceiling_rows,
     cut_forward,
     markdown,
+    measured_rows,
     plot,
     reducers_at,
-    run,
     text_positions,
 )
 from sttm.adapters.family import text_model
@@ -61,7 +63,7 @@ def test_the_whole_benchmark_runs_on_a_tiny_architecture(monkeypatch):
     """The GPU run, shrunk: the tiny LLaVA-OneVision in place of the 7B one, on the CPU, one repeat."""
     monkeypatch.setitem(ARCHITECTURES, "tiny", tiny_architecture("llava_onevision"))
     monkeypatch.setattr("sttm.adapters.real_size.real_size_config", lambda name: tiny_config("llava_onevision"))
-    rows = run("tiny", [8], [0.5], repeats=1, attention="sdpa", kv_reuse=2, device="cpu")
+    rows = list(measured_rows("tiny", [8], [0.5], repeats=1, attention="sdpa", kv_reuse=2, device="cpu"))
     measured = {row["method"]: row for row in rows if "kept_ratio" in row}
     no_cost = "ceiling: evenly spaced at layer 2, no cost, through the hooks"
     before_llm = "ceiling: evenly spaced before the LLM, no cost, through the hooks"
@@ -79,7 +81,9 @@ def test_the_qwen3_vl_8b_benchmark_runs_scaled_down(monkeypatch):
     monkeypatch.setitem(ARCHITECTURES, "qwen3_vl_8b", tiny_architecture("qwen3_vl"))
     monkeypatch.setattr("sttm.adapters.real_size.real_size_config", lambda name: tiny_config("qwen3_vl"))
     names = ["sttm", "tome", "fastv", "vidcom2", "pool", "visionzip", "prunevid", "fastvid"]
-    rows = run("qwen3_vl_8b", [8], [0.5], repeats=1, attention="sdpa", kv_reuse=2, device="cpu", names=names)
+    rows = list(
+        measured_rows("qwen3_vl_8b", [8], [0.5], repeats=1, attention="sdpa", kv_reuse=2, device="cpu", names=names)
+    )
     measured = {row["method"]: row for row in rows if "kept_ratio" in row}
     notes = {row["method"]: row["note"] for row in rows if "note" in row}
     ceilings = {"ceiling: evenly spaced at layer 3, no cost, through the hooks", "ceiling: cut at layer 3"}
@@ -130,3 +134,23 @@ def test_the_no_cost_reducer_keeps_an_evenly_spaced_share_of_the_grid():
     kept = flat_positions(reduction.boxes, 3, 3)
     assert kept[0] == 0 and kept[-1] == 35 and len(set((kept[1:] - kept[:-1]).tolist())) <= 2
     torch.testing.assert_close(reduction.tokens, grid.reshape(-1, 8)[kept])
+
+
+def test_a_run_cut_short_keeps_the_rows_it_measured(monkeypatch, tmp_path):
+    """The JSON is rewritten after every row, marked incomplete until the last: a run stopped by a time limit
+    after two rows leaves those two on disk."""
+    import runners.latency as latency
+
+    def two_rows_then_killed(*args, **kwargs):
+        yield {"model": "tiny", "frames": 8, "method": "full tokens", "budget": 1.0}
+        yield {"model": "tiny", "frames": 8, "method": "sttm", "budget": 0.5, "note": "refused"}
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(latency, "measured_rows", two_rows_then_killed)
+    monkeypatch.setattr(latency.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(latency.torch.cuda, "get_device_name", lambda: "a GPU")
+    with pytest.raises(KeyboardInterrupt):
+        latency.main(["--model", "llava_onevision_7b", "--output", str(tmp_path / "h200")])
+    (written,) = json.loads((tmp_path / "h200.json").read_text())
+    assert written["complete"] is False and [row["method"] for row in written["rows"]] == ["full tokens", "sttm"]
+    assert not (tmp_path / "h200.md").exists()
