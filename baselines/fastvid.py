@@ -75,6 +75,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from itertools import accumulate
 from typing import NamedTuple
 
 import torch
@@ -126,7 +127,7 @@ def dynamic_segments(global_features: torch.Tensor, min_segments: int, threshold
     similarity = (unit[:-1] * unit[1:]).sum(dim=1)
     cut = similarity < threshold
     cut[similarity.topk(min_segments - 1, largest=False).indices] = True
-    return torch.cat([cut.new_zeros(1), cut]).long().cumsum(0)
+    return F.pad(cut, (1, 0)).cumsum(0)
 
 
 def token_counts(tokens_per_frame: int, retention_ratio: float, context_share: float, variant: str) -> tuple[int, int]:
@@ -192,50 +193,24 @@ def density_scores(
     if ties_by_index:
         index = torch.arange(tokens.shape[1], device=tokens.device)
         denser |= (other == this) & (index[None, :] < index[:, None])
-    farthest = distance.flatten(1).max(dim=1).values[:, None, None]
+    farthest = distance.amax(dim=(1, 2), keepdim=True)
     return torch.where(denser, distance, farthest).min(dim=-1).values * density
 
 
 def own_weight(count: torch.Tensor, weight_floor: float) -> torch.Tensor:
     """A target's own weight in its merged token, ``max(1 / (n + 1), weight_floor)`` for n members [...]."""
-    return (1 / (count + 1)).clamp(min=weight_floor)
+    return (count + 1).reciprocal().clamp(min=weight_floor)
 
 
 def merge_into_targets(
-    tokens: torch.Tensor, targets: torch.Tensor, members: torch.Tensor, weight_floor: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """tokens [..., M, C], targets [..., K, C], members [..., M, K] bool (token m feeds target k) -> the merged
-    targets [..., K, C], ``w · target + (1 − w) · mean of its members`` with ``w = max(1 / (n + 1), weight_floor)``,
-    and the member counts n [..., K] (a target without members stays as it is)."""
-    assignment = members.to(tokens.dtype)
-    count = assignment.sum(dim=-2)
-    mean = (assignment.transpose(-1, -2) @ tokens) / count.clamp(min=1)[..., None]
-    weight = own_weight(count, weight_floor)[..., None]
-    return weight * targets + (1 - weight) * mean, count.long()
-
-
-def target_weights(
-    members: torch.Tensor, target_rows: torch.Tensor, count: torch.Tensor, weight_floor: float
+    sums: torch.Tensor, targets: torch.Tensor, count: torch.Tensor, weight_floor: float
 ) -> torch.Tensor:
-    """members [..., M, K] bool, target_rows [..., K] (the token each target is), count [..., K] members -> [..., M, K]
-    float32 each token's weight in each merged target (:func:`merge_into_targets`): its share of the members' mean
-    plus, for the target itself, its own weight."""
-    own = own_weight(count.float(), weight_floor)
-    weights = members * ((1 - own) / count.clamp(min=1))[..., None, :]
-    return weights.scatter_add_(-2, target_rows[..., None, :], own[..., None, :])
-
-
-class SegmentGroup(NamedTuple):
-    """The segments of one length, planned on the CPU: where they start, which of their frames are anchors, and
-    which of the anchors' target slots are filled (anchor j's i-th best target is slot j·width + i)."""
-
-    starts: torch.Tensor  # [n] first frame of each segment
-    anchors: torch.Tensor  # [a] offsets of the anchor frames in a segment
-    slots: torch.Tensor  # [V] filled target slots
-    length: int  # frames per segment
-    most: int  # most targets an anchor picks
-    width: int  # target slots per anchor: ``most`` rounded up to TARGET_ALIGNMENT
-    own_frame_pool: bool  # official: the anchors' pools are their own frames (they pick ``context`` targets)
+    """sums [K, C] of each target's members, targets [K, C], count [K] members (in the tokens' dtype) -> [K, C] the
+    merged targets, ``w · target + (1 − w) · mean of its members`` with ``w = max(1 / (n + 1), weight_floor)`` (a
+    target without members stays as it is)."""
+    mean = sums / count.clamp(min=1)[:, None]
+    weight = own_weight(count, weight_floor)[:, None]
+    return weight * targets + (1 - weight) * mean
 
 
 #: target slots per anchor come in multiples of this, so that the similarities' rows stay aligned for the GPU's
@@ -243,85 +218,149 @@ class SegmentGroup(NamedTuple):
 TARGET_ALIGNMENT = 8
 
 
-def group_segments(segment: torch.Tensor, counts: torch.Tensor, context: int, variant: str) -> list[SegmentGroup]:
-    """[T] segment index and [T] context targets of each frame (on the CPU) -> the segments grouped by length."""
-    sizes = torch.bincount(segment)
-    starts = sizes.cumsum(0) - sizes
-    groups = []
-    for length in sizes.unique().tolist():
-        first = starts[sizes == length]
-        share = counts[first[0] : first[0] + length]
-        anchors = share.nonzero().squeeze(1)
-        picks = share[anchors]
-        most = int(picks.max())
+class SegmentGroup(NamedTuple):
+    """The segments of one length as the merge lays them out (:func:`plan_merge`): ``count`` segments of ``length``
+    frames, each with ``anchors`` anchor frames of ``width`` target slots (the i-th best target of its anchor j is
+    its slot j·width + i), ``targets`` of them filled."""
+
+    count: int
+    length: int
+    anchors: int
+    first_slot: int  # its first slot among the video's
+    first_target: int  # its first filled slot among the video's
+    targets: int
+    most: int  # most targets an anchor picks
+    width: int  # ``most`` rounded up to TARGET_ALIGNMENT
+    own_frame_pool: bool  # official: each anchor's pool is its own frame (it picks ``context`` targets)
+    anchor_frames: torch.Tensor  # [n, a] each anchor's place in the merge's frame order
+    anchor_rows: torch.Tensor  # [a, 1] the first row of an anchor's frame in its segment's pool
+    first_slots: torch.Tensor  # [n, 1, a] each anchor's first slot
+    unfilled: torch.Tensor  # [a, k] bool: the slots an anchor leaves empty
+
+
+class MergePlan(NamedTuple):
+    """Where the merge puts every frame, anchor and target slot, planned from the segments: frames by segment
+    length, then segment by segment; anchors and slots in that order. S slots, K of them filled."""
+
+    groups: list[SegmentGroup]
+    frame_order: torch.Tensor  # [T] the frame at each place of the merge's frame order
+    filled: torch.Tensor  # [K] the filled slots, ascending
+    slot_targets: torch.Tensor  # [S + 1] each slot's index among the filled ones (K: unfilled; the last: no slot)
+    target_rows: torch.Tensor  # [K] the first pool row of each filled slot's frame
+
+    @property
+    def no_slot(self) -> int:
+        return len(self.slot_targets) - 1
+
+
+def plan_merge(
+    sizes: list[int], counts: list[int], rest: int, context: int, variant: str, device: torch.device
+) -> MergePlan:
+    """[S] segment sizes, [T] context targets of each frame (:func:`anchor_counts`), R non-salient tokens a frame ->
+    the merge's plan, made on the host and moved to ``device`` in two copies that do not wait for the device.
+    Segments of one length form a group, batched together."""
+    starts = list(accumulate(sizes, initial=0))[:-1]
+    order, layouts, shapes, mask_shapes, indices, unfilled, anchors = [], [], [], [], [], [], []
+    slots = targets = 0
+    for length in sorted(set(sizes)):
+        firsts = [start for start, size in zip(starts, sizes, strict=True) if size == length]
+        share = counts[firsts[0] : firsts[0] + length]
+        offsets = [i for i, count in enumerate(share) if count]
+        picks = [share[i] for i in offsets]
+        n, a, most = len(firsts), len(offsets), max(picks)
         width = -(-most // TARGET_ALIGNMENT) * TARGET_ALIGNMENT
-        slots = (torch.arange(width) < picks[:, None]).flatten().nonzero().squeeze(1)
-        own_frame_pool = variant == "official" and bool((picks == context).all())
-        groups.append(SegmentGroup(first, anchors, slots, length, most, width, own_frame_pool))
-    return groups
+        own_frame_pool = variant == "official" and all(count == context for count in picks)
+        layouts.append((n, length, a, slots, targets, sum(picks), most, width, own_frame_pool))
+        frames = [len(order) + s * length + i for s in range(n) for i in offsets]
+        first_slots = [slots + j * width for j in range(n * a)]
+        shapes += [(n, a), (a, 1), (n, 1, a)]
+        mask_shapes.append((a, width))
+        indices += [*frames, *(i * rest for i in offsets), *first_slots]
+        unfilled += [k >= count for count in picks for k in range(width)]
+        anchors += zip(frames, first_slots, picks * n, strict=True)
+        order += [frame for start in firsts for frame in range(start, start + length)]
+        slots, targets = slots + n * a * width, targets + n * sum(picks)
+    frames, first_slots, picks = torch.tensor(anchors).unbind(1)
+    anchor = torch.repeat_interleave(picks)  # the anchor of each filled slot
+    filled = first_slots[anchor] + torch.arange(targets) - (picks.cumsum(0) - picks)[anchor]
+    slot_targets = torch.full((slots + 1,), targets).index_put_((filled,), torch.arange(targets))
+    host = torch.cat([torch.tensor(indices + order), filled, slot_targets, frames[anchor] * rest])
+    parts = [math.prod(shape) for shape in shapes] + [len(order), targets, slots + 1, targets]
+    *pieces, frame_order, filled, slot_targets, target_rows = host.to(device, non_blocking=True).split(parts)
+    pieces = iter(piece.view(shape) for piece, shape in zip(pieces, shapes, strict=True))
+    masks = torch.tensor(unfilled).to(device, non_blocking=True).split([a * k for a, k in mask_shapes])
+    masks = iter(mask.view(shape) for mask, shape in zip(masks, mask_shapes, strict=True))
+    groups = [SegmentGroup(*layout, next(pieces), next(pieces), next(pieces), next(masks)) for layout in layouts]
+    return MergePlan(groups, frame_order, filled, slot_targets, target_rows)
 
 
-def groups_to(groups: list[SegmentGroup], device: torch.device) -> list[SegmentGroup]:
-    """The groups with their index tensors on ``device``, moved in one copy."""
-    parts = [part for group in groups for part in group[:3]]
-    moved = torch.cat(parts).to(device).split([len(part) for part in parts])
-    return [group._replace(starts=moved[3 * i], anchors=moved[3 * i + 1], slots=moved[3 * i + 2])
-            for i, group in enumerate(groups)]  # fmt: skip
+class GroupMerge(NamedTuple):
+    """DTM on the n segments of a group, slot by slot (a anchors of k slots a segment, L·R pool rows a segment)."""
+
+    targets: torch.Tensor  # [n·a·k] each slot's target: its position among its frame's non-salient tokens
+    count: torch.Tensor  # [n·a·k] its members, in the tokens' dtype
+    sums: torch.Tensor  # [n·a·k, C] their sum
+    edges: torch.Tensor  # [n·L·R, a] official, [n·L·R, 1] corrected: the slots each pool row joined (no_slot: none)
 
 
-class MergedTargets(NamedTuple):
-    """The context tokens of a group of segments, [n, V] each: n segments, V targets per segment."""
-
-    frames: torch.Tensor  # frame of each target
-    positions: torch.Tensor  # its position among the frame's non-salient tokens
-    tokens: torch.Tensor  # [n, V, C] the merged targets
-    fed_by: torch.Tensor  # int64 input slots merged into each: its members and itself
-    weights: torch.Tensor  # [n, L·R, V] float32 each of the segment's non-salient tokens' weight in each target
-
-
-def merge_segments(
-    pool: torch.Tensor, scores: torch.Tensor, group: SegmentGroup, weight_floor: float, variant: str
-) -> MergedTargets:
+def merge_group(
+    pool: torch.Tensor, unit: torch.Tensor, scores: torch.Tensor, group: SegmentGroup, plan: MergePlan, variant: str
+) -> GroupMerge:
     """DTM on a group of segments of one length, batched over the segments.
 
-    pool [T, R, C] non-salient tokens of each frame, scores [T, R] their density-peak scores. Each anchor's targets
-    are its frame's highest scores. Official: each token of an anchor's pool (the whole segment, or the anchor's own
-    frame with ``own_frame_pool``) feeds the anchor's most similar target. Corrected: each token of the segment
-    feeds one target, the most similar of all the segment's targets, and every target feeds itself.
+    pool [n·L·R, C] the group's non-salient tokens, frame by frame, unit [n·L·R, C] the same scaled to unit norm,
+    scores [T, R] the density-peak scores of every frame's (in the merge's order). Each anchor's targets are its
+    frame's highest scores. Official:
+    each row of an anchor's pool (the whole segment, or the anchor's own frame with ``own_frame_pool``) joins the
+    anchor's most similar target. Corrected: each row of the segment joins one target, the most similar of all the
+    segment's targets, and every target joins itself.
     """
-    device, (rest, c) = pool.device, pool.shape[1:]
-    n, a, k = len(group.starts), len(group.anchors), group.width
+    n, a, k = group.count, group.anchors, group.width
+    rest, c = scores.shape[1], pool.shape[1]
     rows_per_segment = group.length * rest
-    frames = group.starts[:, None] + torch.arange(group.length, device=device)  # [n, L]
-    anchor_frames = frames[:, group.anchors]
-    targets = F.pad(scores[anchor_frames].topk(group.most, dim=-1).indices, (0, k - group.most))  # [n, a, k]
-    filled = torch.zeros(a * k, dtype=torch.bool, device=device).index_fill_(0, group.slots, True).reshape(a, k)
-    rows = pool[frames].reshape(n, rows_per_segment, c)
-    unit = rows / rows.norm(dim=-1, keepdim=True)
-    target_rows = (group.anchors[:, None] * rest + targets).reshape(n, a * k)  # rows of the segment
-    segments = torch.arange(n, device=device)[:, None]
-    similarity = (unit @ unit[segments, target_rows].transpose(1, 2)).reshape(n, rows_per_segment, a, k)
-    similarity = similarity.masked_fill(~filled, -math.inf)
+    tokens, unit = pool.view(n, rows_per_segment, c), unit.view(n, rows_per_segment, c)
+    targets = F.pad(scores[group.anchor_frames].topk(group.most, dim=-1).indices, (0, k - group.most))  # [n, a, k]
+    target_rows = (targets + group.anchor_rows).view(n, a * k)  # rows of the segment
+    similarity = unit @ torch.take_along_dim(unit, target_rows[..., None], dim=1).transpose(1, 2)
+    similarity = similarity.view(n, rows_per_segment, a, k).masked_fill(group.unfilled, -math.inf)
     if variant == "official":
         best = similarity.argmax(dim=-1, keepdim=True)  # [n, L·R, a, 1]
-        in_pool = torch.ones(rows_per_segment, a, 1, dtype=torch.bool, device=device)
-        if group.own_frame_pool:
-            row_frame = torch.arange(rows_per_segment, device=device) // rest
-            in_pool = (row_frame[:, None] == group.anchors[None, :])[..., None]
-        members = torch.zeros_like(similarity, dtype=torch.bool).scatter_(-1, best, in_pool.expand_as(best))
-        members = members.flatten(2)
+        edges, joins = best.view(n, rows_per_segment, a) + group.first_slots, 1.0
+        if group.own_frame_pool and group.length > 1:
+            frame_rows = torch.arange(rows_per_segment, device=pool.device) // rest * rest
+            in_pool = frame_rows[:, None] == group.anchor_rows[:, 0]  # [L·R, a]
+            edges = torch.where(in_pool, edges, plan.no_slot)
+            joins = in_pool.to(pool.dtype)[..., None].expand_as(best)
+        assignment = torch.zeros_like(similarity).scatter_(-1, best, joins).view(n, rows_per_segment, a * k)
     else:
-        best = similarity.flatten(2).argmax(dim=-1)  # [n, L·R]
-        best.scatter_(1, target_rows[:, group.slots], group.slots.expand(n, -1))  # every target feeds itself
-        members = torch.zeros(n, rows_per_segment, a * k, dtype=torch.bool, device=device)
-        members.scatter_(2, best[..., None], True)
-    merged, count = merge_into_targets(rows, rows[segments, target_rows], members, weight_floor)
-    own = members[segments, target_rows, torch.arange(a * k, device=device)]
-    fed_by = count + (~own).long()
-    slots = group.slots
-    weights = target_weights(members, target_rows, count, weight_floor)[:, :, slots]
-    return MergedTargets(anchor_frames.repeat_interleave(k, dim=1)[:, slots], targets.flatten(1)[:, slots],
-                         merged[:, slots], fed_by[:, slots], weights)  # fmt: skip
+        best = similarity.view(n, rows_per_segment, a * k).argmax(dim=-1)  # [n, L·R]
+        filled = plan.filled[group.first_target : group.first_target + group.targets] - group.first_slot
+        best.scatter_(1, target_rows[:, filled], filled.expand(n, -1))  # every target joins itself
+        assignment = torch.zeros_like(similarity.view(n, rows_per_segment, a * k)).scatter_(2, best[..., None], 1.0)
+        edges = best[..., None] + group.first_slots[..., :1]
+    sums = assignment.transpose(1, 2) @ tokens
+    return GroupMerge(targets.flatten(), assignment.sum(dim=1).flatten(), sums.flatten(0, 1),
+                      edges.view(n * rows_per_segment, -1))  # fmt: skip
+
+
+def pool_feeds(
+    edges: torch.Tensor, target_rows: torch.Tensor, count: torch.Tensor, weight_floor: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """edges [M, E] the targets each pool row joined (index among the K targets; K: none), target_rows [K] the row
+    each target is, count [K] int64 its members -> for every row [M] the targets it feeds with a nonzero weight (as
+    a member, and a target itself), the first of them (−1: none) and its summed weight in them; [K] whether each
+    target is among its own members. A member's weight is its share ``(1 − w) / n`` of the mean, a target's own
+    weight ``w`` comes on top (:func:`merge_into_targets`)."""
+    own = own_weight(count.float(), weight_floor)
+    weight = F.pad((1 - own) / count.clamp(min=1), (0, 1))[edges]  # [M, E], 0 where no target
+    feeds = weight != 0
+    targets = torch.arange(len(target_rows), device=edges.device)
+    target_of = torch.full((len(edges),), -1, device=edges.device).index_put_((target_rows,), targets)
+    itself = edges == target_of[:, None]
+    fan = (feeds & ~itself).sum(dim=1).index_add_(0, target_rows, torch.ones_like(target_rows))
+    into = torch.where(feeds, edges, -1).amax(dim=1).index_put_((target_rows,), targets)
+    share = weight.sum(dim=1).index_add_(0, target_rows, own)
+    return fan, into, share, itself.any(dim=1)[target_rows]
 
 
 def slot_members(
@@ -369,7 +408,8 @@ def fastvid(
     """FastVID on one video: grid [T, H, W, C], importance [T, H, W] (ATS score), global_features [T, Cg] (DySeg).
 
     ``noise`` [T, N − salient] is added to the density (official variant: the authors' ``rand · 1e-6``; None: no
-    noise).
+    noise). The host waits for the device twice: for the segments, which shape the merge, and for the count of
+    slots that fed several tokens, which decides whether the slots can name their tokens.
     """
     _check_variant(variant)
     t, h, w, c = grid.shape
@@ -386,55 +426,56 @@ def fastvid(
         )
     rest_count = per_frame - salient_count
     segment = dynamic_segments(global_features, dyseg_c, dyseg_tau).cpu()
-    counts = anchor_counts(segment, context, dtm_p, variant)
-    needed = int(counts.max())
-    if needed > rest_count:
+    sizes, counts = torch.bincount(segment).tolist(), anchor_counts(segment, context, dtm_p, variant).tolist()
+    if max(counts) > rest_count:
         raise ValueError(
-            f"an anchor frame needs {needed} context targets but its frame has only {rest_count} tokens besides the "
-            f"{salient_count} salient ones: lower the budget or STPrune_d, or raise DTM_p"
+            f"an anchor frame needs {max(counts)} context targets but its frame has only {rest_count} tokens besides "
+            f"the {salient_count} salient ones: lower the budget or STPrune_d, or raise DTM_p"
         )
-    groups = groups_to(group_segments(segment, counts, context, variant), device)
+    plan = plan_merge(sizes, counts, rest_count, context, variant, device)
 
-    frames = torch.arange(t, device=device)
-    salient, rest = split_salient(importance.reshape(t, per_frame).to(device), salient_count)
-    flat = grid.reshape(t, per_frame, c)
-    pool = flat[frames[:, None], rest]  # [T, R, C]
-    scores = density_scores(pool, noise, ties_by_index=variant == "corrected")
+    frames = plan.frame_order  # from here on frames come in the merge's order
+    salient, rest = split_salient(importance.reshape(t, per_frame).to(device)[frames], salient_count)
+    first_slots = frames[:, None] * per_frame
+    pool_slots = (first_slots + rest).flatten()
+    flat = grid.reshape(t * per_frame, c)
+    pool = flat.index_select(0, pool_slots)  # [T·R, C]
+    noise = None if noise is None else noise[frames]
+    scores = density_scores(pool.view(t, rest_count, c), noise, ties_by_index=variant == "corrected")
+    unit = pool / pool.norm(dim=-1, keepdim=True)
+    rows = [group.count * group.length * rest_count for group in plan.groups]
+    merges = [merge_group(*group_rows, scores, group, plan, variant)
+              for *group_rows, group in zip(pool.split(rows), unit.split(rows), plan.groups, strict=True)]  # fmt: skip
+    targets, count, sums = (torch.cat(parts)[plan.filled] for parts in list(zip(*merges, strict=True))[:3])
+    widest = max(merge.edges.shape[1] for merge in merges)
+    edges = torch.cat([F.pad(merge.edges, (0, widest - merge.edges.shape[1]), value=plan.no_slot) for merge in merges])
 
-    slots, tokens = [frames[:, None] * per_frame + salient], [flat[frames[:, None], salient]]
-    patches = [torch.ones_like(salient)]
-    # every input slot once: the tokens it feeds, the first of them (counted in the order made), its weight there
-    fed, fan, into, share = [slots[0]], [patches[0]], [torch.arange(salient.numel(), device=device)], [patches[0]]
-    made = salient.numel()
-    for group in groups:
-        merged = merge_segments(pool, scores, group, dtm_beta, variant)
-        slots.append(merged.frames * per_frame + rest[merged.frames, merged.positions])
-        tokens.append(merged.tokens)
-        patches.append(merged.fed_by)
-        row = torch.arange(group.length * rest_count, device=device)
-        row_frame = group.starts[:, None] + row // rest_count  # [n, L·R]
-        fed.append(row_frame * per_frame + rest[row_frame, row % rest_count])
-        feeds = merged.weights != 0  # [n, L·R, V]
-        fan.append(feeds.sum(dim=2))
-        first_target = made + torch.arange(len(group.starts), device=device)[:, None] * feeds.shape[2]
-        into.append(first_target + feeds.int().argmax(dim=2))
-        share.append(merged.weights.sum(dim=2))
-        made += merged.tokens.shape[:2].numel()
-    slots = torch.cat([s.flatten() for s in slots])
+    target_rows = plan.target_rows + targets
+    target_slots = pool_slots[target_rows]
+    salient_slots = (first_slots + salient).flatten()
+    slots = torch.cat([salient_slots, target_slots])
     order = slots.argsort()
-    tokens = torch.cat([x.reshape(-1, c) for x in tokens])[order]
-    patches = torch.cat([x.flatten() for x in patches])[order]
+    kept = slots[order]
+    at = torch.searchsorted(kept, target_slots)
+    merged = merge_into_targets(sums, flat.index_select(0, target_slots), count, dtm_beta)
+    tokens = flat.index_select(0, kept).index_copy_(0, at, merged)
+    count = count.long()
+    fan, into, share, own = pool_feeds(plan.slot_targets[edges], target_rows, count, dtm_beta)
+    patches = torch.ones_like(kept).index_copy_(0, at, count + ~own)
+    made = len(salient_slots)  # the salient tokens were made first, then the targets
     members, member_weights, shared = slot_members(
-        *(torch.cat([x.flatten() for x in parts]) for parts in (fed, fan, into, share)), order, t * per_frame
-    )
+        torch.cat([salient_slots, pool_slots]), F.pad(fan, (made, 0), value=1),
+        torch.cat([torch.arange(made, device=device), made + into]), F.pad(share, (made, 0), value=1.0), order,
+        t * per_frame,
+    )  # fmt: skip
     facts = {
         "frame_salient_num": salient_count,
         "frame_context_num": context,
-        "segment_sizes": torch.bincount(segment).tolist(),
-        "frame_context_counts": counts.tolist(),
+        "segment_sizes": sizes,
+        "frame_context_counts": counts,
         "shared_patches": shared,
     }
-    return FastVIDTokens(tokens, slots[order], patches, members, member_weights, facts)
+    return FastVIDTokens(tokens, kept, patches, members, member_weights, facts)
 
 
 @register("fastvid")

@@ -188,6 +188,31 @@ def test_a_merged_token_is_the_dtm_weighted_sum_of_its_members(variant):
     assert torch.allclose(reduce_like(reduction, video.grid), reduction.tokens, atol=1e-6)
 
 
+@pytest.mark.parametrize("variant", ["official", "corrected"])
+def test_segments_of_several_lengths_reduce_as_each_one_alone(variant):
+    # segments are batched by length, with one or two anchors (p = 4): the video's tokens are each segment's alone
+    sizes = [3, 1, 5, 2, 1, 5]
+    video = random_video(sum(sizes), 6, seed=7)
+    scenes = torch.cat([alternating_scenes(len(sizes))[i : i + 1].expand(size, -1) for i, size in enumerate(sizes)])
+    knobs = {"retention_ratio": 0.3, "dyseg_c": 1, "dyseg_tau": 0.5, "variant": variant}  # 6 salient, 4 context
+    whole = fastvid(video.grid, video.importance, scenes, **knobs)
+    assert whole.facts["segment_sizes"] == sizes
+    start, shared, made = 0, 0, 0
+    for size in sizes:
+        frames = slice(start, start + size)
+        part = fastvid(video.grid[frames], video.importance[frames], one_scene(size), **knobs)
+        mine = (whole.slots >= start * 36) & (whole.slots < (start + size) * 36)
+        assert torch.equal(whole.slots[mine] - start * 36, part.slots)
+        assert torch.equal(whole.num_patches[mine], part.num_patches)
+        assert torch.allclose(whole.tokens[mine], part.tokens, atol=1e-6)
+        if variant == "corrected":
+            assert torch.equal(whole.members[frames.start * 36 : frames.stop * 36] - made, part.members)
+            assert torch.equal(whole.member_weights[frames.start * 36 : frames.stop * 36], part.member_weights)
+        start, shared, made = start + size, shared + part.facts["shared_patches"], made + len(part.slots)
+    assert whole.facts["shared_patches"] == shared
+    assert (shared > 0) == (variant == "official")  # the 5-frame segments have two anchors
+
+
 def test_official_anchors_with_the_single_frame_count_merge_only_their_own_frame():
     # DTM_p = 1: every frame of a segment is an anchor taking ctx targets, which the authors merge within its frame
     video = random_video(4, 5, seed=3)
