@@ -25,7 +25,8 @@ It acts before the LLM and needs the vision tower's attention (``Stage.VISION``)
 each patch receives at the layer whose output the LLM uses (mean over heads and queries), pooled like the features,
 which is the reference's ``cls_attention``. The reference loops over segments and frames; here each step runs on all
 frames at once (the greedy selection one pick at a time, the tree sums one position in the segment at a time), in
-the reference's order of summation where rounding could show.
+the reference's order of summation where rounding could show. The host reads the device only where shapes need it:
+for the segments (before the heavy work), for the cluster counts, and at the end for the counts in ``info``.
 
 Output: the selected tokens and the cluster tokens, sorted by slot (the authors' order); each token's box is its
 slot (the selected token, or the cluster centre, which is a tree root), and ``num_patches`` counts the input
@@ -103,6 +104,33 @@ SOFT_THRESHOLD_FLOOR = -1.0 + 1e-6
 MAX_NEIGHBOURS = 7
 
 
+def on_device(values: list, device: torch.device) -> torch.Tensor:
+    """Host ``values`` (numbers, or equal-length lists of them) as a tensor on ``device``, copied without waiting
+    for the work queued there (a pageable host buffer is staged at once; ``torch.tensor(values, device=...)``
+    would wait for the device)."""
+    return torch.tensor(values).to(device, non_blocking=True)
+
+
+def occurrences(index: torch.Tensor, size: int) -> torch.Tensor:
+    """[E] int64 values in [0, size) -> [size] int64 how often each occurs: ``torch.bincount`` without the waits
+    for the device it makes to check and size its input."""
+    return torch.zeros(size, dtype=torch.long, device=index.device).index_add_(0, index, torch.ones_like(index))
+
+
+def smallest(values: torch.Tensor, count: int, dim: int) -> torch.Tensor:
+    """The ``count`` smallest of ``values`` along ``dim``, ascending, repeats counted: ``topk(count, largest=False)``'s
+    values (where no NaN is among them), by ``count`` passes of ``min``. On a GPU that is a few memory-bound kernels,
+    where topk's radix selection is slow on many short slices."""
+    rest = values.clone()
+    least, at = rest.min(dim=dim, keepdim=True)
+    found = [least]
+    for _ in range(1, count):
+        rest.scatter_(dim, at, math.inf)
+        least, at = rest.min(dim=dim, keepdim=True)
+        found.append(least)
+    return torch.cat(found, dim=dim)
+
+
 def frame_budget(tokens_per_frame: int, budget: float, budget_mode: str = "direct", expansion: float = 1.25) -> int:
     """Tokens B kept per frame on the vision side: ceil(N·budget), or the authors' ceil(N·r·expansion) for r =
     budget (Python floats, left to right, as the reference computes it)."""
@@ -156,36 +184,54 @@ def calibrated_distances(
     return distances if relevance is None else distances * relevance[:, None, :]
 
 
+def adts_distances(frames: torch.Tensor, attention: torch.Tensor, segment: torch.Tensor | None) -> torch.Tensor:
+    """ADTS's :func:`calibrated_distances`: [T, N, C] tokens, [T, N] attention, [T] segments for v2's
+    :func:`event_relevance` (None: v1's, attention alone) -> [T, N, N] float32, from one float32 copy of the tokens."""
+    tokens = frames.float()
+    return calibrated_distances(tokens, attention, None if segment is None else event_relevance(tokens, segment))
+
+
 def select_diverse(distances: torch.Tensor, count: int, exclude_selected: bool = True) -> torch.Tensor:
     """Greedy max-min selection per frame: [T, N, N] distances -> [T, count] token indices, ascending.
 
     The first pick maximises the second-smallest value of its column; each next pick maximises its smallest
     distance to the picks so far (the first index on ties), the picks excluded. (ADTS v1 excludes them by setting
-    them to −1: the same picks while the others stay above −1, as attention ≤ 1 keeps them above −0.3.)
+    them to −1: the same picks while the others stay above −1, as attention ≤ 1 keeps them above −0.3.) Here a pick
+    is excluded by a diagonal of −inf: its distance to itself becomes its smallest one.
     ``exclude_selected=False`` is ADTS v2's: picks stay candidates and may repeat.
     """
     frames, width, _ = distances.shape
-    pick = distances.topk(2, dim=1, largest=False).values[:, 1:].argmax(dim=2, keepdim=True)  # [T, 1, 1]
-    picks, nearest = [pick], distances.gather(1, pick.expand(frames, 1, width))  # [T, 1, N] nearest pick's distance
-    for _ in range(1, count):
-        if exclude_selected:
-            nearest.scatter_(2, pick, -math.inf)
-        pick = nearest.argmax(dim=2, keepdim=True)
-        picks.append(pick)
-        nearest = torch.minimum(nearest, distances.gather(1, pick.expand(frames, 1, width)))
-    return torch.cat(picks, dim=1).flatten(1).sort(dim=1).values
+    second_smallest = smallest(distances, 2, dim=1)[:, 1:]  # [T, 1, N] of each column
+    if exclude_selected:
+        distances = distances.diagonal_scatter(distances.new_full((frames, width), -math.inf), dim1=1, dim2=2)
+    # written in place, one pick per step: a step launches three kernels and allocates nothing
+    picks = torch.empty(count, frames, 1, 1, dtype=torch.long, device=distances.device)
+    written, rows = picks.unbind(0), picks.expand(count, frames, 1, width).unbind(0)  # [T, 1, 1], [T, 1, N] each
+    torch.argmax(second_smallest, dim=2, keepdim=True, out=written[0])
+    nearest = torch.full_like(second_smallest, math.inf)  # [T, 1, N] each token's distance to its nearest pick
+    row = torch.empty_like(nearest)  # the last pick's distances
+    for step in range(1, count):
+        torch.minimum(nearest, torch.gather(distances, 1, rows[step - 1], out=row), out=nearest)
+        torch.argmax(nearest, dim=2, keepdim=True, out=written[step])
+    return picks.view(count, frames).t().sort(dim=1).values
+
+
+def consecutive_cosines(frames: torch.Tensor) -> torch.Tensor:
+    """[T, N, C] tokens -> [T − 1, N, N] cosines in the tokens' dtype: [t − 1, n, m] between token n of frame t and
+    token m of frame t − 1."""
+    unit = frames / frames.norm(p=2, dim=-1, keepdim=True)
+    return torch.bmm(unit[1:], unit[:-1].transpose(1, 2))
 
 
 def temporal_links(
-    frames: torch.Tensor, selected: torch.Tensor, starts: torch.Tensor
+    cosines: torch.Tensor, selected: torch.Tensor, starts: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each token's most similar token in the previous frame: [T, N, C] tokens, [T, N] bool selected by ADTS,
-    [T] bool first frames of segments -> ([T, N] cosine, −1 where excluded; [T, N] int64 index in frame t − 1).
+    """Each token's most similar token in the previous frame: [T − 1, N, N] consecutive cosines, [T, N] bool
+    selected by ADTS, [T] bool first frames of segments -> ([T, N] cosine, −1 where excluded; [T, N] int64 index in
+    frame t − 1).
 
     Selected tokens neither link nor are linked to; a segment's first frame has no previous frame.
     """
-    unit = frames / frames.norm(p=2, dim=-1, keepdim=True)
-    cosines = torch.bmm(unit[1:], unit[:-1].transpose(1, 2))  # [T − 1, N, N]: token n of frame t, m of t − 1
     cosines = cosines.masked_fill(selected[1:, :, None] | selected[:-1, None, :], -1.0)
     similarity, parent = cosines.max(dim=2)
     similarity = F.pad(similarity, (0, 0, 1, 0), value=-1.0).masked_fill(starts[:, None], -1.0)
@@ -211,16 +257,15 @@ def temporal_merges(
     """
     width = similarity.shape[1]
     device = similarity.device
-    length = torch.tensor(lengths, device=device)
+    # per segment: the tokens it must keep, where it has several frames (else 0: never soft), and the merges allowed
+    floor, merges = on_device([[frame_tokens * length if length > 1 else 0 for length in lengths],
+                               [(width - frame_tokens) * length for length in lengths]], device)  # fmt: skip
     merged = similarity > threshold
-    kept = torch.zeros_like(length).index_add_(0, segment, (~merged).sum(dim=1))
-    floor = frame_tokens * length
-    soft = (kept < floor) & (length > 1)
+    soft = torch.zeros_like(floor).index_add_(0, segment, (~merged).sum(dim=1)) < floor
     slots = position[:, None] * width + torch.arange(width, device=device)  # [T, N] place in its segment's table
     table = similarity.new_full((len(lengths), max(lengths) * width), -math.inf)
     table[segment[:, None], slots] = similarity
     ranked = table.sort(dim=1, descending=True, stable=True)
-    merges = length * width - floor  # [S] the merges the floor allows
     if exact_floor:
         rank = torch.empty_like(ranked.indices).scatter_(1, ranked.indices, torch.arange(table.shape[1], device=device)
                                                          .expand_as(table))  # fmt: skip
@@ -253,18 +298,19 @@ def tree_sums(frames: torch.Tensor, merged: torch.Tensor, parent: torch.Tensor, 
     follows the reference; all segments advance together, one position per step.
     """
     order, counts = frames_by_position(lengths)
-    index = torch.tensor(order, device=frames.device)
+    index, back = on_device([order, sorted(range(len(order)), key=order.__getitem__)], frames.device)
     sums = frames.index_select(0, index)  # in ``order``; accumulated in place
     frame_count, width = merged.shape
     links = torch.zeros(frame_count, width, width, dtype=frames.dtype, device=frames.device)  # [T, child, parent]
     parents, is_merged = parent.index_select(0, index), merged.index_select(0, index)
     links.scatter_(2, parents[:, :, None], is_merged[:, :, None].to(frames.dtype))
+    to_parents = links.transpose(1, 2)
     offsets = [sum(counts[:step]) for step in range(len(counts))]
     for step in range(len(counts) - 1, 0, -1):
         children = slice(offsets[step], offsets[step] + counts[step])
         parents = slice(offsets[step - 1], offsets[step - 1] + counts[step])
-        sums[parents] += torch.bmm(links[children].transpose(1, 2), sums[children])
-    return torch.empty_like(sums).index_copy_(0, index, sums)
+        sums[parents].add_(torch.bmm(to_parents[children], sums[children]))
+    return sums.index_select(0, back)
 
 
 def child_counts(merged: torch.Tensor, parent: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -292,7 +338,7 @@ def cluster_counts(
     floating point as the reference; ``exact``: as integers), or keeps its n_f tokens where M ≥ R.
     """
     per_frame = valid.sum(dim=1)
-    budget = (merged_tokens * torch.tensor(lengths, device=valid.device))[segment]
+    budget = on_device([merged_tokens * length for length in lengths], valid.device)[segment]
     total = torch.zeros(len(lengths), dtype=per_frame.dtype, device=valid.device).index_add_(0, segment, per_frame)
     total = total[segment]
     if exact:
@@ -304,8 +350,8 @@ def cluster_counts(
 
 def dpc_knn(tokens: torch.Tensor, valid: torch.Tensor, clusters: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Density-peak clustering with kNN density, per frame: [B, N, C] tokens, [B, N] bool tokens to cluster, [B]
-    clusters (≤ the valid count) -> ([B, N] cluster of each token, [B, K] the centres' slots, K = max clusters;
-    a frame's clusters beyond its count and invalid tokens' clusters are meaningless).
+    clusters (≤ the valid count) -> ([B, N] cluster of each token, [B, N] the slots by score: the first clusters[b]
+    are frame b's centres, cluster by cluster; invalid tokens' clusters are meaningless).
 
     Distances are Euclidean over sqrt(C) (float32); density exp(−mean of the k = min(clusters, 7) smallest squared
     distances, self included); a token's delta is its distance to the nearest denser token (the largest distance of
@@ -318,26 +364,22 @@ def dpc_knn(tokens: torch.Tensor, valid: torch.Tensor, clusters: torch.Tensor) -
     # as torch.cdist's matrix-product path computes it: (−2·x·y + |x|²) + |y|², clamped, square-rooted
     squared = torch.baddbmm(squares[:, :, None], points, points.transpose(1, 2), alpha=-2) + squares[:, None, :]
     distances = squared.clamp(min=0).sqrt() / math.sqrt(channels)  # [B, N, N]
+    to_valid = valid[:, None, :]  # [B, 1, N]
     neighbours = clusters.clamp(max=MAX_NEIGHBOURS)
-    nearest = distances.masked_fill(~valid[:, None, :], math.inf).topk(min(MAX_NEIGHBOURS, width), largest=False)
-    used = torch.arange(nearest.values.shape[-1], device=tokens.device) < neighbours[:, None, None]
-    density = (-nearest.values.square()).masked_fill(~used, 0.0).sum(dim=-1).div(neighbours[:, None]).exp()
+    nearest = smallest(torch.where(to_valid, distances, math.inf), min(MAX_NEIGHBOURS, width), dim=-1)
+    used = torch.arange(nearest.shape[-1], device=tokens.device) < neighbours[:, None, None]
+    density = torch.where(used, -nearest.square(), 0.0).sum(dim=-1).div(neighbours[:, None]).exp()
     slot = torch.arange(width, device=tokens.device)
-    denser = (density[:, None, :] > density[:, :, None]) | (
-        (density[:, None, :] == density[:, :, None]) & (slot[None, :] < slot[:, None])
-    )  # [B, i, j]: j is denser than i
-    denser &= valid[:, None, :]
-    largest = distances.masked_fill(~(valid[:, :, None] & valid[:, None, :]), -math.inf).amax(dim=(1, 2))
-    delta = distances.masked_fill(~denser, math.inf).amin(dim=-1).minimum(largest[:, None])
-    score = (delta * density).masked_fill(~valid, -math.inf)
+    of_j, of_i = density[:, None, :], density[:, :, None]
+    denser = torch.where(of_j == of_i, slot < slot[:, None], of_j > of_i) & to_valid  # [B, i, j]: j is denser than i
+    largest = torch.where(valid[:, :, None] & to_valid, distances, -math.inf).amax(dim=(1, 2))
+    delta = torch.where(denser, distances, math.inf).amin(dim=-1).minimum(largest[:, None])
+    score = torch.where(valid, delta * density, -math.inf)
     order = score.sort(dim=1, descending=True, stable=True).indices  # [B, N] slots by score
-    count = int(clusters.max()) if batch else 0
-    centres = order[:, :count]
-    is_centre = torch.arange(count, device=tokens.device) < clusters[:, None]  # [B, K]
-    to_centres = distances.gather(2, centres[:, None, :].expand(batch, width, count))
-    assignment = to_centres.masked_fill(~is_centre[:, None, :], math.inf).argmin(dim=-1)
+    to_ranked = distances.gather(2, order[:, None, :].expand(batch, width, width))  # [b, i, r]: to rank r
+    assignment = torch.where(slot < clusters[:, None, None], to_ranked, math.inf).argmin(dim=-1)
     rank = torch.empty_like(order).scatter_(1, order, slot.expand(batch, width))
-    return torch.where(rank < clusters[:, None], rank, assignment), centres
+    return torch.where(rank < clusters[:, None], rank, assignment), order
 
 
 def cluster_means(tokens: torch.Tensor, valid: torch.Tensor, assignment: torch.Tensor, count: int) -> torch.Tensor:
@@ -362,6 +404,7 @@ class ClusterTokens(NamedTuple):
 
 def merged_tokens(
     frames: torch.Tensor,
+    cosines: torch.Tensor,
     selected: torch.Tensor,
     segment: torch.Tensor,
     lengths: list[int],
@@ -370,33 +413,33 @@ def merged_tokens(
     threshold: float = 0.8,
     corrected: bool = False,
 ) -> ClusterTokens:
-    """TSTM: [T, N, C] tokens, [T, N] bool selected by ADTS, [T] segments of ``lengths``, B tokens a frame of which
-    ``merged_count`` merged -> the cluster tokens."""
+    """TSTM: [T, N, C] tokens, their [T − 1, N, N] :func:`consecutive_cosines`, [T, N] bool selected by ADTS, [T]
+    segments of ``lengths``, B tokens a frame of which ``merged_count`` merged -> the cluster tokens."""
     frame_count, width, _ = frames.shape
     device = frames.device
-    first = torch.tensor([0, *lengths[:-1]], device=device).cumsum(0)[segment]
-    position = torch.arange(frame_count, device=device) - first
-    similarity, parent = temporal_links(frames, selected, position == 0)
+    position = on_device([step for length in lengths for step in range(length)], device)
+    similarity, parent = temporal_links(cosines, selected, position == 0)
     merged, soft = temporal_merges(similarity, segment, position, lengths, frame_tokens, threshold, corrected)
+    valid = ~merged & ~selected
+    if not corrected:  # a one-frame segment clusters its whole frame
+        valid |= on_device([length == 1 for length in lengths], device)[segment, None]
+    clusters = cluster_counts(valid, segment, lengths, merged_count, exact=corrected)
+    counts = clusters.tolist()  # the output's shape; asked before the heavy work below is queued
     sums = tree_sums(frames, merged, parent, lengths)
     root = tree_roots(merged, parent, max(lengths))
-    sizes = torch.bincount(root, minlength=frame_count * width).view(frame_count, width)
+    sizes = occurrences(root, frame_count * width).view(frame_count, width)
     if corrected:  # a root's tree mean
         denominators = sizes.clamp(min=1).to(sums.dtype)
     else:  # the reference's: its tree's sum over 1 + its direct children
         denominators = child_counts(merged, parent, sums.dtype) + 1
     roots = sums.div_(denominators[:, :, None])
-    valid = ~merged & ~selected
-    if not corrected:  # a one-frame segment clusters its whole frame
-        valid |= (torch.tensor(lengths, device=device) == 1)[segment, None]
-    clusters = cluster_counts(valid, segment, lengths, merged_count, exact=corrected)
-    assignment, centres = dpc_knn(roots, valid, clusters)
-    count = centres.shape[1]
+    assignment, ranked = dpc_knn(roots, valid, clusters)
+    count = max(counts)
     means = cluster_means(roots, valid, assignment, count)
     patches = torch.zeros(frame_count, count, dtype=torch.long, device=device)
     patches.scatter_add_(1, assignment, sizes * valid)
     made = torch.arange(count, device=device) < clusters[:, None]  # [T, K]
-    frame, cluster = made.nonzero(as_tuple=True)
+    frame, cluster = made.nonzero_static(size=sum(counts)).unbind(1)
     # a slot goes into its tree root's cluster, weighted by the root's divisor and the cluster's roots
     root_frame, root_cluster = root // width, assignment.flatten()[root]
     roots_per_cluster = torch.zeros_like(patches).scatter_add_(1, assignment, valid.long())
@@ -404,7 +447,7 @@ def merged_tokens(
     output = made.flatten().cumsum(0).view_as(made) - 1  # each cluster's index among those returned
     members = torch.where(in_cluster, output[root_frame, root_cluster], -1)
     weights = 1 / (denominators.flatten()[root].float() * roots_per_cluster[root_frame, root_cluster])
-    return ClusterTokens(frame * width + centres[frame, cluster], means[frame, cluster], patches[frame, cluster],
+    return ClusterTokens(frame * width + ranked[frame, cluster], means[frame, cluster], patches[frame, cluster],
                          members, torch.where(in_cluster, weights, 0.0), soft)  # fmt: skip
 
 
@@ -415,7 +458,7 @@ def selected_and_cluster_members(
     output order of all -> each slot's output token and weight there (:func:`baselines.fastvid.slot_members`), and the
     slots in two tokens (ADTS v2 may select a slot twice; officially a one-frame segment clusters selected slots)."""
     slots, device = len(clusters.members), selected.device
-    times_selected = torch.bincount(selected, minlength=slots)
+    times_selected = occurrences(selected, slots)
     selected_as = torch.empty_like(times_selected).index_put_((selected,), torch.arange(len(selected), device=device))
     into = torch.where(times_selected > 0, selected_as, len(selected) + clusters.members)
     share = torch.where(times_selected > 0, 1.0, clusters.member_weights)
@@ -552,35 +595,36 @@ class FlashVID(Reducer):
                                      self.complementary_segment)  # fmt: skip
         else:
             segment = torch.zeros(t, dtype=torch.long, device=device)
-        lengths = torch.bincount(segment).tolist()
+        lengths = torch.bincount(segment.cpu()).tolist()
         info.update(segment_lengths=lengths)
 
-        relevance = event_relevance(frames.float(), segment) if self.selection == "attn_div_v2" else None
-        distances = calibrated_distances(frames, video.importance.reshape(t, width), relevance)
+        event_segments = segment if self.selection == "attn_div_v2" else None
+        distances = adts_distances(frames, video.importance.reshape(t, width), event_segments)
+        # they need no selection: queued before the selection's loop, they keep the device busy during it
+        cosines = consecutive_cosines(frames) if merged_count > 0 else None
         exclude = corrected or self.selection == "attn_div"
         chosen = select_diverse(distances, selected_count, exclude_selected=exclude)  # [T, n_ad]
         rows = torch.arange(t, device=device)[:, None]
         kept_idx = [(rows * width + chosen).flatten()]
         kept_tokens, kept_patches = [frames[rows, chosen].reshape(-1, c)], [torch.ones_like(kept_idx[0])]
 
-        soft_segments, clusters = 0, None
+        clusters = None
         if merged_count > 0:
-            selected = torch.zeros(t, width, dtype=torch.bool, device=device)
-            selected[rows, chosen] = True
-            clusters = merged_tokens(
-                frames, selected, segment, lengths, frame_tokens, merged_count, self.temporal_threshold, corrected
-            )
+            selected = torch.zeros(t, width, dtype=torch.bool, device=device).scatter_(1, chosen, True)
+            clusters = merged_tokens(frames, cosines, selected, segment, lengths, frame_tokens, merged_count,
+                                     self.temporal_threshold, corrected)  # fmt: skip
             kept_idx.append(clusters.slots)
             kept_tokens.append(clusters.tokens)
             kept_patches.append(clusters.num_patches)
-            soft_segments = int(clusters.soft.sum())
-        info.update(soft_threshold_segments=soft_segments)
 
         token_idx = torch.cat(kept_idx)
         order = token_idx.sort(stable=True).indices
-        tokens = torch.cat(kept_tokens)[order]
+        tokens, patches = torch.cat(kept_tokens)[order], torch.cat(kept_patches)[order]
+        boxes = patch_boxes(token_idx[order], h, w)
         members = weights = None  # without clusters every token is a selected one, unchanged
-        if clusters is not None:
-            members, weights, info["shared_patches"] = selected_and_cluster_members(kept_idx[0], clusters, order)
-        return Reduction(tokens, patch_boxes(token_idx[order], h, w), torch.cat(kept_patches)[order],
-                         video.num_tokens, info=info, members=members, member_weights=weights)  # fmt: skip
+        if clusters is None:
+            info.update(soft_threshold_segments=0)
+        else:  # the counts last: the host has queued everything by then
+            members, weights, shared = selected_and_cluster_members(kept_idx[0], clusters, order)
+            info.update(soft_threshold_segments=int(clusters.soft.sum()), shared_patches=shared)
+        return Reduction(tokens, boxes, patches, video.num_tokens, info=info, members=members, member_weights=weights)

@@ -20,6 +20,7 @@ from baselines.flashvid import (
     fastv_prune,
     frame_budget,
     select_diverse,
+    smallest,
     split_budget,
     temporal_merges,
     tree_roots,
@@ -28,6 +29,8 @@ from baselines.flashvid import (
 from sttm.adapters.points import reduction_point
 from sttm.adapters.tiny import tiny_model
 from sttm.api import Stage, VideoTokens, build_reducer, flat_positions, keep_everything, reduce_like
+from sttm.device_work import device_work
+from sttm.synthetic import redundant_video
 
 GOLDEN = (Path(__file__).resolve().parents[1] / ".." / "shared" / "golden" / "flashvid").resolve()
 needs_golden = pytest.mark.skipif(not GOLDEN.is_dir(), reason=f"FlashVID reference vectors not found at {GOLDEN}")
@@ -191,6 +194,23 @@ def test_official_v2_selection_may_pick_a_token_twice_corrected_never():
     distances = torch.tensor([[[0.0, -5.0, -0.5], [5.0, 0.0, -1.0], [0.5, -1.0, 0.0]]])  # columns 1, 2 negative
     assert select_diverse(distances, 2, exclude_selected=False).tolist() == [[0, 0]]
     assert select_diverse(distances, 2, exclude_selected=True).tolist() == [[0, 2]]
+
+
+def test_the_smallest_values_are_topks_repeats_and_signed_zeros_included_and_the_input_is_kept():
+    values = torch.randint(-3, 4, (3, 9, 11), generator=torch.Generator().manual_seed(5)).float()
+    values[0, 0] = -0.0
+    before = values.clone()
+    for dim, count in ((1, 2), (-1, 7), (0, 3)):
+        assert torch.equal(smallest(values, count, dim), values.topk(count, dim=dim, largest=False).values)
+    assert torch.equal(values, before) and bool(values[0, 0].signbit().all())
+
+
+def test_the_host_reads_the_device_only_for_the_segments_the_cluster_counts_and_the_info_counts():
+    tokens = VideoTokens(redundant_video(12, 6, 6, 32), importance=torch.rand(12, 6, 6))
+    for variant in ("official", "corrected"):
+        work = device_work(lambda v=variant: FlashVID(budget=0.3, variant=v).reduce(tokens), cuda=False)
+        # .item(): the segments' count, the slots in two tokens, the soft segments; .tolist(): lengths, clusters
+        assert (work["item/bool"], work["nonzero"], work["tolist"]) == (3, 0, 2)
 
 
 def test_official_cluster_counts_round_up_in_floating_point_corrected_exactly():
