@@ -112,12 +112,15 @@ def tau_for_budget(budget: float) -> float:
 
 
 def frame_similarity(frames: torch.Tensor) -> torch.Tensor:
-    """[T, L, C] -> [T − 1, L]: cosine of each slot with the same slot of the next frame (of the L2-normalised
-    features, as the authors compute it)."""
+    """[T, L, C] -> [T − 1, L] float32: cosine of each slot with the same slot of the next frame, as the authors
+    compute it: ``F.cosine_similarity`` of ``F.normalize``'s output. Both normalisations divide one float32 copy of
+    the frames in place, each frame once (``F.cosine_similarity`` would normalise the inner frames twice)."""
     if frames.dim() != 3:
         raise ValueError(f"frames must have shape [T, L, C], got {tuple(frames.shape)}")
-    unit = F.normalize(frames, dim=-1)
-    return F.cosine_similarity(unit[:-1], unit[1:], dim=-1)
+    unit = frames.to(torch.float32, copy=True)
+    for eps in (1e-12, 1e-8):  # F.normalize's, then F.cosine_similarity's
+        unit /= torch.linalg.vector_norm(unit, dim=-1, keepdim=True).clamp_min_(eps)
+    return (unit[:-1] * unit[1:]).sum(dim=-1)
 
 
 def static_runs(similarity: torch.Tensor, tau: float) -> torch.Tensor:
@@ -180,6 +183,22 @@ def keep_most_attended(attention: torch.Tensor, candidates: torch.Tensor, counts
     return torch.zeros_like(candidates).scatter_(1, order, ranked)
 
 
+def true_positions(mask: torch.Tensor, count: int) -> torch.Tensor:
+    """A bool tensor holding ``count`` True values -> [count] int64 their flat indices, ascending: what
+    ``mask.flatten().nonzero()`` gives, without the host waiting for the device to count them."""
+    flat = mask.flatten()
+    slot = torch.where(flat, flat.cumsum(0) - 1, count)  # every False goes to one spare slot past the end
+    index = torch.arange(len(flat), device=mask.device)
+    return torch.empty(count + 1, dtype=torch.long, device=mask.device).scatter_(0, slot, index)[:count]
+
+
+def to_device(arrays: list[np.ndarray], device: torch.device) -> list[torch.Tensor]:
+    """Host integer arrays -> int64 tensors on ``device``, in one transfer (the host waits for each transfer to a GPU
+    until the work queued before it is done)."""
+    joined = torch.from_numpy(np.concatenate([np.asarray(array, dtype=np.int64).ravel() for array in arrays]))
+    return list(joined.to(device).split([np.size(array) for array in arrays]))
+
+
 class SegmentPoints(NamedTuple):
     """The static slots of S segments, averaged over the segments' frames, padded to the longest.
 
@@ -193,43 +212,37 @@ class SegmentPoints(NamedTuple):
     valid: torch.Tensor
 
 
-def segment_means(frames: torch.Tensor, static: torch.Tensor, frame_segment: torch.Tensor) -> SegmentPoints:
+def segment_means(
+    values: torch.Tensor, row: torch.Tensor, column: torch.Tensor, slot: torch.Tensor, lengths: torch.Tensor, width: int
+) -> SegmentPoints:
     """Average the static slots of each segment over its frames.
 
-    frames [T, L, C]; static [S, L] bool, the static slots of each segment; frame_segment [T] int64, the segment of
-    each frame among the S, or −1.
+    values [M, C] float32: the M (frame, static slot) pairs of the segments, frame by frame, each slot at point
+    ``column`` [M] of segment ``row`` [M] and being grid slot ``slot`` [M]; lengths [S] frames of each segment;
+    width: the most points a segment has.
     """
-    segments = static.shape[0]
-    inside = frame_segment >= 0
-    lengths = torch.bincount(frame_segment[inside], minlength=segments)
-    column = static.cumsum(dim=1) - 1
-    width = int(column[:, -1].max()) + 1 if segments else 0
-    row, slot = static.nonzero(as_tuple=True)
-    slots = torch.full((segments, width), -1, dtype=torch.long, device=static.device)
-    slots[row, column[row, slot]] = slot
-    member = static[frame_segment.clamp(min=0)] & inside[:, None]  # [T, L] the (frame, slot) pairs to average
-    frame, slot = member.nonzero(as_tuple=True)
-    row = frame_segment[frame]
-    sums = torch.zeros(segments, width, frames.shape[-1], dtype=frames.dtype, device=frames.device)
-    sums.index_put_((row, column[row, slot]), frames[frame, slot], accumulate=True)
+    segments = len(lengths)
+    slots = torch.full((segments, width), -1, dtype=torch.long, device=values.device)
+    slots[row, column] = slot  # each frame of a segment writes the same slots
+    sums = values.new_zeros(segments, width, values.shape[-1]).index_put_((row, column), values, accumulate=True)
     return SegmentPoints(sums / lengths[:, None, None], slots, slots >= 0)
 
 
 def dpc_knn_centres(
-    points: torch.Tensor, valid: torch.Tensor, centres: torch.Tensor, neighbours: torch.Tensor
+    points: torch.Tensor, valid: torch.Tensor, centres: torch.Tensor, neighbours: torch.Tensor, max_neighbours: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """DPC-kNN cluster centres of S padded point sets, as the authors' ``cluster_dpc_knn``.
 
     points [S, N, C], valid [S, N]; centres [S] and neighbours [S] int64, m and k of each set (1 <= k <= points,
-    m <= points). Distances are Euclidean over √C; the density is exp(−mean of the k smallest squared distances,
-    the point's own 0 included); a point's score is its density times its distance to the nearest denser point
-    (or the set's largest distance for the densest). Equal densities count the lower index as denser.
-    Returns ([S, N] bool, the m highest scores of each set; [S, N, N] distances).
+    m <= points); max_neighbours: the largest k. Distances are Euclidean over √C; the density is exp(−mean of the k
+    smallest squared distances, the point's own 0 included); a point's score is its density times its distance to
+    the nearest denser point (or the set's largest distance for the densest). Equal densities count the lower index
+    as denser. Returns ([S, N] bool, the m highest scores of each set; [S, N, N] distances).
     """
     sets, size, channels = points.shape
     distances = torch.cdist(points, points) / channels**0.5
     nearest = distances.masked_fill(~valid[:, None, :], torch.inf)
-    nearest = nearest.topk(min(int(neighbours.max()), size), dim=-1, largest=False).values
+    nearest = nearest.topk(min(max_neighbours, size), dim=-1, largest=False).values
     within = torch.arange(nearest.shape[-1], device=points.device) < neighbours[:, None, None]
     density = (-(torch.where(within, nearest**2, 0).sum(dim=-1) / neighbours[:, None])).exp()  # [S, N]
     index = torch.arange(size, device=points.device)
@@ -259,10 +272,11 @@ def merge_into_centres(
     nearest = distances.masked_fill(~is_centre[:, None, :], torch.inf).argmin(dim=-1)  # [S, N]
     target = torch.where(is_centre, torch.arange(size, device=points.device), nearest)
     member = valid & ~is_centre
-    flat_target = (torch.arange(sets, device=points.device)[:, None] * size + target)[member]
-    sums = points.new_zeros(sets * size, channels).index_add_(0, flat_target, points[member])
-    members = torch.bincount(flat_target, minlength=sets * size).view(sets, size)
-    means = sums.view(sets, size, channels) / members.clamp(min=1)[..., None]
+    spare = sets * size  # the row past the end that centres and padding go into
+    into = torch.where(member, torch.arange(sets, device=points.device)[:, None] * size + target, spare).flatten()
+    sums = points.new_zeros(spare + 1, channels).index_add_(0, into, points.reshape(-1, channels))
+    members = into.new_zeros(spare + 1).index_add_(0, into, torch.ones_like(into))[:spare].view(sets, size)
+    means = sums[:spare].view(sets, size, channels) / members.clamp(min=1)[..., None]
     blended = beta * points + (1 - beta) * means
     return torch.where(members[..., None] > 0, blended, points), members, target
 
@@ -347,14 +361,16 @@ def holitom_outer(
     variant: str = "official",
 ) -> HoliTomTokens:
     """HoliTom before the LLM on frames [T, L, C] with attention [T, L] (the attention each slot receives in the
-    vision tower, pooled like the features); see the module docstring."""
+    vision tower, pooled like the features); see the module docstring.
+
+    The host waits for the device twice: for the static slot counts that the segmentation needs, and for the one
+    transfer of what the segmentation decided (segment of each frame, token counts, output order); every count
+    after that is known on the host, so nothing else waits."""
     if frames.dim() != 3 or tuple(attention.shape) != tuple(frames.shape[:2]):
         raise ValueError(f"HoliTom needs frames [T, L, C] and attention [T, L], got {tuple(frames.shape)} and "
                          f"{tuple(attention.shape)}")  # fmt: skip
-    num_frames, slots, _ = frames.shape
-    device = frames.device
-    features = frames.float()
-    runs = static_runs(frame_similarity(features), tau)
+    num_frames, slots, channels = frames.shape
+    runs = static_runs(frame_similarity(frames), tau)
     counts = static_slot_counts(runs).cpu().numpy()
     segments, saved = segment_frames(counts, max_window_size)
     ratio = adjusted_retain_ratio(retain_ratio, num_frames * slots, saved)
@@ -363,67 +379,67 @@ def holitom_outer(
     n_static = np.zeros(len(segments), dtype=np.int64)
     n_static[multi] = counts[starts[multi], lengths[multi] - 1]
     dynamic_count, static_count = token_counts(n_static, slots - n_static, ratio, variant)
-
-    static = torch.zeros(len(segments), slots, dtype=torch.bool, device=device)
-    if multi.size:
-        window = torch.as_tensor(lengths[multi] - 1, device=device)
-        static[torch.as_tensor(multi, device=device)] = (
-            runs[torch.as_tensor(starts[multi], device=device)] >= window[:, None]
-        )
     segment_of_frame = np.repeat(np.arange(len(segments)), lengths)
-    frame_segment = torch.as_tensor(segment_of_frame, device=device)
-    keep = keep_most_attended(
-        attention, ~static[frame_segment], torch.as_tensor(dynamic_count[segment_of_frame], device=device)
-    )
-    frame, slot = keep.nonzero(as_tuple=True)
-    parts = [(frames[frame, slot], frame * slots + slot, torch.ones_like(frame), frame_segment[frame], 1)]
-    members = torch.full((num_frames * slots,), -1, dtype=torch.long, device=device)  # before the output's order
-    members[frame * slots + slot] = torch.arange(len(frame), device=device)
+    clustered = np.flatnonzero(static_count > 0)
+    row_of_segment = np.full(len(segments), -1)
+    row_of_segment[clustered] = np.arange(clustered.size)
+    centre_segment = np.repeat(np.arange(len(segments)), static_count)  # the segment of each static token
+    dynamic_tokens, static_tokens = int((dynamic_count * lengths).sum()), int(static_count.sum())
+
+    # a slot of frame t is static when its run from the segment's start spans the segment (never for a lone frame)
+    window = np.where(lengths > 1, lengths - 1, num_frames)
+    k = np.minimum(neighbours, static_count[clustered] if variant == "official" else n_static[clustered])
+    plan = [starts[segment_of_frame], window[segment_of_frame], dynamic_count[segment_of_frame],
+            row_of_segment[segment_of_frame], lengths[clustered], static_count[clustered], k,
+            starts[centre_segment] * slots, lengths[centre_segment]]  # fmt: skip
+    if newline_position == "one_token":  # per segment, static tokens first, then the frames' dynamic tokens
+        dynamic_segment = np.repeat(segment_of_frame, dynamic_count[segment_of_frame])
+        dynamic_before = np.cumsum(dynamic_count * lengths) - dynamic_count * lengths
+        position = np.concatenate([np.arange(dynamic_tokens) + np.cumsum(static_count)[dynamic_segment],
+                                   np.arange(static_tokens) + dynamic_before[centre_segment]])  # fmt: skip
+        plan += [position, np.argsort(position)]
+    (window_start, frame_window, frame_dynamic, frame_row, clustered_lengths, centres, neighbours_of_set, centre_first,
+     centre_frames, *one_token_order) = to_device(plan, frames.device)  # fmt: skip
+
+    static = F.pad(runs, (0, 0, 0, 1))[window_start] >= frame_window[:, None]  # [T, L]
+    keep = keep_most_attended(attention, ~static, frame_dynamic)
+    dynamic = true_positions(keep, dynamic_tokens)  # flat (t, slot), in order
+    flat_frames = frames.reshape(-1, channels)
+    tokens, token_idx, num_patches = [flat_frames.index_select(0, dynamic)], [dynamic], [torch.ones_like(dynamic)]
+    members = torch.full((num_frames * slots,), -1, dtype=torch.long, device=frames.device)  # before the output order
+    members[dynamic] = torch.arange(dynamic_tokens, device=frames.device)
     weights = keep.flatten().float()
 
-    clustered = np.flatnonzero(static_count > 0)
     if clustered.size:
-        row_of_segment = np.full(len(segments), -1)
-        row_of_segment[clustered] = np.arange(clustered.size)
-        frame_row = torch.as_tensor(row_of_segment[segment_of_frame], device=device)  # [T], −1: not clustered
+        patch = true_positions(static & (frame_row >= 0)[:, None], int((lengths * n_static)[clustered].sum()))
+        row, slot = frame_row[patch // slots], patch % slots
+        column = (static.cumsum(dim=1) - 1).flatten()[patch]  # the slot's point among its segment's
+        width = int(n_static[clustered].max())
         points, point_slots, valid = segment_means(
-            features, static[torch.as_tensor(clustered, device=device)], frame_row
+            flat_frames.index_select(0, patch).float(), row, column, slot, clustered_lengths, width
         )
-        k = np.minimum(neighbours, static_count[clustered] if variant == "official" else n_static[clustered])
-        is_centre, distances = dpc_knn_centres(
-            points, valid, torch.as_tensor(static_count[clustered], device=device), torch.as_tensor(k, device=device)
-        )
+        is_centre, distances = dpc_knn_centres(points, valid, centres, neighbours_of_set, int(k.max()))
         merged, joined, target = merge_into_centres(points, valid, is_centre, distances, beta)
-        row, column = is_centre.nonzero(as_tuple=True)
-        first = torch.as_tensor(starts[clustered], device=device)[row]
-        frames_in = torch.as_tensor(lengths[clustered], device=device)[row]
-        segment = torch.as_tensor(clustered, device=device)[row]
-        token_idx = first * slots + point_slots[row, column]
-        parts.append((merged[row, column].to(frames.dtype), token_idx, (joined[row, column] + 1) * frames_in,
-                      segment, 0))  # fmt: skip
+        centre = true_positions(is_centre, static_tokens)  # flat (segment, point), in order
+        tokens.append(merged.flatten(0, 1)[centre].to(frames.dtype))
+        token_idx.append(centre_first + point_slots.flatten()[centre])
+        num_patches.append((joined.flatten()[centre] + 1) * centre_frames)
         # a static slot of a clustered segment goes, in each of its frames, into its point's centre's token
-        token = len(frame) + is_centre.flatten().cumsum(0).view_as(is_centre) - 1  # each centre's static token
-        length = torch.as_tensor(lengths[clustered], device=device)[:, None]
-        share = centre_weights(is_centre, joined, target, beta) / length  # a point is the mean of its frames
-        patch_frame, patch_slot = (static[frame_segment] & (frame_row >= 0)[:, None]).nonzero(as_tuple=True)
-        point_row = frame_row[patch_frame]
-        point = (static.cumsum(dim=1) - 1)[frame_segment[patch_frame], patch_slot]
-        patch = patch_frame * slots + patch_slot
-        members[patch] = token[point_row, target[point_row, point]]
-        weights[patch] = share[point_row, point]
+        token = dynamic_tokens + is_centre.flatten().cumsum(0).view_as(is_centre) - 1  # each centre's static token
+        share = centre_weights(is_centre, joined, target, beta) / clustered_lengths[:, None]  # a point: a mean
+        members[patch] = token[row, target[row, column]]
+        weights[patch] = share[row, column]
 
-    tokens, token_idx, num_patches, segment, group = zip(*parts, strict=True)
     token_idx = torch.cat(token_idx)
     if newline_position == "grid":
         order = token_idx.argsort()
-    else:  # per segment, static tokens first, then the frames' dynamic tokens; slot order within each
-        group = torch.cat([torch.full_like(s, g) for s, g in zip(segment, group, strict=True)])
-        order = ((torch.cat(segment) * 2 + group) * (num_frames * slots) + token_idx).argsort()
-    position = torch.empty_like(order).scatter_(0, order, torch.arange(len(order), device=device))
+        position = torch.empty_like(order).scatter_(0, order, torch.arange(len(order), device=frames.device))
+    else:
+        position, order = one_token_order
     members = F.pad(position, (0, 1), value=-1)[members]  # −1 (in no token) reads the −1 at the end
     return HoliTomTokens(
-        torch.cat(tokens)[order], token_idx[order], torch.cat(num_patches)[order], members, weights, segments, saved,
-        ratio, static_count,
+        torch.cat(tokens).index_select(0, order), token_idx[order], torch.cat(num_patches)[order], members, weights,
+        segments, saved, ratio, static_count,
     )  # fmt: skip
 
 
@@ -521,6 +537,8 @@ class InnerMerge(NamedTuple):
     dropped:  [B', n − k] the merged-away positions, ascending.
     targets:  [B, n − k] the position each dropped token was merged into.
     members:  [B, k] int64 dropped tokens merged into each kept one.
+    own_weights:     [B, k] float32 each kept token's weight in its merged token (:func:`merge_weights`).
+    dropped_weights: [B, n − k] float32 each dropped token's weight in the token it was merged into.
     """
 
     states: torch.Tensor
@@ -528,37 +546,59 @@ class InnerMerge(NamedTuple):
     dropped: torch.Tensor
     targets: torch.Tensor
     members: torch.Tensor
+    own_weights: torch.Tensor
+    dropped_weights: torch.Tensor
 
 
-def merge_weights(
-    flat: torch.Tensor, members: torch.Tensor, variant: str, dtype: torch.dtype = torch.float32
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The weights of the inner merge: [m] the kept token each member goes into, in position order, and [k] the
-    members of each -> ([k] each kept token's own weight, [m] each member's). Official (``h = (h + x) / 2`` for each
-    member x in order): 1 / 2^n and 1 / 2^(n − j + 1) for the j-th of n; corrected: 1 / (n + 1) for all."""
+def merge_weights(flat: torch.Tensor, members: torch.Tensor, variant: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The float32 weights of the inner merge: [m] the kept token each member goes into, in position order, and [k]
+    the members of each -> ([k] each kept token's own weight, [m] each member's). Official (``h = (h + x) / 2`` for
+    each member x in order): 1 / 2^n and 1 / 2^(n − j + 1) for the j-th of n; corrected: 1 / (n + 1) for all."""
     if variant == "corrected":
-        share = 1 / (members + 1).to(dtype)
+        share = 1 / (members + 1).float()
         return share, share[flat]
     order = flat.argsort(stable=True)
     first = members.cumsum(0) - members
     rank = torch.empty_like(flat).scatter_(0, order, torch.arange(len(flat), device=flat.device) - first[flat[order]])
-    weight = torch.pow(2.0, -(members[flat] - rank).to(dtype))  # the last member counts 1/2, the first 1/2^n
-    return torch.pow(2.0, -members.to(dtype)), weight
+    weight = torch.pow(2.0, -(members[flat] - rank).float())  # the last member counts 1/2, the first 1/2^n
+    return torch.pow(2.0, -members.float()), weight
 
 
 def average_into(kept: torch.Tensor, dropped: torch.Tensor, target: torch.Tensor, variant: str):
     """kept [B, k, C], dropped [B, m, C] in position order, target [B, m] (index among the k) -> ([B, k, C] merged,
-    [B, k] members), with the weights of :func:`merge_weights`."""
+    [B, k] members, [B, k] and [B, m] the weights of :func:`merge_weights`). The official weights are powers of two,
+    the same in the tokens' dtype as in float32."""
     batch, size, channels = kept.shape
     flat = (torch.arange(batch, device=kept.device)[:, None] * size + target).flatten()
-    members = torch.bincount(flat, minlength=batch * size)
+    members = torch.zeros(batch * size, dtype=torch.long, device=kept.device).index_add_(0, flat, torch.ones_like(flat))
+    own, weight = merge_weights(flat, members, variant)
     sources = dropped.reshape(-1, channels)
     if variant == "corrected":
-        sums = kept.reshape(-1, channels).index_add(0, flat, sources)
-        return (sums / (members + 1)[:, None].to(sums.dtype)).view_as(kept), members.view(batch, size)
-    scale, weight = merge_weights(flat, members, variant, kept.dtype)
-    merged = (kept.reshape(-1, channels) * scale[:, None]).index_add_(0, flat, sources * weight[:, None])
-    return merged.view_as(kept), members.view(batch, size)
+        merged = kept.reshape(-1, channels).index_add(0, flat, sources) / (members + 1)[:, None].to(kept.dtype)
+    else:
+        merged = (kept.reshape(-1, channels) * own.to(kept.dtype)[:, None]).index_add_(
+            0, flat, sources * weight.to(kept.dtype)[:, None]
+        )
+    return merged.view_as(kept), members.view(batch, size), own.view(batch, size), weight.view(batch, -1)
+
+
+def split_ranking(ranking: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """[B, n] positions, best first, and how many to keep -> ([B, count] the kept positions, ascending; [B, count]
+    the rank of each; [B, n − count] the other positions, ascending), without sorting again."""
+    index = torch.arange(ranking.shape[-1], device=ranking.device).expand_as(ranking)
+    rank = torch.empty_like(ranking).scatter_(1, ranking, index)
+    is_kept = rank < count
+    kept_up_to = is_kept.cumsum(dim=-1)
+    by_position = torch.empty_like(ranking).scatter_(
+        1, torch.where(is_kept, kept_up_to - 1, count + index - kept_up_to), index
+    )  # the kept positions in order, then the others
+    kept = by_position[:, :count]
+    return kept, rank.gather(1, kept), by_position[:, count:]
+
+
+def gather_tokens(states: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """[B, n, C] and [B or 1, j] positions -> [B, j, C] the tokens at them."""
+    return states.gather(1, index[..., None].expand(len(states), -1, states.shape[-1]))
 
 
 def merge_into_kept(
@@ -572,22 +612,24 @@ def merge_into_kept(
         raise ValueError(f"HoliTom's inner merge must keep between 1 and {size} tokens, got {kept_count}")
     ranking = scores[:1] if check_variant(variant) == "official" else scores
     by_attention = ranking.float().argsort(dim=-1, descending=True, stable=True)
-    kept = by_attention[:, :kept_count].expand(batch, -1)
-    dropped = by_attention[:, kept_count:].sort(dim=-1).values
-    rows = torch.arange(batch, device=states.device)[:, None]
-    kept_states, dropped_states = states[rows, kept], states[rows, dropped.expand(batch, -1)]
-    similarity = (dropped_states @ kept_states.transpose(1, 2)) / (
-        dropped_states.norm(dim=-1, keepdim=True) * kept_states.norm(dim=-1)[:, None, :]
-    )
-    target = similarity.argmax(dim=-1)  # [B, n − k] among the kept, in descending attention
-    merged, members = average_into(kept_states, dropped_states, target, variant)
-    position_order = kept.argsort(dim=-1)
+    kept, kept_rank, dropped = split_ranking(by_attention, kept_count)
+    # the similarity's rows padded (with token 0) to a multiple of 8 columns: a GPU's fast matrix products need rows
+    # of 16 bytes; the padding is cut off before the argmax
+    candidates = gather_tokens(states, F.pad(by_attention[:, :kept_count], (0, -kept_count % 8)))
+    dropped_states = gather_tokens(states, dropped)
+    similarity = dropped_states @ candidates.transpose(1, 2)
+    similarity /= dropped_states.norm(dim=-1, keepdim=True) * candidates.norm(dim=-1)[:, None, :]
+    target = similarity[..., :kept_count].argmax(dim=-1)  # [B, n − k] among the kept, in descending attention
+    merged, members, own, weight = average_into(candidates[:, :kept_count], dropped_states, target, variant)
+    order = kept_rank.expand(batch, -1)  # each kept token's place in descending attention, in position order
     return InnerMerge(
-        merged.gather(1, position_order[..., None].expand_as(merged)),
-        kept.gather(1, position_order)[: len(ranking)],
+        merged.gather(1, order[..., None].expand_as(merged)),
+        kept,
         dropped,
-        kept.gather(1, target),
-        members.gather(1, position_order),
+        by_attention[:, :kept_count].expand(batch, -1).gather(1, target),
+        members.gather(1, order),
+        own.gather(1, order),
+        weight,
     )
 
 
@@ -644,8 +686,8 @@ class HoliTomInner(RankedInLLM):
         into = torch.empty(video.num_tokens, dtype=torch.long, device=device)  # the kept token each one goes into
         into[kept] = torch.arange(count, device=device)
         into[dropped] = into[merge.targets[0]]
-        own, weight = merge_weights(into[dropped], joined, self.variant)
-        weights = torch.empty(video.num_tokens, device=device).index_put_((kept,), own).index_put_((dropped,), weight)
+        weights = torch.empty(video.num_tokens, device=device).index_put_((kept,), merge.own_weights[0])
+        weights.index_put_((dropped,), merge.dropped_weights[0])
         return Reduction(merge.states[0], patch_boxes(kept, h, w), joined + 1, video.num_tokens, info=info,
                          members=into, member_weights=weights)  # fmt: skip
 

@@ -28,9 +28,11 @@ from baselines.holitom import (
     merge_into_kept,
     row_newlines,
     segment_frames,
+    split_ranking,
     static_runs,
     static_slot_counts,
     token_counts,
+    true_positions,
 )
 from sttm.adapters.points import reduction_point
 from sttm.adapters.tiny import tiny_model
@@ -200,7 +202,7 @@ def test_corrected_takes_the_density_over_k_neighbours_not_over_as_many_as_centr
     assert corrected.boxes[:, 2].tolist() == [2] and torch.allclose(corrected.tokens, torch.tensor([[0.0, 1.0]]))
     assert official.num_patches.tolist() == corrected.num_patches.tolist() == [10]
     valid, one = torch.ones(1, 5, dtype=torch.bool), torch.tensor([1])
-    chosen, _ = dpc_knn_centres(points[None, :, :1], valid, one, neighbours=torch.tensor([5]))
+    chosen, _ = dpc_knn_centres(points[None, :, :1], valid, one, neighbours=torch.tensor([5]), max_neighbours=5)
     assert chosen.flatten().tolist() == [False, False, True, False, False]
 
 
@@ -251,6 +253,27 @@ def test_the_inner_merge_joins_the_most_similar_kept_token_and_keeps_positions()
     attention = torch.cat([torch.zeros(2), torch.tensor([0.3, 0.25, 0.1, 0.2, 0.15]), torch.zeros(1)])
     features, keep, _ = inner_merge(hidden, attention.expand(1, 3, 8), 2, 5, merge_ratio=0.6)  # round(5 · 0.4) = 2
     assert keep.tolist() == [0, 1, 2, 3, 7] and torch.equal(features[0, 2:4], merge.states[0])
+
+
+def test_the_inner_merge_targets_the_most_similar_kept_token_at_any_kept_count():
+    states, scores = randn(2, 40, 6), torch.rand(2, 40, generator=torch.Generator().manual_seed(1))
+    for count in (1, 7, 8, 13, 40):  # the similarity's columns are padded to a multiple of 8, then cut
+        merge = merge_into_kept(states, scores, count, "corrected")
+        for row in range(2):
+            kept = scores[row].argsort(descending=True, stable=True)[:count]
+            similarity = F.cosine_similarity(states[row, merge.dropped[row], None], states[row, None, kept], dim=-1)
+            assert torch.equal(merge.targets[row], kept[similarity.argmax(dim=-1)])
+            assert torch.equal(merge.kept[row], kept.sort().values)
+
+
+def test_the_helpers_that_spare_the_host_a_wait_give_what_nonzero_and_sort_give():
+    mask = torch.rand(7, 13, generator=torch.Generator().manual_seed(2)) < 0.4
+    assert torch.equal(true_positions(mask, int(mask.sum())), mask.flatten().nonzero().flatten())
+    assert true_positions(torch.zeros(3, dtype=torch.bool), 0).tolist() == []
+    ranking = torch.stack([torch.randperm(11, generator=torch.Generator().manual_seed(seed)) for seed in (3, 4)])
+    kept, rank, dropped = split_ranking(ranking, 4)
+    assert torch.equal(kept, ranking[:, :4].sort().values) and torch.equal(dropped, ranking[:, 4:].sort().values)
+    assert torch.equal(ranking.gather(1, rank), kept)
 
 
 def test_the_inner_reducer_acts_at_layer_k_ranking_by_layer_k_minus_1():
