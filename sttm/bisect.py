@@ -99,6 +99,8 @@ def bisect(
     Thresholds of one region must have one count; ``known`` tells how it compares with the target where it can
     without counting; ``below`` guesses, where it cannot, the chance that the count falls below the target.
     """
+    if width < 1:
+        raise ValueError(f"width must be at least 1 (the thresholds counted in one call), got {width}")
     counted: dict[Hashable, int] = {}
 
     def look(thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -81,6 +81,11 @@ def test_batched_bisection_returns_what_one_at_a_time_bisection_returns(width):
         assert len(calls) <= 2 + math.ceil(len(visited) / depth) and max(map(len, calls)) <= width + 2
 
 
+def test_a_bisection_counting_nothing_a_call_is_refused():
+    with pytest.raises(ValueError, match="width must be at least 1"):
+        bisect(lambda thresholds: [0] * len(thresholds), 5, 0)
+
+
 def told(rng: random.Random, count, heights, target):
     """Regions (the steps, named by their heights) and signs known for some of them, as bounds would give them."""
     settled = {height: rng.random() < 0.7 for height in heights}
