@@ -405,8 +405,9 @@ def merge_grouped(tree: QuadTree, grouping: Grouping, row: int = 0) -> Merged:
     flat_cells = tree.cells.flatten(0, 1)  # a slot's node is row (frame · Σ + cell)
     cells_per_frame = tree.cells.shape[1]
     boxes = token_boxes(tree, keep, level[keep])
-    patch = torch.arange(len(cover), device=cover.device) % (height * width)
-    weights = None if tree.sums else tree.layout.pyramid_weights[level, patch]
+    weights = None
+    if not tree.sums:  # each patch's weight in its node's unweighted pyramid mean
+        weights = tree.layout.pyramid_weights[level, torch.arange(len(cover), device=cover.device) % (height * width)]
     if labels is None:
         features = flat_cells[boxes[:, 0] * cells_per_frame + cell[keep]]
         if tree.sums:
