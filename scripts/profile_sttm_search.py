@@ -8,8 +8,9 @@ with ``torch.profiler``. Printed per setting: what ``sttm.device_work`` counts (
 CUDA launches, copies, syncs and the kernels' time). Timing is left to ``scripts/bench_reducers.py``: a profiled
 call is slower than a plain one.
 
-For budget mode the last column says whether the search chose the thresholds of a plain bisection on the same
-device, one midpoint at a time, each counted by a merge of its own (``sttm.bisect.bisect`` at depth 1).
+For budget mode two more columns: how many thresholds each of the search's passes on the device counted (``-``:
+none, the bounds told every sign), and whether the search chose the thresholds of a plain bisection on the same
+device, one midpoint at a time, each counted by a merge of its own (``sttm.bisect.bisect`` one threshold a pass).
 """
 
 from __future__ import annotations
@@ -39,8 +40,24 @@ def plain_search(reducer: STTM, video: VideoTokens) -> tuple[float, float]:
     def count(spatials: list[float]) -> list[int]:
         return [len(merge_video(tree, *reducer._thresholds_at(s), reducer.variant).tokens) for s in spatials]
 
-    spatial, _ = bisect(count, math.floor(reducer.budget * video.num_tokens + 1e-9), depth=1)
+    spatial, _ = bisect(count, math.floor(reducer.budget * video.num_tokens + 1e-9), 1)
     return reducer._thresholds_at(spatial)
+
+
+def pass_widths(reducer: STTM, video: VideoTokens) -> str:
+    """The thresholds each pass of ``reducer``'s budget search counts on the device, joined by '+' ('-': none)."""
+    widths, group = [], reducer._group
+
+    def counting_group(tree, table, spatials):
+        widths.append(len(spatials))
+        return group(tree, table, spatials)
+
+    reducer._group = counting_group
+    try:
+        reducer.reduce(video)
+    finally:
+        del reducer._group
+    return "+".join(map(str, widths)) or "-"
 
 
 def settings(budgets: list[float], variants: list[str]) -> list[tuple[str, dict]]:
@@ -72,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         counts = device_work(lambda r=reducer: r.reduce(video), cuda)
         if reducer.budget is not None:
             chosen = (result.info["threshold"], result.info["temporal_threshold"])
+            counts["passes"] = pass_widths(reducer, video)
             counts["as plain bisection"] = "yes" if chosen == plain_search(reducer, video) else "NO"
         rows.append((label, result.kept_ratio, counts))
     keys = list(rows[-1][2])

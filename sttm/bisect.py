@@ -4,8 +4,15 @@
 highest threshold whose count stays within ``target``. One level at a time, it would count the midpoint of
 (low, high), stop on an exact hit and move one end otherwise. Here a midpoint is counted only where ``known`` cannot
 tell how its count compares with the target, thresholds of one ``region`` (where the count cannot differ) are
-counted once, and those left to count in the next ``depth`` levels below the walk's position, every branch of
-them, are counted in one call: the walk is the same, it visits the same thresholds and returns the same one.
+counted once, and up to ``width`` of those the walk may reach next are counted in one call: the walk is the same, it
+visits the same thresholds and returns the same one.
+
+Which ones a call counts is a guess at the walk's path: below a midpoint left to count, each branch is as likely as
+``below`` says its count is to fall below the target (one half without a guess), and the likeliest are counted, so
+that a good guess lets one call reach many levels down; without one, a call counts the next log2(width + 1) levels,
+every branch of them. The guess decides only what is counted, never where the walk goes.
+
+``region``, ``known`` and ``below`` take arrays, one entry per threshold (region) asked about.
 """
 
 from __future__ import annotations
@@ -15,6 +22,11 @@ from collections.abc import Callable, Hashable
 import numpy as np
 
 MOST, LEAST = -1.0, 1.0  # the thresholds of the most and the least merging
+UNKNOWN = 2  # a sign ``known`` cannot tell
+
+Regions = Callable[[np.ndarray], np.ndarray]  # thresholds -> the regions they lie in (one count per region)
+Signs = Callable[[np.ndarray], np.ndarray]  # regions -> how their counts compare with the target (-1, 0, 1, UNKNOWN)
+Chances = Callable[[np.ndarray], np.ndarray]  # regions -> the guessed chance that their counts fall below the target
 
 
 def midpoint(low: float, high: float) -> float | None:
@@ -23,14 +35,11 @@ def midpoint(low: float, high: float) -> float | None:
     return None if middle in (low, high) else middle
 
 
-Sign = Callable[[float], int | None]  # how a threshold's count compares with the target: -1, 0, 1, or None: unknown
-
-
-def walk(low: float, high: float, sign: Sign) -> tuple[float, float, float | None]:
+def walk(low: float, high: float, sign: Callable[[float], int]) -> tuple[float, float, float | None]:
     """Follow the bisection from (low, high) while ``sign`` knows the midpoints: (low, high, the result or None)."""
     while (middle := midpoint(low, high)) is not None:
         side = sign(middle)
-        if side is None:
+        if side == UNKNOWN:
             return low, high, None
         if side == 0:  # no threshold can do better
             return low, high, middle
@@ -38,59 +47,86 @@ def walk(low: float, high: float, sign: Sign) -> tuple[float, float, float | Non
     return low, high, low
 
 
-def frontier(low: float, high: float, sign: Sign, region: Callable[[float], Hashable], depth: int) -> list[float]:
-    """The midpoints below (low, high) that ``sign`` does not know and that the walk can reach through fewer than
-    ``depth`` others it does not know, breadth first, one per region: below an unknown midpoint both branches,
-    below a known one the branch it takes."""
-    found, regions, level = [], set(), [(low, high, 0)]  # (low, high, unknown midpoints above)
-    while level:
+def frontier(
+    low: float,
+    high: float,
+    look: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+    below: Chances,
+    width: int,
+) -> list[float]:
+    """At most ``width`` midpoints below (low, high) that ``look`` (thresholds -> their regions and signs) does not
+    know, one per region, the likeliest to be on the walk's path first, level by level: below an unknown midpoint
+    both branches, each as likely as ``below`` guesses, below a known one the branch it takes; a branch less likely
+    than 2 / (width + 1) is dropped (at one half a branch, the next log2(width + 1) unknown levels are kept)."""
+    level, least = [(1.0, low, high)], 2 / (width + 1)  # (chance, low, high) of each branch
+    found: dict[Hashable, float] = {}
+    while len(found) < width:
+        level = [(chance, a, b, middle) for chance, a, b in level if (middle := midpoint(a, b)) is not None]
+        if not level:
+            break
+        regions, sides = (part.tolist() for part in look(np.array([middle for *_, middle in level])))
+        unknown = [index for index, side in enumerate(sides) if side == UNKNOWN]
+        guesses = below(np.array([regions[index] for index in unknown])).tolist() if unknown else []
+        up = [float(side < 0) for side in sides]  # the chance of each midpoint's upper branch
+        for index, guess in zip(unknown, guesses, strict=True):
+            up[index] = guess
+        for index in sorted(unknown, key=lambda index: -level[index][0]):
+            found.setdefault(regions[index], level[index][3])
+            if len(found) == width:
+                break
         following = []
-        for a, b, unknown in level:
-            if (middle := midpoint(a, b)) is None:
-                continue
-            side = sign(middle)
-            if side is None:
-                if region(middle) not in regions:
-                    regions.add(region(middle))
-                    found.append(middle)
-                if unknown + 1 < depth:
-                    following += [(a, middle, unknown + 1), (middle, b, unknown + 1)]
-            elif side != 0:
-                following.append((middle, b, unknown) if side < 0 else (a, middle, unknown))
+        for (chance, a, b, middle), side, rise in zip(level, sides, up, strict=True):
+            fall = 1 - rise if side == UNKNOWN else float(side == 1)
+            if chance * rise >= least:
+                following.append((chance * rise, middle, b))
+            if chance * fall >= least:
+                following.append((chance * fall, a, middle))
         level = following
-    return found
+    return list(found.values())
 
 
 def bisect(
     count: Callable[[list[float]], list[int]],
     target: int,
-    depth: int,
-    known: Callable[[Hashable], int | None] = lambda region: None,
-    region: Callable[[float], Hashable] = lambda threshold: threshold,
+    width: int,
+    region: Regions = lambda thresholds: thresholds,
+    known: Signs = lambda regions: np.full(len(regions), UNKNOWN),
+    below: Chances = lambda regions: np.full(len(regions), 0.5),
 ) -> tuple[float, bool]:
     """(the highest threshold whose count is within ``target`` as bisection finds it, whether any is): the least
     merging if it is within the target, the most merging (and False) if even that is over it.
 
-    Thresholds of one ``region(threshold)`` must have one count; ``known(region)`` tells how it compares with the
-    target (-1 below, 0 on it, 1 above) where it can without counting, else None.
+    Thresholds of one region must have one count; ``known`` tells how it compares with the target where it can
+    without counting; ``below`` guesses, where it cannot, the chance that the count falls below the target.
     """
-    signs: dict[Hashable, int] = {}
+    if width < 1:
+        raise ValueError(f"width must be at least 1 (the thresholds counted in one call), got {width}")
+    counted: dict[Hashable, int] = {}
 
-    def sign(threshold: float) -> int | None:
-        key = region(threshold)
-        return signs[key] if key in signs else known(key)
+    def look(thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        regions = region(thresholds)
+        signs = np.array(known(regions))
+        for index in np.flatnonzero(signs == UNKNOWN).tolist():
+            signs[index] = counted.get(regions[index].item(), UNKNOWN)
+        return regions, signs
+
+    def sign(threshold: float) -> int:
+        key = region(np.array([threshold]))
+        side = int(known(key)[0])
+        return counted.get(key[0].item(), UNKNOWN) if side == UNKNOWN else side
 
     def settle(thresholds: list[float]) -> None:
+        regions, signs = look(np.array(thresholds))
         asked: dict[Hashable, float] = {}
-        for threshold in thresholds:
-            if sign(threshold) is None:
-                asked.setdefault(region(threshold), threshold)
+        for key, side, threshold in zip(regions.tolist(), signs.tolist(), thresholds, strict=True):
+            if side == UNKNOWN:
+                asked.setdefault(key, threshold)
         if asked:
             for key, kept in zip(asked, count(list(asked.values())), strict=True):
-                signs[key] = (kept > target) - (kept < target)
+                counted[key] = (kept > target) - (kept < target)
 
-    if sign(LEAST) is None or sign(MOST) is None:
-        settle([LEAST, MOST, *frontier(MOST, LEAST, sign, region, depth)])
+    if UNKNOWN in (sign(LEAST), sign(MOST)):
+        settle([LEAST, MOST, *frontier(MOST, LEAST, look, below, width)])
     if sign(LEAST) <= 0:
         return LEAST, True
     if sign(MOST) > 0:
@@ -100,4 +136,4 @@ def bisect(
         low, high, found = walk(low, high, sign)
         if found is not None:
             return found, True
-        settle(frontier(low, high, sign, region, depth))
+        settle(frontier(low, high, look, below, width))

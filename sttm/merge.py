@@ -23,10 +23,11 @@ once (a budget search counts many of them in one pass; a merge is K = 1). It wor
 slot per grid patch for the nodes (a node sits at the slot of its top-left patch), so that no intermediate size
 depends on the data. The temporal similarity of every cell of every level of a frame with every cell of the next
 frame is one batched matrix product per video (``temporal_table``; a few hundred cells per frame cost less than
-gathering each node's partners), read by the node pairs at each threshold. The host waits on the device only to
-learn when the official label propagation has settled (once per ``ROUNDS_PER_CHECK`` rounds; the corrected
-variant's forest needs a fixed number of pointer jumps) and once to learn how many tokens the merge leaves (or, in
-a search, the counts): on a GPU the rest is queued behind the work before it, which hides its launch cost.
+gathering each node's partners), read by the node pairs at each threshold. A grouping waits on the device once,
+for one transfer that tells the host how many tokens and nodes each threshold leaves and, for the official
+variant, that its label propagation has settled (looked at once per ``ROUNDS_PER_CHECK`` rounds, another
+transfer only where it has not; the corrected variant's forest needs a fixed number of pointer jumps); a merge
+then needs no other: on a GPU the rest is queued behind the work before it, which hides its launch cost.
 
 A budget search need not group at every threshold it tries: every comparison the grouping makes flips at one of
 the similarities, so the tokens kept are a step function of the threshold, whose bounds (the count itself for the
@@ -51,28 +52,9 @@ import torch
 import torch.nn.functional as F
 
 from sttm.group_means import group_means
-from sttm.quadtree import QuadTree, batched_dot, similarity_dtype
+from sttm.quadtree import QuadTree, batched_dot
 
 VARIANTS = ("official", "corrected")
-
-
-def emitted_nodes(tree: QuadTree, thresholds: torch.Tensor) -> list[torch.Tensor]:
-    """Per level [K, T, h, w] bool: the nodes that become tokens at each of K spatial ``thresholds`` [K] (§1.4).
-
-    Searching from the root, a node whose children all reach the threshold stops and becomes a token; the
-    others split. Every node of the finest level that no ancestor covers becomes a token.
-    """
-    root = tree.features[0]
-    searched = torch.ones(len(thresholds), *root.shape[:3], dtype=torch.bool, device=root.device)
-    thresholds = thresholds.view(-1, 1, 1, 1)
-    emitted = []
-    for min_sim, step in zip(tree.min_sim, tree.layout.steps, strict=True):
-        stop = min_sim >= thresholds
-        emitted.append(searched & stop)
-        split = (searched & ~stop).flatten(2)
-        searched = split[:, :, step.parent_of].view(*split.shape[:2], len(step.rows.parent), len(step.cols.parent))
-    emitted.append(searched)
-    return emitted
 
 
 @dataclass(frozen=True)
@@ -91,19 +73,19 @@ class NodeMap:
     level: torch.Tensor
     cover: torch.Tensor
 
-    def row(self, row: int) -> NodeMap:
-        """The map of threshold ``row`` alone (K = 1)."""
-        return NodeMap(*(field[row : row + 1] for field in (self.is_node, self.cell, self.level, self.cover)))
 
+def node_map(tree: QuadTree, thresholds: torch.Tensor) -> NodeMap:
+    """The nodes that become tokens at each of K spatial ``thresholds`` [K] (§1.4), placed at the slots of their
+    top-left patches (§1.5).
 
-def node_map(tree: QuadTree, emitted: list[torch.Tensor]) -> NodeMap:
-    """Place the emitted nodes (per level [K, T, h, w]) at the slots of their top-left patches (§1.5)."""
+    Searching from the root, a node whose children all reach the threshold stops and becomes a token; the others
+    split, and every node of the finest level that no ancestor covers becomes a token. So the node covering a patch
+    is its deepest ancestor that the search reaches (``QuadTree.reach``).
+    """
     t, height, width, _ = tree.shape
     layout, cells = tree.layout, height * width
-    patches = torch.arange(cells, device=layout.ancestor_cell.device)
-    # each patch has exactly one emitted ancestor-or-self: the node covering it
-    ancestor_emitted = torch.cat([e.flatten(2) for e in emitted], dim=2)[:, :, layout.ancestor_cell]  # [K, T, L, H·W]
-    level = ancestor_emitted.max(dim=2).indices  # [K, T, H·W]
+    patches = torch.arange(cells, device=thresholds.device)
+    level = (tree.reach < thresholds.view(-1, 1, 1, 1)).sum(dim=2)  # [K, T, H·W]
     corner = layout.ancestor_corner[level, patches]
     frames = torch.arange(t, device=patches.device)[:, None] * cells
     return NodeMap(
@@ -112,57 +94,6 @@ def node_map(tree: QuadTree, emitted: list[torch.Tensor]) -> NodeMap:
         level=level.flatten(1),
         cover=(frames + corner).flatten(1),
     )
-
-
-@dataclass(frozen=True)
-class Nodes:
-    """The spatially merged tokens of a video at one threshold, one slot per grid patch (see ``NodeMap``).
-
-    is_node:      [S] bool, which slots hold a node; the other rows below are undefined.
-    features:     [S, C] (patch sums when the tree holds sums).
-    boxes:        [S, 5] int64 (t, y0, x0, y1, x1).
-    num_patches:  [S] int64.
-    """
-
-    is_node: torch.Tensor
-    features: torch.Tensor
-    boxes: torch.Tensor
-    num_patches: torch.Tensor
-
-
-def collect_nodes(tree: QuadTree, nodes: NodeMap, row: int = 0) -> Nodes:
-    """The features and boxes of the nodes of threshold ``row`` of ``nodes``."""
-    t, height, width, _ = tree.shape
-    cells = height * width
-    slots = torch.arange(t * cells, device=nodes.cell.device)
-    frame, corner = slots // cells, slots % cells
-    y, x = corner // width, corner % width
-    y1, x1 = tree.layout.corner_ends[nodes.level[row], corner].unbind(dim=1)
-    return Nodes(
-        is_node=nodes.is_node[row],
-        features=tree.cells[frame, nodes.cell[row]],
-        boxes=torch.stack([frame, y, x, y1, x1], dim=1),
-        num_patches=(y1 - y) * (x1 - x),
-    )
-
-
-def temporal_pairs(tree: QuadTree, nodes: NodeMap) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """[K, 2S] slots ``earlier`` and ``later`` of the node pairs of consecutive frames that may merge, and [K, 2S]
-    bool whether the pair is real (its earlier node is not in the last frame, its later one not in the first).
-
-    Two quadtree nodes of consecutive frames are nested (§2.1) iff they overlap, and then the smaller one's
-    top-left patch lies in both. So every nested pair is (node, the next frame's node at its top-left) or
-    (the previous frame's node at its top-left, node); a pair of equal boxes is found both ways, and the
-    grouping is indifferent to repeats.
-    """
-    t, height, width, _ = tree.shape
-    cells = height * width
-    own = torch.arange(t * cells, device=nodes.cover.device).expand_as(nodes.cover)
-    frame = own // cells
-    next_partner = nodes.cover.gather(1, torch.where(frame < t - 1, own + cells, own))
-    previous_partner = nodes.cover.gather(1, torch.where(frame > 0, own - cells, own))
-    real = torch.cat([nodes.is_node & (frame < t - 1), nodes.is_node & (frame > 0)], dim=1)
-    return torch.cat([own, previous_partner], dim=1), torch.cat([next_partner, own], dim=1), real
 
 
 def temporal_table(tree: QuadTree) -> torch.Tensor:
@@ -181,14 +112,22 @@ def temporal_table(tree: QuadTree) -> torch.Tensor:
 def temporal_links(
     tree: QuadTree, nodes: NodeMap, table: torch.Tensor, temporal_thresholds: torch.Tensor, variant: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The pairs of ``temporal_pairs`` ([K, 2S] earlier, later) and which of them link (≥ the row's τ_t)."""
-    earlier, later, real = temporal_pairs(tree, nodes)
-    cells = tree.shape[1] * tree.shape[2]
-    frame = (earlier // cells).clamp_max(len(table) - 1)
-    sim = table[frame, nodes.cell.gather(1, earlier), nodes.cell.gather(1, later)]
-    linked = real & (sim >= temporal_thresholds[:, None])
+    """The node pairs of consecutive frames that may merge (§2.1), [K, P] slots ``earlier`` and ``later``, and
+    [K, P] bool which of them link (≥ the row's τ_t; for the corrected variant, each later node's most similar
+    link alone), P = (T − 1)·H·W: for each patch, the nodes covering it in a frame and in the next.
+
+    Two quadtree nodes of consecutive frames are nested iff they overlap, so these are the nested pairs, each once
+    for every patch they share: the grouping is indifferent to repeats.
+    """
+    rows, slots = nodes.cover.shape
+    frames = tree.shape[0]
+    cover, cell = nodes.cover.view(rows, frames, -1), nodes.cell.view(rows, frames, -1)
+    frame = torch.arange(frames - 1, device=cover.device)[:, None]
+    sim = table[frame, cell[:, :-1], cell[:, 1:]].flatten(1)
+    earlier, later = cover[:, :-1].flatten(1), cover[:, 1:].flatten(1)
+    linked = sim >= temporal_thresholds[:, None]
     if variant == "corrected":
-        linked = most_similar_links(earlier, later, linked, sim)
+        linked = most_similar_links(slots, earlier, later, linked, sim)
     return earlier, later, linked
 
 
@@ -196,9 +135,16 @@ def temporal_links(
 ROUNDS_PER_CHECK = 2
 
 
-def propagate_labels(num_slots: int, earlier: torch.Tensor, later: torch.Tensor, linked: torch.Tensor) -> torch.Tensor:
+def propagate_labels(
+    num_slots: int,
+    earlier: torch.Tensor,
+    later: torch.Tensor,
+    linked: torch.Tensor,
+    tally: Callable[[torch.Tensor], torch.Tensor] = lambda labels: labels.new_zeros(0),
+) -> tuple[torch.Tensor, list[int]]:
     """[K, S] group label (smallest member slot) of each slot, by the authors' min-label propagation (§2.3), for K
-    independent rows of slot pairs ``earlier``, ``later`` [K, P] (slots in 0..S−1) whose ``linked`` [K, P] pairs join.
+    independent rows of slot pairs ``earlier``, ``later`` [K, P] (slots in 0..S−1) whose ``linked`` [K, P] pairs join;
+    and ``tally(labels)`` (1-D, integer), read by the host in the transfer that tells it the labels have settled.
 
     Each round, both ends of every linked pair take the pair's smaller label (``amin`` scatters), then every
     label jumps to its label's label. A row stops at the first round whose labels are idempotent, which can be
@@ -218,8 +164,10 @@ def propagate_labels(num_slots: int, earlier: torch.Tensor, later: torch.Tensor,
             updated = labels.scatter_reduce(0, ends, smaller.repeat(2), reduce="amin")
             labels = torch.where(settled, labels.view(rows, -1), updated[updated].view(rows, -1)).flatten()
             settled = settled | (labels == labels[labels]).view(rows, -1).all(dim=1, keepdim=True)
-        if settled.all():
-            return labels.view(rows, -1) - offsets
+        found = labels.view(rows, -1) - offsets
+        unsettled, *tallied = torch.cat([(~settled).sum().view(1), tally(found)]).tolist()
+        if not unsettled:
+            return found, tallied
 
 
 def root_labels(
@@ -241,16 +189,15 @@ def root_labels(
 
 
 def most_similar_links(
-    earlier: torch.Tensor, later: torch.Tensor, linked: torch.Tensor, sim: torch.Tensor
+    num_slots: int, earlier: torch.Tensor, later: torch.Tensor, linked: torch.Tensor, sim: torch.Tensor
 ) -> torch.Tensor:
     """[K, P] bool: keep, for each later node, only its link to the most similar earlier node (ties: lowest slot);
-    all [K, P], slots in 0..S−1 with S ≥ P / 2."""
-    num_slots = linked.shape[1]  # covers every slot of the two pair lists
+    all [K, P], slots in 0..S−1."""
     score = torch.where(linked, sim, -math.inf)
-    best = torch.full_like(score, -math.inf).scatter_reduce(1, later, score, reduce="amax")
+    best = score.new_full((len(score), num_slots), -math.inf).scatter_reduce(1, later, score, reduce="amax")
     is_best = linked & (score == best.gather(1, later))
     candidate = torch.where(is_best, earlier, num_slots)
-    chosen = torch.full_like(later, num_slots).scatter_reduce(1, later, candidate, reduce="amin")
+    chosen = later.new_full((len(later), num_slots), num_slots).scatter_reduce(1, later, candidate, reduce="amin")
     return is_best & (earlier == chosen.gather(1, later))
 
 
@@ -262,25 +209,19 @@ def representatives(is_node: torch.Tensor, labels: torch.Tensor | None) -> torch
     return is_node & (labels == torch.arange(labels.shape[-1], device=labels.device))
 
 
-def merge_groups(nodes: Nodes, labels: torch.Tensor, sums: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Replace each group (``labels`` [S]) by one token at its representative (§2.4).
+def count_tokens(nodes: NodeMap, labels: torch.Tensor | None) -> torch.Tensor:
+    """[K] tokens left after grouping at each threshold: one per group."""
+    return representatives(nodes.is_node, labels).sum(dim=-1)
 
-    Returns features [N', C] (the members' unweighted mean, or with ``sums`` their patch-weighted mean), boxes
-    [N', 5] (the representative's box) and num_patches [N'] (the group's total). Each group is summed in slot
-    order from its representative, in float32.
-    """
-    num_slots = len(labels)
-    representative = representatives(nodes.is_node, labels)
-    group = torch.where(nodes.is_node, labels, num_slots)  # the slots without a node go after every group
-    members = group.int().sort(stable=True).indices
-    members_per_group = group.new_zeros(num_slots + 1).index_add_(0, group, torch.ones_like(group))[:num_slots]
-    patches = group.new_zeros(num_slots + 1).index_add_(0, group, nodes.num_patches)[:num_slots]
-    ends = torch.cumsum(members_per_group, 0)  # at a representative's slot: where its group's members end
-    num_groups, num_nodes = torch.stack([representative.sum(), ends[-1]]).tolist()  # the one wait for the device
-    keep = torch.nonzero_static(representative, size=num_groups).squeeze(1)
-    divisors = (patches if sums else members_per_group)[keep]
-    features = group_means(nodes.features, members[:num_nodes], F.pad(ends[keep], (1, 0)), divisors)
-    return features, nodes.boxes[keep], patches[keep]
+
+class Grouping(NamedTuple):
+    """The nodes of a video at K thresholds (``NodeMap``), their group labels [K, S] (None: no temporal merging),
+    and on the host, per threshold, the tokens left (one per group) and the nodes."""
+
+    nodes: NodeMap
+    labels: torch.Tensor | None
+    num_tokens: list[int]
+    num_nodes: list[int]
 
 
 def group_nodes(
@@ -289,19 +230,29 @@ def group_nodes(
     temporal_thresholds: torch.Tensor | None,
     variant: str,
     table: torch.Tensor | None = None,
-) -> tuple[NodeMap, torch.Tensor | None]:
+) -> Grouping:
     """The spatially merged nodes at each of K thresholds τ_s [K] (a node stops when every child is at least this
     similar) and, if temporal merging is on (``temporal_thresholds`` τ_t [K], all > 0; None: off), each node's group
-    label [K, S] (§1–§2.3). ``table`` is the tree's ``temporal_table`` where the caller already has it.
+    label (§1–§2.3); the host learns the counts in one transfer (the official variant's look at whether its labels
+    have settled). ``table`` is the tree's ``temporal_table`` where the caller already has it.
     """
-    nodes = node_map(tree, emitted_nodes(tree, thresholds))
+    nodes = node_map(tree, thresholds)
+
+    def tally(labels: torch.Tensor | None) -> torch.Tensor:
+        return torch.cat([count_tokens(nodes, labels), nodes.is_node.sum(dim=-1)])
+
     if temporal_thresholds is None:
-        return nodes, None
-    table = temporal_table(tree) if table is None else table
-    earlier, later, linked = temporal_links(tree, nodes, table, temporal_thresholds, variant)
-    if variant == "corrected":
-        return nodes, root_labels(nodes.cover.shape[1], earlier, later, linked, tree.shape[0])
-    return nodes, propagate_labels(nodes.cover.shape[1], earlier, later, linked)
+        labels, tallied = None, tally(None).tolist()
+    else:
+        table = temporal_table(tree) if table is None else table
+        earlier, later, linked = temporal_links(tree, nodes, table, temporal_thresholds, variant)
+        num_slots = nodes.cover.shape[1]
+        if variant == "corrected":
+            labels = root_labels(num_slots, earlier, later, linked, tree.shape[0])
+            tallied = tally(labels).tolist()
+        else:
+            labels, tallied = propagate_labels(num_slots, earlier, later, linked, tally)
+    return Grouping(nodes, labels, tallied[: len(thresholds)], tallied[len(thresholds) :])
 
 
 def frame_pair_dots(features: torch.Tensor, chunks: int) -> torch.Tensor:
@@ -314,25 +265,6 @@ def frame_pair_dots(features: torch.Tensor, chunks: int) -> torch.Tensor:
     return batched_dot(earlier, later).view(pairs, chunks, positions, positions)
 
 
-def count_tokens(nodes: NodeMap, labels: torch.Tensor | None) -> torch.Tensor:
-    """[K] tokens left after grouping at each threshold: one per group."""
-    return representatives(nodes.is_node, labels).sum(dim=-1)
-
-
-def emission_intervals(tree: QuadTree) -> tuple[torch.Tensor, torch.Tensor]:
-    """[T, Σ] lo and hi: each cell of each frame is a token at the spatial thresholds τ with lo < τ ≤ hi (§1.4).
-
-    A cell stops the search where τ ≤ its smallest child similarity (a finest cell always does; a NaN never
-    reaches τ) and is reached where τ is above that of each of its ancestors. Cells index ``tree.cells``.
-    """
-    t, height, width, _ = tree.shape
-    dtype, device = similarity_dtype(tree.cells.dtype), tree.cells.device
-    finest = torch.full((t, height * width), math.inf, dtype=dtype, device=device)
-    hi = torch.cat([*(m.flatten(1) for m in tree.min_sim), finest], dim=1).nan_to_num(nan=-math.inf, posinf=math.inf)
-    lo = F.pad(hi, (0, 1), value=-math.inf)[:, tree.layout.nesting.ancestors].amax(dim=-1)
-    return lo, hi
-
-
 def link_intervals(
     lo: torch.Tensor,
     hi: torch.Tensor,
@@ -343,8 +275,8 @@ def link_intervals(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """[T − 1, ...] the spatial thresholds τ at which cell ``earlier`` of frame t and cell ``later`` of frame t + 1
     (cell indexes, broadcast together) are both tokens and linked: pair_lo < τ ≤ pair_hi. ``lo``, ``hi`` [T, Σ] are
-    the ``emission_intervals``, ``table`` the ``temporal_table``; ``link_limit(sims)`` gives the highest τ whose
-    temporal threshold a similarity reaches."""
+    the tree's ``emission_intervals`` (``sttm.quadtree``), ``table`` the ``temporal_table``; ``link_limit(sims)``
+    gives the highest τ whose temporal threshold a similarity reaches."""
     pair_lo = torch.maximum(lo[:-1, earlier], lo[1:, later])
     pair_hi = torch.minimum(hi[:-1, earlier], hi[1:, later])
     return pair_lo, torch.minimum(pair_hi, link_limit(table[: len(lo) - 1, earlier, later]))
@@ -396,7 +328,7 @@ def count_steps(
     (never both at one τ): where its links to those it holds overlap in τ, their union counts once, in pieces that
     start and end where the links do, so the upper bound turns only where the lower one can.
     """
-    lo, hi = emission_intervals(tree)
+    lo, hi = tree.lo, tree.hi
     nodes = [live_ends(lo, hi)]
     if table is None or len(lo) == 1:
         values, counts = step_function(nodes, [])
@@ -419,8 +351,10 @@ def count_steps(
 
 
 def as_thresholds(values: list[float], device: torch.device) -> torch.Tensor:
-    """[K] float32 thresholds, each rounded as a comparison of a float32 tensor with a Python float rounds it."""
-    return torch.tensor(values, dtype=torch.float32, device=device)
+    """[K] float32 thresholds, each rounded as a comparison of a float32 tensor with a Python float rounds it; to a
+    GPU from pinned memory, so that the host does not wait for the work queued before."""
+    pinned = torch.device(device).type == "cuda"
+    return torch.tensor(values, dtype=torch.float32, pin_memory=pinned).to(device, non_blocking=True)
 
 
 class Merged(NamedTuple):
@@ -434,45 +368,57 @@ class Merged(NamedTuple):
     member_weights: torch.Tensor | None
 
 
-def merge_members(
-    tree: QuadTree, node_maps: NodeMap, labels: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The token each patch goes into, the tokens ordered by the slot of their representative as ``merge_video``
-    orders them, and the patch's weight in it: None for a tree of patch sums (every token is the mean of its
-    patches); else, as the unweighted means of the official variant weigh it, its pyramid weight in its node over
-    the nodes of its group."""
-    node = node_maps.cover[0]
-    group = node if labels is None else labels[0][node]
-    representative = representatives(node_maps.is_node[0], None if labels is None else labels[0])
-    members = (representative.cumsum(0) - 1)[group]
-    if tree.sums:
-        return members, None
-    cells = tree.shape[1] * tree.shape[2]
-    patch = torch.arange(len(node), device=node.device) % cells
-    weights = tree.layout.pyramid_weights[node_maps.level[0], patch]
-    if labels is not None:
-        is_node = node_maps.is_node[0].to(weights.dtype)
-        weights = weights / torch.zeros_like(weights).index_add_(0, labels[0], is_node)[group]  # over its group's nodes
-    return members, weights
-
-
 def merge_video(
     tree: QuadTree, threshold: float, temporal_threshold: float, variant: str, table: torch.Tensor | None = None
 ) -> Merged:
     """STTM on a built quadtree (see ``Merged``); τ_t ≤ 0 turns temporal merging off; see ``group_nodes``."""
     spatial, temporal = as_thresholds([threshold, temporal_threshold], tree.cells.device).split(1)  # one copy
     temporal = temporal if temporal_threshold > 0 else None
-    return merge_grouped(tree, *group_nodes(tree, spatial, temporal, variant, table))
+    return merge_grouped(tree, group_nodes(tree, spatial, temporal, variant, table))
 
 
-def merge_grouped(tree: QuadTree, node_maps: NodeMap, labels: torch.Tensor | None) -> Merged:
-    """STTM's tokens from the nodes of one threshold (K = 1) and their group labels (None: no temporal merging)."""
-    nodes = collect_nodes(tree, node_maps)
-    members = merge_members(tree, node_maps, labels)
-    if labels is not None:
-        return Merged(*merge_groups(nodes, labels[0], tree.sums), *members)
-    keep = nodes.is_node.nonzero().squeeze(1)
-    features, num_patches = nodes.features[keep], nodes.num_patches[keep]
-    if tree.sums:
-        features = features / num_patches[:, None].to(features.dtype)
-    return Merged(features, nodes.boxes[keep], num_patches, *members)
+def token_boxes(tree: QuadTree, slots: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+    """[N, 5] int64 boxes (t, y0, x0, y1, x1) of the nodes at ``slots`` [N] of ``level`` [N]."""
+    _, height, width, _ = tree.shape
+    frame, corner = slots // (height * width), slots % (height * width)
+    y1, x1 = tree.layout.corner_ends[level, corner].unbind(dim=1)
+    return torch.stack([frame, corner // width, corner % width, y1, x1], dim=1)
+
+
+def merge_grouped(tree: QuadTree, grouping: Grouping, row: int = 0) -> Merged:
+    """STTM's tokens at threshold ``row`` of ``grouping`` (§2.4): one per group (per node without temporal merging)
+    at its representative's slot, in slot order, with the representative's box and the group's patches.
+
+    A token is its members' unweighted mean, or for a tree of patch sums their patch-weighted mean; each group is
+    summed in slot order from its representative, in float32 (``group_means``). Members and weights are those of
+    ``Merged``: as the unweighted means of the official variant weigh a patch, its pyramid weight in its node over
+    the nodes of its group.
+    """
+    nodes, labels = grouping.nodes, None if grouping.labels is None else grouping.labels[row]
+    is_node, cell, level, cover = nodes.is_node[row], nodes.cell[row], nodes.level[row], nodes.cover[row]
+    num_tokens, (_, height, width, _) = grouping.num_tokens[row], tree.shape
+    representative = representatives(is_node, labels)
+    keep = torch.nonzero_static(representative, size=num_tokens).squeeze(1)
+    token = representative.cumsum(0) - 1  # at a representative's slot: its token
+    members = token[cover if labels is None else labels[cover]]  # each patch's token
+    patches = members.new_zeros(num_tokens).index_add_(0, members, torch.ones_like(members))
+    flat_cells = tree.cells.flatten(0, 1)  # a slot's node is row (frame · Σ + cell)
+    cells_per_frame = tree.cells.shape[1]
+    boxes = token_boxes(tree, keep, level[keep])
+    weights = None
+    if not tree.sums:  # each patch's weight in its node's unweighted pyramid mean
+        weights = tree.layout.pyramid_weights[level, torch.arange(len(cover), device=cover.device) % (height * width)]
+    if labels is None:
+        features = flat_cells[boxes[:, 0] * cells_per_frame + cell[keep]]
+        if tree.sums:
+            features = features / patches[:, None].to(features.dtype)
+        return Merged(features, boxes, patches, members, weights)
+    group = torch.where(is_node, token[labels], num_tokens)  # each node's token, the other slots after every group
+    order = group.int().sort(stable=True).indices[: grouping.num_nodes[row]]  # the nodes, token by token
+    nodes_per_token = group.new_zeros(num_tokens + 1).index_add_(0, group, torch.ones_like(group))[:num_tokens]
+    bounds = F.pad(nodes_per_token.cumsum(0), (1, 0))
+    rows = order // (height * width) * cells_per_frame + cell[order]
+    features = group_means(flat_cells, rows, bounds, patches if tree.sums else nodes_per_token)
+    if weights is not None:
+        weights = weights / nodes_per_token[members]  # over its group's nodes
+    return Merged(features, boxes, patches, members, weights)

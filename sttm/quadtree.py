@@ -1,5 +1,6 @@
 """STTM's quadtree of a video (§1 of ``../shared/reference/STTM_SPEC.md``): every level's features, norms and the
-smallest parent-child cosine of each node, as pure functions on tensors; none of it depends on the thresholds.
+smallest parent-child cosine of each node, and from those the thresholds at which each node is a token, as pure
+functions on tensors; none of it depends on the thresholds.
 
 Index tensors that depend only on the grid shape are built once per shape (``grid_layout``). Similarities are matrix
 products that read the levels in place: each parent row against its two child rows. Numerics: similarities in
@@ -297,6 +298,23 @@ def split_similarity(
     return min_sim
 
 
+def emission_intervals(
+    min_sim: list[torch.Tensor], layout: Layout, frames: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[T, Σ] lo and hi: each cell of each frame is a token at the spatial thresholds τ with lo < τ ≤ hi (§1.4), from
+    the smallest child similarity of each level's nodes but the finest's, ``min_sim`` ([T, h, w] each, in ``dtype``).
+
+    A cell stops the search where τ ≤ its smallest child similarity (a finest cell always does; a NaN never
+    reaches τ) and is reached where τ is above that of each of its ancestors. Cells index all levels' cells
+    concatenated, as ``Layout.ancestor_cell`` does.
+    """
+    cells = layout.ancestor_cell.shape[1]
+    finest = torch.full((frames, cells), math.inf, dtype=dtype, device=layout.ancestor_cell.device)
+    hi = torch.cat([*(m.flatten(1) for m in min_sim), finest], dim=1).nan_to_num(nan=-math.inf, posinf=math.inf)
+    lo = F.pad(hi, (0, 1), value=-math.inf)[:, layout.nesting.ancestors].amax(dim=-1)
+    return lo, hi
+
+
 @dataclass(frozen=True)
 class QuadTree:
     """Everything about a video's quadtree that does not depend on the thresholds.
@@ -305,19 +323,23 @@ class QuadTree:
     features:  per level [T, h, w, C], root level first, finest (the input) last; patch means, or patch sums
                when ``sums`` is set.
     norms:     per level [T, h, w, K] ``chunk_norms`` of the features (K chunks: ``head_dim`` wide, or one).
-    min_sim:   per level but the finest, [T, h, w] smallest parent-child cosine (a node stops when ≥ τ_s).
     cells:     [T, Σ, C] every level's features side by side per frame, root level first (Σ cells; a node's
                ``cell`` indexes them, as ``Layout.ancestor_cell`` does).
     cell_norms: [T, Σ, K] their norms.
+    lo, hi:    [T, Σ] the ``emission_intervals`` of the cells (from the smallest parent-child cosine of each node).
+    reach:     [T, L − 1, H·W] per patch and level below the root, ``lo`` of the patch's ancestor there: the node
+               covering the patch at τ is at that level or finer where τ > reach.
     """
 
     layout: Layout
     features: list[torch.Tensor]
     norms: list[torch.Tensor]
-    min_sim: list[torch.Tensor]
     sums: bool
     cells: torch.Tensor
     cell_norms: torch.Tensor
+    lo: torch.Tensor
+    hi: torch.Tensor
+    reach: torch.Tensor
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -328,7 +350,7 @@ def build_quadtree(
     grid: torch.Tensor, root_level: int, variant: str, weighted_avg: bool, head_dim: int | None
 ) -> QuadTree:
     """Pool ``grid`` [T, H, W, C] up to ``root_level`` of ``pyramid_sizes(H, W)`` and score every split (§1)."""
-    _, height, width, channels = grid.shape
+    frames, height, width, channels = grid.shape
     layout = grid_layout(height, width, root_level, grid.device)
     sums = weighted_avg or variant == "corrected"
     features = [grid]
@@ -342,4 +364,5 @@ def build_quadtree(
     ]
     cells = torch.cat([level.flatten(1, 2) for level in features], dim=1)
     cell_norms = torch.cat([level.flatten(1, 2) for level in norms], dim=1)
-    return QuadTree(layout, features, norms, min_sim, sums, cells, cell_norms)
+    lo, hi = emission_intervals(min_sim, layout, frames, similarity_dtype(grid.dtype))
+    return QuadTree(layout, features, norms, sums, cells, cell_norms, lo, hi, lo[:, layout.ancestor_cell[1:]])

@@ -10,14 +10,13 @@ import torch
 import torch.nn.functional as F
 
 from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, keep_everything, register
-from sttm.bisect import bisect
+from sttm.bisect import UNKNOWN, bisect
 from sttm.merge import (
     VARIANTS,
+    Grouping,
     Merged,
-    NodeMap,
     as_thresholds,
     count_steps,
-    count_tokens,
     group_nodes,
     merge_grouped,
     merge_video,
@@ -29,9 +28,9 @@ from sttm.quadtree import QuadTree, build_quadtree
 #: the least merging searched is τ_s = τ_t = 1.
 _GAP_CLOSES_OVER = 0.15
 
-#: levels of the bisection counted in one batched pass (2^depth − 1 thresholds at most): on a GPU a pass costs its
-#: launches whatever its width, on a CPU its width.
-LOOKAHEAD_DEPTH_CUDA, LOOKAHEAD_DEPTH_CPU = 6, 3
+#: thresholds of the bisection counted in one batched pass at most (``sttm.bisect``): on a GPU a pass costs mostly its
+#: launches and its one wait, little more for a wider one; on a CPU its width.
+LOOKAHEAD_WIDTH_CUDA, LOOKAHEAD_WIDTH_CPU = 127, 7
 
 #: float32 values on either side of the first guess at ``linking_limit`` that it checks.
 _LIMIT_CANDIDATES = 3
@@ -70,34 +69,30 @@ def linking_limit(sims: torch.Tensor, gap: float) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Steps:
-    """``count_steps`` on the host: the breakpoints ``values`` [n] and, per region, the count's bounds ``counts``
-    [2, n + 1] (upper, lower)."""
+    """What the bounds of ``count_steps`` tell a budget search, on the host: the breakpoints ``values`` [n] and, per
+    region [n + 1], how the kept count compares with the target (``signs``: -1, 0, 1, or ``UNKNOWN`` where the bounds
+    straddle it) and where the target lies between the bounds (``below``: 0 at the lower one, 1 at the upper; the
+    chance that the count falls below the target, were it anywhere between them alike)."""
 
     values: np.ndarray
-    counts: np.ndarray
+    signs: np.ndarray
+    below: np.ndarray
 
-    def region(self, threshold: float) -> int:
-        """Where ``threshold`` lies among the breakpoints: thresholds of one region count alike."""
-        return int(np.searchsorted(self.values, self.values.dtype.type(threshold)))
-
-    def sign(self, region: int, target: int, exact: bool) -> int | None:
-        """How the count in ``region`` compares with ``target`` (-1, 0, 1) where the bounds tell, else None;
-        ``exact``: the upper bound is the count."""
-        upper, lower = self.counts[:, region]
-        if exact or upper == lower:
-            return int(upper > target) - int(upper < target)
-        if upper < target:
-            return -1
-        return 1 if lower > target else None
+    def regions(self, thresholds: np.ndarray) -> np.ndarray:
+        """Where each threshold (float32 values) lies among the breakpoints: thresholds of one region count alike."""
+        return self.values.searchsorted(thresholds.astype(self.values.dtype))
 
 
-def steps_on_host(values: torch.Tensor, counts: torch.Tensor) -> Steps:
-    """``count_steps`` on the host, less the breakpoints at +inf (no threshold reaches them): one wait to learn how
-    many are finite, one transfer."""
-    finite = int(torch.searchsorted(values, math.inf))
-    packed = torch.cat([F.pad(values, (0, 1), value=math.inf)[None], counts.to(values.dtype)])
-    packed = packed[:, : finite + 1].cpu().numpy()
-    return Steps(packed[0, :-1], packed[1:])
+def steps_on_host(values: torch.Tensor, counts: torch.Tensor, target: int, exact: bool) -> Steps:
+    """The ``Steps`` of ``count_steps``' breakpoints ``values`` and bounds ``counts`` for ``target``, in one transfer;
+    ``exact``: the upper bound is the count."""
+    upper, lower = (counts[0], counts[0]) if exact else counts
+    decided = (upper == lower) | (upper < target) | (lower > target)  # then the upper bound compares as the count
+    signs = torch.where(decided, (upper - target).sign(), UNKNOWN)
+    below = (target - lower) / (upper - lower).clamp_min(1)
+    packed = torch.stack([F.pad(values, (0, 1), value=math.inf), signs.to(values.dtype), below.to(values.dtype)])
+    values, signs, below = packed.cpu().numpy()
+    return Steps(values[:-1], signs.astype(np.int8), below)
 
 
 def _check_threshold(name: str, value: float) -> float:
@@ -123,10 +118,11 @@ class STTM(Reducer):
       similarities are computed once per video, and with them the kept count's bounds as step functions of τ_s
       (``sttm.merge.count_steps``): they are the count for the corrected variant and for spatial merging alone,
       so the bisection runs on the host; for the official variant they settle every midpoint but those near the
-      budget, which are counted on the device, several bisection levels in one pass. Either way the search visits
-      the thresholds a one-at-a-time bisection visits and returns its choice. Budget 1.0 keeps every token.
-      The chosen thresholds go to ``Reduction.info``. Below the quadtree's floor (root nodes, all merged over
-      time) the floor is kept and ``info["budget_met"]`` is False.
+      budget, which are counted on the device, in one pass those the bisection is likeliest to reach next (guessed
+      from where the budget lies between the bounds), as many levels down as the guess allows. Either way the
+      search visits the thresholds a one-at-a-time bisection visits and returns its choice. Budget 1.0 keeps every
+      token. The chosen thresholds go to ``Reduction.info``. Below the quadtree's floor (root nodes, all merged
+      over time) the floor is kept and ``info["budget_met"]`` is False.
 
     ``variant`` is ``official`` (the authors' code, quirks included) or ``corrected`` (see ``sttm.merge``).
     ``root_level`` indexes the quadtree levels (``sttm.quadtree.pyramid_sizes``); ``head_dim`` averages the
@@ -205,33 +201,34 @@ class STTM(Reducer):
         """The least merging whose kept count stays within ``budget·num_tokens`` as a bisection on τ_s down to
         adjacent float32 values finds it (``bisect``), whether it is, and STTM's tokens there.
 
-        The bisection reads the count off ``count_steps`` where it can: always for the corrected variant and
+        The bisection reads the count's sign off ``count_steps`` where it can: always for the corrected variant and
         spatial merging alone, where the bounds are the count; for the official one where the bounds fall on one
-        side of the target. The rest is counted on the device, every threshold of a pass in one batch, and the
-        merge reuses the grouping of the threshold chosen where it was counted.
+        side of the target. The rest is counted on the device, every threshold of a pass in one batch, the pass
+        chosen by where the target lies between the bounds, and the merge reuses the grouping of the threshold
+        chosen where it was counted.
         """
         target = math.floor(self.budget * num_tokens + 1e-9)
         table = None if self.budget_gap is None else temporal_table(tree)
-        steps = steps_on_host(*count_steps(tree, table, lambda sims: linking_limit(sims, self.budget_gap)))
-        exact = self.variant == "corrected"
-        grouped: dict[int, tuple[NodeMap, torch.Tensor | None]] = {}
+        bounds = count_steps(tree, table, lambda sims: linking_limit(sims, self.budget_gap))
+        steps = steps_on_host(*bounds, target, exact=self.variant == "corrected")
+        counted: dict[int, tuple[Grouping, int]] = {}  # region -> the pass that counted it, and its row there
 
         def count(spatials: list[float]) -> list[int]:
-            nodes, labels = self._group(tree, table, spatials)
-            for row, spatial in enumerate(spatials):
-                grouped[steps.region(spatial)] = nodes.row(row), None if labels is None else labels[row : row + 1]
-            return count_tokens(nodes, labels).tolist()
+            grouping = self._group(tree, table, spatials)
+            for row, region in enumerate(steps.regions(np.array(spatials)).tolist()):
+                counted[region] = grouping, row
+            return grouping.num_tokens
 
-        depth = LOOKAHEAD_DEPTH_CUDA if tree.cells.is_cuda else LOOKAHEAD_DEPTH_CPU
-        spatial, met = bisect(count, target, depth, lambda region: steps.sign(region, target, exact), steps.region)
+        width = LOOKAHEAD_WIDTH_CUDA if tree.cells.is_cuda else LOOKAHEAD_WIDTH_CPU
+        signs, below = (lambda regions: steps.signs[regions]), (lambda regions: steps.below[regions])
+        spatial, met = bisect(count, target, width, steps.regions, signs, below)
         thresholds = self._thresholds_at(spatial)
-        if steps.region(spatial) in grouped:
-            return thresholds, met, merge_grouped(tree, *grouped[steps.region(spatial)])
+        chosen = int(steps.regions(np.array([spatial]))[0])
+        if chosen in counted:
+            return thresholds, met, merge_grouped(tree, *counted[chosen])
         return thresholds, met, merge_video(tree, *thresholds, self.variant, table)
 
-    def _group(
-        self, tree: QuadTree, table: torch.Tensor | None, spatials: list[float]
-    ) -> tuple[NodeMap, torch.Tensor | None]:
+    def _group(self, tree: QuadTree, table: torch.Tensor | None, spatials: list[float]) -> Grouping:
         """``group_nodes`` at each spatial threshold, its temporal one following it, in one batched pass."""
         both = as_thresholds(spatials + self._temporal_at(spatials), tree.cells.device)  # one copy to the device
         spatial, temporal = both.split(len(spatials))

@@ -259,8 +259,13 @@ def test_label_propagation_checked_every_few_rounds_equals_checking_every_round(
     linked = torch.rand(len(earlier), generator=generator) < 0.97
     expected, rounds = round_by_round_labels(num_slots, earlier, later, linked, until_consistent=False)
     assert rounds > merge.ROUNDS_PER_CHECK
-    labels = merge.propagate_labels(num_slots, earlier[None], later[None], linked[None])
+
+    def groups(labels: torch.Tensor) -> torch.Tensor:
+        return (labels == torch.arange(num_slots)).sum(dim=1)
+
+    labels, tallied = merge.propagate_labels(num_slots, earlier[None], later[None], linked[None], groups)
     assert torch.equal(labels[0], expected)
+    assert tallied == [len(expected.unique())]  # the tally of the settled labels
 
 
 @pytest.mark.parametrize("frames", [1, 2, 3, 9, 33])

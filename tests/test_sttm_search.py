@@ -1,6 +1,6 @@
-"""STTM's budget search: the batched bisection visits and returns what a one-at-a-time bisection does, counting
-K thresholds in one pass gives each one's own count, and the step functions that bound the count (and are it for
-the corrected variant) hold at every threshold."""
+"""STTM's budget search: the batched bisection visits and returns what a one-at-a-time bisection does whatever it
+guesses, counting K thresholds in one pass gives each one's own count and tokens, and the step functions that bound
+the count (and are it for the corrected variant) hold at every threshold."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from sttm.api import VideoTokens
-from sttm.bisect import bisect
-from sttm.merge import as_thresholds, count_steps, count_tokens, group_nodes, merge_video, temporal_table
+from sttm.bisect import UNKNOWN, bisect
+from sttm.merge import as_thresholds, count_steps, group_nodes, merge_grouped, merge_video, temporal_table
 from sttm.quadtree import build_quadtree
 from sttm.reducer import STTM, linking_limit, steps_on_host, temporal_thresholds
 from sttm.synthetic import redundant_video
@@ -54,45 +54,87 @@ def step_function(rng: random.Random):
     return count, heights
 
 
-@pytest.mark.parametrize("depth", [1, 2, 3, 6])
-def test_batched_bisection_returns_what_one_at_a_time_bisection_returns(depth):
-    rng = random.Random(depth)
+def recording(count, calls: list):
+    """``count`` that also keeps the thresholds of each call in ``calls``."""
+
+    def counting(thresholds: list[float]) -> list[int]:
+        calls.append(thresholds)
+        return count(thresholds)
+
+    return counting
+
+
+@pytest.mark.parametrize("width", [1, 3, 7, 63])
+def test_batched_bisection_returns_what_one_at_a_time_bisection_returns(width):
+    """Without guesses a pass counts the next log2(width + 1) levels below the walk, every branch of them."""
+    rng = random.Random(width)
+    depth = int(math.log2(width + 1))
     for _ in range(300):
         count, heights = step_function(rng)
         target = rng.choice([*heights, rng.randint(0, 61)])
         calls = []
-        result = bisect(lambda ts, calls=calls, count=count: calls.append(ts) or count(ts), target, depth)
+        result = bisect(recording(count, calls), target, width)
         expected, met, visited = one_at_a_time(count, target)
         assert result == (expected, met)
         asked = {t for ts in calls for t in ts}
         assert set(visited) <= asked  # the batched search counted every threshold the plain one visits
-        assert len(calls) <= 2 + math.ceil(len(visited) / depth)
+        assert len(calls) <= 2 + math.ceil(len(visited) / depth) and max(map(len, calls)) <= width + 2
 
 
-@pytest.mark.parametrize("depth", [1, 3, 6])
-def test_bisection_told_some_signs_and_regions_returns_what_one_at_a_time_bisection_returns(depth):
+def test_a_bisection_counting_nothing_a_call_is_refused():
+    with pytest.raises(ValueError, match="width must be at least 1"):
+        bisect(lambda thresholds: [0] * len(thresholds), 5, 0)
+
+
+def told(rng: random.Random, count, heights, target):
+    """Regions (the steps, named by their heights) and signs known for some of them, as bounds would give them."""
+    settled = {height: rng.random() < 0.7 for height in heights}
+
+    def region(thresholds: np.ndarray, count=count) -> np.ndarray:
+        return np.array(count(thresholds.tolist()))  # the steps' heights differ, so a height names its step
+
+    def known(regions: np.ndarray, settled=settled, target=target) -> np.ndarray:
+        return np.array([(h > target) - (h < target) if settled[h] else UNKNOWN for h in regions.tolist()])
+
+    return region, known, settled
+
+
+@pytest.mark.parametrize("width", [1, 7, 63])
+def test_bisection_told_some_signs_and_regions_returns_what_one_at_a_time_bisection_returns(width):
     """Signs known without counting (as bounds give them) and thresholds grouped in regions of one count (the steps
     between edges): the search counts none of the known and each region once, and still chooses the same."""
-    rng = random.Random(depth)
+    rng = random.Random(width)
     for _ in range(300):
         count, heights = step_function(rng)
         target = rng.choice([*heights, rng.randint(0, 61)])
-        told = {height: rng.random() < 0.7 for height in heights}  # which counts the bounds would settle
-
-        def region(threshold: float, count=count) -> int:
-            return count([threshold])[0]  # the steps' heights differ, so a height names its step
-
-        def known(height: int, told=told, target=target) -> int | None:
-            return (height > target) - (height < target) if told[height] else None
-
+        region, known, settled = told(rng, count, heights, target)
         calls = []
-        result = bisect(
-            lambda ts, calls=calls, count=count: calls.append(ts) or count(ts), target, depth, known, region
-        )
+        result = bisect(recording(count, calls), target, width, region, known)
         expected, met, _ = one_at_a_time(count, target)
         assert result == (expected, met)
-        counted = [region(t) for ts in calls for t in ts]
-        assert len(counted) == len(set(counted)) and not any(told[height] for height in counted)
+        counted = [h for ts in calls for h in count(ts)]
+        assert len(counted) == len(set(counted)) and not any(settled[height] for height in counted)
+
+
+@pytest.mark.parametrize("width", [1, 7, 63])
+def test_what_the_bisection_guesses_changes_what_it_counts_never_what_it_chooses(width):
+    """Guesses right, wrong and random: the same choice; a right guess counts the whole walk in one pass."""
+    rng = random.Random(width)
+    for trial in range(300):
+        count, heights = step_function(rng)
+        target = rng.choice([*heights, rng.randint(0, 61)])
+        region, known, _ = told(rng, count, heights, target)
+        guesses = {
+            "right": lambda regions, target=target: (regions < target).astype(float),
+            "wrong": lambda regions, target=target: (regions >= target).astype(float),
+            "random": lambda regions, seed=trial: np.random.default_rng(seed).random(len(regions)),
+        }
+        expected, met, _ = one_at_a_time(count, target)
+        for name, below in guesses.items():
+            calls = []
+            assert bisect(recording(count, calls), target, width, region, known, below) == (expected, met), name
+            if name == "right" and width == 63:
+                assert len(calls) <= 1
 
 
 def videos():
@@ -156,38 +198,49 @@ def test_linking_limit_is_the_highest_spatial_threshold_whose_temporal_one_a_sim
 @pytest.mark.parametrize("budget_gap", [0.2, 0.5, None])
 def test_the_count_lies_within_its_steps_bounds_and_is_the_upper_one_when_corrected(variant, budget_gap):
     """At thresholds spread over [-1, 1] and at breakpoints: the official count lies within the bounds, the
-    corrected one and the spatial-only one are the upper bound, and a threshold counts as its region's top does."""
+    corrected one and the spatial-only one are the upper bound, and a threshold counts as its region's top does.
+    What the search reads of them (``steps_on_host``) is the count's sign where the bounds tell it."""
     rng = np.random.default_rng(0)
     for grid in [*videos(), near_one_video()]:
         tree = build_quadtree(grid, 1, variant, weighted_avg=False, head_dim=None)
         table = None if budget_gap is None else temporal_table(tree)
-        steps = steps_on_host(*count_steps(tree, table, lambda sims, gap=budget_gap: linking_limit(sims, gap)))
+        bounds = count_steps(tree, table, lambda sims, gap=budget_gap: linking_limit(sims, gap))
+        values, counts = (bound.numpy() for bound in bounds)
+        target = int(counts[0, len(values) // 2])
+        steps = steps_on_host(*bounds, target, exact=variant == "corrected")
         reducer = STTM(budget=0.5, variant=variant, budget_gap=budget_gap)
-        finite = steps.values[(steps.values >= -1) & (steps.values <= 1)]
+        finite = values[(values >= -1) & (values <= 1)]
         spread = np.concatenate([rng.uniform(-1, 1, 30), rng.choice(finite, 30), [-1.0, 1.0]]).astype(np.float32)
-        for spatial in spread.tolist():
+        for spatial, region in zip(spread.tolist(), steps.regions(spread.astype(np.float64)).tolist(), strict=True):
+            assert region == np.searchsorted(values, np.float32(spatial))
             kept = len(merge_video(tree, *reducer._thresholds_at(spatial), variant, table)[0])
-            upper, lower = steps.counts[:, steps.region(spatial)]
+            upper, lower = counts[:, region]
             assert lower <= kept <= upper
             if variant == "corrected" or budget_gap is None:
                 assert kept == upper
-            top = steps.values[steps.region(spatial)] if steps.region(spatial) < len(steps.values) else 1.0
+            top = values[region] if region < len(values) else 1.0
             if top <= 1:  # the top of the region is a threshold of it
                 assert len(merge_video(tree, *reducer._thresholds_at(float(top)), variant, table)[0]) == kept
+            sign = steps.signs[region]
+            assert sign == (kept > target) - (kept < target) if sign != UNKNOWN else lower <= target <= upper
+            assert sign != UNKNOWN or (variant == "official" and 0 <= steps.below[region] <= 1)
 
 
 @pytest.mark.parametrize("variant", ["official", "corrected"])
-def test_counting_thresholds_together_equals_counting_each_alone(variant):
-    for grid in videos():
+def test_counting_thresholds_together_equals_counting_and_merging_each_alone(variant):
+    for grid in [*videos(), near_one_video()]:
         tree = build_quadtree(grid, 1, variant, weighted_avg=False, head_dim=None)
         table = temporal_table(tree)
         spatial = [-1.0, 0.2, 0.6, 0.8, 0.9, 0.97, 1.0]
         temporal = [0.05, 0.9, 0.4, 0.6, 0.7, 0.8, 0.95]
-        nodes, labels = group_nodes(tree, as_thresholds(spatial, grid.device), as_thresholds(temporal, grid.device),
-                                    variant, table)  # fmt: skip
-        together = count_tokens(nodes, labels).tolist()
-        alone = [len(merge_video(tree, s, t, variant)[0]) for s, t in zip(spatial, temporal, strict=True)]
-        assert together == alone
+        grouping = group_nodes(tree, as_thresholds(spatial, grid.device), as_thresholds(temporal, grid.device),
+                               variant, table)  # fmt: skip
+        for row, (s, t) in enumerate(zip(spatial, temporal, strict=True)):
+            alone = merge_video(tree, s, t, variant)
+            assert grouping.num_tokens[row] == len(alone.tokens)
+            assert grouping.num_nodes[row] == len(merge_video(tree, s, -1.0, variant).tokens)
+            for ours, theirs in zip(merge_grouped(tree, grouping, row), alone, strict=True):
+                assert ours is theirs is None or torch.equal(ours, theirs)  # member weights: None for sums
 
 
 def other_videos():
