@@ -39,8 +39,8 @@ patch went into: every token is the plain mean of its patches (a static set's en
 adds ``rand · 1e-6`` to the densities to break ties; the authors draw it from the global RNG on the features' device,
 here it comes from a CPU generator seeded with ``seed``, drawn in the authors' order (their calls, a set each, take the
 stream one call takes), so the result is the authors' one after ``torch.manual_seed(seed)`` on the CPU, and the same on
-any device. Similarities and distances are computed in float32 (or wider), means in the grid's dtype; the distances are
-the values ``torch.cdist`` gives (:func:`pairwise_distances`).
+any device. Similarities are computed in float32 (or wider), distances in float32 (the values ``torch.cdist`` gives,
+:func:`pairwise_distances`), means in the grid's dtype.
 
 Unlike the reference, videos of fewer than k = 7 frames work: their frames are clustered with T neighbours, and
 into one segment at least (the reference's ``topk`` fails there); a one-frame segment, which only a one-frame video
@@ -139,17 +139,16 @@ CDIST_DIRECT_MAX = 25
 
 
 def pairwise_distances(x: torch.Tensor) -> torch.Tensor:
-    """[B, N, C] tokens -> [B, N, N] Euclidean distances over √C in float32 (or wider): ``torch.cdist``'s values.
+    """[B, N, C] tokens -> [B, N, N] Euclidean distances over √C in float32: ``torch.cdist`` of ``x.float()``.
 
     For more than 25 tokens cdist multiplies ``[−2x, |x|², 1]`` by ``[x, 1, |x|²]``ᵀ, building the squared norms
     twice, ``−2x`` once more and both operands by concatenation; here the norms are built once and both operands
-    are written in place, from the tokens in their own dtype (the same matrices, so the same product).
+    are written in place, converting the tokens on the way (the same matrices, so the same product).
     """
     batch, size, channels = x.shape
-    wide = torch.promote_types(x.dtype, torch.float32)
     if size <= CDIST_DIRECT_MAX:
-        return torch.cdist(x.to(wide), x.to(wide)) / channels**0.5
-    right = torch.empty(batch, size, channels + 2, dtype=wide, device=x.device)
+        return torch.cdist(x.float(), x.float()) / channels**0.5
+    right = torch.empty(batch, size, channels + 2, device=x.device)
     right[..., :channels] = x
     norms = right[..., :channels].pow(2).sum(dim=-1)
     right[..., channels], right[..., channels + 1] = 1, norms
