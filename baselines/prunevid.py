@@ -491,19 +491,19 @@ def merge(
     device, channels = frames.device, frames.shape[2]
     rows, width, most, clustered = len(layout.sizes), layout.width, layout.most, len(layout.clusters)
     entries = np.arange(width)
-    fields = [layout.slots, layout.static_entries, layout.static_sources, layout.sizes, layout.span, layout.pick,
-              layout.places, layout.patch_entries, layout.patch_places,
+    fields = [layout.slots, layout.static_entries, layout.static_sources, layout.sizes[:clustered], layout.span,
+              layout.pick, layout.places, layout.patch_entries, layout.patch_places,
               np.where(entries < layout.sizes[clustered:, None], entries, -1)]  # fmt: skip
     packed = on_device(np.concatenate([field.ravel() for field in fields]), device).split([f.size for f in fields])
-    slots, static_entries, static_sources, sizes, span, pick, places, patch_entries, patch_places, kept = packed
+    slots, static_entries, static_sources, sizes, span, pick, places, patch_entries, patch_places, singles = packed
     batch = frames.reshape(-1, channels)[slots]
     if len(static_entries):
         batch[static_entries] = means.reshape(-1, channels)[static_sources]
     batch, slots = batch.view(rows, width, channels), slots.view(rows, width)
-    assignment = kept.view(-1, width)
+    assignment = singles.view(-1, width)  # a row kept whole: each member its own cluster
     centres = torch.arange(most, device=device).expand(rows - clustered, most)
     if clustered:
-        valid = torch.arange(width, device=device) < sizes[:clustered, None]
+        valid = torch.arange(width, device=device) < sizes[:, None]
         found, joined = dpc_knn(batch[:clustered], valid, layout.clusters, k, noise)
         assignment = torch.cat([joined, assignment])
         centres = torch.cat([F.pad(found.clamp(min=0), (0, most - found.shape[1])), centres])
