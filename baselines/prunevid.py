@@ -30,15 +30,17 @@ Stage 1, as the authors run it on one video's [T, L, C] tokens (L = H·W):
    of its cluster centres (descending DPC score), an unclustered one in raster order. PLLaVA places these tokens
    as one run of the prompt, at consecutive positions.
 
-Here every set is one row of a single padded batch (members first, in raster order), so DPC-kNN runs once for all
-of them, and the host waits for the device twice (the frame labels, the static counts). A token's box is one patch:
-the slot of its cluster centre (an unclustered token's own slot), at the segment's first frame for a static token;
+Here every non-empty set is one row of a single padded batch (members first, in raster order; the clustered sets first),
+so DPC-kNN runs once for all the clustered sets and one matrix product makes every token, and the host waits for the
+device twice (the frame labels, the static slots), then lays the batch out itself. A token's box is one patch: the slot
+of its cluster centre (an unclustered token's own slot), at the segment's first frame for a static token;
 ``num_patches`` counts the input slots it stands for (w per static slot), and ``members`` names the token each grid
-patch went into: every token is the plain mean of its patches (a static set's entries all average w frames).
-DPC-kNN adds ``rand · 1e-6`` to the densities to break ties; the authors draw it from the global RNG on the
-features' device, here it comes from a CPU generator seeded with ``seed``, drawn in the authors' order and shapes, so
-the result is the authors' one after ``torch.manual_seed(seed)`` on the CPU, and the same on any device.
-Similarities and distances are computed in float32 (or wider), means in the grid's dtype.
+patch went into: every token is the plain mean of its patches (a static set's entries all average w frames). DPC-kNN
+adds ``rand · 1e-6`` to the densities to break ties; the authors draw it from the global RNG on the features' device,
+here it comes from a CPU generator seeded with ``seed``, drawn in the authors' order (their calls, a set each, take the
+stream one call takes), so the result is the authors' one after ``torch.manual_seed(seed)`` on the CPU, and the same on
+any device. Similarities are computed in float32 (or wider), distances in float32 (the values ``torch.cdist`` gives,
+:func:`pairwise_distances`), means in the grid's dtype.
 
 Unlike the reference, videos of fewer than k = 7 frames work: their frames are clustered with T neighbours, and
 into one segment at least (the reference's ``topk`` fails there); a one-frame segment, which only a one-frame video
@@ -96,9 +98,9 @@ group of dynamic tokens, ranked by the same attention, and its budget is alpha.
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import replace
-from itertools import pairwise
 from typing import NamedTuple
 
 import numpy as np
@@ -132,53 +134,77 @@ def on_device(values, device: torch.device | str, dtype: torch.dtype = torch.lon
     return host.to(device)
 
 
+#: ``torch.cdist`` computes Euclidean distances among more tokens than this from the Gram expansion
+CDIST_DIRECT_MAX = 25
+
+
+def pairwise_distances(x: torch.Tensor) -> torch.Tensor:
+    """[B, N, C] tokens -> [B, N, N] Euclidean distances over √C in float32: ``torch.cdist`` of ``x.float()``.
+
+    For more than 25 tokens cdist multiplies ``[−2x, |x|², 1]`` by ``[x, 1, |x|²]``ᵀ, building the squared norms
+    twice, ``−2x`` once more and both operands by concatenation; here the norms are built once and both operands
+    are written in place, converting the tokens on the way (the same matrices, so the same product).
+    """
+    batch, size, channels = x.shape
+    if size <= CDIST_DIRECT_MAX:
+        return torch.cdist(x.float(), x.float()) / channels**0.5
+    right = torch.empty(batch, size, channels + 2, device=x.device)
+    right[..., :channels] = x
+    norms = right[..., :channels].pow(2).sum(dim=-1)
+    right[..., channels], right[..., channels + 1] = 1, norms
+    left = torch.empty_like(right)
+    torch.mul(right[..., :channels], -2, out=left[..., :channels])
+    left[..., channels], left[..., channels + 1] = norms, 1
+    return (left @ right.mT).clamp_min_(0).sqrt_().div_(channels**0.5)
+
+
 def dpc_knn(
     x: torch.Tensor, valid: torch.Tensor, num_clusters: list[int], k: int, noise: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cluster the valid tokens of each row with DPC-kNN, as the authors' ``cluster_dpc_knn`` clusters one set.
 
     x: [B, N, C] tokens; valid: [B, N] bool, the members of each row's set (the rest is padding); num_clusters: [B]
-    clusters per row (0: the row is not clustered; at most its members); noise: [B, N] uniform draws in [0, 1)
-    whose ``1e-6`` multiple is added to the densities (the authors' tie-break), or None for deterministic ties (the
-    lower index).
+    clusters per row (from 1 to its members); noise: [B, N] uniform draws in [0, 1) whose ``1e-6`` multiple is
+    added to the densities (the authors' tie-break), or None for deterministic ties (the lower index).
 
-    Distances are Euclidean over √C; a token's density is ``exp(−mean of its k smallest squared distances)`` (itself
-    included); its score is the density times the distance to the nearest denser token (the largest distance of
-    the set for the densest). The ``m`` best scores are the centres, and every token joins its nearest centre (the
-    first in centre order on a tie), a centre itself.
+    Distances are :func:`pairwise_distances`; a token's density is ``exp(−mean of its k smallest squared
+    distances)`` (itself included); its score is the density times the distance to the nearest denser token (the
+    largest distance of the set for the densest). The ``m`` best scores are the centres, and every token joins its
+    nearest centre (the first in centre order on a tie), a centre itself.
 
     Returns centres [B, M] (M = max clusters): token indices in descending score order, −1 past a row's count; and
-    assignment [B, N]: the rank of each member's centre, −1 for padding and for rows not clustered.
+    assignment [B, N]: the rank of each member's centre, −1 for padding.
     """
-    batch, size, channels = x.shape
+    batch, size, _ = x.shape
     if not 1 <= k <= size:
         raise ValueError(f"k must lie in [1, {size}] (the nearest neighbours of a token), got {k}")
+    if min(num_clusters) < 1:
+        raise ValueError(f"every row needs at least one cluster, got num_clusters {num_clusters}")
     count = max(num_clusters)
-    per_row = on_device(num_clusters, x.device)
-    wide = x.float()
-    dist = torch.cdist(wide, wide) / channels**0.5  # [B, N, N]
-    nearest = dist.masked_fill(~valid[:, None, :], torch.inf).topk(k, dim=-1, largest=False).values
+    invalid = ~valid
+    dist = pairwise_distances(x)  # [B, N, N]
+    nearest = dist.masked_fill(invalid[:, None, :], torch.inf).topk(k, dim=-1, largest=False).values
     density = (-(nearest**2).mean(dim=-1)).exp()
     if noise is not None:
         density = density + noise * NOISE_SCALE
-    density = density.masked_fill(~valid, -torch.inf)
+    density = density.masked_fill(invalid, -torch.inf)
     denser = density[:, None, :] > density[:, :, None]  # [b, i, j]: j is denser than i
-    index = torch.arange(size, device=x.device)
     if noise is None:
+        index = torch.arange(size, device=x.device)
         denser |= (density[:, None, :] == density[:, :, None]) & (index[None, :] < index[:, None])
-    pairs = valid[:, :, None] & valid[:, None, :]
-    largest = dist.masked_fill(~pairs, 0).flatten(1).amax(dim=1)[:, None, None]
-    score = (torch.where(denser, dist, largest).amin(dim=-1) * density).masked_fill(~valid, -torch.inf)
+    largest = torch.where(valid[:, :, None] & valid[:, None, :], dist, 0).flatten(1).amax(dim=1)[:, None, None]
+    score = (torch.where(denser, dist, largest).amin(dim=-1) * density).masked_fill(invalid, -torch.inf)
     if noise is None:
         centres = score.sort(dim=1, descending=True, stable=True).indices[:, :count]
     else:
         centres = score.topk(count, dim=1).indices
-    real = torch.arange(count, device=x.device) < per_row[:, None]  # [B, M]
-    to_centre = dist.gather(1, centres[:, :, None].expand(batch, count, size)).masked_fill(~real[:, :, None], torch.inf)
-    is_centre = (centres[:, :, None] == index) & real[:, :, None]  # [B, M, N]
-    assignment = torch.where(is_centre.any(dim=1), is_centre.int().argmax(dim=1), to_centre.argmin(dim=1))
-    clustered = valid & (per_row[:, None] > 0)
-    return centres.masked_fill(~real, -1), assignment.masked_fill(~clustered, -1)
+    to_centre = dist.gather(1, centres[:, :, None].expand(batch, count, size))  # [B, M, N]
+    to_centre.scatter_(2, centres[:, :, None], -1.0)  # a centre is nearer to itself than to any other
+    if min(num_clusters) == count:
+        return centres, to_centre.argmin(dim=1).masked_fill(invalid, -1)
+    past = torch.arange(count, device=x.device) >= on_device(num_clusters, x.device)[:, None]  # [B, M]
+    assignment = to_centre.masked_fill_(past[:, :, None], torch.inf).argmin(dim=1)
+    return centres.masked_fill(past, -1), assignment.masked_fill(invalid, -1)
 
 
 def cluster_means(x: torch.Tensor, assignment: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -245,18 +271,13 @@ def segment_statistics(frames: torch.Tensor, lengths: list[int], tau: float) -> 
     """
     steps, area, channels = frames.shape
     wide = frames.to(torch.promote_types(frames.dtype, torch.float32))
-    segment = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
-    membership = on_device(segment[None, :] == torch.arange(len(lengths))[:, None], frames.device, wide.dtype)
+    segment = np.repeat(np.arange(len(lengths)), lengths)
+    membership = on_device(segment[None, :] == np.arange(len(lengths))[:, None], frames.device, wide.dtype)
     unit_sums = (membership @ F.normalize(wide, dim=-1).reshape(steps, -1)).reshape(-1, area, channels)
     width = membership.sum(dim=1)[:, None]
     static = ((unit_sums.square().sum(dim=-1) - width) / (width * (width - 1)) > tau) & (width > 1)
     means = (membership @ wide.reshape(steps, -1)).reshape(-1, area, channels) / width[..., None]
     return static, means.to(frames.dtype)
-
-
-def set_members(masks: torch.Tensor, width: int) -> torch.Tensor:
-    """[R, L] bool membership of each row's set -> [R, width] slots: its members in raster order, then others."""
-    return (~masks).to(torch.uint8).argsort(dim=1, stable=True)[:, :width]
 
 
 def ragged(lengths: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -281,21 +302,24 @@ def cluster_ratio_for_budget(
     least one cluster; when none stays within the budget, the smallest such ratio. The floor is the kept fraction
     of that smallest ratio (of the sizes alone when no set is clustered, the ratio then being the budget).
     """
-    clustered = np.array([size for size in sizes if size > max_unclustered], dtype=np.float64)
+    clustered = [size for size in sizes if size > max_unclustered]
     whole = sum(size for size in sizes if size <= max_unclustered)
-    if clustered.size == 0:
+    if not clustered:
         return budget, whole / num_tokens
-    candidates = np.unique(np.concatenate([np.arange(1, n + 1) / n for n in np.unique(clustered).astype(int)]))
-    counts = np.floor(clustered[None, :] * candidates[:, None])  # [candidates, sets]: int(n · ratio)
-    feasible = (counts >= 1).all(axis=1)
-    candidates, kept = candidates[feasible], whole + counts[feasible].sum(axis=1)
+    distinct, repeats = np.unique(clustered, return_counts=True)
+    candidates = np.unique(np.concatenate([np.arange(1, n + 1) / n for n in distinct]))
+
+    def kept(index: int) -> int:  # grows with the ratio, as does the number of sets given a cluster
+        return whole + int(np.floor(distinct * candidates[index]) @ repeats)
+
+    smallest = int(np.argmax(np.floor(distinct[0] * candidates) >= 1))  # the first giving every set a cluster
+    floor = kept(smallest) / num_tokens
     target = math.floor(budget * num_tokens + 1e-9)
-    within = kept <= target
-    floor = float(kept[0]) / num_tokens
-    if not within.any():
-        return float(candidates[0]), floor
-    best = kept[within].max()
-    return float(candidates[within & (kept == best)][0]), floor
+    last = bisect.bisect_right(range(len(candidates)), target, lo=smallest, key=kept) - 1
+    if last < smallest:
+        return float(candidates[smallest]), floor
+    first = bisect.bisect_left(range(len(candidates)), kept(last), lo=smallest, hi=last, key=kept)
+    return float(candidates[first]), floor
 
 
 def question_guided_keep(
@@ -328,36 +352,168 @@ def question_guided_keep(
     scores = attention.reshape(-1, attention.shape[-1]).amax(dim=0)
     if sum(groups) != len(scores):
         raise ValueError(f"the segments hold {sum(groups)} video tokens but attention is paid to {len(scores)}")
-    group = np.repeat(np.arange(len(groups)), groups)
-    keep = np.array([int(size * alpha) for size in groups])
-    device = scores.device
-    order = scores.sort(descending=True, stable=True).indices
-    order = order[on_device(group, device)[order].sort(stable=True).indices]  # by group, then by descending attention
-    by_group = on_device(np.concatenate([np.arange(n) < m for n, m in zip(groups, keep, strict=True)]), device, bool)
-    return order[(~by_group).to(torch.uint8).argsort(stable=True)[: keep.sum()]].sort().values
+    width = max(groups)
+    row, column = ragged(groups)
+    sources = np.full(len(groups) * width, len(scores))  # each group a row, padded with the −inf after the scores
+    sources[row * width + column] = np.arange(len(scores))
+    kept_row, kept_rank = ragged([int(size * alpha) for size in groups])
+    fields = [sources, kept_row * width + kept_rank, (np.cumsum(groups) - groups)[kept_row]]
+    sources, kept_places, kept_first = on_device(np.concatenate(fields), scores.device).split([f.size for f in fields])
+    padded = F.pad(scores, (0, 1), value=-torch.inf)[sources].view(len(groups), width)
+    ranked = padded.sort(dim=1, descending=True, stable=True).indices  # each group's, most attended first
+    return (ranked.view(-1)[kept_places] + kept_first).sort().values
 
 
-class TokenSet(NamedTuple):
-    """One of stage 1's sets: static (a segment's static slots) or dynamic (a frame's other slots), its segment, its
-    row of the source (the segment means or the frames), its size, and the first frame and the number of frames its
-    tokens stand for."""
+class TokenSets(NamedTuple):
+    """Stage 1's non-empty sets in the authors' order (per segment its static set, then each of its frames' dynamic
+    set), as host arrays. Per set [G]: ``static``, ``segment``, ``row`` (of the segment means or of the frames),
+    ``frame`` (the first it stands for), ``span`` (the frames it stands for) and ``size``; ``slots`` [G, L], its
+    members in raster order, then its row's other slots. Per grid patch [T·L]: ``patch_set``, the set it is in, and
+    ``patch_rank``, its rank there."""
 
-    static: bool
-    segment: int
-    row: int
-    size: int
-    frame: int
-    span: int
+    static: np.ndarray
+    segment: np.ndarray
+    row: np.ndarray
+    frame: np.ndarray
+    span: np.ndarray
+    size: np.ndarray
+    slots: np.ndarray
+    patch_set: np.ndarray
+    patch_rank: np.ndarray
 
 
-def token_sets(lengths: list[int], static_sizes: list[int], area: int) -> list[TokenSet]:
-    """Stage 1's sets in the authors' order: per segment its static set, then each of its frames' dynamic set."""
-    sets, start = [], 0
-    for segment, (length, static_size) in enumerate(zip(lengths, static_sizes, strict=True)):
-        sets.append(TokenSet(True, segment, segment, static_size, start, length))
-        sets += [TokenSet(False, segment, f, area - static_size, f, 1) for f in range(start, start + length)]
-        start += length
-    return sets
+def token_sets(lengths: list[int], static: np.ndarray) -> TokenSets:
+    """Stage 1's sets from the segment lengths [S] and the static slots [S, L] (bool)."""
+    segments = len(lengths)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    first = np.cumsum(lengths) - lengths  # each segment's first frame
+    frame_segment = np.repeat(np.arange(segments), lengths)
+    segment = np.repeat(np.arange(segments), lengths + 1)  # every set, empty ones too
+    static_set = first + np.arange(segments)
+    is_static = np.zeros(len(segment), dtype=bool)
+    is_static[static_set] = True
+    frame = np.where(is_static, first[segment], np.arange(len(segment)) - segment - 1)
+    masks = static[segment] == is_static[:, None]  # [S + T, L]
+    patch_static = static[frame_segment]  # [T, L]
+    dynamic_set = np.arange(len(frame_segment)) + frame_segment + 1  # each frame's
+    patch_set = np.where(patch_static, static_set[frame_segment, None], dynamic_set[:, None])
+    patch_rank = np.where(patch_static, patch_static.cumsum(axis=1), (~patch_static).cumsum(axis=1)) - 1
+    size = masks.sum(axis=1)
+    kept = size > 0
+    renumbered = np.cumsum(kept) - 1
+    return TokenSets(
+        static=is_static[kept],
+        segment=segment[kept],
+        row=np.where(is_static, segment, frame)[kept],
+        frame=frame[kept],
+        span=np.where(is_static, lengths[segment], 1)[kept],
+        size=size[kept],
+        slots=(~masks[kept]).argsort(axis=1, kind="stable"),
+        patch_set=renumbered[patch_set].ravel(),
+        patch_rank=patch_rank.ravel(),
+    )
+
+
+class BatchLayout(NamedTuple):
+    """Where stage 1's sets sit in the one padded batch [G, W, C] that DPC-kNN and the cluster means run on: the R
+    clustered sets first, then the others, each a row of its members, then others of its source row (real tokens,
+    so that padding stays finite). Host arrays: ``clusters`` [R] of each clustered row; ``slots`` [G, W], each
+    entry's flat grid patch (a static set's at its segment's first frame); ``static_entries`` [E] the flat [G, W]
+    entries of the static sets' rows and ``static_sources`` [E] their rows in the segment means [S·L]; ``sizes``
+    [G]; ``span`` [G]; ``pick`` [N], each output token's flat [G, M] (set, cluster) place; ``places`` [G·M], the
+    output token at each place (−1: none); ``patch_entries`` [T·L], each grid patch's flat [G, W] entry and
+    ``patch_places`` [T·L], its row's first flat [G, M] place. M is ``most``, the most tokens a set becomes."""
+
+    clusters: list[int]
+    width: int
+    most: int
+    slots: np.ndarray
+    static_entries: np.ndarray
+    static_sources: np.ndarray
+    sizes: np.ndarray
+    span: np.ndarray
+    pick: np.ndarray
+    places: np.ndarray
+    patch_entries: np.ndarray
+    patch_places: np.ndarray
+
+
+def batch_layout(sets: TokenSets, clusters: np.ndarray, area: int) -> BatchLayout:
+    """The batch of ``sets``, ``clusters`` [G] per set (0: kept whole), grids of ``area`` = H·W slots a frame."""
+    clustered = clusters > 0
+    order = np.concatenate([np.flatnonzero(clustered), np.flatnonzero(~clustered)])  # each row's set
+    row = np.argsort(order)  # each set's row
+    width = int(sets.size.max())
+    counts = np.where(clustered, clusters, sets.size)
+    most = int(counts.max())
+    slots = sets.slots[order, :width]
+    static_rows = np.flatnonzero(sets.static[order])
+    token_set, token_rank = ragged(counts)  # the output, set by set
+    pick = row[token_set] * most + token_rank
+    places = np.full(len(order) * most, -1, dtype=np.int64)
+    places[pick] = np.arange(len(pick))
+    patch_row = row[sets.patch_set]
+    return BatchLayout(
+        clusters=clusters[order[: clustered.sum()]].tolist(),
+        width=width,
+        most=most,
+        slots=sets.frame[order, None] * area + slots,
+        static_entries=(static_rows[:, None] * width + np.arange(width)).ravel(),
+        static_sources=(sets.row[order][static_rows, None] * area + slots[static_rows]).ravel(),
+        sizes=sets.size[order],
+        span=sets.span[order],
+        pick=pick,
+        places=places,
+        patch_entries=patch_row * width + sets.patch_rank,
+        patch_places=patch_row * most,
+    )
+
+
+def cluster_noise(draws: torch.Tensor, sizes: list[int], width: int) -> torch.Tensor:
+    """[R, width] the authors' density noise of R clustered sets of ``sizes``: the first Σ sizes of ``draws``, one
+    set after the other, as the authors draw them (a call a set, of ``size`` draws, takes the same stream); 0 on
+    padding."""
+    row, column = ragged(sizes)
+    noise = torch.zeros(len(sizes) * width)
+    return noise.index_copy_(0, torch.from_numpy(row * width + column), draws[: len(row)]).view(len(sizes), width)
+
+
+def merge(
+    frames: torch.Tensor, means: torch.Tensor, layout: BatchLayout, k: int, noise: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stage 1's output in the authors' order, from the frames [T, L, C] and the segment means [S, L, C]: [N, C]
+    tokens, [N] flat slots, [N] patches each stands for and [T·L] the token each patch went into (each token is the
+    plain mean of its patches).
+
+    The clustered rows go through :func:`dpc_knn` together (``noise`` [R, W] or None); a row kept whole is its own
+    clusters, one per member, in raster order, and the cluster means of every row make the tokens.
+    """
+    device, channels = frames.device, frames.shape[2]
+    rows, width, most, clustered = len(layout.sizes), layout.width, layout.most, len(layout.clusters)
+    entries = np.arange(width)
+    fields = [layout.slots, layout.static_entries, layout.static_sources, layout.sizes[:clustered], layout.span,
+              layout.pick, layout.places, layout.patch_entries, layout.patch_places,
+              np.where(entries < layout.sizes[clustered:, None], entries, -1)]  # fmt: skip
+    packed = on_device(np.concatenate([field.ravel() for field in fields]), device).split([f.size for f in fields])
+    slots, static_entries, static_sources, sizes, span, pick, places, patch_entries, patch_places, singles = packed
+    batch = frames.reshape(-1, channels)[slots]
+    if len(static_entries):
+        batch[static_entries] = means.reshape(-1, channels)[static_sources]
+    batch, slots = batch.view(rows, width, channels), slots.view(rows, width)
+    assignment = singles.view(-1, width)  # a row kept whole: each member its own cluster
+    centres = torch.arange(most, device=device).expand(rows - clustered, most)
+    if clustered:
+        valid = torch.arange(width, device=device) < sizes[:, None]
+        found, joined = dpc_knn(batch[:clustered], valid, layout.clusters, k, noise)
+        assignment = torch.cat([joined, assignment])
+        centres = torch.cat([F.pad(found.clamp(min=0), (0, most - found.shape[1])), centres])
+    tokens, members = cluster_means(batch, assignment, most)
+    return (
+        tokens.reshape(-1, channels)[pick],
+        slots.gather(1, centres).reshape(-1)[pick],
+        (members * span[:, None]).reshape(-1)[pick],
+        places[patch_places + assignment.reshape(-1)[patch_entries]],
+    )
 
 
 @register("prunevid")
@@ -422,107 +578,31 @@ class PruneVid(Reducer):
         labels = dpc_knn(frames.mean(dim=1)[None], everyone, [wanted], min(self.k, t), noise)[1][0]
         lengths = temporal_segments(labels.tolist())
         static, means = segment_statistics(frames, lengths, self.tau)
-        sets = token_sets(lengths, static.sum(dim=1).tolist(), area)
-        sizes = [token_set.size for token_set in sets]
+        # the sets' noise, at most a draw a patch, drawn while the device works
+        draws = None if generator is None else torch.rand(t * area, generator=generator)
+        sets = token_sets(lengths, static.cpu().numpy())
+        sizes = sets.size.tolist()
         ratio, floor = self.cluster_ratio, None
         if ratio is None:
             ratio, floor = cluster_ratio_for_budget(sizes, self.budget, t * area, self.max_unclustered)
-        clusters = clusters_per_set(sizes, ratio, self.max_unclustered)
+        clusters = np.array(clusters_per_set(sizes, ratio, self.max_unclustered), dtype=np.int64)
         empty = [n for n, m in zip(sizes, clusters, strict=True) if n > self.max_unclustered and not m]
         if empty:
             raise ValueError(
                 f"cluster_ratio {ratio} gives a set of {empty[0]} tokens no cluster (the authors' code fails)"
             )
-        counts = [m or n for n, m in zip(sizes, clusters, strict=True)]
-        tokens, slots, patches, members = self.merge(frames, static, means, sets, clusters, counts, generator)
-        static_sets = [i for i, token_set in enumerate(sets) if token_set.static]
+        layout = batch_layout(sets, clusters, area)
+        noise = None
+        if draws is not None and layout.clusters:
+            noise = cluster_noise(draws, layout.sizes[: len(layout.clusters)].tolist(), layout.width)
+            noise = on_device(noise, device, torch.float)
+        tokens, slots, patches, members = merge(frames, means, layout, self.k, noise)
+        counts = np.where(clusters > 0, clusters, sets.size)
+        per_segment = [np.bincount(sets.segment[kind], counts[kind], len(lengths)).astype(np.int64).tolist()
+                       for kind in (sets.static, ~sets.static)]  # fmt: skip
         info = {**self.knobs(), "cluster_ratio": ratio, "floor": floor, "window_sizes": lengths,
-                "static_sizes": [counts[i] for i in static_sets],
-                "dynamic_sizes": [sum(counts[i + 1 : j]) for i, j in pairwise([*static_sets, len(sets)])]}  # fmt: skip
+                "static_sizes": per_segment[0], "dynamic_sizes": per_segment[1]}  # fmt: skip
         return Reduction(tokens, patch_boxes(slots, h, w), patches, video.num_tokens, info=info, members=members)
-
-    def merge(
-        self,
-        frames: torch.Tensor,
-        static: torch.Tensor,
-        means: torch.Tensor,
-        sets: list[TokenSet],
-        clusters: list[int],
-        counts: list[int],
-        generator: torch.Generator | None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Stage 1's output in the authors' order, from the frames [T, L, C], the static slots [S, L] and the
-        segment means [S, L, C]: [N, C] tokens, [N] flat slots, [N] patches each stands for and [T·L] the token each
-        patch went into (each token is the plain mean of its patches).
-
-        Every set is a row of one batch, its members first in raster order; the clustered ones go through
-        :func:`dpc_knn` together, with the noise drawn in the authors' order (their calls' order and sizes).
-        """
-        device, area, channels = frames.device, frames.shape[1], frames.shape[2]
-        sizes = [token_set.size for token_set in sets]
-        width, most = max(sizes), max(clusters)
-        static_sets = [i for i, token_set in enumerate(sets) if token_set.static]
-        dynamic_sets = [i for i, token_set in enumerate(sets) if not token_set.static]
-        row, column = ragged(counts)  # the output, set by set
-        merged = np.array([bool(clusters[i]) for i in row], dtype=bool)
-        fields = [
-            [token_set.segment for token_set in sets],
-            [token_set.static for token_set in sets],
-            [token_set.size for token_set in sets],
-            [token_set.frame for token_set in sets],
-            [token_set.span for token_set in sets],
-            [sets[i].row for i in static_sets],
-            [sets[i].row for i in dynamic_sets],
-            static_sets,
-            dynamic_sets,
-            np.flatnonzero(merged),
-            (row * most + column)[merged],
-            np.flatnonzero(~merged),
-            (row * width + column)[~merged],
-            [sets[i].segment for i in dynamic_sets],  # each frame's segment
-        ]
-        packed = on_device(np.concatenate([np.asarray(field, dtype=np.int64) for field in fields]), device)
-        segment, is_static, size, frame, span, static_rows, dynamic_rows, static_at, dynamic_at, *picks = packed.split(
-            [len(field) for field in fields]
-        )
-        slots = set_members(static[segment] == is_static.bool()[:, None], width)  # [G, W]
-        tokens = torch.empty((len(sets), width, channels), dtype=frames.dtype, device=device)
-        tokens[static_at] = means[static_rows[:, None], slots[static_at]]
-        tokens[dynamic_at] = frames[dynamic_rows[:, None], slots[dynamic_at]]
-        slots = frame[:, None] * area + slots
-        out = torch.empty((len(row), channels), dtype=frames.dtype, device=device)
-        out_slots = torch.empty(len(row), dtype=torch.long, device=device)
-        out_patches = torch.empty_like(out_slots)
-        merged_at, merged_entry, kept_at, kept_entry, frame_segment = picks
-        entry_token = torch.full((len(sets) * width,), -1, dtype=torch.long, device=device)  # each set entry's token
-        entry_token[kept_entry] = kept_at
-        if most:
-            noise = None
-            if generator is not None:
-                drawn = [n if m else 0 for n, m in zip(sizes, clusters, strict=True)]
-                draws_row, draws_column = ragged(drawn)
-                noise = torch.zeros(len(sets), width)
-                noise[draws_row, draws_column] = torch.rand(sum(drawn), generator=generator)
-                noise = on_device(noise, device, torch.float)
-            valid = torch.arange(width, device=device) < size[:, None]
-            centres, assignment = dpc_knn(tokens, valid, clusters, self.k, noise)
-            cluster_tokens, members = cluster_means(tokens, assignment, most)
-            out[merged_at] = cluster_tokens.reshape(-1, channels)[merged_entry]
-            out_slots[merged_at] = slots.gather(1, centres.clamp(min=0)).reshape(-1)[merged_entry]
-            out_patches[merged_at] = (members * span[:, None]).reshape(-1)[merged_entry]
-            cluster_token = torch.full((len(sets) * most,), -1, dtype=torch.long, device=device)
-            cluster_token[merged_entry] = merged_at
-            cluster = torch.arange(len(sets), device=device)[:, None] * most + assignment.clamp(min=0)
-            entry_token = torch.where(assignment.flatten() >= 0, cluster_token[cluster.flatten()], entry_token)
-        if len(kept_at):
-            out[kept_at] = tokens.reshape(-1, channels)[kept_entry]
-            out_slots[kept_at] = slots.reshape(-1)[kept_entry]
-            out_patches[kept_at] = span[kept_entry // width]
-        # a patch is an entry of its segment's static set or of its frame's dynamic set, in raster order
-        is_static = static[frame_segment]  # [T, L]
-        rank = torch.where(is_static, is_static.cumsum(dim=1), (~is_static).cumsum(dim=1)) - 1
-        owner = torch.where(is_static, static_at[frame_segment][:, None], dynamic_at[:, None])
-        return out, out_slots, out_patches, entry_token[owner * width + rank].flatten()
 
 
 def stage_two_groups(video: VideoTokens) -> tuple[list[int], list[int], list[int]]:

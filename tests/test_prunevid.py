@@ -24,6 +24,7 @@ from baselines.prunevid import (
     cluster_ratio_for_budget,
     clusters_per_set,
     dpc_knn,
+    pairwise_distances,
     question_guided_keep,
     segment_statistics,
     temporal_segments,
@@ -131,6 +132,14 @@ def test_static_slots_are_those_whose_mean_pairwise_cosine_exceeds_tau():
 )
 def test_frame_labels_become_the_authors_segments(labels, lengths):
     assert temporal_segments(labels) == lengths
+
+
+@pytest.mark.parametrize("size", [20, 25, 26, 196])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pairwise_distances_are_the_values_cdist_gives(size, dtype):
+    x = (3 * random_grid(1, 3, size, 48)[0]).to(dtype)  # [3, size, 48]; cdist expands a Gram matrix past 25 tokens
+    wide = x.float()
+    assert torch.equal(pairwise_distances(x), torch.cdist(wide, wide) / 48**0.5)
 
 
 def test_dpc_knn_makes_the_densest_token_of_each_group_a_centre_and_joins_its_group_to_it():
@@ -330,6 +339,8 @@ def test_bad_input_names_the_problem():
         PruneVid(k=16)
     with pytest.raises(ValueError, match="unknown variant 'paper'"):
         PruneVid(variant="paper")
+    with pytest.raises(ValueError, match="every row needs at least one cluster"):
+        dpc_knn(torch.zeros(2, 5, 3), torch.ones(2, 5, dtype=torch.bool), [2, 0], k=3)
     with pytest.raises(ValueError, match="gives a set of 20 tokens no cluster"):
         PruneVid(cluster_ratio=0.04)(VideoTokens(random_grid(8, 4, 5, 8)))
     with pytest.raises(ValueError, match="needs importance"):
