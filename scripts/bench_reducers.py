@@ -7,7 +7,8 @@ The input is ``sttm.synthetic.redundant_video`` ([128, 14, 14, 3584] bf16 by def
 decoder layer 2), with scene changes every few frames; the paper's LLaVA-Video thresholds keep about 30-50% of
 it. Each reducer runs ``--warmup`` times, then ``--repeats`` timed calls (CUDA events on GPU, perf_counter on
 CPU); the table gives median and spread, and whether the call after the timed ones returned the same tokens and
-boxes, bit for bit, as the first. ``--profile N`` also profiles one call of each row
+boxes, bit for bit, as the first. ``--sttm-eager`` adds each STTM setting without its CUDA graphs (the eager calls
+they replay, ``sttm.graphs``), in the same run. ``--profile N`` also profiles one call of each row
 (``sttm.device_work``: launches, host waits, the kernels' own time and the N ops whose kernels took longest), which
 tells a call bound by its kernels from one bound by the host's dispatch. ``--authors-code`` also times the
 authors' ``quadtree_build_video`` from a checkout of github.com/HYUNJS/STTM on the same input, and checks that both
@@ -37,16 +38,27 @@ STTM_PAPER_SETTINGS = {"0.5": (0.85, 0.55), "0.3": (0.80, 0.50)}
 REPEATABLE = {True: "yes", False: "NO", None: ""}  # None: not checked (the authors' code)
 
 
-def settings_to_time(names: list[str], budgets: list[float]) -> list[tuple[str, str, Reducer | str]]:
+def settings_to_time(
+    names: list[str], budgets: list[float], sttm_eager: bool = False
+) -> list[tuple[str, str, Reducer | str]]:
     """(reducer, setting label, instance) for every reducer and budget, or the reason a reducer refuses the budget
-    in place of the instance; STTM also at the paper's thresholds."""
+    in place of the instance; STTM also at the paper's thresholds, and with ``sttm_eager`` each STTM setting again
+    without its CUDA graphs (``cuda_graphs=False``)."""
     runs = []
     for name in names:
+        sttm_settings = []
         if name == "sttm":
             for budget, (spatial, temporal) in STTM_PAPER_SETTINGS.items():
                 for variant in ("official", "corrected"):
-                    reducer = build_reducer(name, threshold=spatial, temporal_threshold=temporal, variant=variant)
-                    runs.append((name, f"{variant} tau={spatial}/{temporal} (paper {budget})", reducer))
+                    params = {"threshold": spatial, "temporal_threshold": temporal, "variant": variant}
+                    sttm_settings.append((f"{variant} tau={spatial}/{temporal} (paper {budget})", params))
+            sttm_settings += [(f"budget={budget}", {"budget": budget}) for budget in budgets]
+            if sttm_eager:
+                sttm_settings += [
+                    (f"{label}, eager", {**params, "cuda_graphs": False}) for label, params in sttm_settings
+                ]
+            runs += [(name, label, build_reducer(name, **params)) for label, params in sttm_settings]
+            continue
         for budget in budgets:
             try:
                 reducer = build_reducer(name, budget=budget)
@@ -97,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--authors-code", type=Path, help="checkout of HYUNJS/STTM to time its quadtree too")
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="profile one call per row, N top ops")
     parser.add_argument("--output", type=Path, help="also write the results as JSON here")
+    parser.add_argument(
+        "--sttm-eager",
+        action="store_true",
+        help="time each STTM setting again without its CUDA graphs (a GPU's baseline)",
+    )
     args = parser.parse_args(argv)
 
     names = args.reducers or available_reducers()
@@ -108,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     device_name = torch.cuda.get_device_name() if grid.is_cuda else platform.processor() or "cpu"
     print(f"# {device_name}, torch {torch.__version__}, commit {git_commit()}, input {list(grid.shape)} {grid.dtype}")
 
-    runs = settings_to_time(names, args.budgets)
+    runs = settings_to_time(names, args.budgets, args.sttm_eager and grid.is_cuda)
     first = next(reducer for _, _, reducer in runs if isinstance(reducer, Reducer))
     time_calls(lambda: first.reduce(video), args.warmup * 10, 0, grid.device)  # clocks and allocator settle
     rows = []

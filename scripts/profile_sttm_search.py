@@ -48,9 +48,9 @@ def pass_widths(reducer: STTM, video: VideoTokens) -> str:
     """The thresholds each pass of ``reducer``'s budget search counts on the device, joined by '+' ('-': none)."""
     widths, group = [], reducer._group
 
-    def counting_group(tree, table, spatials):
+    def counting_group(tree, table, spatials, *replayed):
         widths.append(len(spatials))
-        return group(tree, table, spatials)
+        return group(tree, table, spatials, *replayed)
 
     reducer._group = counting_group
     try:

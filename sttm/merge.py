@@ -135,6 +135,49 @@ def temporal_links(
 ROUNDS_PER_CHECK = 2
 
 
+class Propagation(NamedTuple):
+    """The min-label propagation of K rows of S slots, between two looks (``propagate_labels``): ``ends`` [2·K·P] the
+    pairs' slots offset by their rows' (earlier ends, then later), ``labels`` [K·S] int32, ``settled`` [K, 1] bool, and
+    ``offsets`` [K, 1] each row's first slot."""
+
+    ends: torch.Tensor
+    labels: torch.Tensor
+    settled: torch.Tensor
+    offsets: torch.Tensor
+
+
+def start_propagation(num_slots: int, earlier: torch.Tensor, later: torch.Tensor, linked: torch.Tensor) -> Propagation:
+    """Every slot its own label, before the first round (see ``propagate_labels``)."""
+    rows, pairs = linked.shape
+    offsets = torch.arange(rows, device=linked.device)[:, None] * num_slots
+    # an unlinked pair becomes a loop on one slot, which changes no label (and spreads the writes over slots)
+    loop = torch.arange(pairs, device=linked.device) % num_slots
+    ends = (torch.where(linked, torch.stack([earlier, later]), loop) + offsets).flatten()
+    labels = torch.arange(rows * num_slots, dtype=torch.int32, device=linked.device)
+    return Propagation(ends, labels, torch.zeros(rows, 1, dtype=torch.bool, device=linked.device), offsets)
+
+
+def propagation_rounds(state: Propagation) -> Propagation:
+    """``ROUNDS_PER_CHECK`` more rounds; a row's labels stay as they are from the round that settles it."""
+    ends, labels, settled, offsets = state
+    rows = len(offsets)
+    for _ in range(ROUNDS_PER_CHECK):
+        smaller = torch.minimum(*labels[ends].view(2, -1))
+        updated = labels.scatter_reduce(0, ends, smaller.repeat(2), reduce="amin")
+        labels = torch.where(settled, labels.view(rows, -1), updated[updated].view(rows, -1)).flatten()
+        settled = settled | (labels == labels[labels]).view(rows, -1).all(dim=1, keepdim=True)
+    return Propagation(ends, labels, settled, offsets)
+
+
+def propagation_look(
+    state: Propagation, tally: Callable[[torch.Tensor], torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The labels so far, [K, S] (smallest member slot), and what the host reads of them: [1 + …] the rows not yet
+    settled, then ``tally(labels)``."""
+    found = state.labels.view(len(state.offsets), -1) - state.offsets
+    return found, torch.cat([(~state.settled).sum().view(1), tally(found)])
+
+
 def propagate_labels(
     num_slots: int,
     earlier: torch.Tensor,
@@ -151,23 +194,21 @@ def propagate_labels(
     before every linked pair agrees (the authors' loop). Rounds after the one that settles a row leave its labels
     as they are, so the host looks only every ``ROUNDS_PER_CHECK`` rounds, at all rows at once.
     """
-    rows, pairs = linked.shape
-    offsets = torch.arange(rows, device=linked.device)[:, None] * num_slots
-    # an unlinked pair becomes a loop on one slot, which changes no label (and spreads the writes over slots)
-    loop = torch.arange(pairs, device=linked.device) % num_slots
-    ends = (torch.where(linked, torch.stack([earlier, later]), loop) + offsets).flatten()  # earlier ends, then later
-    labels = torch.arange(rows * num_slots, dtype=torch.int32, device=linked.device)
-    settled = torch.zeros(rows, 1, dtype=torch.bool, device=linked.device)
+    state = propagation_rounds(start_propagation(num_slots, earlier, later, linked))
+    return finish_propagation(state, *propagation_look(state, tally), tally)
+
+
+def finish_propagation(
+    state: Propagation, found: torch.Tensor, look: torch.Tensor, tally: Callable[[torch.Tensor], torch.Tensor]
+) -> tuple[torch.Tensor, list[int]]:
+    """From a look already queued (``propagation_look``), the settled labels and their tally on the host: more
+    rounds, and looks, until every row has settled."""
     while True:
-        for _ in range(ROUNDS_PER_CHECK):
-            smaller = torch.minimum(*labels[ends].view(2, -1))
-            updated = labels.scatter_reduce(0, ends, smaller.repeat(2), reduce="amin")
-            labels = torch.where(settled, labels.view(rows, -1), updated[updated].view(rows, -1)).flatten()
-            settled = settled | (labels == labels[labels]).view(rows, -1).all(dim=1, keepdim=True)
-        found = labels.view(rows, -1) - offsets
-        unsettled, *tallied = torch.cat([(~settled).sum().view(1), tally(found)]).tolist()
+        unsettled, *tallied = look.tolist()
         if not unsettled:
             return found, tallied
+        state = propagation_rounds(state)
+        found, look = propagation_look(state, tally)
 
 
 def root_labels(
@@ -224,6 +265,57 @@ class Grouping(NamedTuple):
     num_nodes: list[int]
 
 
+class QueuedGrouping(NamedTuple):
+    """A grouping queued on the device before the host has looked at it (``queue_grouping``): the nodes, the labels
+    so far (None: no temporal merging), the official variant's propagation (None for the others: their labels are
+    final), and the look, [1 + 2K]: the rows whose propagation has not settled, then the tokens and the nodes left
+    at each threshold."""
+
+    nodes: NodeMap
+    labels: torch.Tensor | None
+    propagation: Propagation | None
+    look: torch.Tensor
+
+
+def grouping_tally(nodes: NodeMap, labels: torch.Tensor | None) -> torch.Tensor:
+    """[2K] the tokens left at each threshold, then the nodes."""
+    return torch.cat([count_tokens(nodes, labels), nodes.is_node.sum(dim=-1)])
+
+
+def queue_grouping(
+    tree: QuadTree,
+    thresholds: torch.Tensor,
+    temporal_thresholds: torch.Tensor | None,
+    variant: str,
+    table: torch.Tensor | None = None,
+) -> QueuedGrouping:
+    """``group_nodes`` up to the host's first look, without waiting on the device: what a CUDA graph can hold."""
+    nodes = node_map(tree, thresholds)
+    if temporal_thresholds is None:
+        return QueuedGrouping(nodes, None, None, F.pad(grouping_tally(nodes, None), (1, 0)))
+    table = temporal_table(tree) if table is None else table
+    earlier, later, linked = temporal_links(tree, nodes, table, temporal_thresholds, variant)
+    num_slots = nodes.cover.shape[1]
+    if variant == "corrected":
+        labels = root_labels(num_slots, earlier, later, linked, tree.shape[0])
+        return QueuedGrouping(nodes, labels, None, F.pad(grouping_tally(nodes, labels), (1, 0)))
+    state = propagation_rounds(start_propagation(num_slots, earlier, later, linked))
+    labels, look = propagation_look(state, lambda found: grouping_tally(nodes, found))
+    return QueuedGrouping(nodes, labels, state, look)
+
+
+def settle_grouping(queued: QueuedGrouping) -> Grouping:
+    """The ``Grouping`` of a queued one: the host reads its look, and where the official variant's propagation has
+    not settled, queues more rounds and looks until it has."""
+    nodes, labels, state, look = queued
+    if state is None:
+        _, *tallied = look.tolist()
+    else:
+        labels, tallied = finish_propagation(state, labels, look, lambda found: grouping_tally(nodes, found))
+    half = len(tallied) // 2
+    return Grouping(nodes, labels, tallied[:half], tallied[half:])
+
+
 def group_nodes(
     tree: QuadTree,
     thresholds: torch.Tensor,
@@ -236,23 +328,7 @@ def group_nodes(
     label (§1–§2.3); the host learns the counts in one transfer (the official variant's look at whether its labels
     have settled). ``table`` is the tree's ``temporal_table`` where the caller already has it.
     """
-    nodes = node_map(tree, thresholds)
-
-    def tally(labels: torch.Tensor | None) -> torch.Tensor:
-        return torch.cat([count_tokens(nodes, labels), nodes.is_node.sum(dim=-1)])
-
-    if temporal_thresholds is None:
-        labels, tallied = None, tally(None).tolist()
-    else:
-        table = temporal_table(tree) if table is None else table
-        earlier, later, linked = temporal_links(tree, nodes, table, temporal_thresholds, variant)
-        num_slots = nodes.cover.shape[1]
-        if variant == "corrected":
-            labels = root_labels(num_slots, earlier, later, linked, tree.shape[0])
-            tallied = tally(labels).tolist()
-        else:
-            labels, tallied = propagate_labels(num_slots, earlier, later, linked, tally)
-    return Grouping(nodes, labels, tallied[: len(thresholds)], tallied[len(thresholds) :])
+    return settle_grouping(queue_grouping(tree, thresholds, temporal_thresholds, variant, table))
 
 
 def frame_pair_dots(features: torch.Tensor, chunks: int) -> torch.Tensor:

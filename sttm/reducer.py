@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch
@@ -11,15 +13,19 @@ import torch.nn.functional as F
 
 from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, keep_everything, register
 from sttm.bisect import UNKNOWN, bisect
+from sttm.graphs import Captured, Captures
 from sttm.merge import (
     VARIANTS,
     Grouping,
     Merged,
+    NodeMap,
+    QueuedGrouping,
     as_thresholds,
     count_steps,
-    group_nodes,
     merge_grouped,
     merge_video,
+    queue_grouping,
+    settle_grouping,
     temporal_table,
 )
 from sttm.quadtree import QuadTree, build_quadtree
@@ -31,6 +37,8 @@ _GAP_CLOSES_OVER = 0.15
 #: thresholds of the bisection counted in one batched pass at most (``sttm.bisect``): on a GPU a pass costs mostly its
 #: launches and its one wait, little more for a wider one; on a CPU its width.
 LOOKAHEAD_WIDTH_CUDA, LOOKAHEAD_WIDTH_CPU = 127, 7
+#: the most thresholds a pass counts: the first counts the two ends of the range besides a lookahead.
+PASS_WIDTH_CUDA = LOOKAHEAD_WIDTH_CUDA + 2
 
 #: float32 values on either side of the first guess at ``linking_limit`` that it checks.
 _LIMIT_CANDIDATES = 3
@@ -83,16 +91,37 @@ class Steps:
         return self.values.searchsorted(thresholds.astype(self.values.dtype))
 
 
-def steps_on_host(values: torch.Tensor, counts: torch.Tensor, target: int, exact: bool) -> Steps:
-    """The ``Steps`` of ``count_steps``' breakpoints ``values`` and bounds ``counts`` for ``target``, in one transfer;
-    ``exact``: the upper bound is the count."""
+def packed_steps(values: torch.Tensor, counts: torch.Tensor, target: int | torch.Tensor, exact: bool) -> torch.Tensor:
+    """[3, n + 1] float: ``count_steps``' breakpoints ``values`` (padded with +inf), and per region the sign and the
+    chance of ``Steps``, for ``target`` (an int or a 0-d integer tensor); ``exact``: the upper bound is the count."""
     upper, lower = (counts[0], counts[0]) if exact else counts
     decided = (upper == lower) | (upper < target) | (lower > target)  # then the upper bound compares as the count
     signs = torch.where(decided, (upper - target).sign(), UNKNOWN)
     below = (target - lower) / (upper - lower).clamp_min(1)
-    packed = torch.stack([F.pad(values, (0, 1), value=math.inf), signs.to(values.dtype), below.to(values.dtype)])
+    return torch.stack([F.pad(values, (0, 1), value=math.inf), signs.to(values.dtype), below.to(values.dtype)])
+
+
+def unpack_steps(packed: torch.Tensor) -> Steps:
+    """The ``Steps`` of ``packed_steps``, in one transfer to the host."""
     values, signs, below = packed.cpu().numpy()
     return Steps(values[:-1], signs.astype(np.int8), below)
+
+
+def steps_on_host(values: torch.Tensor, counts: torch.Tensor, target: int, exact: bool) -> Steps:
+    """The ``Steps`` of ``count_steps``' breakpoints ``values`` and bounds ``counts`` for ``target``, in one transfer;
+    ``exact``: the upper bound is the count."""
+    return unpack_steps(packed_steps(values, counts, target, exact))
+
+
+def copied(grouping: Grouping) -> Grouping:
+    """``grouping`` with its tensors copied out of a graph's memory, before the graph's next replay overwrites them."""
+    labels = None if grouping.labels is None else grouping.labels.clone()
+    nodes = NodeMap(**{part.name: getattr(grouping.nodes, part.name).clone() for part in fields(NodeMap)})
+    return grouping._replace(nodes=nodes, labels=labels)
+
+
+#: CUDA graphs of STTM's work before each of the host's waits, for the last few input layouts (``sttm.graphs``).
+CAPTURES = Captures(size=2)
 
 
 def _check_threshold(name: str, value: float) -> float:
@@ -144,6 +173,7 @@ class STTM(Reducer):
         variant: str = "official",
         budget_gap: float | None = 0.2,
         layer: int = 2,
+        cuda_graphs: bool = True,
     ) -> None:
         given_thresholds = threshold is not None or temporal_threshold is not None
         if budget is not None and given_thresholds:
@@ -167,6 +197,7 @@ class STTM(Reducer):
         self.head_dim = head_dim
         self.variant = variant
         self.layer = layer
+        self.cuda_graphs = bool(cuda_graphs)
 
     def reduce(self, video: VideoTokens) -> Reduction:
         if self.budget == 1.0:
@@ -174,12 +205,12 @@ class STTM(Reducer):
         grid = video.grid
         if self.head_dim is not None and grid.shape[-1] % self.head_dim:
             raise ValueError(f"head_dim {self.head_dim} does not divide the {grid.shape[-1]} channels")
-        tree = build_quadtree(grid, self.root_level, self.variant, self.weighted_avg, self.head_dim)
+        captures = CAPTURES if self.cuda_graphs and grid.is_cuda and grid.is_contiguous() else None
         if self.budget is None:
             thresholds, budget_met = (self.threshold, self.temporal_threshold), True
-            merged = merge_video(tree, *thresholds, self.variant)
+            merged = self._merge_at_thresholds(grid, captures)
         else:
-            thresholds, budget_met, merged = self._search(tree, video.num_tokens)
+            thresholds, budget_met, merged = self._search(grid, video.num_tokens, captures)
         info = {"threshold": thresholds[0], "temporal_threshold": thresholds[1], "variant": self.variant}
         if self.budget is not None:
             info["budget_met"] = budget_met
@@ -187,6 +218,34 @@ class STTM(Reducer):
             merged.tokens, merged.boxes, merged.num_patches, video.num_tokens, info=info, members=merged.members,
             member_weights=merged.member_weights,
         )  # fmt: skip
+
+    def _layout(self, grid: torch.Tensor) -> tuple:
+        """What the device work before the host's first wait depends on besides the values: the key of its graph."""
+        deterministic = torch.are_deterministic_algorithms_enabled()
+        settings = (self.variant, self.root_level, self.weighted_avg, self.head_dim, deterministic)
+        return (tuple(grid.shape), grid.dtype, grid.device, *settings)
+
+    @staticmethod
+    def _run(captures: Captures | None, key: tuple, call, *args: torch.Tensor) -> tuple[Captured | None, Any]:
+        """``call(*args)``, replayed from its graph where ``captures`` holds one (or captures it now): (the graph's
+        layout or None, the output)."""
+        replayed = None if captures is None else captures.get(key, call, *args)
+        return replayed if replayed is not None else (None, call(*args))
+
+    def _tree(self, grid: torch.Tensor) -> QuadTree:
+        return build_quadtree(grid, self.root_level, self.variant, self.weighted_avg, self.head_dim)
+
+    def _merge_at_thresholds(self, grid: torch.Tensor, captures: Captures | None) -> Merged:
+        """STTM's tokens at the hand-set thresholds (τ_t ≤ 0: no temporal merging)."""
+        both = as_thresholds([self.threshold, self.temporal_threshold], grid.device)  # one copy
+        key = ("thresholds", *self._layout(grid), self.temporal_threshold > 0)
+        _, (tree, queued) = self._run(captures, key, self._queue_at_thresholds, grid, both)
+        return merge_grouped(tree, settle_grouping(queued))
+
+    def _queue_at_thresholds(self, grid: torch.Tensor, both: torch.Tensor) -> tuple[QuadTree, QueuedGrouping]:
+        tree = self._tree(grid)
+        spatial, temporal = both.split(1)
+        return tree, queue_grouping(tree, spatial, temporal if self.temporal_threshold > 0 else None, self.variant)
 
     def _thresholds_at(self, spatial: float) -> tuple[float, float]:
         return spatial, self._temporal_at([spatial])[0]
@@ -197,7 +256,9 @@ class STTM(Reducer):
             return [-1.0] * len(spatials)
         return temporal_thresholds(torch.tensor(spatials, dtype=torch.float64), self.budget_gap).tolist()
 
-    def _search(self, tree: QuadTree, num_tokens: int) -> tuple[tuple[float, float], bool, Merged]:
+    def _search(
+        self, grid: torch.Tensor, num_tokens: int, captures: Captures | None
+    ) -> tuple[tuple[float, float], bool, Merged]:
         """The least merging whose kept count stays within ``budget·num_tokens`` as a bisection on τ_s down to
         adjacent float32 values finds it (``bisect``), whether it is, and STTM's tokens there.
 
@@ -208,16 +269,20 @@ class STTM(Reducer):
         chosen where it was counted.
         """
         target = math.floor(self.budget * num_tokens + 1e-9)
-        table = None if self.budget_gap is None else temporal_table(tree)
-        bounds = count_steps(tree, table, lambda sims: linking_limit(sims, self.budget_gap))
-        steps = steps_on_host(*bounds, target, exact=self.variant == "corrected")
-        counted: dict[int, tuple[Grouping, int]] = {}  # region -> the pass that counted it, and its row there
+        key = ("budget", *self._layout(grid), self.budget_gap)
+        target_on_device = torch.full((), target, device=grid.device)
+        captured, (tree, table, packed) = self._run(captures, key, self._analyse, grid, target_on_device)
+        steps = unpack_steps(packed)
+        groupings: list[Grouping] = []
+        counted: dict[int, tuple[int, int]] = {}  # region -> the pass that counted it, and its row there
 
         def count(spatials: list[float]) -> list[int]:
-            grouping = self._group(tree, table, spatials)
+            if captured is not None and groupings:  # the next replay overwrites the last pass's grouping
+                groupings[-1] = copied(groupings[-1])
+            groupings.append(self._group(tree, table, spatials, captured))
             for row, region in enumerate(steps.regions(np.array(spatials)).tolist()):
-                counted[region] = grouping, row
-            return grouping.num_tokens
+                counted[region] = len(groupings) - 1, row
+            return groupings[-1].num_tokens
 
         width = LOOKAHEAD_WIDTH_CUDA if tree.cells.is_cuda else LOOKAHEAD_WIDTH_CPU
         signs, below = (lambda regions: steps.signs[regions]), (lambda regions: steps.below[regions])
@@ -225,11 +290,36 @@ class STTM(Reducer):
         thresholds = self._thresholds_at(spatial)
         chosen = int(steps.regions(np.array([spatial]))[0])
         if chosen in counted:
-            return thresholds, met, merge_grouped(tree, *counted[chosen])
+            done, row = counted[chosen]
+            return thresholds, met, merge_grouped(tree, groupings[done], row)
         return thresholds, met, merge_video(tree, *thresholds, self.variant, table)
 
-    def _group(self, tree: QuadTree, table: torch.Tensor | None, spatials: list[float]) -> Grouping:
-        """``group_nodes`` at each spatial threshold, its temporal one following it, in one batched pass."""
-        both = as_thresholds(spatials + self._temporal_at(spatials), tree.cells.device)  # one copy to the device
-        spatial, temporal = both.split(len(spatials))
-        return group_nodes(tree, spatial, None if table is None else temporal, self.variant, table)
+    def _analyse(self, grid: torch.Tensor, target: torch.Tensor) -> tuple[QuadTree, torch.Tensor | None, torch.Tensor]:
+        """The quadtree, its temporal table (None: no temporal merging) and the ``packed_steps`` of the count's
+        bounds for ``target`` (0-d): what the search needs before it looks at anything."""
+        tree = self._tree(grid)
+        table = None if self.budget_gap is None else temporal_table(tree)
+        bounds = count_steps(tree, table, lambda sims: linking_limit(sims, self.budget_gap))
+        return tree, table, packed_steps(*bounds, target, exact=self.variant == "corrected")
+
+    def _group(
+        self, tree: QuadTree, table: torch.Tensor | None, spatials: list[float], captured: Captured | None = None
+    ) -> Grouping:
+        """``group_nodes`` at each spatial threshold, its temporal one following it, in one batched pass; replayed
+        in ``captured``'s graphs where given, padded to one width (repeating the last threshold) so that every
+        pass of a search replays one graph."""
+        rows, replayed = len(spatials), captured is not None and len(spatials) <= PASS_WIDTH_CUDA
+        if replayed:
+            spatials = spatials + spatials[-1:] * (PASS_WIDTH_CUDA - rows)
+        both = as_thresholds(spatials + self._temporal_at(spatials), tree.cells.device)  # one copy
+        if replayed:
+            queued = captured.replay_later("pass", functools.partial(self._queue_at, tree, table), both)
+        else:
+            queued = self._queue_at(tree, table, both)
+        grouping = settle_grouping(queued)
+        return grouping._replace(num_tokens=grouping.num_tokens[:rows], num_nodes=grouping.num_nodes[:rows])
+
+    def _queue_at(self, tree: QuadTree, table: torch.Tensor | None, both: torch.Tensor) -> QueuedGrouping:
+        """The grouping at the spatial thresholds of the first half of ``both`` and the temporal ones of the second."""
+        spatial, temporal = both.split(len(both) // 2)
+        return queue_grouping(tree, spatial, None if table is None else temporal, self.variant, table)
