@@ -41,14 +41,17 @@ def capture(call: Callable[..., Any], *args: torch.Tensor) -> Replay:
     """Capture ``call(*args)`` (tensors on one CUDA device; ``call`` must not wait on the device or depend on the
     arguments' values on the host). It runs once on a side stream first, so that lazy set-up (library handles,
     compiled kernels) happens outside the capture."""
-    inputs = tuple(torch.empty_like(arg).copy_(arg) for arg in args)
+    with torch.inference_mode(False):  # ordinary tensors, which a later call may write in or out of inference mode
+        inputs = tuple(torch.empty_like(arg) for arg in args)
+    for static, arg in zip(inputs, args, strict=True):
+        static.copy_(arg)
     side = torch.cuda.Stream(inputs[0].device)
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         call(*inputs)
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # other threads may use CUDA meanwhile
         output = call(*inputs)
     return Replay(graph, inputs, output)
 

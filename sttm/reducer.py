@@ -77,10 +77,12 @@ def linking_limit(sims: torch.Tensor, gap: float) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Steps:
-    """What the bounds of ``count_steps`` tell a budget search, on the host: the breakpoints ``values`` [n] and, per
+    """What the bounds of ``count_steps`` tell a budget search, on the host: breakpoints ``values`` [n] and, per
     region [n + 1], how the kept count compares with the target (``signs``: -1, 0, 1, or ``UNKNOWN`` where the bounds
     straddle it) and where the target lies between the bounds (``below``: 0 at the lower one, 1 at the upper; the
-    chance that the count falls below the target, were it anywhere between them alike)."""
+    chance that the count falls below the target, were it anywhere between them alike). Of ``count_steps``'
+    breakpoints only those next to an ``UNKNOWN`` region or between two signs are kept: neighbours of one known sign
+    are one region, while each region the search may count is one of ``count_steps``'."""
 
     values: np.ndarray
     signs: np.ndarray
@@ -91,26 +93,33 @@ class Steps:
         return self.values.searchsorted(thresholds.astype(self.values.dtype))
 
 
-def packed_steps(values: torch.Tensor, counts: torch.Tensor, target: int | torch.Tensor, exact: bool) -> torch.Tensor:
+def packed_steps(
+    values: torch.Tensor, counts: torch.Tensor, target: int | torch.Tensor, exact: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """[3, n + 1] float: ``count_steps``' breakpoints ``values`` (padded with +inf), and per region the sign and the
-    chance of ``Steps``, for ``target`` (an int or a 0-d integer tensor); ``exact``: the upper bound is the count."""
+    chance of ``Steps``, for ``target`` (an int or a 0-d integer tensor); ``exact``: the upper bound is the count.
+    And [n] bool, the breakpoints ``Steps`` keeps."""
     upper, lower = (counts[0], counts[0]) if exact else counts
     decided = (upper == lower) | (upper < target) | (lower > target)  # then the upper bound compares as the count
     signs = torch.where(decided, (upper - target).sign(), UNKNOWN)
     below = (target - lower) / (upper - lower).clamp_min(1)
-    return torch.stack([F.pad(values, (0, 1), value=math.inf), signs.to(values.dtype), below.to(values.dtype)])
+    kept = (signs[:-1] != signs[1:]) | (signs[:-1] == UNKNOWN)
+    return torch.stack([F.pad(values, (0, 1), value=math.inf), signs.to(values.dtype), below.to(values.dtype)]), kept
 
 
-def unpack_steps(packed: torch.Tensor) -> Steps:
-    """The ``Steps`` of ``packed_steps``, in one transfer to the host."""
-    values, signs, below = packed.cpu().numpy()
+def unpack_steps(packed: torch.Tensor, kept: torch.Tensor) -> Steps:
+    """The ``Steps`` of ``packed_steps``: the kept breakpoints and their regions' signs and chances, sent to the host
+    once their number is known (a few thousand of the hundreds of thousands of breakpoints of a long video)."""
+    breakpoints = torch.nonzero_static(kept, size=int(kept.sum())).squeeze(1)
+    region = F.pad(breakpoints + 1, (1, 0))  # the first of count_steps' regions in each of Steps'
+    values, signs, below = torch.cat([F.pad(packed[:1, breakpoints], (0, 1)), packed[1:, region]]).cpu().numpy()
     return Steps(values[:-1], signs.astype(np.int8), below)
 
 
 def steps_on_host(values: torch.Tensor, counts: torch.Tensor, target: int, exact: bool) -> Steps:
     """The ``Steps`` of ``count_steps``' breakpoints ``values`` and bounds ``counts`` for ``target``, in one transfer;
     ``exact``: the upper bound is the count."""
-    return unpack_steps(packed_steps(values, counts, target, exact))
+    return unpack_steps(*packed_steps(values, counts, target, exact))
 
 
 def copied(grouping: Grouping) -> Grouping:
@@ -271,8 +280,8 @@ class STTM(Reducer):
         target = math.floor(self.budget * num_tokens + 1e-9)
         key = ("budget", *self._layout(grid), self.budget_gap)
         target_on_device = torch.full((), target, device=grid.device)
-        captured, (tree, table, packed) = self._run(captures, key, self._analyse, grid, target_on_device)
-        steps = unpack_steps(packed)
+        captured, (tree, table, *packed) = self._run(captures, key, self._analyse, grid, target_on_device)
+        steps = unpack_steps(*packed)
         groupings: list[Grouping] = []
         counted: dict[int, tuple[int, int]] = {}  # region -> the pass that counted it, and its row there
 
@@ -300,7 +309,7 @@ class STTM(Reducer):
         tree = self._tree(grid)
         table = None if self.budget_gap is None else temporal_table(tree)
         bounds = count_steps(tree, table, lambda sims: linking_limit(sims, self.budget_gap))
-        return tree, table, packed_steps(*bounds, target, exact=self.variant == "corrected")
+        return tree, table, *packed_steps(*bounds, target, exact=self.variant == "corrected")
 
     def _group(
         self, tree: QuadTree, table: torch.Tensor | None, spatials: list[float], captured: Captured | None = None

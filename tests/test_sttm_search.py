@@ -211,8 +211,12 @@ def test_the_count_lies_within_its_steps_bounds_and_is_the_upper_one_when_correc
         reducer = STTM(budget=0.5, variant=variant, budget_gap=budget_gap)
         finite = values[(values >= -1) & (values <= 1)]
         spread = np.concatenate([rng.uniform(-1, 1, 30), rng.choice(finite, 30), [-1.0, 1.0]]).astype(np.float32)
-        for spatial, region in zip(spread.tolist(), steps.regions(spread.astype(np.float64)).tolist(), strict=True):
-            assert region == np.searchsorted(values, np.float32(spatial))
+        regions_of = {}  # Steps' region -> count_steps' regions it holds among the thresholds tried
+        for spatial, steps_region in zip(
+            spread.tolist(), steps.regions(spread.astype(np.float64)).tolist(), strict=True
+        ):
+            region = int(np.searchsorted(values, np.float32(spatial)))
+            regions_of.setdefault(steps_region, set()).add(region)
             kept = len(merge_video(tree, *reducer._thresholds_at(spatial), variant, table)[0])
             upper, lower = counts[:, region]
             assert lower <= kept <= upper
@@ -221,9 +225,12 @@ def test_the_count_lies_within_its_steps_bounds_and_is_the_upper_one_when_correc
             top = values[region] if region < len(values) else 1.0
             if top <= 1:  # the top of the region is a threshold of it
                 assert len(merge_video(tree, *reducer._thresholds_at(float(top)), variant, table)[0]) == kept
-            sign = steps.signs[region]
+            sign = steps.signs[steps_region]
             assert sign == (kept > target) - (kept < target) if sign != UNKNOWN else lower <= target <= upper
-            assert sign != UNKNOWN or (variant == "official" and 0 <= steps.below[region] <= 1)
+            assert sign != UNKNOWN or (variant == "official" and 0 <= steps.below[steps_region] <= 1)
+        for steps_region, held in regions_of.items():  # a region the search may count is one of count_steps'
+            assert len(held) == 1 or steps.signs[steps_region] != UNKNOWN
+        assert len(steps.values) < len(values) or len(values) < 3  # neighbours of one known sign are merged
 
 
 @pytest.mark.parametrize("variant", ["official", "corrected"])
