@@ -303,9 +303,12 @@ class STTM(Reducer):
             return thresholds, met, merge_grouped(tree, groupings[done], row)
         return thresholds, met, merge_video(tree, *thresholds, self.variant, table)
 
-    def _analyse(self, grid: torch.Tensor, target: torch.Tensor) -> tuple[QuadTree, torch.Tensor | None, torch.Tensor]:
+    def _analyse(
+        self, grid: torch.Tensor, target: torch.Tensor
+    ) -> tuple[QuadTree, torch.Tensor | None, torch.Tensor, torch.Tensor]:
         """The quadtree, its temporal table (None: no temporal merging) and the ``packed_steps`` of the count's
-        bounds for ``target`` (0-d): what the search needs before it looks at anything."""
+        bounds for ``target`` (0-d) with the breakpoints ``Steps`` keeps: what the search needs before it looks at
+        anything."""
         tree = self._tree(grid)
         table = None if self.budget_gap is None else temporal_table(tree)
         bounds = count_steps(tree, table, lambda sims: linking_limit(sims, self.budget_gap))
