@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from runners.evaluate import CONFIGS, compose_evaluate, setting_params
 from runners.files import write_atomically
+from runners.settings import CONFIGS, compose_evaluate, setting_params
 from sttm.adapters import family
 from sttm.adapters.points import reduction_point
 from sttm.adapters.real_size import ARCHITECTURES, QUESTION, random_model, request

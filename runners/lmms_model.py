@@ -47,6 +47,7 @@ from tqdm import tqdm
 
 from runners.generation import Generation, generation
 from runners.records import FULL_TOKENS, QuestionRecord, append_answer, records_by_question
+from runners.settings import CONFIGS, compose_evaluate, reducer_parameters, setting_reducer
 from runners.tasks.builtin import reply_is_correct
 from runners.video_cache import charged, group_inputs, video_features
 from sttm.adapters.family import family_of, newlines_per_video, video_token_id
@@ -58,7 +59,6 @@ from sttm.adapters.timing import timed_generate
 from sttm.adapters.video import VideoError
 from sttm.api import Reducer, Stage, check_budget, reducer_class
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 #: the model_args that describe the cell itself; ``MODEL_CONFIG_ARGS`` set the model config's keys, and the others
 #: are the reducer's parameters
 OWN_ARGS = ("model", "reducer", "budget", "benchmark", "frame_cap", "positions", "kv_reuse", "record_dir",
@@ -90,8 +90,6 @@ def max_frames(model: Mapping, frame_cap: str = "default") -> int:
 def model_config(name_or_path: str | None) -> DictConfig:
     """A model config by name (``configs/model/NAME.yaml``) or a YAML file's path, composed with its defaults list;
     None: the runner's default model config."""
-    from runners.evaluate import compose_evaluate
-
     if name_or_path is None:
         return compose_evaluate("reducers=[]").model
     path = Path(name_or_path)
@@ -107,8 +105,6 @@ def model_config(name_or_path: str | None) -> DictConfig:
 def reducer_setting(name: str) -> dict:
     """A reducer setting as the runner composes it: a reducer config by name (``configs/reducers/NAME.yaml``) or,
     where there is none, the reducer registered as ``name`` with its own defaults."""
-    from runners.evaluate import compose_evaluate
-
     if (CONFIGS / "reducers" / f"{name}.yaml").is_file():
         return OmegaConf.to_container(compose_evaluate(f"reducers=[{name}]").reducers[name], resolve=True)
     try:
@@ -134,10 +130,8 @@ class ModelArgs:
 
 def read_model_args(args: Mapping) -> ModelArgs:
     """``--model_args`` (parsed) as a cell of the runner: the model config with the keys given, and the reducer built
-    by ``runners.evaluate.setting_reducer`` from its setting with the parameters given; raises ValueError naming an
+    by ``runners.settings.setting_reducer`` from its setting with the parameters given; raises ValueError naming an
     unknown key (and the known ones), a reducer without a budget and any bad value."""
-    from runners.evaluate import reducer_parameters, setting_reducer
-
     args = dict(args)
     model = model_config(args.pop("model", None))
     key = args.pop("reducer", FULL_TOKENS)

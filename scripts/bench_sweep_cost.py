@@ -44,7 +44,7 @@ import av
 import numpy as np
 import torch
 
-from runners.evaluate import compose_evaluate, setting_reducer
+from runners.settings import compose_evaluate, setting_reducer
 from runners.video_cache import VideoCache
 from sttm.adapters.family import FAMILIES
 from sttm.adapters.feature_cache import features_reusable

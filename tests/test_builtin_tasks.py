@@ -18,8 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 from omegaconf import OmegaConf
 
-from runners.evaluate import CONFIGS, join_correctness
+from runners.evaluate import join_correctness
 from runners.records import QuestionRecord, append_answer, read_records
+from runners.settings import CONFIGS
 from runners.tasks.builtin import BUILTIN_TASKS, MVBENCH_TASKS, check_builtin_data, dataset_cache, is_correct
 from runners.toybench.render import BACKGROUNDS, background, write_video
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from runners.evaluate import CONFIGS, compose_evaluate, plan_cells, setting_params
+from runners.evaluate import plan_cells
 from runners.records import FULL_TOKENS
+from runners.settings import CONFIGS, compose_evaluate, setting_params
 from sttm.adapters.loading import MODEL_CLASSES
 from sttm.paper import paper_params
 

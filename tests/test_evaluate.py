@@ -18,7 +18,7 @@ import pytest
 import torch
 from hydra.errors import MissingConfigException
 
-from runners import evaluate
+from runners import evaluate, settings
 from runners.benchmarks import benchmark_parts, builtin_hf_home, index_tasks, prepare
 from runners.evaluate import Cell, claimed, locked, plan_cells, run
 
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def compose_evaluate(tmp_path: Path, *overrides: str):
-    return evaluate.compose_evaluate(
+    return settings.compose_evaluate(
         f"results_dir={tmp_path / 'results'}", f"model.pretrained={tmp_path / 'tiny'}", "++model.build_if_missing=true",
         *overrides,
     )  # fmt: skip

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from runners import evaluate
+from runners import settings
 from runners.evaluate import plan_cells, run
 from runners.lmms_model import Generation, Question, ReducedVideoLLM, model_config
 from runners.records import QuestionRecord, read_records
@@ -37,7 +37,7 @@ SAMPLING = {"target_fps": 1.0, "max_frames": 8, "pad_to_even": False, "pixels": 
 def sweep_records(tmp_path: Path, name: str, *overrides: str) -> dict:
     """The records of every cell of a sweep over full tokens and STTM on the trained tiny model, by (reducer,
     doc_id): 4 questions about 2 videos."""
-    cfg = evaluate.compose_evaluate(
+    cfg = settings.compose_evaluate(
         f"results_dir={tmp_path / name}", f"benchmark.data_dir={tmp_path / 'data'}", f"model.pretrained={TRAINED}",
         "reducers=[sttm]", "limit=4", "benchmark.tasks=[toy_videomme]", *overrides,
     )  # fmt: skip
@@ -90,11 +90,11 @@ def test_questions_sharing_one_prefill_answer_the_same_from_the_cache(tmp_path):
 
 
 def test_bad_bounds_fail_naming_the_key(tmp_path):
-    cfg = evaluate.compose_evaluate(f"results_dir={tmp_path}", "feature_cache_memory_gb=-1")
+    cfg = settings.compose_evaluate(f"results_dir={tmp_path}", "feature_cache_memory_gb=-1")
     with pytest.raises(ValueError, match="feature_cache_memory_gb must be a number of GiB, 0 or more, got -1"):
         sweep_store(cfg)
-    assert sweep_store(evaluate.compose_evaluate("feature_cache=false")) is None
-    store = sweep_store(evaluate.compose_evaluate(f"results_dir={tmp_path}", "feature_cache_disk_gb=0.5"))
+    assert sweep_store(settings.compose_evaluate("feature_cache=false")) is None
+    store = sweep_store(settings.compose_evaluate(f"results_dir={tmp_path}", "feature_cache_disk_gb=0.5"))
     assert store.memory_bytes == 8 * GB and store.disk_bytes == GB // 2 and store.directory.parent == tmp_path
 
 
@@ -306,6 +306,6 @@ def test_a_question_whose_features_were_read_back_is_charged_the_time_they_took(
 def test_the_cache_settings_are_not_part_of_a_cells_key(tmp_path):
     """The same answers with and without it: a run with the cache off resumes the cells of a run with it on."""
     overrides = ["reducers=[sttm]", f"results_dir={tmp_path}"]
-    on = [cell.path for cell in plan_cells(evaluate.compose_evaluate(*overrides))]
-    off = evaluate.compose_evaluate(*overrides, "feature_cache=false", "feature_cache_memory_gb=1")
+    on = [cell.path for cell in plan_cells(settings.compose_evaluate(*overrides))]
+    off = settings.compose_evaluate(*overrides, "feature_cache=false", "feature_cache_memory_gb=1")
     assert [cell.path for cell in plan_cells(off)] == on

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from runners.evaluate import CONFIGS
+from runners.settings import CONFIGS
 
 ROOT = Path(__file__).resolve().parents[1]
 

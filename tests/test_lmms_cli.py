@@ -23,9 +23,10 @@ from lmms_eval.models import list_available_models  # noqa: E402
 from lmms_eval.tasks import TaskManager  # noqa: E402
 
 import runners.lmms_model  # noqa: E402
-from runners.evaluate import compose_evaluate, plan_cells  # noqa: E402
+from runners.evaluate import plan_cells  # noqa: E402
 from runners.lmms_model import Generation, ReducedVideoLLM, generation, model_config, read_model_args  # noqa: E402
 from runners.records import read_records  # noqa: E402
+from runners.settings import compose_evaluate  # noqa: E402
 from runners.toybench import generate_split, write_task_yaml  # noqa: E402
 from sttm.adapters.tiny import save_tiny_model  # noqa: E402
 

@@ -8,10 +8,11 @@ import shutil
 import pandas as pd
 import torch
 
-from runners.evaluate import compose_evaluate, run
+from runners.evaluate import run
 from runners.provenance import describe, environment
 from runners.records import QuestionRecord, append_answer, write_cell_keys
 from runners.regress import baseline_environment, baseline_from, check, compare, load_baseline, main
+from runners.settings import compose_evaluate
 from sttm import api
 from sttm.api import Reduction, VideoTokens, keep_everything, reducer_class
 
