@@ -73,16 +73,16 @@ class Captured:
 
 class Captures:
     """At most ``size`` ``Captured`` layouts by key, least recently used dropped first (with their graphs' memory);
-    a key is captured the second time it is asked for (``get`` returns None the first time)."""
+    a key is captured the second time it is run (``run``)."""
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.captured: OrderedDict[Hashable, Captured] = OrderedDict()
         self.seen: OrderedDict[Hashable, None] = OrderedDict()
 
-    def get(self, key: Hashable, call: Callable[..., Any], *args: torch.Tensor) -> tuple[Captured, Any] | None:
-        """The layout of ``key`` and ``call(*args)`` replayed in it, or None the first time ``key`` is asked for
-        (the caller then runs eagerly)."""
+    def run(self, key: Hashable, call: Callable[..., Any], *args: torch.Tensor) -> tuple[Captured | None, Any]:
+        """The layout of ``key`` and ``call(*args)`` replayed in it; the first time ``key`` is run, None and the call
+        run eagerly."""
         if key in self.captured:
             self.captured.move_to_end(key)
             captured = self.captured[key]
@@ -91,7 +91,7 @@ class Captures:
             self.seen[key] = None
             while len(self.seen) > 4 * self.size:
                 self.seen.popitem(last=False)
-            return None
+            return None, call(*args)
         while len(self.captured) >= self.size:
             self.captured.popitem(last=False)
         captured = self.captured[key] = Captured(capture(call, *args))

@@ -43,6 +43,7 @@ threshold.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -194,15 +195,31 @@ def propagate_labels(
     before every linked pair agrees (the authors' loop). Rounds after the one that settles a row leave its labels
     as they are, so the host looks only every ``ROUNDS_PER_CHECK`` rounds, at all rows at once.
     """
+    return finish_propagation(*queue_propagation(num_slots, earlier, later, linked, tally), tally)
+
+
+def queue_propagation(
+    num_slots: int,
+    earlier: torch.Tensor,
+    later: torch.Tensor,
+    linked: torch.Tensor,
+    tally: Callable[[torch.Tensor], torch.Tensor],
+) -> tuple[Propagation, torch.Tensor, torch.Tensor]:
+    """``propagate_labels`` up to the host's first look, without waiting on the device: the propagation, the labels
+    so far and the look (``propagation_look``)."""
     state = propagation_rounds(start_propagation(num_slots, earlier, later, linked))
-    return finish_propagation(state, *propagation_look(state, tally), tally)
+    return state, *propagation_look(state, tally)
 
 
 def finish_propagation(
-    state: Propagation, found: torch.Tensor, look: torch.Tensor, tally: Callable[[torch.Tensor], torch.Tensor]
+    state: Propagation | None,
+    found: torch.Tensor | None,
+    look: torch.Tensor,
+    tally: Callable[[torch.Tensor], torch.Tensor],
 ) -> tuple[torch.Tensor, list[int]]:
     """From a look already queued (``propagation_look``), the settled labels and their tally on the host: more
-    rounds, and looks, until every row has settled."""
+    rounds, and looks, until every row has settled (``state`` None: labels final, whose look says none is
+    unsettled)."""
     while True:
         unsettled, *tallied = look.tolist()
         if not unsettled:
@@ -299,8 +316,7 @@ def queue_grouping(
     if variant == "corrected":
         labels = root_labels(num_slots, earlier, later, linked, tree.shape[0])
         return QueuedGrouping(nodes, labels, None, F.pad(grouping_tally(nodes, labels), (1, 0)))
-    state = propagation_rounds(start_propagation(num_slots, earlier, later, linked))
-    labels, look = propagation_look(state, lambda found: grouping_tally(nodes, found))
+    state, labels, look = queue_propagation(num_slots, earlier, later, linked, functools.partial(grouping_tally, nodes))
     return QueuedGrouping(nodes, labels, state, look)
 
 
@@ -308,10 +324,7 @@ def settle_grouping(queued: QueuedGrouping) -> Grouping:
     """The ``Grouping`` of a queued one: the host reads its look, and where the official variant's propagation has
     not settled, queues more rounds and looks until it has."""
     nodes, labels, state, look = queued
-    if state is None:
-        _, *tallied = look.tolist()
-    else:
-        labels, tallied = finish_propagation(state, labels, look, lambda found: grouping_tally(nodes, found))
+    labels, tallied = finish_propagation(state, labels, look, functools.partial(grouping_tally, nodes))
     half = len(tallied) // 2
     return Grouping(nodes, labels, tallied[:half], tallied[half:])
 

@@ -116,12 +116,6 @@ def unpack_steps(packed: torch.Tensor, kept: torch.Tensor) -> Steps:
     return Steps(values[:-1], signs.astype(np.int8), below)
 
 
-def steps_on_host(values: torch.Tensor, counts: torch.Tensor, target: int, exact: bool) -> Steps:
-    """The ``Steps`` of ``count_steps``' breakpoints ``values`` and bounds ``counts`` for ``target``, in one transfer;
-    ``exact``: the upper bound is the count."""
-    return unpack_steps(*packed_steps(values, counts, target, exact))
-
-
 def copied(grouping: Grouping) -> Grouping:
     """``grouping`` with its tensors copied out of a graph's memory, before the graph's next replay overwrites them."""
     labels = None if grouping.labels is None else grouping.labels.clone()
@@ -236,10 +230,8 @@ class STTM(Reducer):
 
     @staticmethod
     def _run(captures: Captures | None, key: tuple, call, *args: torch.Tensor) -> tuple[Captured | None, Any]:
-        """``call(*args)``, replayed from its graph where ``captures`` holds one (or captures it now): (the graph's
-        layout or None, the output)."""
-        replayed = None if captures is None else captures.get(key, call, *args)
-        return replayed if replayed is not None else (None, call(*args))
+        """``call(*args)``: through ``captures`` (``Captures.run``) where given, else eagerly."""
+        return (None, call(*args)) if captures is None else captures.run(key, call, *args)
 
     def _tree(self, grid: torch.Tensor) -> QuadTree:
         return build_quadtree(grid, self.root_level, self.variant, self.weighted_avg, self.head_dim)

@@ -32,21 +32,22 @@ def test_a_layout_is_captured_the_second_time_it_is_seen_and_the_least_recently_
     monkeypatch.setattr(graphs, "capture", lambda call, *args: Recorded(call, log))
     captures = graphs.Captures(size=2)
     double = lambda x: 2 * x  # noqa: E731
-    assert captures.get("a", double, torch.ones(1)) is None  # first sight: the caller runs it eagerly
+    layout, out = captures.run("a", double, torch.ones(1))
+    assert layout is None and torch.equal(out, torch.full((1,), 2.0))  # first sight: run eagerly
     assert log == []
-    layout, out = captures.get("a", double, torch.ones(1))
+    layout, out = captures.run("a", double, torch.ones(1))
     assert log == ["capture", "replay"] and torch.equal(out, torch.full((1,), 2.0))
     assert layout.replay_later("pass", double, torch.ones(2)).tolist() == [2.0, 2.0]
     layout.replay_later("pass", double, torch.ones(2))
     assert log == ["capture", "replay", "capture", "replay", "replay"]  # a later call is captured once per layout
-    captures.get("b", double, torch.ones(1))
-    captures.get("b", double, torch.ones(1))
-    captures.get("a", double, torch.ones(1))  # "a" is now the most recently used
-    captures.get("c", double, torch.ones(1))
-    captures.get("c", double, torch.ones(1))  # capturing "c" drops "b"
+    captures.run("b", double, torch.ones(1))
+    captures.run("b", double, torch.ones(1))
+    captures.run("a", double, torch.ones(1))  # "a" is now the most recently used
+    captures.run("c", double, torch.ones(1))
+    captures.run("c", double, torch.ones(1))  # capturing "c" drops "b"
     assert list(captures.captured) == ["a", "c"]
     log.clear()
-    captures.get("a", double, torch.ones(1))
+    captures.run("a", double, torch.ones(1))
     assert log == ["replay"]
 
 

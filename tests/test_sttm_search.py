@@ -15,7 +15,7 @@ from sttm.api import VideoTokens
 from sttm.bisect import UNKNOWN, bisect
 from sttm.merge import as_thresholds, count_steps, group_nodes, merge_grouped, merge_video, temporal_table
 from sttm.quadtree import build_quadtree
-from sttm.reducer import STTM, linking_limit, steps_on_host, temporal_thresholds
+from sttm.reducer import STTM, linking_limit, packed_steps, temporal_thresholds, unpack_steps
 from sttm.synthetic import redundant_video
 
 
@@ -199,7 +199,7 @@ def test_linking_limit_is_the_highest_spatial_threshold_whose_temporal_one_a_sim
 def test_the_count_lies_within_its_steps_bounds_and_is_the_upper_one_when_corrected(variant, budget_gap):
     """At thresholds spread over [-1, 1] and at breakpoints: the official count lies within the bounds, the
     corrected one and the spatial-only one are the upper bound, and a threshold counts as its region's top does.
-    What the search reads of them (``steps_on_host``) is the count's sign where the bounds tell it."""
+    What the search reads of them (``unpack_steps``) is the count's sign where the bounds tell it."""
     rng = np.random.default_rng(0)
     for grid in [*videos(), near_one_video()]:
         tree = build_quadtree(grid, 1, variant, weighted_avg=False, head_dim=None)
@@ -207,7 +207,7 @@ def test_the_count_lies_within_its_steps_bounds_and_is_the_upper_one_when_correc
         bounds = count_steps(tree, table, lambda sims, gap=budget_gap: linking_limit(sims, gap))
         values, counts = (bound.numpy() for bound in bounds)
         target = int(counts[0, len(values) // 2])
-        steps = steps_on_host(*bounds, target, exact=variant == "corrected")
+        steps = unpack_steps(*packed_steps(*bounds, target, exact=variant == "corrected"))
         reducer = STTM(budget=0.5, variant=variant, budget_gap=budget_gap)
         finite = values[(values >= -1) & (values <= 1)]
         spread = np.concatenate([rng.uniform(-1, 1, 30), rng.choice(finite, 30), [-1.0, 1.0]]).astype(np.float32)
