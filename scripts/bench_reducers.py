@@ -10,7 +10,9 @@ CPU); the table gives median and spread, and whether the call after the timed on
 boxes, bit for bit, as the first. ``--sttm-eager`` adds each STTM setting without its CUDA graphs (the eager calls
 they replay, ``sttm.graphs``), in the same run. ``--profile N`` also profiles one call of each row
 (``sttm.device_work``: launches, host waits, the kernels' own time and the N ops whose kernels took longest), which
-tells a call bound by its kernels from one bound by the host's dispatch. ``--authors-code`` also times the
+tells a call bound by its kernels from one bound by the host's dispatch; the header (and the JSON's meta) gives the
+host's CPU and the microseconds it takes to queue a small op (``sttm.device_work.launch_us``), which the time of a
+call bound by the host follows from machine to machine. ``--authors-code`` also times the
 authors' ``quadtree_build_video`` from a checkout of github.com/HYUNJS/STTM on the same input, and checks that both
 keep the same boxes.
 """
@@ -30,7 +32,7 @@ import torch
 
 from sttm.api import Reducer, Stage, VideoTokens, available_reducers, build_reducer
 from sttm.clock import timed
-from sttm.device_work import device_work
+from sttm.device_work import device_work, host_model, launch_us
 from sttm.synthetic import redundant_video
 
 #: STTM settings timed besides budget mode: the authors' LLaVA-Video-7B Video-MME thresholds (STTM_SPEC.md §4).
@@ -123,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     importance, keys = torch.rand(t, h, w, device=args.device), torch.randn(t, h, w, 72, device=args.device)
     video = VideoTokens(grid, importance=importance, keys=keys, question="benchmark")
     device_name = torch.cuda.get_device_name() if grid.is_cuda else platform.processor() or "cpu"
+    host = {"host": host_model(), "launch_us": round(launch_us(grid.device), 2)}
     print(f"# {device_name}, torch {torch.__version__}, commit {git_commit()}, input {list(grid.shape)} {grid.dtype}")
+    print(f"# host {host['host']}: {host['launch_us']} us to queue a small op")
 
     runs = settings_to_time(names, args.budgets, args.sttm_eager and grid.is_cuda)
     first = next(reducer for _, _, reducer in runs if isinstance(reducer, Reducer))
@@ -188,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             "commit": git_commit(),
             "shape": list(grid.shape),
             "dtype": str(grid.dtype),
+            **host,
             "command": " ".join(sys.argv),
         }
         args.output.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
