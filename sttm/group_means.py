@@ -25,7 +25,8 @@ def group_means(
     table: torch.Tensor, members: torch.Tensor, bounds: torch.Tensor, divisors: torch.Tensor
 ) -> torch.Tensor:
     """[G, C] the groups' means of rows of ``table`` [R, C]: ``members`` [M] row indexes grouped, ``bounds`` [G + 1]
-    each group's first member and the end, ``divisors`` [G] (see the module docstring)."""
+    each group's first member and the end (entries of ``members`` past it are read by no group), ``divisors`` [G]
+    (see the module docstring)."""
     if table.is_cuda and triton is not None and table.dtype != torch.float64:
         return triton_group_means(table, members, bounds, divisors)
     return torch_group_means(table, members, bounds, divisors)
@@ -35,10 +36,11 @@ def torch_group_means(
     table: torch.Tensor, members: torch.Tensor, bounds: torch.Tensor, divisors: torch.Tensor
 ) -> torch.Tensor:
     num_groups, channels = len(bounds) - 1, table.shape[1]
-    sizes = bounds.diff()
-    group = torch.repeat_interleave(torch.arange(num_groups, device=table.device), sizes, output_size=len(members))
+    # each entry's group; entries past the last group's end (a padded ``members``) go to a spare row
+    group = torch.searchsorted(bounds[1:], torch.arange(len(members), device=table.device), right=True)
     wide = torch.promote_types(table.dtype, torch.float32)
-    sums = table.new_zeros(num_groups, channels, dtype=wide).index_add_(0, group, table[members].to(wide))
+    sums = table.new_zeros(num_groups + 1, channels, dtype=wide).index_add_(0, group, table[members].to(wide))
+    sums = sums[:num_groups]
     return (sums / divisors[:, None]).to(table.dtype)
 
 

@@ -500,10 +500,27 @@ def merge_grouped(tree: QuadTree, grouping: Grouping, row: int = 0) -> Merged:
     the nodes of its group.
     """
     nodes, labels = grouping.nodes, None if grouping.labels is None else grouping.labels[row]
-    is_node, cell, level, cover = nodes.is_node[row], nodes.cell[row], nodes.level[row], nodes.cover[row]
-    num_tokens, (_, height, width, _) = grouping.num_tokens[row], tree.shape
+    return merge_nodes(
+        tree, nodes.is_node[row], nodes.cell[row], nodes.level[row], nodes.cover[row], labels,
+        grouping.num_tokens[row], grouping.num_nodes[row],
+    )  # fmt: skip
+
+
+def merge_nodes(
+    tree: QuadTree,
+    is_node: torch.Tensor,
+    cell: torch.Tensor,
+    level: torch.Tensor,
+    cover: torch.Tensor,
+    labels: torch.Tensor | None,
+    num_tokens: int,
+    num_nodes: int | None,
+) -> Merged:
+    """``merge_grouped`` on one threshold's nodes (the [S] rows of ``NodeMap``, labels [S] or None), with the host's
+    counts of its tokens and nodes. ``padded_merge`` gives ``num_tokens`` = S and ``num_nodes`` None."""
+    _, height, width, _ = tree.shape
     representative = representatives(is_node, labels)
-    keep = torch.nonzero_static(representative, size=num_tokens).squeeze(1)
+    keep = torch.nonzero_static(representative, size=num_tokens, fill_value=0).squeeze(1)
     token = representative.cumsum(0) - 1  # at a representative's slot: its token
     members = token[cover if labels is None else labels[cover]]  # each patch's token
     patches = members.new_zeros(num_tokens).index_add_(0, members, torch.ones_like(members))
@@ -519,7 +536,7 @@ def merge_grouped(tree: QuadTree, grouping: Grouping, row: int = 0) -> Merged:
             features = features / patches[:, None].to(features.dtype)
         return Merged(features, boxes, patches, members, weights)
     group = torch.where(is_node, token[labels], num_tokens)  # each node's token, the other slots after every group
-    order = group.int().sort(stable=True).indices[: grouping.num_nodes[row]]  # the nodes, token by token
+    order = group.int().sort(stable=True).indices[:num_nodes]  # the nodes, token by token
     nodes_per_token = group.new_zeros(num_tokens + 1).index_add_(0, group, torch.ones_like(group))[:num_tokens]
     bounds = F.pad(nodes_per_token.cumsum(0), (1, 0))
     rows = order // (height * width) * cells_per_frame + cell[order]
@@ -527,3 +544,25 @@ def merge_grouped(tree: QuadTree, grouping: Grouping, row: int = 0) -> Merged:
     if weights is not None:
         weights = weights / nodes_per_token[members]  # over its group's nodes
     return Merged(features, boxes, patches, members, weights)
+
+
+def padded_merge(
+    tree: QuadTree,
+    is_node: torch.Tensor,
+    cell: torch.Tensor,
+    level: torch.Tensor,
+    cover: torch.Tensor,
+    labels: torch.Tensor | None = None,
+) -> Merged:
+    """``merge_nodes`` with shapes that do not depend on the grouping, so that a CUDA graph replays it for any video
+    of one layout (``sttm.graphs``): tokens, boxes and patches of S rows, the first ones those of the true count
+    (``trimmed``), the rest of no meaning."""
+    return merge_nodes(tree, is_node, cell, level, cover, labels, len(is_node), None)
+
+
+def trimmed(merged: Merged, num_tokens: int) -> Merged:
+    """A ``padded_merge`` cut to its ``num_tokens`` tokens, copied out of the graph's memory (the next replay
+    overwrites it)."""
+    weights = None if merged.member_weights is None else merged.member_weights.clone()
+    tokens, boxes, patches = (part[:num_tokens].clone() for part in merged[:3])
+    return Merged(tokens, boxes, patches, merged.members.clone(), weights)

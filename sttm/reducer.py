@@ -24,9 +24,11 @@ from sttm.merge import (
     count_steps,
     merge_grouped,
     merge_video,
+    padded_merge,
     queue_grouping,
     settle_grouping,
     temporal_table,
+    trimmed,
 )
 from sttm.quadtree import QuadTree, build_quadtree
 
@@ -240,8 +242,8 @@ class STTM(Reducer):
         """STTM's tokens at the hand-set thresholds (τ_t ≤ 0: no temporal merging)."""
         both = as_thresholds([self.threshold, self.temporal_threshold], grid.device)  # one copy
         key = ("thresholds", *self._layout(grid), self.temporal_threshold > 0)
-        _, (tree, queued) = self._run(captures, key, self._queue_at_thresholds, grid, both)
-        return merge_grouped(tree, settle_grouping(queued))
+        captured, (tree, queued) = self._run(captures, key, self._queue_at_thresholds, grid, both)
+        return self._merge(tree, settle_grouping(queued), 0, captured)
 
     def _queue_at_thresholds(self, grid: torch.Tensor, both: torch.Tensor) -> tuple[QuadTree, QueuedGrouping]:
         tree = self._tree(grid)
@@ -292,8 +294,20 @@ class STTM(Reducer):
         chosen = int(steps.regions(np.array([spatial]))[0])
         if chosen in counted:
             done, row = counted[chosen]
-            return thresholds, met, merge_grouped(tree, groupings[done], row)
+            return thresholds, met, self._merge(tree, groupings[done], row, captured)
         return thresholds, met, merge_video(tree, *thresholds, self.variant, table)
+
+    @staticmethod
+    def _merge(tree: QuadTree, grouping: Grouping, row: int, captured: Captured | None) -> Merged:
+        """``merge_grouped`` at ``row``; replayed in ``captured``'s graphs where given, padded to the layout's shapes
+        (``padded_merge``) and cut to the token count (``trimmed``)."""
+        if captured is None:
+            return merge_grouped(tree, grouping, row)
+        nodes, labels = grouping.nodes, grouping.labels
+        rows = [nodes.is_node[row], nodes.cell[row], nodes.level[row], nodes.cover[row]]
+        rows += [] if labels is None else [labels[row]]
+        padded = captured.replay_later(("merge", len(rows)), functools.partial(padded_merge, tree), *rows)
+        return trimmed(padded, grouping.num_tokens[row])
 
     def _analyse(
         self, grid: torch.Tensor, target: torch.Tensor

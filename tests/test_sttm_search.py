@@ -13,7 +13,16 @@ import torch
 
 from sttm.api import VideoTokens
 from sttm.bisect import UNKNOWN, bisect
-from sttm.merge import as_thresholds, count_steps, group_nodes, merge_grouped, merge_video, temporal_table
+from sttm.merge import (
+    as_thresholds,
+    count_steps,
+    group_nodes,
+    merge_grouped,
+    merge_video,
+    padded_merge,
+    temporal_table,
+    trimmed,
+)
 from sttm.quadtree import build_quadtree
 from sttm.reducer import STTM, linking_limit, packed_steps, temporal_thresholds, unpack_steps
 from sttm.synthetic import redundant_video
@@ -248,6 +257,25 @@ def test_counting_thresholds_together_equals_counting_and_merging_each_alone(var
             assert grouping.num_nodes[row] == len(merge_video(tree, s, -1.0, variant).tokens)
             for ours, theirs in zip(merge_grouped(tree, grouping, row), alone, strict=True):
                 assert ours is theirs is None or torch.equal(ours, theirs)  # member weights: None for sums
+
+
+@pytest.mark.parametrize("weighted_avg", [False, True])
+@pytest.mark.parametrize("variant", ["official", "corrected"])
+def test_a_padded_merge_cut_to_the_token_count_is_the_merge(variant, weighted_avg):
+    for grid in [*videos(), near_one_video()]:
+        tree = build_quadtree(grid, 1, variant, weighted_avg=weighted_avg, head_dim=None)
+        spatial = as_thresholds([-1.0, 0.6, 0.9, 1.0], grid.device)
+        for temporal in (None, as_thresholds([0.05, 0.6, 0.8, 0.95], grid.device)):
+            grouping = group_nodes(tree, spatial, temporal, variant)
+            for row in range(len(spatial)):
+                nodes = grouping.nodes
+                rows = [nodes.is_node[row], nodes.cell[row], nodes.level[row], nodes.cover[row]]
+                rows += [] if grouping.labels is None else [grouping.labels[row]]
+                padded = padded_merge(tree, *rows)
+                assert len(padded.tokens) == grid.shape[:3].numel()
+                cut = trimmed(padded, grouping.num_tokens[row])
+                for ours, theirs in zip(cut, merge_grouped(tree, grouping, row), strict=True):
+                    assert ours is theirs is None or torch.equal(ours, theirs)
 
 
 def other_videos():
