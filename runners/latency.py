@@ -277,7 +277,8 @@ def markdown(rows: list[dict], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path):
+    """Prefill speed-up against kept ratio, one panel per frame count, written to ``path``; returns the figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -289,6 +290,8 @@ def plot(rows: list[dict], path: Path) -> None:
         for index, method in enumerate(sorted({row["method"] for row in measured})):
             points = sorted((r["kept_ratio"], r["prefill_speedup"]) for r in measured
                             if r["method"] == method and r["frames"] == frames)  # fmt: skip
+            if not points:  # measured at other frame counts only
+                continue
             style = "--" if method.startswith("ceiling") else "-"
             colour = plt.get_cmap("tab20").colors[index % 20]
             axis.plot(*zip(*points, strict=True), style, marker="o", color=colour, label=method)
@@ -297,6 +300,7 @@ def plot(rows: list[dict], path: Path) -> None:
     axes[0][-1].legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
+    return figure
 
 
 def main(argv: list[str] | None = None) -> int:

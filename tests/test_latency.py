@@ -59,6 +59,17 @@ def test_tables_and_plots_are_written(tmp_path):
     assert (tmp_path / "plot.png").stat().st_size > 0
 
 
+def test_a_method_measured_at_one_frame_count_only_is_drawn_in_its_panel_alone(tmp_path):
+    row = dict(model="m", method="sttm", budget=0.5, kept_ratio=0.5, prefill_speedup=2.0)
+    other = row | dict(frames=128, method="fastvid", prefill_speedup=3.0)
+    rows = [row | dict(frames=64), row | dict(frames=128), other]
+    figure = plot(rows, tmp_path / "plot.png")
+    panels = {axis.get_title(): [(line.get_label(), list(line.get_xydata().ravel())) for line in axis.lines]
+              for axis in figure.axes}  # fmt: skip
+    assert panels == {"m, 64 frames": [("sttm", [0.5, 2.0])],
+                      "m, 128 frames": [("fastvid", [0.5, 3.0]), ("sttm", [0.5, 2.0])]}  # fmt: skip
+
+
 def test_the_whole_benchmark_runs_on_a_tiny_architecture(monkeypatch):
     """The GPU run, shrunk: the tiny LLaVA-OneVision in place of the 7B one, on the CPU, one repeat."""
     monkeypatch.setitem(ARCHITECTURES, "tiny", tiny_architecture("llava_onevision"))
