@@ -3,7 +3,7 @@
     python scripts/bench_reducers.py                      # every registered reducer, on GPU if there is one
     python scripts/bench_reducers.py --reducers sttm --authors-code PATH/TO/STTM-checkout
 
-The input is ``sttm.synthetic.redundant_video`` ([128, 14, 14, 3584] bf16 by default: a LLaVA-Video-7B video at
+The input is ``sttm.synthetic.benchmark_video`` ([128, 14, 14, 3584] bf16 by default: a LLaVA-Video-7B video at
 decoder layer 2), with scene changes every few frames; the paper's LLaVA-Video thresholds keep about 30-50% of
 it. Each reducer runs ``--warmup`` times, then ``--repeats`` timed calls (CUDA events on GPU, perf_counter on
 CPU); the table gives median and spread, and whether the call after the timed ones returned the same tokens and
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -30,13 +29,12 @@ from pathlib import Path
 
 import torch
 
-from sttm.api import Reducer, Stage, VideoTokens, available_reducers, build_reducer
+from sttm.api import Reducer, Stage, available_reducers, build_reducer
 from sttm.clock import timed
 from sttm.device_work import device_work, host_model, launch_us
-from sttm.synthetic import redundant_video
+from sttm.paper import BENCHMARK_THRESHOLDS
+from sttm.synthetic import benchmark_video
 
-#: STTM settings timed besides budget mode: the authors' LLaVA-Video-7B Video-MME thresholds (STTM_SPEC.md §4).
-STTM_PAPER_SETTINGS = {"0.5": (0.85, 0.55), "0.3": (0.80, 0.50)}
 REPEATABLE = {True: "yes", False: "NO", None: ""}  # None: not checked (the authors' code)
 
 
@@ -50,7 +48,7 @@ def settings_to_time(
     for name in names:
         sttm_settings = []
         if name == "sttm":
-            for budget, (spatial, temporal) in STTM_PAPER_SETTINGS.items():
+            for budget, (spatial, temporal) in BENCHMARK_THRESHOLDS.items():
                 for variant in ("official", "corrected"):
                     params = {"threshold": spatial, "temporal_threshold": temporal, "variant": variant}
                     sttm_settings.append((f"{variant} tau={spatial}/{temporal} (paper {budget})", params))
@@ -119,12 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     names = args.reducers or available_reducers()
-    t, h, w, c = args.shape
-    grid = redundant_video(t, h, w, c, dtype=getattr(torch, args.dtype), device=args.device)
-    # random attention evidence for the methods that rank or compare tokens by it (72: SigLIP-so400m's head width)
-    importance, keys = torch.rand(t, h, w, device=args.device), torch.randn(t, h, w, 72, device=args.device)
-    video = VideoTokens(grid, importance=importance, keys=keys, question="benchmark")
-    device_name = torch.cuda.get_device_name() if grid.is_cuda else platform.processor() or "cpu"
+    video = benchmark_video(*args.shape, dtype=getattr(torch, args.dtype), device=args.device)
+    grid = video.grid
+    device_name = torch.cuda.get_device_name() if grid.is_cuda else host_model()
     host = {"host": host_model(), "launch_us": round(launch_us(grid.device), 2)}
     print(f"# {device_name}, torch {torch.__version__}, commit {git_commit()}, input {list(grid.shape)} {grid.dtype}")
     print(f"# host {host['host']}: {host['launch_us']} us to queue a small op")
@@ -153,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.authors_code:
         quadtree_build_video = authors_quadtree(args.authors_code)
         channels_first = grid.permute(0, 3, 1, 2)
-        for budget, (spatial, temporal) in STTM_PAPER_SETTINGS.items():
+        for budget, (spatial, temporal) in BENCHMARK_THRESHOLDS.items():
 
             def authors_call(s=spatial, tt=temporal):
                 return quadtree_build_video(channels_first, s, tt, root_level=1)

@@ -25,12 +25,10 @@ from sttm.api import VideoTokens, build_reducer
 from sttm.bisect import bisect
 from sttm.device_work import device_work
 from sttm.merge import merge_video
+from sttm.paper import BENCHMARK_THRESHOLDS
 from sttm.quadtree import build_quadtree
 from sttm.reducer import STTM
 from sttm.synthetic import redundant_video
-
-#: the authors' LLaVA-Video-7B Video-MME thresholds at 50% and 30% (as in ``scripts/bench_reducers.py``).
-PAPER_THRESHOLDS = ((0.85, 0.55), (0.80, 0.50))
 
 
 def plain_search(reducer: STTM, video: VideoTokens) -> tuple[float, float]:
@@ -63,7 +61,7 @@ def pass_widths(reducer: STTM, video: VideoTokens) -> str:
 def settings(budgets: list[float], variants: list[str]) -> list[tuple[str, dict]]:
     runs = []
     for variant in variants:
-        for spatial, temporal in PAPER_THRESHOLDS:
+        for spatial, temporal in BENCHMARK_THRESHOLDS.values():
             runs.append((f"{variant} tau={spatial}/{temporal}", {"threshold": spatial, "temporal_threshold": temporal}))
         runs += [(f"{variant} budget={budget}", {"budget": budget}) for budget in budgets]
     return [(label, {**params, "variant": label.split()[0]}) for label, params in runs]

@@ -5,9 +5,9 @@
     python scripts/reducer_outputs.py compare before.pt after.pt     # exit status 1 where any output differs
 
 A change meant to make a reducer faster without changing what it returns is checked this way: the input is
-``scripts/bench_reducers.py``'s (``sttm.synthetic.redundant_video``, [128, 14, 14, 3584] bf16 by default, attention
-evidence drawn from a fixed seed), each setting is run three times and the last call's tokens, boxes, patch
-counts, members, member weights and chosen thresholds are saved. ``compare`` prints, per setting, whether each
+``scripts/bench_reducers.py``'s (``sttm.synthetic.benchmark_video``, [128, 14, 14, 3584] bf16 by default), each
+setting is run three times and the last call's tokens, boxes, patch counts, members, member weights and chosen
+thresholds are saved. ``compare`` prints, per setting, whether each
 is identical (``torch.equal``), and the largest difference of the tokens where they are not. Reducers that are
 not repeatable on a GPU (float scatter accumulation: ToMe, HoliTom's two stages) differ from run to run by
 themselves; the ``repeatable`` column of ``bench_reducers.py`` says which.
@@ -21,11 +21,10 @@ from pathlib import Path
 
 import torch
 
-from sttm.api import VideoTokens, build_reducer
-from sttm.synthetic import redundant_video
+from sttm.api import build_reducer
+from sttm.paper import BENCHMARK_THRESHOLDS
+from sttm.synthetic import benchmark_video
 
-#: STTM's settings besides budget mode: the authors' LLaVA-Video-7B Video-MME thresholds (as bench_reducers').
-STTM_THRESHOLDS = ((0.85, 0.55), (0.80, 0.50))
 INFO_KEYS = ("threshold", "temporal_threshold")
 
 
@@ -38,19 +37,14 @@ def settings(names: list[str], budgets: list[float]) -> list[tuple[str, dict]]:
             for variant in ("official", "corrected"):
                 runs += [(name, {"budget": budget, "variant": variant}) for budget in budgets]
                 runs += [(name, {"threshold": spatial, "temporal_threshold": temporal, "variant": variant})
-                         for spatial, temporal in STTM_THRESHOLDS]  # fmt: skip
+                         for spatial, temporal in BENCHMARK_THRESHOLDS.values()]  # fmt: skip
         else:
             runs += [(name, {"budget": budget}) for budget in budgets]
     return runs
 
 
 def save(path: Path, names: list[str], budgets: list[float], shape: list[int], device: str) -> None:
-    t, h, w, c = shape
-    grid = redundant_video(t, h, w, c, dtype=torch.bfloat16, device=device)
-    generator = torch.Generator().manual_seed(0)
-    importance = torch.rand(t, h, w, generator=generator).to(device)
-    keys = torch.randn(t, h, w, 72, generator=generator).to(device)
-    video = VideoTokens(grid, importance=importance, keys=keys, question="benchmark")
+    video = benchmark_video(*shape, dtype=torch.bfloat16, device=device)
     saved = {}
     for name, params in settings(names, budgets):
         reducer = build_reducer(name, **params)

@@ -354,8 +354,8 @@ def frame_pair_dots(features: torch.Tensor, chunks: int) -> torch.Tensor:
     channel chunk (K chunks), from ``features`` [T, P, C]; T' = T − 1 (a single frame is paired with itself).
 
     On a GPU the positions are padded with zeros to a multiple of ``ALIGNED_POSITIONS`` and the padding's products
-    cut off: the same products, summed by an aligned kernel in another order (2.5x faster at [128, 261, 3584] bf16
-    on an H200), so the float32 sums differ from the unaligned kernel's by rounding, as those of any two orders do.
+    cut off: the same products, summed by a faster, aligned kernel in another order, so the float32 sums differ from
+    the unaligned kernel's by rounding, as those of any two orders do.
     """
     t, positions, _ = features.shape
     pairs = max(t - 1, 1)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from sttm.api import VideoTokens
+
 
 def redundant_video(
     frames: int = 16,
@@ -44,3 +46,16 @@ def redundant_video(
     scale = video.norm(dim=-1, keepdim=True).mean()
     video = video + noise * scale / channels**0.5 * torch.randn(video.shape, generator=generator)
     return video.to(dtype=dtype, device=device)
+
+
+def benchmark_video(
+    frames: int, height: int, width: int, channels: int, dtype: torch.dtype, device: torch.device | str, seed: int = 0
+) -> VideoTokens:
+    """The benchmark scripts' input: a ``redundant_video`` grid and, for the methods that rank or compare tokens by
+    it, random attention evidence drawn from ``seed`` on the CPU (``importance`` [T, H, W] and ``keys`` [T, H, W, 72],
+    72 being SigLIP-so400m's head width)."""
+    grid = redundant_video(frames, height, width, channels, dtype=dtype, device=device)
+    generator = torch.Generator().manual_seed(seed)
+    importance = torch.rand(frames, height, width, generator=generator).to(device)
+    keys = torch.randn(frames, height, width, 72, generator=generator).to(device)
+    return VideoTokens(grid, importance=importance, keys=keys, question="benchmark")
