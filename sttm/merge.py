@@ -25,8 +25,9 @@ depends on the data. The temporal similarity of every cell of every level of a f
 frame is one batched matrix product per video (``temporal_table``; a few hundred cells per frame cost less than
 gathering each node's partners), read by the node pairs at each threshold. A grouping waits on the device once,
 for one transfer that tells the host how many tokens and nodes each threshold leaves and, for the official
-variant, that its label propagation has settled (looked at once per ``ROUNDS_PER_CHECK`` rounds, another
-transfer only where it has not; the corrected variant's forest needs a fixed number of pointer jumps); a merge
+variant, that its label propagation has settled (looked at after ``ROUNDS_PER_CHECK`` rounds, then after as many
+rounds again as have run, only where it has not; the corrected variant's forest needs a fixed number of pointer
+jumps); a merge
 then needs no other: on a GPU the rest is queued behind the work before it, which hides its launch cost.
 
 A budget search need not group at every threshold it tries: every comparison the grouping makes flips at one of
@@ -132,7 +133,7 @@ def temporal_links(
     return earlier, later, linked
 
 
-#: rounds of the label propagation queued between two looks at whether it has settled.
+#: rounds of the label propagation queued before the host's first look at whether it has settled.
 ROUNDS_PER_CHECK = 2
 
 
@@ -158,11 +159,11 @@ def start_propagation(num_slots: int, earlier: torch.Tensor, later: torch.Tensor
     return Propagation(ends, labels, torch.zeros(rows, 1, dtype=torch.bool, device=linked.device), offsets)
 
 
-def propagation_rounds(state: Propagation) -> Propagation:
-    """``ROUNDS_PER_CHECK`` more rounds; a row's labels stay as they are from the round that settles it."""
+def propagation_rounds(state: Propagation, rounds: int = ROUNDS_PER_CHECK) -> Propagation:
+    """``rounds`` more rounds; a row's labels stay as they are from the round that settles it."""
     ends, labels, settled, offsets = state
     rows = len(offsets)
-    for _ in range(ROUNDS_PER_CHECK):
+    for _ in range(rounds):
         smaller = torch.minimum(*labels[ends].view(2, -1))
         updated = labels.scatter_reduce(0, ends, smaller.repeat(2), reduce="amin")
         labels = torch.where(settled, labels.view(rows, -1), updated[updated].view(rows, -1)).flatten()
@@ -193,7 +194,8 @@ def propagate_labels(
     Each round, both ends of every linked pair take the pair's smaller label (``amin`` scatters), then every
     label jumps to its label's label. A row stops at the first round whose labels are idempotent, which can be
     before every linked pair agrees (the authors' loop). Rounds after the one that settles a row leave its labels
-    as they are, so the host looks only every ``ROUNDS_PER_CHECK`` rounds, at all rows at once.
+    as they are, so the host looks at all rows at once, after ``ROUNDS_PER_CHECK`` rounds and then after twice as
+    many as before each time (a chain across T frames settles in about log2(T) rounds: a few looks at most).
     """
     return finish_propagation(*queue_propagation(num_slots, earlier, later, linked, tally), tally)
 
@@ -211,21 +213,37 @@ def queue_propagation(
     return state, *propagation_look(state, tally)
 
 
+def propagation_continued(
+    state: Propagation, rounds: int, tally: Callable[[torch.Tensor], torch.Tensor]
+) -> tuple[Propagation, torch.Tensor, torch.Tensor]:
+    """``rounds`` more rounds of a propagation and the look after them (``propagation_look``), without waiting."""
+    state = propagation_rounds(state, rounds)
+    return state, *propagation_look(state, tally)
+
+
+#: ``(propagation, rounds) -> (propagation, labels, look)``: ``propagation_continued`` with a tally, or its replay.
+Continuation = Callable[[Propagation, int], tuple[Propagation, torch.Tensor, torch.Tensor]]
+
+
 def finish_propagation(
     state: Propagation | None,
     found: torch.Tensor | None,
     look: torch.Tensor,
     tally: Callable[[torch.Tensor], torch.Tensor],
+    more: Continuation | None = None,
 ) -> tuple[torch.Tensor, list[int]]:
-    """From a look already queued (``propagation_look``), the settled labels and their tally on the host: more
-    rounds, and looks, until every row has settled (``state`` None: labels final, whose look says none is
-    unsettled)."""
+    """From a look already queued (``propagation_look``) after ``ROUNDS_PER_CHECK`` rounds, the settled labels and
+    their tally on the host: where a row has not settled, as many rounds again as have run and another look, until
+    every row has (``state`` None: labels final, whose look says none is unsettled). ``more`` runs the rounds and
+    the look (``propagation_continued`` with ``tally`` if None)."""
+    more = more or (lambda state, rounds: propagation_continued(state, rounds, tally))
+    rounds = ROUNDS_PER_CHECK
     while True:
         unsettled, *tallied = look.tolist()
         if not unsettled:
             return found, tallied
-        state = propagation_rounds(state)
-        found, look = propagation_look(state, tally)
+        state, found, look = more(state, rounds)
+        rounds *= 2
 
 
 def root_labels(
@@ -267,11 +285,6 @@ def representatives(is_node: torch.Tensor, labels: torch.Tensor | None) -> torch
     return is_node & (labels == torch.arange(labels.shape[-1], device=labels.device))
 
 
-def count_tokens(nodes: NodeMap, labels: torch.Tensor | None) -> torch.Tensor:
-    """[K] tokens left after grouping at each threshold: one per group."""
-    return representatives(nodes.is_node, labels).sum(dim=-1)
-
-
 class Grouping(NamedTuple):
     """The nodes of a video at K thresholds (``NodeMap``), their group labels [K, S] (None: no temporal merging),
     and on the host, per threshold, the tokens left (one per group) and the nodes."""
@@ -294,9 +307,10 @@ class QueuedGrouping(NamedTuple):
     look: torch.Tensor
 
 
-def grouping_tally(nodes: NodeMap, labels: torch.Tensor | None) -> torch.Tensor:
-    """[2K] the tokens left at each threshold, then the nodes."""
-    return torch.cat([count_tokens(nodes, labels), nodes.is_node.sum(dim=-1)])
+def grouping_tally(is_node: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """[2K] the tokens left at each of K thresholds (one per group), then the nodes, of ``is_node`` [K, S] and the
+    group ``labels`` [K, S] (None: no temporal merging)."""
+    return torch.cat([representatives(is_node, labels).sum(dim=-1), is_node.sum(dim=-1)])
 
 
 def queue_grouping(
@@ -309,22 +323,24 @@ def queue_grouping(
     """``group_nodes`` up to the host's first look, without waiting on the device: what a CUDA graph can hold."""
     nodes = node_map(tree, thresholds)
     if temporal_thresholds is None:
-        return QueuedGrouping(nodes, None, None, F.pad(grouping_tally(nodes, None), (1, 0)))
+        return QueuedGrouping(nodes, None, None, F.pad(grouping_tally(nodes.is_node, None), (1, 0)))
     table = temporal_table(tree) if table is None else table
     earlier, later, linked = temporal_links(tree, nodes, table, temporal_thresholds, variant)
     num_slots = nodes.cover.shape[1]
     if variant == "corrected":
         labels = root_labels(num_slots, earlier, later, linked, tree.shape[0])
-        return QueuedGrouping(nodes, labels, None, F.pad(grouping_tally(nodes, labels), (1, 0)))
-    state, labels, look = queue_propagation(num_slots, earlier, later, linked, functools.partial(grouping_tally, nodes))
+        return QueuedGrouping(nodes, labels, None, F.pad(grouping_tally(nodes.is_node, labels), (1, 0)))
+    state, labels, look = queue_propagation(
+        num_slots, earlier, later, linked, functools.partial(grouping_tally, nodes.is_node)
+    )
     return QueuedGrouping(nodes, labels, state, look)
 
 
-def settle_grouping(queued: QueuedGrouping) -> Grouping:
+def settle_grouping(queued: QueuedGrouping, more: Continuation | None = None) -> Grouping:
     """The ``Grouping`` of a queued one: the host reads its look, and where the official variant's propagation has
-    not settled, queues more rounds and looks until it has."""
+    not settled, queues more rounds and looks until it has (``finish_propagation``, ``more`` as there)."""
     nodes, labels, state, look = queued
-    labels, tallied = finish_propagation(state, labels, look, functools.partial(grouping_tally, nodes))
+    labels, tallied = finish_propagation(state, labels, look, functools.partial(grouping_tally, nodes.is_node), more)
     half = len(tallied) // 2
     return Grouping(nodes, labels, tallied[:half], tallied[half:])
 

@@ -19,12 +19,15 @@ from sttm.merge import (
     Grouping,
     Merged,
     NodeMap,
+    Propagation,
     QueuedGrouping,
     as_thresholds,
     count_steps,
+    grouping_tally,
     merge_grouped,
     merge_video,
     padded_merge,
+    propagation_continued,
     queue_grouping,
     settle_grouping,
     temporal_table,
@@ -116,6 +119,27 @@ def unpack_steps(packed: torch.Tensor, kept: torch.Tensor) -> Steps:
     region = F.pad(breakpoints + 1, (1, 0))  # the first of count_steps' regions in each of Steps'
     values, signs, below = torch.cat([F.pad(packed[:1, breakpoints], (0, 1)), packed[1:, region]]).cpu().numpy()
     return Steps(values[:-1], signs.astype(np.int8), below)
+
+
+def continued_grouping(rounds: int, *tensors: torch.Tensor) -> tuple[Propagation, torch.Tensor, torch.Tensor]:
+    """``propagation_continued`` of a grouping's propagation from its tensors alone, what a graph captures:
+    ``tensors`` are the ``Propagation``'s, then the grouping's ``is_node`` [K, S] that its tally counts."""
+    *state, is_node = tensors
+    return propagation_continued(Propagation(*state), rounds, functools.partial(grouping_tally, is_node))
+
+
+def settled(queued: QueuedGrouping, captured: Captured | None) -> Grouping:
+    """``settle_grouping``, the official variant's further rounds of propagation, where it has not settled at the
+    first look, replayed in ``captured``'s graphs (one per number of rounds) where given."""
+    if captured is None or queued.propagation is None:
+        return settle_grouping(queued)
+    is_node = queued.nodes.is_node
+
+    def more(state: Propagation, rounds: int) -> tuple[Propagation, torch.Tensor, torch.Tensor]:
+        key = ("rounds", rounds, tuple(is_node.shape))
+        return captured.replay_later(key, functools.partial(continued_grouping, rounds), *state, is_node)
+
+    return settle_grouping(queued, more)
 
 
 def copied(grouping: Grouping) -> Grouping:
@@ -243,7 +267,7 @@ class STTM(Reducer):
         both = as_thresholds([self.threshold, self.temporal_threshold], grid.device)  # one copy
         key = ("thresholds", *self._layout(grid), self.temporal_threshold > 0)
         captured, (tree, queued) = self._run(captures, key, self._queue_at_thresholds, grid, both)
-        return self._merge(tree, settle_grouping(queued), 0, captured)
+        return self._merge(tree, settled(queued, captured), 0, captured)
 
     def _queue_at_thresholds(self, grid: torch.Tensor, both: torch.Tensor) -> tuple[QuadTree, QueuedGrouping]:
         tree = self._tree(grid)
@@ -269,7 +293,7 @@ class STTM(Reducer):
         spatial merging alone, where the bounds are the count; for the official one where the bounds fall on one
         side of the target. The rest is counted on the device, every threshold of a pass in one batch, the pass
         chosen by where the target lies between the bounds, and the merge reuses the grouping of the threshold
-        chosen where it was counted.
+        chosen where it was counted, or groups at that threshold alone where the bounds settled it.
         """
         target = math.floor(self.budget * num_tokens + 1e-9)
         key = ("budget", *self._layout(grid), self.budget_gap)
@@ -295,7 +319,9 @@ class STTM(Reducer):
         if chosen in counted:
             done, row = counted[chosen]
             return thresholds, met, self._merge(tree, groupings[done], row, captured)
-        return thresholds, met, merge_video(tree, *thresholds, self.variant, table)
+        if captured is None:
+            return thresholds, met, merge_video(tree, *thresholds, self.variant, table)
+        return thresholds, met, self._merge(tree, self._group(tree, table, [spatial], captured), 0, captured)
 
     @staticmethod
     def _merge(tree: QuadTree, grouping: Grouping, row: int, captured: Captured | None) -> Merged:
@@ -325,16 +351,19 @@ class STTM(Reducer):
     ) -> Grouping:
         """``group_nodes`` at each spatial threshold, its temporal one following it, in one batched pass; replayed
         in ``captured``'s graphs where given, padded to one width (repeating the last threshold) so that every
-        pass of a search replays one graph."""
-        rows, replayed = len(spatials), captured is not None and len(spatials) <= PASS_WIDTH_CUDA
+        pass of a search replays one graph, and one graph of its own for a single threshold (the merge's where
+        the search settled it without counting it)."""
+        rows = len(spatials)
+        width = 1 if rows == 1 else PASS_WIDTH_CUDA
+        replayed = captured is not None and rows <= width
         if replayed:
-            spatials = spatials + spatials[-1:] * (PASS_WIDTH_CUDA - rows)
+            spatials = spatials + spatials[-1:] * (width - rows)
         both = as_thresholds(spatials + self._temporal_at(spatials), tree.cells.device)  # one copy
         if replayed:
-            queued = captured.replay_later("pass", functools.partial(self._queue_at, tree, table), both)
+            queued = captured.replay_later(("pass", width), functools.partial(self._queue_at, tree, table), both)
         else:
             queued = self._queue_at(tree, table, both)
-        grouping = settle_grouping(queued)
+        grouping = settled(queued, captured if replayed else None)
         return grouping._replace(num_tokens=grouping.num_tokens[:rows], num_nodes=grouping.num_nodes[:rows])
 
     def _queue_at(self, tree: QuadTree, table: torch.Tensor | None, both: torch.Tensor) -> QueuedGrouping:

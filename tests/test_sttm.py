@@ -268,6 +268,30 @@ def test_label_propagation_checked_every_few_rounds_equals_checking_every_round(
     assert tallied == [len(expected.unique())]  # the tally of the settled labels
 
 
+def test_the_rounds_between_the_hosts_looks_double_so_a_long_chain_is_looked_at_a_few_times():
+    """Rounds after a row settles change nothing, so each further look may come after as many rounds again as have
+    run: the labels of every-round checking, in about log2(rounds) looks."""
+    generator = torch.Generator().manual_seed(7)
+    num_slots = 3000
+    order = torch.randperm(num_slots, generator=generator)
+    earlier, later = order[:-1], order[1:]
+    linked = torch.ones(len(earlier), dtype=torch.bool)
+    expected, needed = round_by_round_labels(num_slots, earlier, later, linked, until_consistent=False)
+    tally = lambda labels: labels.new_zeros(0)  # noqa: E731
+    asked: list[int] = []
+
+    def more(state, rounds):
+        asked.append(rounds)
+        return merge.propagation_continued(state, rounds, tally)
+
+    queued = merge.queue_propagation(num_slots, earlier[None], later[None], linked[None], tally)
+    labels, _ = merge.finish_propagation(*queued, tally, more)
+    assert torch.equal(labels[0], expected)
+    assert asked == [merge.ROUNDS_PER_CHECK * 2**k for k in range(len(asked))]
+    ran = merge.ROUNDS_PER_CHECK + sum(asked)
+    assert ran - asked[-1] < needed <= ran  # it stopped at the first look after the labels settled
+
+
 @pytest.mark.parametrize("frames", [1, 2, 3, 9, 33])
 def test_a_forest_of_links_one_frame_back_is_labelled_by_its_roots_as_propagation_to_consistency_labels_it(frames):
     """The corrected variant's groups: each later slot keeps at most one link (repeated, as a pair of equal boxes is

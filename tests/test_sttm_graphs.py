@@ -133,3 +133,27 @@ def test_replayed_budget_search_equals_eager_search_on_many_videos(seed):
                 assert same(STTM(budget=budget, cuda_graphs=False)(video), STTM(budget=budget)(video))
     finally:
         CAPTURES.clear()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize(
+    "settings", [{"budget": 0.5}, {"budget": 0.15}, {"threshold": 0.9, "temporal_threshold": 0.7}], ids=str
+)
+def test_a_propagation_that_settles_after_several_looks_replays_its_further_rounds_as_eager_sttm_runs_them(settings):
+    """Videos of one long scene: temporal chains across every frame, so the official variant's labels settle only
+    after further rounds, which are replayed too."""
+    CAPTURES.clear()
+    videos = [
+        VideoTokens(redundant_video(64, 14, 14, 256, scene_length=64, noise=0.3, seed=seed, device="cuda"))
+        for seed in range(2)
+    ]
+    try:
+        eager = [STTM(**settings, cuda_graphs=False)(video) for video in videos]
+        graphed = STTM(**settings)
+        for _ in range(3):
+            for expected, video in zip(eager, videos, strict=True):
+                assert same(expected, graphed(video))
+        later = [key for captured in CAPTURES.captured.values() for key in captured.later]
+        assert any(isinstance(key, tuple) and key[0] == "rounds" for key in later), later
+    finally:
+        CAPTURES.clear()
