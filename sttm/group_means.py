@@ -63,9 +63,11 @@ if triton is not None:
         columns = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         inside = columns < channels
         total = tl.zeros([BLOCK], dtype=tl.float32)
-        for member in range(tl.load(bounds + group), tl.load(bounds + group + 1)):
+        member, end = tl.load(bounds + group), tl.load(bounds + group + 1)
+        while member < end:  # not range(): Triton 3.6's interpreter cannot take loaded bounds there under numpy 2
             row = tl.load(members + member).to(tl.int64)
             total += tl.load(table + row * channels + columns, mask=inside).to(tl.float32)
+            member += 1
         mean = tl.math.div_rn(total, tl.load(divisors + group).to(tl.float32))
         tl.store(
             means + group.to(tl.int64) * channels + columns,

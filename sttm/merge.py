@@ -27,8 +27,7 @@ gathering each node's partners), read by the node pairs at each threshold. A gro
 for one transfer that tells the host how many tokens and nodes each threshold leaves and, for the official
 variant, that its label propagation has settled (looked at after ``ROUNDS_PER_CHECK`` rounds, then after as many
 rounds again as have run, only where it has not; the corrected variant's forest needs a fixed number of pointer
-jumps); a merge
-then needs no other: on a GPU the rest is queued behind the work before it, which hides its launch cost.
+jumps); a merge then needs no other: on a GPU the rest is queued behind the work before it, which hides its launch cost.
 
 A budget search need not group at every threshold it tries: every comparison the grouping makes flips at one of
 the similarities, so the tokens kept are a step function of the threshold, whose bounds (the count itself for the
