@@ -40,10 +40,18 @@ from sttm.quadtree import QuadTree, build_quadtree
 _GAP_CLOSES_OVER = 0.15
 
 #: thresholds of the bisection counted in one batched pass at most (``sttm.bisect``): on a GPU a pass costs mostly its
-#: launches and its one wait, little more for a wider one; on a CPU its width.
+#: launches and its waits, so a wide lookahead saves passes; on a CPU its width.
 LOOKAHEAD_WIDTH_CUDA, LOOKAHEAD_WIDTH_CPU = 127, 7
 #: the most thresholds a pass counts: the first counts the two ends of the range besides a lookahead.
 PASS_WIDTH_CUDA = LOOKAHEAD_WIDTH_CUDA + 2
+
+
+def pass_width(rows: int) -> int:
+    """The width a replayed pass of ``rows`` thresholds is padded to: 1, or the least 2^k + 1 that holds them (at
+    most ``PASS_WIDTH_CUDA``), so that a pass does at most about twice the work of its rows, from one of a few graphs
+    per layout."""
+    return 1 if rows <= 1 else min(2 ** (rows - 2).bit_length() + 1, PASS_WIDTH_CUDA)
+
 
 #: float32 values on either side of the first guess at ``linking_limit`` that it checks.
 _LIMIT_CANDIDATES = 3
@@ -350,11 +358,11 @@ class STTM(Reducer):
         self, tree: QuadTree, table: torch.Tensor | None, spatials: list[float], captured: Captured | None = None
     ) -> Grouping:
         """``group_nodes`` at each spatial threshold, its temporal one following it, in one batched pass; replayed
-        in ``captured``'s graphs where given, padded to one width (repeating the last threshold) so that every
-        pass of a search replays one graph, and one graph of its own for a single threshold (the merge's where
-        the search settled it without counting it)."""
+        in ``captured``'s graphs where given, padded (repeating the last threshold) to ``pass_width``, so that the
+        passes of a search replay one of a few graphs, the narrowest for a single threshold (the merge's where the
+        search settled it without counting it)."""
         rows = len(spatials)
-        width = 1 if rows == 1 else PASS_WIDTH_CUDA
+        width = pass_width(rows)
         replayed = captured is not None and rows <= width
         if replayed:
             spatials = spatials + spatials[-1:] * (width - rows)

@@ -24,7 +24,16 @@ from sttm.merge import (
     trimmed,
 )
 from sttm.quadtree import build_quadtree
-from sttm.reducer import STTM, linking_limit, packed_steps, temporal_thresholds, unpack_steps
+from sttm.reducer import (
+    LOOKAHEAD_WIDTH_CUDA,
+    PASS_WIDTH_CUDA,
+    STTM,
+    linking_limit,
+    packed_steps,
+    pass_width,
+    temporal_thresholds,
+    unpack_steps,
+)
 from sttm.synthetic import redundant_video
 
 
@@ -257,6 +266,30 @@ def test_counting_thresholds_together_equals_counting_and_merging_each_alone(var
             assert grouping.num_nodes[row] == len(merge_video(tree, s, -1.0, variant).tokens)
             for ours, theirs in zip(merge_grouped(tree, grouping, row), alone, strict=True):
                 assert ours is theirs is None or torch.equal(ours, theirs)  # member weights: None for sums
+
+
+def test_a_pass_is_padded_to_one_of_a_few_widths_that_hold_its_rows_at_most_about_twice():
+    widths = {rows: pass_width(rows) for rows in range(1, PASS_WIDTH_CUDA + 1)}
+    assert all(rows <= width < 2 * rows for rows, width in widths.items())
+    assert set(widths.values()) == {1, 2, 3, 5, 9, 17, 33, 65, PASS_WIDTH_CUDA}
+    assert widths[PASS_WIDTH_CUDA] == PASS_WIDTH_CUDA == LOOKAHEAD_WIDTH_CUDA + 2
+
+
+@pytest.mark.parametrize("variant", ["official", "corrected"])
+def test_a_pass_padded_with_its_last_threshold_counts_its_rows_as_unpadded(variant):
+    for grid in videos():
+        tree = build_quadtree(grid, 1, variant, weighted_avg=False, head_dim=None)
+        table = temporal_table(tree)
+        spatial, temporal = [0.6, 0.8, 0.9], [0.4, 0.6, 0.7]
+        alone = group_nodes(tree, as_thresholds(spatial, grid.device), as_thresholds(temporal, grid.device),
+                            variant, table)  # fmt: skip
+        padding = pass_width(len(spatial) + 1) - len(spatial)
+        spatial_padded, temporal_padded = spatial + spatial[-1:] * padding, temporal + temporal[-1:] * padding
+        padded = group_nodes(tree, as_thresholds(spatial_padded, grid.device),
+                             as_thresholds(temporal_padded, grid.device), variant, table)  # fmt: skip
+        assert padded.num_tokens[: len(spatial)] == alone.num_tokens
+        assert padded.num_nodes[: len(spatial)] == alone.num_nodes
+        assert torch.equal(padded.labels[: len(spatial)], alone.labels)
 
 
 @pytest.mark.parametrize("weighted_avg", [False, True])
