@@ -283,10 +283,8 @@ def test_a_pass_padded_with_its_last_threshold_counts_its_rows_as_unpadded(varia
         spatial, temporal = [0.6, 0.8, 0.9], [0.4, 0.6, 0.7]
         alone = group_nodes(tree, as_thresholds(spatial, grid.device), as_thresholds(temporal, grid.device),
                             variant, table)  # fmt: skip
-        padding = pass_width(len(spatial) + 1) - len(spatial)
-        spatial_padded, temporal_padded = spatial + spatial[-1:] * padding, temporal + temporal[-1:] * padding
-        padded = group_nodes(tree, as_thresholds(spatial_padded, grid.device),
-                             as_thresholds(temporal_padded, grid.device), variant, table)  # fmt: skip
+        padded = group_nodes(tree, as_thresholds(spatial + spatial[-1:] * 2, grid.device),
+                             as_thresholds(temporal + temporal[-1:] * 2, grid.device), variant, table)  # fmt: skip
         assert padded.num_tokens[: len(spatial)] == alone.num_tokens
         assert padded.num_nodes[: len(spatial)] == alone.num_nodes
         assert torch.equal(padded.labels[: len(spatial)], alone.labels)
