@@ -78,6 +78,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from baselines import maxmin
 from baselines.fastv import most_attended
 from baselines.fastvid import slot_members
 from sttm.api import (
@@ -198,8 +199,11 @@ def select_diverse(distances: torch.Tensor, count: int, exclude_selected: bool =
     distance to the picks so far (the first index on ties), the picks excluded. (ADTS v1 excludes them by setting
     them to −1: the same picks while the others stay above −1, as attention ≤ 1 keeps them above −0.3.) Here a pick
     is excluded by a diagonal of −inf: its distance to itself becomes its smallest one.
-    ``exclude_selected=False`` is ADTS v2's: picks stay candidates and may repeat.
+    ``exclude_selected=False`` is ADTS v2's: picks stay candidates and may repeat. On CUDA the steps run as
+    ``baselines.maxmin``'s kernels (the same picks: comparisons only).
     """
+    if maxmin.runs_on_kernels(distances):
+        return maxmin.most_diverse(distances, count, exclude_chosen=exclude_selected).sort(dim=1).values
     frames, width, _ = distances.shape
     second_smallest = smallest(distances, 2, dim=1)[:, 1:]  # [T, 1, N] of each column
     if exclude_selected:

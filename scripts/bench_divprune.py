@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from baselines.divprune import DivPrune, cosine_distances, most_diverse, torch_most_diverse, triton
+from baselines.divprune import DivPrune, cosine_distances, most_diverse, torch_most_diverse
+from baselines.maxmin import triton
 from scripts.bench_reducers import git_commit, time_calls
 from sttm.api import VideoTokens
 from sttm.synthetic import redundant_video

@@ -71,9 +71,9 @@ def test_the_gpu_path_chooses_as_the_reference_loop():
 KERNELS_UNDER_THE_TRITON_INTERPRETER = """
 import sys
 import torch
-from baselines.divprune import triton_most_diverse, triton_nearest_other
+from baselines.maxmin import most_diverse, nearest_other
 cases = torch.load(sys.argv[1])
-torch.save([(triton_nearest_other(d), triton_most_diverse(d, count)) for d, count in cases], sys.argv[2])
+torch.save([(nearest_other(d), most_diverse(d, count)) for d, count in cases], sys.argv[2])
 """
 
 

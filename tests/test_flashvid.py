@@ -3,7 +3,11 @@ corrected one, the pruning inside the LLM, and the reducer in the model."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +19,7 @@ from baselines import check_golden
 from baselines.flashvid import (
     FlashVID,
     FlashVIDLLM,
+    calibrated_distances,
     child_counts,
     cluster_counts,
     fastv_prune,
@@ -194,6 +199,55 @@ def test_official_v2_selection_may_pick_a_token_twice_corrected_never():
     distances = torch.tensor([[[0.0, -5.0, -0.5], [5.0, 0.0, -1.0], [0.5, -1.0, 0.0]]])  # columns 1, 2 negative
     assert select_diverse(distances, 2, exclude_selected=False).tolist() == [[0, 0]]
     assert select_diverse(distances, 2, exclude_selected=True).tolist() == [[0, 2]]
+
+
+def selection_cases() -> list[tuple[str, torch.Tensor, int, bool]]:
+    """(name, [T, N, N] float32 distances, count, exclude_selected): ADTS's calibrated distances (negative columns
+    where the v2 relevance is), integer distances full of ties, sizes around the kernels' blocks, both rules."""
+    generator = torch.Generator().manual_seed(3)
+    cases = []
+    for size in (2, 7, 33, 196, 300):
+        tokens = torch.randn(4, size, 16, generator=generator)
+        attention = torch.rand(4, size, generator=generator) / size
+        relevance = torch.randn(4, size, generator=generator)
+        for kind, distances in (("v1", calibrated_distances(tokens, attention)),
+                                ("v2", calibrated_distances(tokens, attention, relevance))):  # fmt: skip
+            for count in sorted({1, 2, min(size - 1, 12)}):
+                cases += [(f"{kind} n={size} count={count} exclude={rule}", distances, count, rule)
+                          for rule in (True, False)]  # fmt: skip
+    ties = torch.randint(-2, 3, (3, 40, 40), generator=generator).float()
+    cases += [(f"ties count={count} exclude={rule}", ties, count, rule) for count in (5, 39) for rule in (True, False)]
+    return cases
+
+
+SELECTION_CASES = selection_cases()
+SELECTION_UNDER_THE_TRITON_INTERPRETER = """
+import sys
+import torch
+from baselines.maxmin import most_diverse
+cases = torch.load(sys.argv[1])
+torch.save([most_diverse(d, count, exclude_chosen=rule).sort(dim=1).values for d, count, rule in cases], sys.argv[2])
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
+def test_the_selection_kernels_pick_as_the_torch_loop(tmp_path):
+    """ADTS's selection on CUDA (``baselines.maxmin``'s kernels, run here by Triton's interpreter) picks what
+    ``select_diverse``'s torch loop picks, with and without excluding the picks."""
+    torch.save([case[1:] for case in SELECTION_CASES], tmp_path / "cases.pt")
+    environment = {**os.environ, "TRITON_INTERPRET": "1"}
+    command = [sys.executable, "-c", SELECTION_UNDER_THE_TRITON_INTERPRETER, tmp_path / "cases.pt", tmp_path / "out.pt"]
+    finished = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr
+    for (name, distances, count, rule), picks in zip(SELECTION_CASES, torch.load(tmp_path / "out.pt"), strict=True):
+        assert torch.equal(picks, select_diverse(distances, count, exclude_selected=rule)), name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_selection_on_a_gpu_picks_as_the_torch_loop_on_the_cpu():
+    for name, distances, count, rule in SELECTION_CASES:
+        on_gpu = select_diverse(distances.cuda(), count, exclude_selected=rule)
+        assert torch.equal(on_gpu.cpu(), select_diverse(distances, count, exclude_selected=rule)), name
 
 
 def test_the_smallest_values_are_topks_repeats_and_signed_zeros_included_and_the_input_is_kept():
