@@ -24,9 +24,10 @@ Per video of T frames of N tokens, with a per-frame budget B split into ``n_ad =
 It acts before the LLM and needs the vision tower's attention (``Stage.VISION``): ``importance`` is the attention
 each patch receives at the layer whose output the LLM uses (mean over heads and queries), pooled like the features,
 which is the reference's ``cls_attention``. The reference loops over segments and frames; here each step runs on all
-frames at once (the greedy selection one pick at a time, the tree sums one position in the segment at a time), in
-the reference's order of summation where rounding could show. The host reads the device only where shapes need it:
-for the segments (before the heavy work), for the cluster counts, and at the end for the counts in ``info``.
+frames at once (the greedy selection one pick at a time, on CUDA in one program per frame of ``baselines.maxmin``;
+the tree sums one position in the segment at a time), in the reference's order of summation where rounding could
+show. The host reads the device only where shapes need it: for the segments (before the heavy work), for the
+cluster counts, and at the end for the counts in ``info``.
 
 Output: the selected tokens and the cluster tokens, sorted by slot (the authors' order); each token's box is its
 slot (the selected token, or the cluster centre, which is a tree root), and ``num_patches`` counts the input
