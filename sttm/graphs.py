@@ -59,12 +59,10 @@ def capture(call: Callable[..., Any], *args: torch.Tensor) -> Replay:
 @dataclass
 class Captured:
     """What is captured for one input layout: ``main``, the call the layout was seen with, and ``later``, replays
-    that read ``main``'s outputs (valid only while it is alive, so kept with it), by a key of their own; and
-    ``hints``, what the caller learnt of this layout's work that changes how it queues it, not what it computes."""
+    that read ``main``'s outputs (valid only while it is alive, so kept with it), by a key of their own."""
 
     main: Replay
     later: dict[Hashable, Replay] = field(default_factory=dict)
-    hints: dict[Hashable, Any] = field(default_factory=dict)
 
     def replay_later(self, key: Hashable, call: Callable[..., Any], *args: torch.Tensor) -> Any:
         """``call(*args)`` replayed, captured under ``key`` the first time."""

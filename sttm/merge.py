@@ -230,13 +230,13 @@ def finish_propagation(
     look: torch.Tensor,
     tally: Callable[[torch.Tensor], torch.Tensor],
     more: Continuation | None = None,
-    rounds: int = ROUNDS_PER_CHECK,
 ) -> tuple[torch.Tensor, list[int]]:
-    """From a look already queued (``propagation_look``) after ``rounds`` rounds, the settled labels and their tally
-    on the host: where a row has not settled, as many rounds again as have run and another look, until every row
-    has (``state`` None: labels final, whose look says none is unsettled). ``more`` runs the rounds and the look
-    (``propagation_continued`` with ``tally`` if None)."""
+    """From a look already queued (``propagation_look``) after ``ROUNDS_PER_CHECK`` rounds, the settled labels and
+    their tally on the host: where a row has not settled, as many rounds again as have run and another look, until
+    every row has (``state`` None: labels final, whose look says none is unsettled). ``more`` runs the rounds and
+    the look (``propagation_continued`` with ``tally`` if None)."""
     more = more or (lambda state, rounds: propagation_continued(state, rounds, tally))
+    rounds = ROUNDS_PER_CHECK
     while True:
         unsettled, *tallied = look.tolist()
         if not unsettled:
@@ -335,19 +335,11 @@ def queue_grouping(
     return QueuedGrouping(nodes, labels, state, look)
 
 
-def settle_grouping(
-    queued: QueuedGrouping, more: Continuation | None = None, rounds: int = ROUNDS_PER_CHECK
-) -> Grouping:
-    """The ``Grouping`` of a queued one whose look comes after ``rounds`` rounds: the host reads its look, and where
-    the official variant's propagation has not settled, queues more rounds and looks until it has
-    (``finish_propagation``, ``more`` as there)."""
+def settle_grouping(queued: QueuedGrouping, more: Continuation | None = None) -> Grouping:
+    """The ``Grouping`` of a queued one: the host reads its look, and where the official variant's propagation has
+    not settled, queues more rounds and looks until it has (``finish_propagation``, ``more`` as there)."""
     nodes, labels, state, look = queued
-    tally = functools.partial(grouping_tally, nodes.is_node)
-    return tallied_grouping(nodes, *finish_propagation(state, labels, look, tally, more, rounds))
-
-
-def tallied_grouping(nodes: NodeMap, labels: torch.Tensor | None, tallied: list[int]) -> Grouping:
-    """The ``Grouping`` of ``nodes`` with settled ``labels`` and their ``grouping_tally`` read by the host."""
+    labels, tallied = finish_propagation(state, labels, look, functools.partial(grouping_tally, nodes.is_node), more)
     half = len(tallied) // 2
     return Grouping(nodes, labels, tallied[:half], tallied[half:])
 

@@ -15,7 +15,6 @@ from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, keep_
 from sttm.bisect import UNKNOWN, bisect
 from sttm.graphs import Captured, Captures
 from sttm.merge import (
-    ROUNDS_PER_CHECK,
     VARIANTS,
     Grouping,
     Merged,
@@ -31,7 +30,6 @@ from sttm.merge import (
     propagation_continued,
     queue_grouping,
     settle_grouping,
-    tallied_grouping,
     temporal_table,
     trimmed,
 )
@@ -140,40 +138,16 @@ def continued_grouping(rounds: int, *tensors: torch.Tensor) -> tuple[Propagation
 
 def settled(queued: QueuedGrouping, captured: Captured | None) -> Grouping:
     """``settle_grouping``, the official variant's further rounds of propagation, where it has not settled at the
-    first look, replayed in ``captured``'s graphs (one per number of rounds) where given.
-
-    There, as many further rounds as the last propagation of this shape in the layout needed are queued before the
-    host's first look (``captured.hints``): a settled row's labels stay as they are, so rounds after the settling
-    one change nothing, and a propagation as long as the last one is looked at once. That look also reads the rows
-    left unsettled after each queued continuation, which say what this propagation needed.
-    """
+    first look, replayed in ``captured``'s graphs (one per number of rounds) where given."""
     if captured is None or queued.propagation is None:
         return settle_grouping(queued)
     is_node = queued.nodes.is_node
-    hint, further = ("continuations", tuple(is_node.shape)), 0
 
     def more(state: Propagation, rounds: int) -> tuple[Propagation, torch.Tensor, torch.Tensor]:
-        nonlocal further
-        further += 1
         key = ("rounds", rounds, tuple(is_node.shape))
         return captured.replay_later(key, functools.partial(continued_grouping, rounds), *state, is_node)
 
-    ahead = captured.hints.get(hint, 0)
-    state, labels, look, rounds = queued.propagation, queued.labels, queued.look, ROUNDS_PER_CHECK
-    unsettled = []
-    for _ in range(ahead):
-        unsettled.append(look[:1])
-        state, labels, look = more(state, rounds)
-        rounds *= 2
-    read = torch.cat([*unsettled, look]).tolist()  # the queued continuations' unsettled rows, then the last look
-    earlier, (left, *tallied) = read[:ahead], read[ahead:]
-    if left:  # further rounds, as many again as have run, before the next look
-        state, labels, look = more(state, rounds)
-        grouping = settle_grouping(queued._replace(labels=labels, propagation=state, look=look), more, 2 * rounds)
-        captured.hints[hint] = further
-        return grouping
-    captured.hints[hint] = earlier.index(0) if 0 in earlier else ahead
-    return tallied_grouping(queued.nodes, labels, tallied)
+    return settle_grouping(queued, more)
 
 
 def copied(grouping: Grouping) -> Grouping:

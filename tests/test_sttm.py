@@ -16,10 +16,9 @@ import torch
 
 from sttm import check_golden, merge
 from sttm.api import VideoTokens, reduce_like
-from sttm.device_work import device_work
 from sttm.merge import VARIANTS, merge_video
 from sttm.quadtree import build_quadtree
-from sttm.reducer import STTM, settled
+from sttm.reducer import STTM
 from sttm.synthetic import redundant_video
 
 GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "sttm"
@@ -291,39 +290,6 @@ def test_the_rounds_between_the_hosts_looks_double_so_a_long_chain_is_looked_at_
     assert asked == [merge.ROUNDS_PER_CHECK * 2**k for k in range(len(asked))]
     ran = merge.ROUNDS_PER_CHECK + sum(asked)
     assert ran - asked[-1] < needed <= ran  # it stopped at the first look after the labels settled
-
-
-class Unrecorded:
-    """Stands in for a captured layout (``sttm.graphs.Captured``) on the CPU: each later call runs as it is."""
-
-    def __init__(self) -> None:
-        self.hints: dict = {}
-
-    def replay_later(self, key, call, *args):
-        return call(*args)
-
-
-def test_a_replayed_propagation_queues_the_rounds_the_last_one_needed_before_its_first_look():
-    """The labels and counts of ``settle_grouping`` at every hint; once the hint is learnt, one host read instead
-    of one per look; a hint too large is harmless and learnt down to what the propagation needed."""
-    tree = build_quadtree(redundant_video(33, 8, 8, 16, scene_length=33, noise=0.05), 1, "official", False, None)
-    table = merge.temporal_table(tree)
-    both = merge.as_thresholds([0.9, 0.95, 0.5, 0.6], "cpu")
-    queue = lambda: merge.queue_grouping(tree, both[:2], both[2:], "official", table)  # noqa: E731
-    expected = merge.settle_grouping(queue())
-    layout, reads, got = Unrecorded(), [], []
-    for hint in (None, None, 5):
-        if hint is not None:
-            layout.hints = dict.fromkeys(layout.hints, hint)
-        queued = queue()
-        work = device_work(lambda q=queued: got.append(settled(q, layout)), cuda=False)
-        grouping = got.pop()
-        assert torch.equal(grouping.labels, expected.labels)
-        assert (grouping.num_tokens, grouping.num_nodes) == (expected.num_tokens, expected.num_nodes)
-        reads.append(work["tolist"])
-    (needed,) = layout.hints.values()
-    assert needed == 2  # this video's chains settle after two further looks
-    assert reads == [1 + needed, 1, 1]
 
 
 @pytest.mark.parametrize("frames", [1, 2, 3, 9, 33])

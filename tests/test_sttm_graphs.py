@@ -141,7 +141,7 @@ def test_replayed_budget_search_equals_eager_search_on_many_videos(seed):
 )
 def test_a_propagation_that_settles_after_several_looks_replays_its_further_rounds_as_eager_sttm_runs_them(settings):
     """Videos of one long scene: temporal chains across every frame, so the official variant's labels settle only
-    after further rounds, which are replayed too, and queued before the first look once a call has needed them."""
+    after further rounds, which are replayed too."""
     CAPTURES.clear()
     videos = [
         VideoTokens(redundant_video(64, 14, 14, 256, scene_length=64, noise=0.3, seed=seed, device="cuda"))
@@ -155,7 +155,5 @@ def test_a_propagation_that_settles_after_several_looks_replays_its_further_roun
                 assert same(expected, graphed(video))
         later = [key for captured in CAPTURES.captured.values() for key in captured.later]
         assert any(isinstance(key, tuple) and key[0] == "rounds" for key in later), later
-        hints = [value for captured in CAPTURES.captured.values() for value in captured.hints.values()]
-        assert any(hint > 0 for hint in hints), hints  # later calls queued further rounds before their first look
     finally:
         CAPTURES.clear()
