@@ -77,7 +77,8 @@ if triton is not None:
         matrix = distances + which * size * size
         smallest = tl.full([COLUMNS], float("inf"), tl.float32)
         second = tl.full([COLUMNS], float("inf"), tl.float32)
-        for start in range(0, size, ROWS):
+        start = 0
+        while start < size:  # not range(): Triton 3.6's interpreter cannot range over an argument (numpy 2)
             rows = start + tl.arange(0, ROWS)
             inside = (rows[:, None] < size) & (columns[None, :] < size)
             tile = tl.load(
@@ -89,6 +90,7 @@ if triton is not None:
             next_low = tl.where(tl.sum(at_low.to(tl.int32), axis=0) > 1, low, above_low)
             second = tl.minimum(tl.maximum(smallest, low), tl.minimum(second, next_low))
             smallest = tl.minimum(smallest, low)
+            start += ROWS
         tl.store(nearest + which * size + columns, second, mask=columns < size)
 
     @triton.jit
@@ -106,10 +108,12 @@ if triton is not None:
         scores = tl.load(nearest + which * size + columns, mask=inside, other=float("-inf"))
         pick = _first_maximum(scores, columns, size, BLOCK)
         to_kept = tl.full([BLOCK], float("inf"), tl.float32)
-        for step in range(count):
+        step = 0
+        while step < count:
             tl.store(chosen + which * count + step, pick.to(tl.int64))
             row = tl.load(matrix + pick.to(tl.int64) * size + columns, mask=inside, other=float("-inf"))
             to_kept = tl.minimum(to_kept, row)
             if EXCLUDE:
                 to_kept = tl.where(columns == pick, float("-inf"), to_kept)
             pick = _first_maximum(to_kept, columns, size, BLOCK)
+            step += 1
