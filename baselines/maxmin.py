@@ -6,8 +6,8 @@ distance to itself); each next one is the token whose distance to the chosen one
 is largest, the first index on ties, as ``torch.argmax`` takes it. One program per set runs every step, holding
 the running minimum in registers and reading one row of the matrix a step, and a second kernel finds each column's
 second-smallest value in one pass over the matrix. Only comparisons, no arithmetic: on distances without NaN the
-choices are those of the torch loops they replace, bit for bit (a NaN, which ``torch.argmax`` would pick, is passed
-over here, and no step reads outside its set).
+choices are those of the torch loops they replace, bit for bit. (With a NaN they may differ, as ``torch.argmax``
+picks a NaN; a step still never reads outside its set.)
 """
 
 from __future__ import annotations

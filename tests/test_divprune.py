@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from triton_interpreter import interpreted
 
 from baselines.divprune import DivPrune, cosine_distances, most_diverse
 from sttm.api import VideoTokens
@@ -81,12 +79,9 @@ torch.save([(nearest_other(d), most_diverse(d, count)) for d, count in cases], s
 def test_the_triton_kernels_choose_as_the_reference_loop(tmp_path):
     """The GPU kernels, run by Triton's interpreter on the CPU, on every case: the nearest other distances equal
     ``topk``'s and the chosen indices the reference loop's."""
-    torch.save([(distances, count) for _, distances, count in CASES], tmp_path / "cases.pt")
-    environment = {**os.environ, "TRITON_INTERPRET": "1"}
-    command = [sys.executable, "-c", KERNELS_UNDER_THE_TRITON_INTERPRETER, tmp_path / "cases.pt", tmp_path / "out.pt"]
-    finished = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
-    assert finished.returncode == 0, finished.stderr
-    for (name, distances, count), (nearest, chosen) in zip(CASES, torch.load(tmp_path / "out.pt"), strict=True):
+    cases = [(distances, count) for _, distances, count in CASES]
+    outputs = interpreted(KERNELS_UNDER_THE_TRITON_INTERPRETER, cases, tmp_path)
+    for (name, distances, count), (nearest, chosen) in zip(CASES, outputs, strict=True):
         assert torch.equal(nearest, distances.topk(2, dim=1, largest=False).values[:, 1]), name
         assert torch.equal(chosen, reference_most_diverse(distances, count)), name
 

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
+from triton_interpreter import interpreted
 
 from baselines import check_golden
 from baselines.flashvid import (
@@ -234,12 +232,8 @@ torch.save([most_diverse(d, count, exclude_chosen=rule).sort(dim=1).values for d
 def test_the_selection_kernels_pick_as_the_torch_loop(tmp_path):
     """ADTS's selection on CUDA (``baselines.maxmin``'s kernels, run here by Triton's interpreter) picks what
     ``select_diverse``'s torch loop picks, with and without excluding the picks."""
-    torch.save([case[1:] for case in SELECTION_CASES], tmp_path / "cases.pt")
-    environment = {**os.environ, "TRITON_INTERPRET": "1"}
-    command = [sys.executable, "-c", SELECTION_UNDER_THE_TRITON_INTERPRETER, tmp_path / "cases.pt", tmp_path / "out.pt"]
-    finished = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
-    assert finished.returncode == 0, finished.stderr
-    for (name, distances, count, rule), picks in zip(SELECTION_CASES, torch.load(tmp_path / "out.pt"), strict=True):
+    outputs = interpreted(SELECTION_UNDER_THE_TRITON_INTERPRETER, [case[1:] for case in SELECTION_CASES], tmp_path)
+    for (name, distances, count, rule), picks in zip(SELECTION_CASES, outputs, strict=True):
         assert torch.equal(picks, select_diverse(distances, count, exclude_selected=rule)), name
 
 
