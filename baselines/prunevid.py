@@ -92,6 +92,10 @@ would need, at layers 0 … ``selected_layer``, a mask made from the attention o
 known once those layers have run; so the authors' decoding is not one forward over the whole sequence. (Masking the
 dropped columns in cached decoding alone would give their tokens but break that equality.)
 
+On a GPU, the frames' clustering (the first step: some sixty short ops on [T, C] frame means) is replayed from a
+CUDA graph once a shape has been seen twice (``sttm.graphs``; the same kernels, so the same labels);
+``cuda_graphs=False`` launches it op by op.
+
 The reducer ``prunevid_llm`` runs stage 2 alone at the ``llm_layer`` point on the whole grid: every frame is one
 group of dynamic tokens, ranked by the same attention, and its budget is alpha.
 """
@@ -99,6 +103,7 @@ group of dynamic tokens, ranked by the same attention, and its budget is alpha.
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 from dataclasses import replace
 from typing import NamedTuple
@@ -119,6 +124,7 @@ from sttm.api import (
     patch_boxes,
     register,
 )
+from sttm.graphs import Captures
 
 VARIANTS = ("official", "corrected")
 
@@ -205,6 +211,18 @@ def dpc_knn(
     past = torch.arange(count, device=x.device) >= on_device(num_clusters, x.device)[:, None]  # [B, M]
     assignment = to_centre.masked_fill_(past[:, :, None], torch.inf).argmin(dim=1)
     return centres.masked_fill(past, -1), assignment.masked_fill(invalid, -1)
+
+
+def frame_labels(wanted: int, k: int, means: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """[T, C] frame means -> [T] int64: the DPC-kNN cluster of each frame (:func:`dpc_knn` into ``wanted``
+    clusters, k neighbours; ``noise`` [1, T] or None)."""
+    everyone = torch.ones(1, len(means), dtype=torch.bool, device=means.device)
+    return dpc_knn(means[None], everyone, [wanted], k, noise)[1][0]
+
+
+#: CUDA graphs of the frames' clustering, whose shapes are a video's [T, C], the same for every video of a model:
+#: some sixty short ops the host would otherwise launch one by one (``sttm.graphs``).
+FRAME_CLUSTERING = Captures(size=2)
 
 
 def cluster_means(x: torch.Tensor, assignment: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -536,6 +554,7 @@ class PruneVid(Reducer):
         question_guided: bool = True,
         selected_layer: int = 10,
         alpha: float = 0.4,
+        cuda_graphs: bool = True,
     ) -> None:
         self.budget = check_budget(budget)
         if cluster_ratio is not None and not 0.0 < cluster_ratio <= 1.0:
@@ -552,7 +571,7 @@ class PruneVid(Reducer):
             raise ValueError(f"selected_layer must be >= 0 (a decoder layer), got {selected_layer}")
         self.cluster_ratio, self.tau, self.temporal_segment_ratio = cluster_ratio, tau, temporal_segment_ratio
         self.k, self.max_unclustered, self.variant, self.seed = k, max_unclustered, variant, seed
-        self.selected_layer, self.alpha = selected_layer, alpha
+        self.selected_layer, self.alpha, self.cuda_graphs = selected_layer, alpha, bool(cuda_graphs)
         self.inner = PruneVidLLM(budget=alpha, layer=selected_layer + 1) if question_guided else None
 
     def inner_stage(self) -> PruneVidLLM | None:
@@ -574,8 +593,22 @@ class PruneVid(Reducer):
         frames = video.grid.reshape(t, area, c)
         generator = torch.Generator().manual_seed(self.seed) if self.variant == "official" else None
         noise = None if generator is None else on_device(torch.rand(1, t, generator=generator), device, torch.float)
-        everyone = torch.ones(1, t, dtype=torch.bool, device=device)
-        labels = dpc_knn(frames.mean(dim=1)[None], everyone, [wanted], min(self.k, t), noise)[1][0]
+        k, frame_means = min(self.k, t), frames.mean(dim=1)
+        if self.cuda_graphs and frame_means.is_cuda:
+            deterministic = torch.are_deterministic_algorithms_enabled()
+            key = (
+                tuple(frame_means.shape),
+                frame_means.dtype,
+                frame_means.device,
+                wanted,
+                k,
+                noise is None,
+                deterministic,
+            )
+            args = (frame_means,) if noise is None else (frame_means, noise)
+            labels = FRAME_CLUSTERING.run(key, functools.partial(frame_labels, wanted, k), *args)[1]
+        else:
+            labels = frame_labels(wanted, k, frame_means, noise)
         lengths = temporal_segments(labels.tolist())
         static, means = segment_statistics(frames, lengths, self.tau)
         # the sets' noise, at most a draw a patch, drawn while the device works
