@@ -124,7 +124,7 @@ from sttm.api import (
     patch_boxes,
     register,
 )
-from sttm.graphs import Captures
+from sttm.graphs import Captures, replayed
 
 VARIANTS = ("official", "corrected")
 
@@ -594,21 +594,9 @@ class PruneVid(Reducer):
         generator = torch.Generator().manual_seed(self.seed) if self.variant == "official" else None
         noise = None if generator is None else on_device(torch.rand(1, t, generator=generator), device, torch.float)
         k, frame_means = min(self.k, t), frames.mean(dim=1)
-        if self.cuda_graphs and frame_means.is_cuda:
-            deterministic = torch.are_deterministic_algorithms_enabled()
-            key = (
-                tuple(frame_means.shape),
-                frame_means.dtype,
-                frame_means.device,
-                wanted,
-                k,
-                noise is None,
-                deterministic,
-            )
-            args = (frame_means,) if noise is None else (frame_means, noise)
-            labels = FRAME_CLUSTERING.run(key, functools.partial(frame_labels, wanted, k), *args)[1]
-        else:
-            labels = frame_labels(wanted, k, frame_means, noise)
+        args = (frame_means,) if noise is None else (frame_means, noise)
+        labels = replayed(FRAME_CLUSTERING, (wanted, k), functools.partial(frame_labels, wanted, k), *args,
+                          enabled=self.cuda_graphs)  # fmt: skip
         lengths = temporal_segments(labels.tolist())
         static, means = segment_statistics(frames, lengths, self.tau)
         # the sets' noise, at most a draw a patch, drawn while the device works

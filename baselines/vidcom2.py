@@ -11,6 +11,10 @@ tokens are least like the video mean get a larger share of the budget (a softmax
 the base rate), and each frame keeps its least typical tokens, in their original order. Dropped tokens are
 discarded, not merged.
 
+On a GPU the scoring (everything up to the kept tokens, on a grid of one shape) replays from a CUDA graph once
+that shape has been seen twice (``sttm.graphs``: the same kernels, so the same tokens); ``cuda_graphs=False``
+launches it op by op.
+
 Budget: the base rate itself (the reference's ``base_scale``); per-frame rates are clamped to 1 and each frame
 keeps at least one token, so the achieved ratio can differ from the budget by rounding. Budget 1.0 keeps every
 token (the clamp would otherwise drop the least distinct frames' last tokens).
@@ -18,10 +22,13 @@ token (the clamp would otherwise drop the least distinct frames' last tokens).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
 from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, keep_everything, keep_subset, register
+from sttm.graphs import Captures, replayed
 
 GAUSSIAN_WIDTHS = (1 / 8, 1 / 4, 1 / 2, 1.0, 2.0)
 
@@ -62,6 +69,20 @@ def keep_least_typical(scores: torch.Tensor, rates: torch.Tensor) -> torch.Tenso
     return rank < counts[:, None]
 
 
+def kept_tokens(budget: float, channel_fraction: float, temperature: float, grid: torch.Tensor):
+    """[T, H, W, C] grid -> ([T·H·W] bool the tokens VidCom2 keeps, [T] the kept fraction of each frame)."""
+    t, h, w, c = grid.shape
+    tokens = grid.reshape(t * h * w, c).float()
+    frames = low_variance_channels(tokens, channel_fraction).view(t, h * w, -1)
+    video_typicality, frame_typicality = typicality(frames)
+    rates = frame_rates(video_typicality, budget, temperature)
+    return keep_least_typical(video_typicality + frame_typicality, rates).flatten(), rates
+
+
+#: CUDA graphs of :func:`kept_tokens` (some eighty short ops on a grid of one shape per model; ``sttm.graphs``)
+SCORING = Captures(size=2)
+
+
 @register("vidcom2")
 class VidCom2(Reducer):
     """VidCom2 (Liu et al., EMNLP 2025): per-frame budgets by distinctiveness, least typical tokens kept."""
@@ -69,19 +90,19 @@ class VidCom2(Reducer):
     stage = Stage.PRE_LLM
     query_aware = False
 
-    def __init__(self, budget: float = 0.25, channel_fraction: float = 0.5, temperature: float = 0.01) -> None:
+    def __init__(
+        self, budget: float = 0.25, channel_fraction: float = 0.5, temperature: float = 0.01, cuda_graphs: bool = True
+    ) -> None:
         self.budget = check_budget(budget)
         self.channel_fraction = channel_fraction
         self.temperature = temperature
+        self.cuda_graphs = bool(cuda_graphs)
 
     def reduce(self, video: VideoTokens) -> Reduction:
         if self.budget == 1.0:
             return keep_everything(video)
-        t, h, w, c = video.grid.shape
-        tokens = video.grid.reshape(t * h * w, c).float()
-        frames = low_variance_channels(tokens, self.channel_fraction).view(t, h * w, -1)
-        video_typicality, frame_typicality = typicality(frames)
-        rates = frame_rates(video_typicality, self.budget, self.temperature)
-        keep = keep_least_typical(video_typicality + frame_typicality, rates).flatten()
+        settings = (self.budget, self.channel_fraction, self.temperature)
+        call = functools.partial(kept_tokens, *settings)
+        keep, rates = replayed(SCORING, settings, call, video.grid, enabled=self.cuda_graphs)
         kept = keep.nonzero().squeeze(1)
         return keep_subset(video, kept, info={"frame_rates": rates.tolist()})

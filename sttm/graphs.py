@@ -100,3 +100,15 @@ class Captures:
     def clear(self) -> None:
         self.captured.clear()
         self.seen.clear()
+
+
+def replayed(
+    captures: Captures, key: Hashable, call: Callable[..., Any], *args: torch.Tensor, enabled: bool = True
+) -> Any:
+    """``call(*args)``, through ``captures`` (``Captures.run``) where ``enabled`` and the arguments are on a GPU,
+    else run eagerly. ``key`` holds what the call's work depends on besides its arguments' values; their shapes,
+    strides, dtypes and device, and whether deterministic algorithms are on, are added to it here."""
+    if not (enabled and args[0].is_cuda):
+        return call(*args)
+    layout = tuple((tuple(arg.shape), arg.stride(), arg.dtype, arg.device) for arg in args)
+    return captures.run((key, layout, torch.are_deterministic_algorithms_enabled()), call, *args)[1]

@@ -19,7 +19,6 @@ from test_points import generate, inputs
 
 from baselines import check_golden
 from baselines.prunevid import (
-    FRAME_CLUSTERING,
     PruneVid,
     PruneVidLLM,
     cluster_ratio_for_budget,
@@ -43,7 +42,6 @@ from sttm.api import (
     patch_boxes,
     reduce_like,
 )
-from sttm.synthetic import redundant_video
 
 GOLDEN = (Path(__file__).resolve().parents[1] / ".." / "shared" / "golden" / "prunevid").resolve()
 needs_golden = pytest.mark.skipif(not GOLDEN.is_dir(), reason=f"reference vectors not found at {GOLDEN}")
@@ -485,24 +483,3 @@ def test_both_stages_keep_and_merge_what_the_authors_code_does():
         theirs = window_cache(alpha=0.4).process_attention(attention, static_sizes, dynamic_sizes, window_sizes)
         assert torch.equal(question_guided_keep(attention, 0.4, static_sizes, dynamic_sizes, window_sizes),
                            theirs.sort().values)  # fmt: skip
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-@pytest.mark.parametrize("variant", ["official", "corrected"])
-def test_the_replayed_frame_clustering_gives_what_the_eager_one_gives(variant):
-    """Three videos of one shape, each reduced three times in turn (the second in inference mode): every output
-    equals the eager reducer's, a video's after another's replay has overwritten the graph's memory too."""
-    FRAME_CLUSTERING.clear()
-    videos = [VideoTokens(redundant_video(32, 14, 14, 256, seed=seed, device="cuda")) for seed in range(3)]
-    eager = [PruneVid(budget=0.3, variant=variant, cuda_graphs=False)(video) for video in videos]
-    graphed = PruneVid(budget=0.3, variant=variant)
-    try:
-        for round_index in range(3):
-            with torch.inference_mode(round_index == 1):
-                for expected, video in zip(eager, videos, strict=True):
-                    got = graphed(video)
-                    assert torch.equal(got.tokens, expected.tokens) and torch.equal(got.boxes, expected.boxes)
-                    assert torch.equal(got.members, expected.members) and got.info == expected.info
-        assert FRAME_CLUSTERING.captured, "the shape was never captured"
-    finally:
-        FRAME_CLUSTERING.clear()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from baselines.visionzip import VisionZip, contextual_tokens, split_budget
+from baselines.visionzip import VisionZip, contextual_split, contextual_tokens, split_budget
 from sttm.adapters.points import reduction_point
 from sttm.adapters.tiny import tiny_model
 from sttm.api import VideoTokens, flat_positions, reduce_like
@@ -38,8 +38,9 @@ def test_dominant_tokens_are_each_frames_most_attended():
 def test_a_contextual_token_is_its_target_plus_the_mean_of_what_it_absorbed():
     tokens = torch.tensor([[[1.0], [2.0], [10.0], [20.0]]])  # one frame, targets at 0 and 2 (step 2)
     keys = torch.tensor([[[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]]])
-    merged, targets, members, assigned = contextual_tokens(tokens, keys, 2)
-    assert targets.tolist() == [0, 2] and members.tolist() == [[2, 2]] and assigned.tolist() == [[0, 1]]
+    merged, targets, others, members, assigned = contextual_tokens(tokens, keys, 2)
+    assert targets.tolist() == [0, 2] and others.tolist() == [1, 3]
+    assert members.tolist() == [[2, 2]] and assigned.tolist() == [[0, 1]]
     assert merged.flatten().tolist() == [1.0 + 2.0, 10.0 + 20.0]
 
 
@@ -70,3 +71,13 @@ def test_runs_in_llava_onevision_at_the_vision_point():
     with torch.no_grad(), reduction_point(model, VisionZip(budget=0.25)) as log:
         output = model.generate(input_ids=ids, pixel_values_videos=pixels, max_new_tokens=2, do_sample=False)
     assert output.shape[1] == ids.shape[1] + 2 and log.last.kept_ratio == 0.25
+
+
+def test_the_contextual_split_is_every_step_th_token_and_the_others_in_order():
+    for remaining in range(1, 40):
+        for count in range(1, remaining + 1):
+            targets, others = contextual_split(remaining, count, torch.device("cpu"))
+            step = max(1, remaining // count)
+            expected = list(range(0, remaining, step))[:count]
+            assert targets.tolist() == expected
+            assert others.tolist() == [index for index in range(remaining) if index not in expected]
