@@ -57,30 +57,42 @@ def frontier(
     """At most ``width`` midpoints below (low, high) that ``look`` (thresholds -> their regions and signs) does not
     know, one per region, the likeliest to be on the walk's path first, level by level: below an unknown midpoint
     both branches, each as likely as ``below`` guesses, below a known one the branch it takes; a branch less likely
-    than 2 / (width + 1) is dropped (at one half a branch, the next log2(width + 1) unknown levels are kept)."""
-    level, least = [(1.0, low, high)], 2 / (width + 1)  # (chance, low, high) of each branch
+    than 2 / (width + 1) is dropped (at one half a branch, the next log2(width + 1) unknown levels are kept).
+
+    A branch whose ends lie in one region is dropped too where that region's sign is known or the region has been
+    found: every midpoint below it lies in that region, so it could add nothing.
+    """
+    (low_region, high_region), (low_sign, high_sign) = (part.tolist() for part in look(np.array([low, high])))
+    # (chance, low, high, and the regions and signs of both ends) of each branch
+    level, least = [(1.0, low, high, low_region, high_region, low_sign, high_sign)], 2 / (width + 1)
     found: dict[Hashable, float] = {}
     while len(found) < width:
-        level = [(chance, a, b, middle) for chance, a, b in level if (middle := midpoint(a, b)) is not None]
+        level = [
+            (*branch, middle)
+            for branch in level
+            if not (branch[3] == branch[4] and (branch[5] != UNKNOWN or branch[3] in found))
+            and (middle := midpoint(branch[1], branch[2])) is not None
+        ]
         if not level:
             break
-        regions, sides = (part.tolist() for part in look(np.array([middle for *_, middle in level])))
+        regions, sides = (part.tolist() for part in look(np.array([branch[-1] for branch in level])))
         unknown = [index for index, side in enumerate(sides) if side == UNKNOWN]
         guesses = below(np.array([regions[index] for index in unknown])).tolist() if unknown else []
         up = [float(side < 0) for side in sides]  # the chance of each midpoint's upper branch
         for index, guess in zip(unknown, guesses, strict=True):
             up[index] = guess
         for index in sorted(unknown, key=lambda index: -level[index][0]):
-            found.setdefault(regions[index], level[index][3])
+            found.setdefault(regions[index], level[index][-1])
             if len(found) == width:
                 break
         following = []
-        for (chance, a, b, middle), side, rise in zip(level, sides, up, strict=True):
+        for branch, region, side, rise in zip(level, regions, sides, up, strict=True):
+            chance, a, b, a_region, b_region, a_side, b_side, middle = branch
             fall = 1 - rise if side == UNKNOWN else float(side == 1)
             if chance * rise >= least:
-                following.append((chance * rise, middle, b))
+                following.append((chance * rise, middle, b, region, b_region, side, b_side))
             if chance * fall >= least:
-                following.append((chance * fall, a, middle))
+                following.append((chance * fall, a, middle, a_region, region, a_side, side))
         level = following
     return list(found.values())
 

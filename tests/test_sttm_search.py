@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from sttm.api import VideoTokens
-from sttm.bisect import UNKNOWN, bisect
+from sttm.bisect import UNKNOWN, bisect, frontier, midpoint
 from sttm.merge import (
     as_thresholds,
     count_steps,
@@ -25,12 +25,15 @@ from sttm.merge import (
 )
 from sttm.quadtree import build_quadtree
 from sttm.reducer import (
+    AT_LOWER_BOUND,
     LOOKAHEAD_WIDTH_CUDA,
     PASS_WIDTH_CUDA,
     STTM,
     linking_limit,
     packed_steps,
+    guessed_below,
     pass_width,
+    sent_steps,
     temporal_thresholds,
     unpack_steps,
 )
@@ -155,6 +158,66 @@ def test_what_the_bisection_guesses_changes_what_it_counts_never_what_it_chooses
                 assert len(calls) <= 1
 
 
+def branch_by_branch_frontier(low, high, look, below, width) -> list[float]:
+    """``sttm.bisect.frontier`` before it pruned branches within one region known or found."""
+    level, least = [(1.0, low, high)], 2 / (width + 1)
+    found = {}
+    while len(found) < width:
+        level = [(chance, a, b, middle) for chance, a, b in level if (middle := midpoint(a, b)) is not None]
+        if not level:
+            break
+        regions, sides = (part.tolist() for part in look(np.array([middle for *_, middle in level])))
+        unknown = [index for index, side in enumerate(sides) if side == UNKNOWN]
+        guesses = below(np.array([regions[index] for index in unknown])).tolist() if unknown else []
+        up = [float(side < 0) for side in sides]
+        for index, guess in zip(unknown, guesses, strict=True):
+            up[index] = guess
+        for index in sorted(unknown, key=lambda index: -level[index][0]):
+            found.setdefault(regions[index], level[index][3])
+            if len(found) == width:
+                break
+        following = []
+        for (chance, a, b, middle), side, rise in zip(level, sides, up, strict=True):
+            fall = 1 - rise if side == UNKNOWN else float(side == 1)
+            if chance * rise >= least:
+                following.append((chance * rise, middle, b))
+            if chance * fall >= least:
+                following.append((chance * fall, a, middle))
+        level = following
+    return list(found.values())
+
+
+@pytest.mark.parametrize("width", [1, 3, 7, 127])
+def test_the_frontier_is_what_a_branch_by_branch_walk_finds(width):
+    """The same midpoints, in the same order, as the walk that also follows the branches it prunes (those within one
+    region known or found), for guesses right, random and tied, from ends anywhere in [-1, 1]."""
+    rng = random.Random(width)
+    for trial in range(300):
+        count, heights = step_function(rng)
+        target = rng.choice([*heights, rng.randint(0, 61)])
+        region, known, _ = told(rng, count, heights, target)
+
+        def look(thresholds, region=region, known=known):
+            regions = region(thresholds)
+            return regions, known(regions)
+
+        guessed = {height: rng.choice([rng.random(), 0.25, 0.5, 0.75]) for height in heights}  # ties too
+        below = rng.choice([
+            lambda regions, target=target: (regions < target).astype(float),
+            lambda regions, guessed=guessed: np.array([guessed[region] for region in regions.tolist()]),
+        ])  # fmt: skip
+        ends = sorted(float(np.float32(rng.uniform(-1, 1))) for _ in range(2))
+        low, high = rng.choice([(-1.0, 1.0), tuple(ends)])
+        assert frontier(low, high, look, below, width) == branch_by_branch_frontier(low, high, look, below, width)
+
+
+def test_the_guess_gives_no_chance_below_the_lower_bound_and_more_than_an_even_spread_above_it():
+    place = torch.linspace(0, 1, 101)
+    guess = guessed_below(place)
+    assert guess[0] == 0 and guess[-1] == 1 and (guess[1:] >= AT_LOWER_BOUND).all() and (guess[1:] >= place[1:]).all()
+    assert (guess.diff() >= 0).all()
+
+
 def videos():
     for seed, (frames, height, width) in enumerate([(6, 14, 14), (5, 13, 13), (4, 7, 9), (1, 8, 8)]):
         yield redundant_video(frames, height, width, channels=24, scene_length=2, seed=seed)
@@ -225,7 +288,12 @@ def test_the_count_lies_within_its_steps_bounds_and_is_the_upper_one_when_correc
         bounds = count_steps(tree, table, lambda sims, gap=budget_gap: linking_limit(sims, gap))
         values, counts = (bound.numpy() for bound in bounds)
         target = int(counts[0, len(values) // 2])
-        steps = unpack_steps(*packed_steps(*bounds, target, exact=variant == "corrected"))
+        packed, kept = packed_steps(*bounds, target, exact=variant == "corrected")
+        steps = unpack_steps(packed, kept, sent_steps(packed, kept))
+        for size in (0, 1, int(kept.sum()) - 1, int(kept.sum())):  # more breakpoints than one transfer holds, or not
+            fewer = unpack_steps(packed, kept, sent_steps(packed, kept, max(size, 0)))
+            assert all(np.array_equal(getattr(fewer, part), getattr(steps, part)) for part in ("values", "signs", "below"))
+            assert fewer.values.dtype == steps.values.dtype == np.float32
         reducer = STTM(budget=0.5, variant=variant, budget_gap=budget_gap)
         finite = values[(values >= -1) & (values <= 1)]
         spread = np.concatenate([rng.uniform(-1, 1, 30), rng.choice(finite, 30), [-1.0, 1.0]]).astype(np.float32)
