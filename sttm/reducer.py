@@ -92,10 +92,10 @@ def linking_limit(sims: torch.Tensor, gap: float) -> torch.Tensor:
 class Steps:
     """What the bounds of ``count_steps`` tell a budget search, on the host: breakpoints ``values`` [n] and, per
     region [n + 1], how the kept count compares with the target (``signs``: -1, 0, 1, or ``UNKNOWN`` where the bounds
-    straddle it) and the guessed chance that the count falls below the target (``below``, from where the target lies
-    between the bounds: ``guessed_below``). Of ``count_steps``' breakpoints only those next to an ``UNKNOWN`` region
-    or between two signs are kept: neighbours of one known sign are one region, while each region the search may
-    count is one of ``count_steps``'."""
+    straddle it) and where the target lies between the bounds (``below``: 0 at the lower one, 1 at the upper; the
+    chance that the count falls below the target, were it anywhere between them alike). Of ``count_steps``'
+    breakpoints only those next to an ``UNKNOWN`` region or between two signs are kept: neighbours of one known sign
+    are one region, while each region the search may count is one of ``count_steps``'."""
 
     values: np.ndarray
     signs: np.ndarray
@@ -104,19 +104,6 @@ class Steps:
     def regions(self, thresholds: np.ndarray) -> np.ndarray:
         """Where each threshold (float32 values) lies among the breakpoints: thresholds of one region count alike."""
         return self.values.searchsorted(thresholds.astype(self.values.dtype))
-
-
-#: the share of the guess that the official count sits at its lower bound, where every temporal link joins two
-#: groups, besides anywhere between the bounds alike: on Qwen3-VL-8B's layer-3 grids the count lies at that bound in
-#: most regions near a budget, and this share left a second pass at 3 of 60 budgets, against 13 without it.
-AT_LOWER_BOUND = 0.5
-
-
-def guessed_below(place: torch.Tensor) -> torch.Tensor:
-    """The guessed chance that the count falls below the target, from where the target lies between the count's
-    bounds (``place``: 0 at the lower one, 1 at the upper): none at the lower bound (the count cannot fall below it),
-    else ``AT_LOWER_BOUND`` for a count at its lower bound plus the rest spread evenly between the bounds."""
-    return torch.where(place > 0, AT_LOWER_BOUND + (1 - AT_LOWER_BOUND) * place, 0.0)
 
 
 def packed_steps(
@@ -128,7 +115,7 @@ def packed_steps(
     upper, lower = (counts[0], counts[0]) if exact else counts
     decided = (upper == lower) | (upper < target) | (lower > target)  # then the upper bound compares as the count
     signs = torch.where(decided, (upper - target).sign(), UNKNOWN)
-    below = guessed_below((target - lower) / (upper - lower).clamp_min(1))
+    below = (target - lower) / (upper - lower).clamp_min(1)
     kept = (signs[:-1] != signs[1:]) | (signs[:-1] == UNKNOWN)
     return torch.stack([F.pad(values, (0, 1), value=math.inf), signs.to(values.dtype), below.to(values.dtype)]), kept
 

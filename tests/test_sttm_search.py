@@ -25,13 +25,11 @@ from sttm.merge import (
 )
 from sttm.quadtree import build_quadtree
 from sttm.reducer import (
-    AT_LOWER_BOUND,
     LOOKAHEAD_WIDTH_CUDA,
     PASS_WIDTH_CUDA,
     STTM,
     linking_limit,
     packed_steps,
-    guessed_below,
     pass_width,
     sent_steps,
     temporal_thresholds,
@@ -209,13 +207,6 @@ def test_the_frontier_is_what_a_branch_by_branch_walk_finds(width):
         ends = sorted(float(np.float32(rng.uniform(-1, 1))) for _ in range(2))
         low, high = rng.choice([(-1.0, 1.0), tuple(ends)])
         assert frontier(low, high, look, below, width) == branch_by_branch_frontier(low, high, look, below, width)
-
-
-def test_the_guess_gives_no_chance_below_the_lower_bound_and_more_than_an_even_spread_above_it():
-    place = torch.linspace(0, 1, 101)
-    guess = guessed_below(place)
-    assert guess[0] == 0 and guess[-1] == 1 and (guess[1:] >= AT_LOWER_BOUND).all() and (guess[1:] >= place[1:]).all()
-    assert (guess.diff() >= 0).all()
 
 
 def videos():
