@@ -1,7 +1,8 @@
 """CUDA graphs of the work a reducer queues on a GPU without the host waiting: replayed as one launch each.
 
-On a GPU, STTM's kernels are short and many (its quadtree, the kept count's bounds, a grouping at a batch of
-thresholds: several hundred launches per video), so the host's launching, not the device, sets its time. A
+On a GPU, a reducer's kernels are often short and many (STTM's quadtree, the kept count's bounds, a grouping at a
+batch of thresholds: several hundred launches per video; PruneVid's frame clustering, VidCom2's scoring,
+VisionZip's selection through ``replayed``), so the host's launching, not the device, sets its time. A
 ``Replay`` captures one such call once, for the shapes and parameters it was captured with, and replays it: the same
 kernels on the same data (static copies of its tensor arguments), hence the same values; its outputs live in the
 graph's own memory and are overwritten by the next replay.
