@@ -2,6 +2,12 @@
 
     python scripts/profile_sttm_search.py                                   # [128, 14, 14, 3584] bf16, GPU if any
     python scripts/profile_sttm_search.py --shape 32 14 14 3584 --dtype float32 --device cpu
+    python scripts/profile_sttm_search.py --model qwen3_vl_8b --frames 128 --budgets 0.5 0.3 0.15  # a model's grid
+
+The input is ``sttm.synthetic.redundant_video`` of ``--shape``, or with ``--model`` the video that
+``runners.latency``'s request hands an LLM-layer reducer at the model's ``llm_layer`` (its published size, random
+bf16 weights: ``sttm.adapters.real_size``), which is what STTM searches in the latency runs; the bench's synthetic
+video is not a stand-in for it: the passes the search counts depend on the grid.
 
 For STTM at the paper's fixed thresholds and in budget mode, each variant, one warmed-up ``reduce()`` is profiled
 with ``torch.profiler``. Printed per setting: what ``sttm.device_work`` counts (aten ops, the host waits, and on
@@ -21,7 +27,10 @@ import sys
 
 import torch
 
-from sttm.api import VideoTokens, build_reducer
+from runners.latency import llm_layer_of
+from sttm.adapters.points import reduction_point
+from sttm.adapters.real_size import ARCHITECTURES, random_model, request
+from sttm.api import Reducer, Reduction, Stage, VideoTokens, build_reducer, keep_everything
 from sttm.bisect import bisect
 from sttm.device_work import device_work
 from sttm.merge import merge_video
@@ -29,6 +38,30 @@ from sttm.paper import BENCHMARK_THRESHOLDS
 from sttm.quadtree import build_quadtree
 from sttm.reducer import STTM
 from sttm.synthetic import redundant_video
+
+
+class Handed(Reducer):
+    """Keeps every token at decoder ``layer`` and holds on to the videos it is handed there."""
+
+    name = "handed"
+    stage = Stage.LLM_LAYER
+
+    def __init__(self, layer: int) -> None:
+        self.layer, self.videos = layer, []
+
+    def reduce(self, video: VideoTokens) -> Reduction:
+        self.videos.append(video)
+        return keep_everything(video)
+
+
+def model_video(name: str, frames: int, device: str) -> VideoTokens:
+    """The video an LLM-layer reducer is handed at the model ``name``'s ``llm_layer`` on ``runners.latency``'s
+    request of ``frames`` frames, the model at its published size with random bf16 weights."""
+    model = random_model(name, "sdpa", device)
+    handed = Handed(llm_layer_of(name))
+    with torch.inference_mode(), reduction_point(model, handed):
+        model.generate(**request(name, frames, device), max_new_tokens=1, do_sample=False)
+    return handed.videos[0]
 
 
 def plain_search(reducer: STTM, video: VideoTokens) -> tuple[float, float]:
@@ -74,12 +107,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", nargs=4, type=int, default=[128, 14, 14, 3584], metavar=("T", "H", "W", "C"))
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--model", choices=sorted(ARCHITECTURES), help="search the grid this model hands STTM")
+    parser.add_argument("--frames", type=int, default=128, help="with --model: the request's frames")
     args = parser.parse_args(argv)
 
-    grid = redundant_video(*args.shape, dtype=getattr(torch, args.dtype), device=args.device)
-    video = VideoTokens(grid)
+    if args.model:
+        video = model_video(args.model, args.frames, args.device)
+    else:
+        video = VideoTokens(redundant_video(*args.shape, dtype=getattr(torch, args.dtype), device=args.device))
+    grid = video.grid
     cuda = grid.is_cuda
-    print(f"# torch {torch.__version__}, input {list(grid.shape)} {grid.dtype} on {grid.device}")
+    source = f"{args.model}'s layer {llm_layer_of(args.model)} at {args.frames} frames" if args.model else "synthetic"
+    print(f"# torch {torch.__version__}, input {list(grid.shape)} {grid.dtype} on {grid.device} ({source})")
     rows = []
     for label, params in settings(args.budgets, args.variants):
         reducer = build_reducer("sttm", **params)

@@ -190,7 +190,7 @@ def test_the_frontier_is_what_a_branch_by_branch_walk_finds(width):
     """The same midpoints, in the same order, as the walk that also follows the branches it prunes (those within one
     region known or found), for guesses right, random and tied, from ends anywhere in [-1, 1]."""
     rng = random.Random(width)
-    for trial in range(300):
+    for _ in range(300):
         count, heights = step_function(rng)
         target = rng.choice([*heights, rng.randint(0, 61)])
         region, known, _ = told(rng, count, heights, target)
@@ -283,7 +283,8 @@ def test_the_count_lies_within_its_steps_bounds_and_is_the_upper_one_when_correc
         steps = unpack_steps(packed, kept, sent_steps(packed, kept))
         for size in (0, 1, int(kept.sum()) - 1, int(kept.sum())):  # more breakpoints than one transfer holds, or not
             fewer = unpack_steps(packed, kept, sent_steps(packed, kept, max(size, 0)))
-            assert all(np.array_equal(getattr(fewer, part), getattr(steps, part)) for part in ("values", "signs", "below"))
+            parts = ("values", "signs", "below")
+            assert all(np.array_equal(getattr(fewer, part), getattr(steps, part)) for part in parts)
             assert fewer.values.dtype == steps.values.dtype == np.float32
         reducer = STTM(budget=0.5, variant=variant, budget_gap=budget_gap)
         finite = values[(values >= -1) & (values <= 1)]
