@@ -125,14 +125,19 @@ def packed_steps(
 STEPS_SENT_AT_ONCE = 4096
 
 
-def sent_steps(packed: torch.Tensor, kept: torch.Tensor, size: int = STEPS_SENT_AT_ONCE) -> torch.Tensor:
-    """[1 + 3·(size + 1)] float64: how many breakpoints ``Steps`` keeps of ``packed_steps``' ``packed`` [3, n + 1] and
-    ``kept`` [n], then the first ``size`` of them and the sign and chance of each region (padded), all of which the
-    host reads in one transfer (``unpack_steps``); queued without waiting on the device."""
-    breakpoints = torch.nonzero_static(kept, size=size, fill_value=-1).squeeze(1)
+def kept_steps(packed: torch.Tensor, kept: torch.Tensor, size: int, fill_value: int = -1) -> torch.Tensor:
+    """[3, size + 1]: the first ``size`` of the breakpoints ``kept`` [n] of ``packed_steps``' ``packed`` [3, n + 1]
+    (padded with 0), then per region of ``Steps`` its sign and chance (those of its first region of count_steps)."""
+    breakpoints = torch.nonzero_static(kept, size=size, fill_value=fill_value).squeeze(1)
     region = F.pad(breakpoints + 1, (1, 0))  # the first of count_steps' regions in each of Steps'
-    steps = torch.cat([F.pad(packed[:1, breakpoints], (0, 1)), packed[1:, region]])
-    return torch.cat([kept.sum().view(1).double(), steps.double().flatten()])
+    return torch.cat([F.pad(packed[:1, breakpoints], (0, 1)), packed[1:, region]])
+
+
+def sent_steps(packed: torch.Tensor, kept: torch.Tensor, size: int = STEPS_SENT_AT_ONCE) -> torch.Tensor:
+    """[1 + 3·(size + 1)] float64: how many breakpoints ``Steps`` keeps of ``packed_steps``' ``packed`` and ``kept``,
+    then their first ``size`` as ``kept_steps`` gives them, all of which the host reads in one transfer
+    (``unpack_steps``); queued without waiting on the device."""
+    return torch.cat([kept.sum().view(1).double(), kept_steps(packed, kept, size).double().flatten()])
 
 
 def unpack_steps(packed: torch.Tensor, kept: torch.Tensor, sent: torch.Tensor) -> Steps:
@@ -143,9 +148,7 @@ def unpack_steps(packed: torch.Tensor, kept: torch.Tensor, sent: torch.Tensor) -
     if count <= size:
         values, signs, below = host[1:].reshape(3, size + 1)[:, : count + 1]
     else:
-        breakpoints = torch.nonzero_static(kept, size=count).squeeze(1)
-        region = F.pad(breakpoints + 1, (1, 0))
-        values, signs, below = torch.cat([F.pad(packed[:1, breakpoints], (0, 1)), packed[1:, region]]).cpu().numpy()
+        values, signs, below = kept_steps(packed, kept, count).cpu().numpy()
     dtype = torch.empty(0, dtype=packed.dtype).numpy().dtype
     return Steps(values[:-1].astype(dtype), signs.astype(np.int8), below.astype(dtype))
 
