@@ -18,6 +18,7 @@ every branch of them. The guess decides only what is counted, never where the wa
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -47,6 +48,19 @@ def walk(low: float, high: float, sign: Callable[[float], int]) -> tuple[float, 
     return low, high, low
 
 
+class Branch(NamedTuple):
+    """A branch of ``frontier``'s walk: its chance of being on the walk's path, its ends, and their regions and
+    signs."""
+
+    chance: float
+    low: float
+    high: float
+    low_region: Hashable
+    high_region: Hashable
+    low_sign: int
+    high_sign: int
+
+
 def frontier(
     low: float,
     high: float,
@@ -63,36 +77,40 @@ def frontier(
     found: every midpoint below it lies in that region, so it could add nothing.
     """
     (low_region, high_region), (low_sign, high_sign) = (part.tolist() for part in look(np.array([low, high])))
-    # (chance, low, high, and the regions and signs of both ends) of each branch
-    level, least = [(1.0, low, high, low_region, high_region, low_sign, high_sign)], 2 / (width + 1)
+    level, least = [Branch(1.0, low, high, low_region, high_region, low_sign, high_sign)], 2 / (width + 1)
     found: dict[Hashable, float] = {}
+
+    def barren(branch: Branch) -> bool:
+        same = branch.low_region == branch.high_region
+        return same and (branch.low_sign != UNKNOWN or branch.low_region in found)
+
     while len(found) < width:
         level = [
-            (*branch, middle)
+            (branch, middle)
             for branch in level
-            if not (branch[3] == branch[4] and (branch[5] != UNKNOWN or branch[3] in found))
-            and (middle := midpoint(branch[1], branch[2])) is not None
+            if not barren(branch) and (middle := midpoint(branch.low, branch.high)) is not None
         ]
         if not level:
             break
-        regions, sides = (part.tolist() for part in look(np.array([branch[-1] for branch in level])))
+        regions, sides = (part.tolist() for part in look(np.array([middle for _, middle in level])))
         unknown = [index for index, side in enumerate(sides) if side == UNKNOWN]
         guesses = below(np.array([regions[index] for index in unknown])).tolist() if unknown else []
         up = [float(side < 0) for side in sides]  # the chance of each midpoint's upper branch
         for index, guess in zip(unknown, guesses, strict=True):
             up[index] = guess
-        for index in sorted(unknown, key=lambda index: -level[index][0]):
-            found.setdefault(regions[index], level[index][-1])
+        for index in sorted(unknown, key=lambda index: -level[index][0].chance):
+            found.setdefault(regions[index], level[index][1])
             if len(found) == width:
                 break
         following = []
-        for branch, region, side, rise in zip(level, regions, sides, up, strict=True):
-            chance, a, b, a_region, b_region, a_side, b_side, middle = branch
+        for (branch, middle), region, side, rise in zip(level, regions, sides, up, strict=True):
             fall = 1 - rise if side == UNKNOWN else float(side == 1)
-            if chance * rise >= least:
-                following.append((chance * rise, middle, b, region, b_region, side, b_side))
-            if chance * fall >= least:
-                following.append((chance * fall, a, middle, a_region, region, a_side, side))
+            if branch.chance * rise >= least:
+                following.append(branch._replace(chance=branch.chance * rise, low=middle, low_region=region,
+                                                 low_sign=side))  # fmt: skip
+            if branch.chance * fall >= least:
+                following.append(branch._replace(chance=branch.chance * fall, high=middle, high_region=region,
+                                                 high_sign=side))  # fmt: skip
         level = following
     return list(found.values())
 
