@@ -48,21 +48,6 @@ def walk(low: float, high: float, sign: Callable[[float], int]) -> tuple[float, 
     return low, high, low
 
 
-def returned(lower: float, upper: float) -> float:
-    """What ``bisect`` returns for a count that is within the target at thresholds up to ``upper`` and over it
-    above, equal to it exactly at those in (``lower``, ``upper``] (none where ``lower`` = ``upper``): the first
-    midpoint of the walk in there, else the top of the thresholds within the target."""
-
-    def sign(threshold: float) -> int:
-        return 1 if threshold > upper else 0 if threshold > lower else -1
-
-    if sign(LEAST) <= 0:
-        return LEAST
-    if sign(MOST) > 0:
-        return MOST
-    return walk(MOST, LEAST, sign)[2]
-
-
 class Branch(NamedTuple):
     """A branch of ``frontier``'s walk: its chance of being on the walk's path, its ends, and their regions and
     signs."""

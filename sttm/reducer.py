@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, keep_everything, register
-from sttm.bisect import LEAST, MOST, UNKNOWN, bisect, returned
+from sttm.bisect import UNKNOWN, bisect
 from sttm.graphs import Captured, Captures
 from sttm.merge import (
     VARIANTS,
@@ -107,33 +107,21 @@ class Steps:
         return self.values.searchsorted(thresholds.astype(self.values.dtype))
 
     def likely_answers(self, learned: dict[int, int], size: int) -> list[float]:
-        """At most ``size`` thresholds at which the search may still end in a region it has not counted, likeliest
-        first. ``learned`` holds the signs counted so far (region -> sign).
-
-        Where even the most merging keeps more than the target, or the least keeps no more, the search returns
-        that. Where a region's count is known to be the target, the search ends among those regions (the count
-        rises with the threshold), at the first midpoint of its walk in one (``sttm.bisect.returned``): one
-        threshold per region the bounds tell. Otherwise it ends at the top of the highest region within the
-        target: the top of a region the bounds tell under the target, below a region over it or not known within
-        it, none below over it; the likeliest is where the region above is the lowest over the target, each region
-        not known within it as its ``below`` says."""
-        first, last = self.regions(np.array([MOST, LEAST])).tolist()  # the regions the search can reach
-        if size <= 0 or first == last:
+        """At most ``size`` breakpoints at which the search may still end without counting the region below them,
+        likeliest first: the top of a region whose sign the bounds tell (-1 or 0) under a region over the target
+        or not known to be within it, no region below it over the target (the search returns the top of the highest
+        region within the target). ``learned`` holds the signs counted so far (region -> sign). A breakpoint's
+        chance is that the region above it is the lowest one over the target, each region whose sign is not known
+        within the target as its ``below`` says."""
+        if size <= 0 or not len(self.values):
             return []
         signs = self.signs.copy()
         signs[list(learned)] = list(learned.values())
-        if signs[first] == 1 or signs[last] <= 0:  # over the target at the most merging, within it at the least
-            return [MOST if signs[first] == 1 else LEAST]
-        told, signs, below = (part[first : last + 1] for part in (self.signs, signs, self.below))
-        if (signs == 0).any():
-            edges = np.concatenate([[-math.inf], self.values.astype(np.float64), [math.inf]])[first:]
-            return [returned(edges[region], edges[region + 1]) for region in np.flatnonzero(told == 0)][:size]
-        within = np.where(signs == UNKNOWN, below, signs < 0).astype(np.float64)
+        within = np.where(signs == UNKNOWN, self.below, signs <= 0).astype(np.float64)  # [n + 1]
         lowest_over = (1 - within) * np.concatenate([[1.0], np.cumprod(within[:-1])])
         none_over = np.cumsum(signs == 1)[:-1] == 0
-        ends = np.flatnonzero((told[:-1] < 0) & (signs[1:] > 0) & none_over)  # UNKNOWN (2) is above 0
-        return self.values[first + ends[np.argsort(-lowest_over[ends + 1], kind="stable")][:size]].tolist()
-
+        ends = np.flatnonzero((self.signs[:-1] <= 0) & (signs[1:] > 0) & none_over)  # UNKNOWN (2) is above 0
+        return self.values[ends[np.argsort(-lowest_over[ends + 1], kind="stable")][:size]].tolist()
 
 def packed_steps(
     values: torch.Tensor, counts: torch.Tensor, target: int | torch.Tensor, exact: bool
