@@ -15,9 +15,8 @@ CUDA launches, copies, syncs and the kernels' time). Timing is left to ``scripts
 call is slower than a plain one.
 
 For budget mode two more columns: how many thresholds each of the search's passes on the device counted (``-``:
-none, the bounds told every sign; ``13[4]``: 13, and 4 likely answers in the rows the pass had to spare), and
-whether the search chose the thresholds of a plain bisection on the same device, one midpoint at a time, each
-counted by a merge of its own (``sttm.bisect.bisect`` one threshold a pass).
+none, the bounds told every sign), and whether the search chose the thresholds of a plain bisection on the same
+device, one midpoint at a time, each counted by a merge of its own (``sttm.bisect.bisect`` one threshold a pass).
 """
 
 from __future__ import annotations
@@ -77,13 +76,12 @@ def plain_search(reducer: STTM, video: VideoTokens) -> tuple[float, float]:
 
 
 def pass_widths(reducer: STTM, video: VideoTokens) -> str:
-    """The thresholds each pass of ``reducer``'s budget search counts on the device, joined by '+' ('-': none), each
-    with ``[s]`` where it also groups ``s`` likely answers in rows it has to spare."""
+    """The thresholds each pass of ``reducer``'s budget search counts on the device, joined by '+' ('-': none)."""
     widths, group = [], reducer._group
 
-    def counting_group(tree, table, spatials, captured=None, spare=()):
-        widths.append(f"{len(spatials)}[{len(spare)}]" if spare else str(len(spatials)))
-        return group(tree, table, spatials, captured, spare)
+    def counting_group(tree, table, spatials, *replayed):
+        widths.append(len(spatials))
+        return group(tree, table, spatials, *replayed)
 
     reducer._group = counting_group
     try:

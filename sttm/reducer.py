@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -106,22 +105,6 @@ class Steps:
         """Where each threshold (float32 values) lies among the breakpoints: thresholds of one region count alike."""
         return self.values.searchsorted(thresholds.astype(self.values.dtype))
 
-    def likely_answers(self, learned: dict[int, int], size: int) -> list[float]:
-        """At most ``size`` breakpoints at which the search may still end without counting the region below them,
-        likeliest first: the top of a region whose sign the bounds tell (-1 or 0) under a region over the target
-        or not known to be within it, no region below it over the target (the search returns the top of the highest
-        region within the target). ``learned`` holds the signs counted so far (region -> sign). A breakpoint's
-        chance is that the region above it is the lowest one over the target, each region whose sign is not known
-        within the target as its ``below`` says."""
-        if size <= 0 or not len(self.values):
-            return []
-        signs = self.signs.copy()
-        signs[list(learned)] = list(learned.values())
-        within = np.where(signs == UNKNOWN, self.below, signs <= 0).astype(np.float64)  # [n + 1]
-        lowest_over = (1 - within) * np.concatenate([[1.0], np.cumprod(within[:-1])])
-        none_over = np.cumsum(signs == 1)[:-1] == 0
-        ends = np.flatnonzero((self.signs[:-1] <= 0) & (signs[1:] > 0) & none_over)  # UNKNOWN (2) is above 0
-        return self.values[ends[np.argsort(-lowest_over[ends + 1], kind="stable")][:size]].tolist()
 
 def packed_steps(
     values: torch.Tensor, counts: torch.Tensor, target: int | torch.Tensor, exact: bool
@@ -341,10 +324,8 @@ class STTM(Reducer):
         The bisection reads the count's sign off ``count_steps`` where it can: always for the corrected variant and
         spatial merging alone, where the bounds are the count; for the official one where the bounds fall on one
         side of the target. The rest is counted on the device, every threshold of a pass in one batch, the pass
-        chosen by where the target lies between the bounds. A replayed pass groups in the rows its width has to
-        spare the thresholds the search is likeliest to return uncounted (``Steps.likely_answers``). The merge
-        reuses the grouping of the threshold chosen where a pass counted it or grouped it in a spare row, and groups
-        at that threshold alone otherwise.
+        chosen by where the target lies between the bounds, and the merge reuses the grouping of the threshold
+        chosen where it was counted, or groups at that threshold alone where the bounds settled it.
         """
         target = math.floor(self.budget * num_tokens + 1e-9)
         key = ("budget", *self._layout(grid), self.budget_gap)
@@ -353,28 +334,22 @@ class STTM(Reducer):
         steps = unpack_steps(*packed)
         groupings: list[Grouping] = []
         counted: dict[int, tuple[int, int]] = {}  # region -> the pass that counted it, and its row there
-        learned: dict[int, int] = {}  # region -> how its count compares with the target, where counted
-        prepared: dict[float, tuple[int, int]] = {}  # threshold grouped in a row a pass had to spare -> pass, row
 
         def count(spatials: list[float]) -> list[int]:
             if captured is not None and groupings:  # the next replay overwrites the last pass's grouping
                 groupings[-1] = copied(groupings[-1])
-            spare = [] if captured is None else steps.likely_answers(learned, pass_width(len(spatials)) - len(spatials))
-            groupings.append(self._group(tree, table, spatials, captured, spare))
-            kept = groupings[-1].num_tokens[: len(spatials)]
-            for row, (region, tokens) in enumerate(zip(steps.regions(np.array(spatials)).tolist(), kept, strict=True)):
-                counted[region], learned[region] = (len(groupings) - 1, row), (tokens > target) - (tokens < target)
-            for row, threshold in enumerate(spare, start=len(spatials)):
-                prepared[threshold] = len(groupings) - 1, row
-            return kept
+            groupings.append(self._group(tree, table, spatials, captured))
+            for row, region in enumerate(steps.regions(np.array(spatials)).tolist()):
+                counted[region] = len(groupings) - 1, row
+            return groupings[-1].num_tokens
 
         width = LOOKAHEAD_WIDTH_CUDA if tree.cells.is_cuda else LOOKAHEAD_WIDTH_CPU
         signs, below = (lambda regions: steps.signs[regions]), (lambda regions: steps.below[regions])
         spatial, met = bisect(count, target, width, steps.regions, signs, below)
         thresholds = self._thresholds_at(spatial)
         chosen = int(steps.regions(np.array([spatial]))[0])
-        done, row = counted.get(chosen) or prepared.get(spatial) or (None, 0)
-        if done is not None:
+        if chosen in counted:
+            done, row = counted[chosen]
             return thresholds, met, self._merge(tree, groupings[done], row, captured)
         if captured is None:
             return thresholds, met, merge_video(tree, *thresholds, self.variant, table)
@@ -405,29 +380,24 @@ class STTM(Reducer):
         return tree, table, packed, kept, sent_steps(packed, kept)
 
     def _group(
-        self,
-        tree: QuadTree,
-        table: torch.Tensor | None,
-        spatials: list[float],
-        captured: Captured | None = None,
-        spare: Sequence[float] = (),
+        self, tree: QuadTree, table: torch.Tensor | None, spatials: list[float], captured: Captured | None = None
     ) -> Grouping:
         """``group_nodes`` at each spatial threshold, its temporal one following it, in one batched pass; replayed
-        in ``captured``'s graphs where given, padded to ``pass_width`` with the ``spare`` thresholds that fit and
-        then the last threshold repeated, so that the passes of a search replay one of a few graphs, the narrowest
-        for a single threshold (the merge's where the search settled it without counting it). The grouping holds
-        every row the pass grouped, the padding's too."""
-        width = pass_width(len(spatials))
-        replayed = captured is not None and len(spatials) <= width
+        in ``captured``'s graphs where given, padded (repeating the last threshold) to ``pass_width``, so that the
+        passes of a search replay one of a few graphs, the narrowest for a single threshold (the merge's where the
+        search settled it without counting it)."""
+        rows = len(spatials)
+        width = pass_width(rows)
+        replayed = captured is not None and rows <= width
         if replayed:
-            spatials = [*spatials, *spare][:width]
-            spatials += spatials[-1:] * (width - len(spatials))
+            spatials = spatials + spatials[-1:] * (width - rows)
         both = as_thresholds(spatials + self._temporal_at(spatials), tree.cells.device)  # one copy
         if replayed:
             queued = captured.replay_later(("pass", width), functools.partial(self._queue_at, tree, table), both)
         else:
             queued = self._queue_at(tree, table, both)
-        return settled(queued, captured if replayed else None)
+        grouping = settled(queued, captured if replayed else None)
+        return grouping._replace(num_tokens=grouping.num_tokens[:rows], num_nodes=grouping.num_nodes[:rows])
 
     def _queue_at(self, tree: QuadTree, table: torch.Tensor | None, both: torch.Tensor) -> QueuedGrouping:
         """The grouping at the spatial thresholds of the first half of ``both`` and the temporal ones of the second."""

@@ -28,7 +28,6 @@ from sttm.reducer import (
     LOOKAHEAD_WIDTH_CUDA,
     PASS_WIDTH_CUDA,
     STTM,
-    Steps,
     linking_limit,
     packed_steps,
     pass_width,
@@ -411,99 +410,3 @@ def test_the_corrected_budget_search_counts_nothing_on_the_device(monkeypatch, b
     monkeypatch.setattr(reducer, "_group", refuse)
     result = reducer.reduce(VideoTokens(next(videos())))
     assert result.info["budget_met"] and 0 < result.kept_ratio <= 0.35
-
-
-def steps_of(rng: random.Random, target: int) -> tuple[Steps, list[int]]:
-    """Random ``Steps`` and the count in each of its regions (thresholds t with values[i − 1] < t ≤ values[i] in
-    region i, as ``count_steps`` has them): a monotone count, its sign told in some regions, guesses elsewhere."""
-    values = np.unique(np.array([rng.uniform(-1, 1) for _ in range(rng.randint(1, 12))], dtype=np.float32))
-    heights = sorted(target if rng.random() < 0.1 else rng.randint(0, 40) for _ in range(len(values) + 1))
-    signs = [(h > target) - (h < target) if rng.random() < 0.6 else UNKNOWN for h in heights]
-    below = np.array([rng.random() for _ in heights], dtype=np.float32)
-    return Steps(values, np.array(signs, dtype=np.int8), below), heights
-
-
-@pytest.mark.parametrize("width", [1, 7, 63])
-def test_the_likely_answers_hold_every_answer_a_search_returns_uncounted_at_a_breakpoint(width):
-    """The search returns the top of the highest region within the target; where it has not counted that region
-    (the bounds told its sign), that breakpoint is among ``likely_answers`` given what the search counted, and
-    given nothing counted too, unless the region above it was guessed surely within the target."""
-    rng = random.Random(width)
-    checked = 0
-    for _ in range(400):
-        target = rng.randint(0, 40)
-        steps, heights = steps_of(rng, target)
-        learned: dict[int, int] = {}
-
-        def count(thresholds: list[float], steps=steps, heights=heights, learned=learned, target=target) -> list[int]:
-            kept = [heights[region] for region in steps.regions(np.array(thresholds)).tolist()]
-            for region, tokens in zip(steps.regions(np.array(thresholds)).tolist(), kept, strict=True):
-                learned[region] = (tokens > target) - (tokens < target)
-            return kept
-
-        signs, below = (lambda regions, steps=steps: steps.signs[regions]), (lambda r, steps=steps: steps.below[r])
-        answer, _ = bisect(count, target, width, steps.regions, signs, below)
-        region = int(steps.regions(np.array([answer]))[0])
-        if region in learned or answer not in steps.values.tolist():
-            continue  # counted, or an exact hit inside a region, or the least or most merging
-        checked += 1
-        assert answer in steps.likely_answers(learned, len(steps.values))
-        before = steps.likely_answers({}, len(steps.values))
-        above = region + 1
-        assert answer in before or (steps.signs[above] == UNKNOWN and steps.below[above] == 1)
-    assert checked > 50
-
-
-def test_likely_answers_are_the_likeliest_first_and_at_most_as_many_as_asked():
-    values = np.array([-0.5, 0.0, 0.5, 0.75], dtype=np.float32)  # five regions
-    signs = np.array([-1, UNKNOWN, -1, UNKNOWN, 1], dtype=np.int8)
-    steps = Steps(values, signs, np.array([0, 0.25, 0, 0.5, 0], dtype=np.float32))
-    # -0.5 ends the search where region 1 is over (chance 0.75), 0.5 where region 1 is within and 3 over (0.125)
-    assert steps.likely_answers({}, 5) == [-0.5, 0.5]
-    assert steps.likely_answers({}, 1) == [-0.5]
-    assert steps.likely_answers({1: -1}, 5) == [0.5]
-    assert steps.likely_answers({1: 1}, 5) == [-0.5]  # then region 3 cannot be the lowest over
-    assert steps.likely_answers({}, 0) == []
-
-
-class EagerCaptured:
-    """Stands for a ``Captured`` layout on a CPU: each replay runs its call eagerly, so the replayed search's path
-    (padded passes, their spare rows, the padded merge) runs without a GPU."""
-
-    def replay_later(self, key, call, *args):
-        return call(*args)
-
-
-def replayed_search(monkeypatch, grid: torch.Tensor, budget: float, spare: bool):
-    """STTM's budget search on ``grid`` along its replayed path (``EagerCaptured``), with or without spare rows:
-    its reduction and the groupings it ran (passes, and the answer's alone where no pass grouped it)."""
-    reducer, groupings = STTM(budget=budget), []
-    group = reducer._group
-
-    def counting_group(*args):
-        groupings.append(args[2])
-        return group(*args)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(reducer, "_group", counting_group)
-        patch.setattr(reducer, "_run", lambda captures, key, call, *args: (EagerCaptured(), call(*args)))
-        if not spare:
-            patch.setattr(Steps, "likely_answers", lambda self, learned, size: [])
-        return reducer.reduce(VideoTokens(grid)), len(groupings)
-
-
-def test_a_search_merging_from_a_spare_row_returns_what_it_returns_grouping_the_answer_alone(monkeypatch):
-    """The replayed search's spare rows change what it groups, never its tokens; and they save the grouping of an
-    answer its passes did not count on some of these videos."""
-    saved = []
-    grids = [redundant_video(6, 14, 14, channels=24, scene_length=2, seed=seed) for seed in range(4)]
-    for grid in [*grids, *other_videos()]:
-        for budget in (0.1, 0.15, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.65):
-            eager = STTM(budget=budget).reduce(VideoTokens(grid))
-            ours, with_spare = replayed_search(monkeypatch, grid, budget, spare=True)
-            alone, without = replayed_search(monkeypatch, grid, budget, spare=False)
-            for theirs in (eager, alone):
-                assert ours.info == theirs.info and torch.equal(ours.tokens, theirs.tokens)
-                assert torch.equal(ours.boxes, theirs.boxes) and torch.equal(ours.num_patches, theirs.num_patches)
-            saved.append(without - with_spare)
-    assert min(saved) >= 0 and sum(saved) >= 5
