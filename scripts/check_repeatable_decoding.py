@@ -51,14 +51,10 @@ def watched(reducer: Reducer, seen: dict[str, str]) -> Reducer:
 
 def answer(model, inputs: dict, reducer: Reducer | None, new_tokens: int) -> tuple[list[int], str]:
     """The greedy answer's tokens and the digest of its first token's logits."""
-    with torch.inference_mode():
-        if reducer is None:
-            out = model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False, output_logits=True,
-                                 return_dict_in_generate=True)  # fmt: skip
-        else:
-            with reduction_point(model, reducer):
-                out = model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False, output_logits=True,
-                                     return_dict_in_generate=True)  # fmt: skip
+    reducing = contextlib.nullcontext() if reducer is None else reduction_point(model, reducer)
+    with torch.inference_mode(), reducing:
+        out = model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True)  # fmt: skip
     return out.sequences[0, -new_tokens:].tolist(), digest(out.logits[0])
 
 

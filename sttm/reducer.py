@@ -125,10 +125,10 @@ def packed_steps(
 STEPS_SENT_AT_ONCE = 4096
 
 
-def kept_steps(packed: torch.Tensor, kept: torch.Tensor, size: int, fill_value: int = -1) -> torch.Tensor:
+def kept_steps(packed: torch.Tensor, kept: torch.Tensor, size: int) -> torch.Tensor:
     """[3, size + 1]: the first ``size`` of the breakpoints ``kept`` [n] of ``packed_steps``' ``packed`` [3, n + 1]
     (padded with 0), then per region of ``Steps`` its sign and chance (those of its first region of count_steps)."""
-    breakpoints = torch.nonzero_static(kept, size=size, fill_value=fill_value).squeeze(1)
+    breakpoints = torch.nonzero_static(kept, size=size, fill_value=-1).squeeze(1)
     region = F.pad(breakpoints + 1, (1, 0))  # the first of count_steps' regions in each of Steps'
     return torch.cat([F.pad(packed[:1, breakpoints], (0, 1)), packed[1:, region]])
 
