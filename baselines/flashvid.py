@@ -26,8 +26,10 @@ each patch receives at the layer whose output the LLM uses (mean over heads and 
 which is the reference's ``cls_attention``. The reference loops over segments and frames; here each step runs on all
 frames at once (the greedy selection one pick at a time, on CUDA in one program per frame of ``baselines.maxmin``;
 the tree sums one position in the segment at a time), in the reference's order of summation where rounding could
-show. The host reads the device only where shapes need it: for the segments (before the heavy work), for the
-cluster counts, and at the end for the counts in ``info``.
+show; the float32 products the reference takes of the cast half-precision tokens (ADTS's cosines, DPC-kNN's
+distances) run, on a GPU, on tensor cores (``tensor_cores``; :mod:`baselines.products`): the same exact products,
+summed in float32 in another order. The host reads the device only where shapes need it: for the segments (before
+the heavy work), for the cluster counts, and at the end for the counts in ``info``.
 
 Output: the selected tokens and the cluster tokens, sorted by slot (the authors' order); each token's box is its
 slot (the selected token, or the cluster centre, which is a tree root), and ``num_patches`` counts the input
@@ -79,7 +81,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from baselines import maxmin
+from baselines import maxmin, products
 from baselines.fastv import most_attended
 from baselines.fastvid import slot_members
 from sttm.api import (
@@ -175,22 +177,40 @@ def event_relevance(frames: torch.Tensor, segment: torch.Tensor) -> torch.Tensor
     return torch.bmm(frames, segment_means[:, :, None]).squeeze(-1)
 
 
+def frame_cosines(tokens: torch.Tensor, half: torch.Tensor | None = None) -> torch.Tensor:
+    """[T, N, C] float32 tokens -> [T, N, N] float32 cosines within each frame: the products of the unit vectors,
+    as the reference; or, given ``half`` (the same tokens in bfloat16 or float16 on CUDA), their products on tensor
+    cores (:func:`baselines.products.gram`) over the products of the norms."""
+    norms = tokens.norm(p=2, dim=-1, keepdim=True)  # [T, N, 1]
+    if half is None:
+        unit = tokens / norms
+        return torch.bmm(unit, unit.transpose(1, 2))
+    return products.gram(half) / (norms * norms.transpose(1, 2))
+
+
 def calibrated_distances(
-    frames: torch.Tensor, attention: torch.Tensor, relevance: torch.Tensor | None = None
+    tokens: torch.Tensor,
+    attention: torch.Tensor,
+    relevance: torch.Tensor | None = None,
+    half: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """[T, N, C] tokens, [T, N] attention, optional [T, N] relevance -> [T, N, N] float32 cosine distances within
-    each frame, column n scaled by ``attention[n]·1e6`` and then by ``relevance[n]``."""
-    tokens = frames.float()
-    unit = tokens / tokens.norm(p=2, dim=-1, keepdim=True)
-    distances = (1.0 - torch.bmm(unit, unit.transpose(1, 2))) * (attention.float() * ATTENTION_SCALE)[:, None, :]
+    """[T, N, C] float32 tokens, [T, N] attention, optional [T, N] relevance -> [T, N, N] float32 cosine distances
+    within each frame (:func:`frame_cosines`, ``half`` as there), column n scaled by ``attention[n]·1e6`` and then
+    by ``relevance[n]``."""
+    distances = (1.0 - frame_cosines(tokens, half)) * (attention.float() * ATTENTION_SCALE)[:, None, :]
     return distances if relevance is None else distances * relevance[:, None, :]
 
 
-def adts_distances(frames: torch.Tensor, attention: torch.Tensor, segment: torch.Tensor | None) -> torch.Tensor:
+def adts_distances(
+    frames: torch.Tensor, attention: torch.Tensor, segment: torch.Tensor | None, tensor_cores: bool = True
+) -> torch.Tensor:
     """ADTS's :func:`calibrated_distances`: [T, N, C] tokens, [T, N] attention, [T] segments for v2's
-    :func:`event_relevance` (None: v1's, attention alone) -> [T, N, N] float32, from one float32 copy of the tokens."""
+    :func:`event_relevance` (None: v1's, attention alone) -> [T, N, N] float32, from one float32 copy of the tokens;
+    the cosines of half-precision tokens on a GPU on tensor cores unless ``tensor_cores`` is off."""
     tokens = frames.float()
-    return calibrated_distances(tokens, attention, None if segment is None else event_relevance(tokens, segment))
+    relevance = None if segment is None else event_relevance(tokens, segment)
+    half = frames if products.on_tensor_cores(frames, tensor_cores) else None
+    return calibrated_distances(tokens, attention, relevance, half)
 
 
 def select_diverse(distances: torch.Tensor, count: int, exclude_selected: bool = True) -> torch.Tensor:
@@ -353,7 +373,9 @@ def cluster_counts(
     return torch.where(budget < total, clusters, per_frame)
 
 
-def dpc_knn(tokens: torch.Tensor, valid: torch.Tensor, clusters: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def dpc_knn(
+    tokens: torch.Tensor, valid: torch.Tensor, clusters: torch.Tensor, tensor_cores: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Density-peak clustering with kNN density, per frame: [B, N, C] tokens, [B, N] bool tokens to cluster, [B]
     clusters (≤ the valid count) -> ([B, N] cluster of each token, [B, N] the slots by score: the first clusters[b]
     are frame b's centres, cluster by cluster; invalid tokens' clusters are meaningless).
@@ -361,13 +383,16 @@ def dpc_knn(tokens: torch.Tensor, valid: torch.Tensor, clusters: torch.Tensor) -
     Distances are Euclidean over sqrt(C) (float32); density exp(−mean of the k = min(clusters, 7) smallest squared
     distances, self included); a token's delta is its distance to the nearest denser token (the largest distance of
     the frame for the densest); the centres are the largest delta·density, in that order, and every token joins its
-    nearest centre (the first on ties). Density ties go to the lower slot.
+    nearest centre (the first on ties). Density ties go to the lower slot. The products of half-precision tokens on
+    a GPU run on tensor cores unless ``tensor_cores`` is off (:mod:`baselines.products`).
     """
     batch, width, channels = tokens.shape
     points = tokens.float()
     squares = points.square().sum(dim=-1)  # [B, N]
-    # as torch.cdist's matrix-product path computes it: (−2·x·y + |x|²) + |y|², clamped, square-rooted
-    squared = torch.baddbmm(squares[:, :, None], points, points.transpose(1, 2), alpha=-2) + squares[:, None, :]
+    if products.on_tensor_cores(tokens, tensor_cores):
+        squared = products.squared_distances(tokens, squares)
+    else:  # as torch.cdist's matrix-product path computes it: (−2·x·y + |x|²) + |y|², clamped, square-rooted
+        squared = torch.baddbmm(squares[:, :, None], points, points.transpose(1, 2), alpha=-2) + squares[:, None, :]
     distances = squared.clamp(min=0).sqrt() / math.sqrt(channels)  # [B, N, N]
     to_valid = valid[:, None, :]  # [B, 1, N]
     neighbours = clusters.clamp(max=MAX_NEIGHBOURS)
@@ -417,9 +442,11 @@ def merged_tokens(
     merged_count: int,
     threshold: float = 0.8,
     corrected: bool = False,
+    tensor_cores: bool = True,
 ) -> ClusterTokens:
     """TSTM: [T, N, C] tokens, their [T − 1, N, N] :func:`consecutive_cosines`, [T, N] bool selected by ADTS, [T]
-    segments of ``lengths``, B tokens a frame of which ``merged_count`` merged -> the cluster tokens."""
+    segments of ``lengths``, B tokens a frame of which ``merged_count`` merged -> the cluster tokens
+    (``tensor_cores`` as in :func:`dpc_knn`)."""
     frame_count, width, _ = frames.shape
     device = frames.device
     position = on_device([step for length in lengths for step in range(length)], device)
@@ -438,7 +465,7 @@ def merged_tokens(
     else:  # the reference's: its tree's sum over 1 + its direct children
         denominators = child_counts(merged, parent, sums.dtype) + 1
     roots = sums.div_(denominators[:, :, None])
-    assignment, ranked = dpc_knn(roots, valid, clusters)
+    assignment, ranked = dpc_knn(roots, valid, clusters, tensor_cores)
     count = max(counts)
     means = cluster_means(roots, valid, assignment, count)
     patches = torch.zeros(frame_count, count, dtype=torch.long, device=device)
@@ -539,6 +566,7 @@ class FlashVID(Reducer):
         llm_prune: bool = True,
         llm_layer: int = 20,
         llm_keep: float = 0.3,
+        tensor_cores: bool = True,
     ) -> None:
         self.budget = check_budget(budget)
         if not 0.0 < alpha <= 1.0:
@@ -558,6 +586,7 @@ class FlashVID(Reducer):
         self.do_segment, self.segment_threshold = do_segment, segment_threshold
         self.min_segment_num, self.complementary_segment = min_segment_num, complementary_segment
         self.expansion, self.budget_mode, self.variant, self.llm_prune = expansion, budget_mode, variant, llm_prune
+        self.tensor_cores = bool(tensor_cores)
 
     def inner_stage(self) -> FlashVIDLLM | None:
         """The pruning step inside the LLM that goes with this reducer, or None where ``llm_prune`` is off."""
@@ -604,7 +633,7 @@ class FlashVID(Reducer):
         info.update(segment_lengths=lengths)
 
         event_segments = segment if self.selection == "attn_div_v2" else None
-        distances = adts_distances(frames, video.importance.reshape(t, width), event_segments)
+        distances = adts_distances(frames, video.importance.reshape(t, width), event_segments, self.tensor_cores)
         # they need no selection: queued before the selection's loop, they keep the device busy during it
         cosines = consecutive_cosines(frames) if merged_count > 0 else None
         exclude = corrected or self.selection == "attn_div"
@@ -617,7 +646,7 @@ class FlashVID(Reducer):
         if merged_count > 0:
             selected = torch.zeros(t, width, dtype=torch.bool, device=device).scatter_(1, chosen, True)
             clusters = merged_tokens(frames, cosines, selected, segment, lengths, frame_tokens, merged_count,
-                                     self.temporal_threshold, corrected)  # fmt: skip
+                                     self.temporal_threshold, corrected, self.tensor_cores)  # fmt: skip
             kept_idx.append(clusters.slots)
             kept_tokens.append(clusters.tokens)
             kept_patches.append(clusters.num_patches)

@@ -40,7 +40,8 @@ adds ``rand · 1e-6`` to the densities to break ties; the authors draw it from t
 here it comes from a CPU generator seeded with ``seed``, drawn in the authors' order (their calls, a set each, take the
 stream one call takes), so the result is the authors' one after ``torch.manual_seed(seed)`` on the CPU, and the same on
 any device. Similarities are computed in float32 (or wider), distances in float32 (the values ``torch.cdist`` gives,
-:func:`pairwise_distances`), means in the grid's dtype.
+:func:`pairwise_distances`; of half-precision tokens on a GPU, the same exact products summed in float32 on tensor
+cores unless ``tensor_cores`` is off, :mod:`baselines.products`), means in the grid's dtype.
 
 Unlike the reference, videos of fewer than k = 7 frames work: their frames are clustered with T neighbours, and
 into one segment at least (the reference's ``topk`` fails there); a one-frame segment, which only a one-frame video
@@ -112,6 +113,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from baselines import products
 from sttm.api import (
     RankedInLLM,
     Reducer,
@@ -144,16 +146,21 @@ def on_device(values, device: torch.device | str, dtype: torch.dtype = torch.lon
 CDIST_DIRECT_MAX = 25
 
 
-def pairwise_distances(x: torch.Tensor) -> torch.Tensor:
+def pairwise_distances(x: torch.Tensor, tensor_cores: bool = True) -> torch.Tensor:
     """[B, N, C] tokens -> [B, N, N] Euclidean distances over √C in float32: ``torch.cdist`` of ``x.float()``.
 
     For more than 25 tokens cdist multiplies ``[−2x, |x|², 1]`` by ``[x, 1, |x|²]``ᵀ, building the squared norms
     twice, ``−2x`` once more and both operands by concatenation; here the norms are built once and both operands
-    are written in place, converting the tokens on the way (the same matrices, so the same product).
+    are written in place, converting the tokens on the way (the same matrices, so the same product). Half-precision
+    tokens on a GPU instead take their products on tensor cores (unless ``tensor_cores`` is off;
+    :func:`baselines.products.squared_distances`: the same exact products and norms, summed in another order).
     """
     batch, size, channels = x.shape
     if size <= CDIST_DIRECT_MAX:
         return torch.cdist(x.float(), x.float()) / channels**0.5
+    if products.on_tensor_cores(x, tensor_cores):
+        squared = products.squared_distances(x, x.float().square().sum(dim=-1))
+        return squared.clamp_min_(0).sqrt_().div_(channels**0.5)
     right = torch.empty(batch, size, channels + 2, device=x.device)
     right[..., :channels] = x
     norms = right[..., :channels].pow(2).sum(dim=-1)
@@ -165,7 +172,12 @@ def pairwise_distances(x: torch.Tensor) -> torch.Tensor:
 
 
 def dpc_knn(
-    x: torch.Tensor, valid: torch.Tensor, num_clusters: list[int], k: int, noise: torch.Tensor | None = None
+    x: torch.Tensor,
+    valid: torch.Tensor,
+    num_clusters: list[int],
+    k: int,
+    noise: torch.Tensor | None = None,
+    tensor_cores: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cluster the valid tokens of each row with DPC-kNN, as the authors' ``cluster_dpc_knn`` clusters one set.
 
@@ -173,10 +185,10 @@ def dpc_knn(
     clusters per row (from 1 to its members); noise: [B, N] uniform draws in [0, 1) whose ``1e-6`` multiple is
     added to the densities (the authors' tie-break), or None for deterministic ties (the lower index).
 
-    Distances are :func:`pairwise_distances`; a token's density is ``exp(−mean of its k smallest squared
-    distances)`` (itself included); its score is the density times the distance to the nearest denser token (the
-    largest distance of the set for the densest). The ``m`` best scores are the centres, and every token joins its
-    nearest centre (the first in centre order on a tie), a centre itself.
+    Distances are :func:`pairwise_distances` (``tensor_cores`` as there); a token's density is ``exp(−mean of its
+    k smallest squared distances)`` (itself included); its score is the density times the distance to the nearest
+    denser token (the largest distance of the set for the densest). The ``m`` best scores are the centres, and every
+    token joins its nearest centre (the first in centre order on a tie), a centre itself.
 
     Returns centres [B, M] (M = max clusters): token indices in descending score order, −1 past a row's count; and
     assignment [B, N]: the rank of each member's centre, −1 for padding.
@@ -188,7 +200,7 @@ def dpc_knn(
         raise ValueError(f"every row needs at least one cluster, got num_clusters {num_clusters}")
     count = max(num_clusters)
     invalid = ~valid
-    dist = pairwise_distances(x)  # [B, N, N]
+    dist = pairwise_distances(x, tensor_cores)  # [B, N, N]
     nearest = dist.masked_fill(invalid[:, None, :], torch.inf).topk(k, dim=-1, largest=False).values
     density = (-(nearest**2).mean(dim=-1)).exp()
     if noise is not None:
@@ -213,11 +225,13 @@ def dpc_knn(
     return centres.masked_fill(past, -1), assignment.masked_fill(invalid, -1)
 
 
-def frame_labels(wanted: int, k: int, means: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+def frame_labels(
+    wanted: int, k: int, tensor_cores: bool, means: torch.Tensor, noise: torch.Tensor | None = None
+) -> torch.Tensor:
     """[T, C] frame means -> [T] int64: the DPC-kNN cluster of each frame (:func:`dpc_knn` into ``wanted``
     clusters, k neighbours; ``noise`` [1, T] or None)."""
     everyone = torch.ones(1, len(means), dtype=torch.bool, device=means.device)
-    return dpc_knn(means[None], everyone, [wanted], k, noise)[1][0]
+    return dpc_knn(means[None], everyone, [wanted], k, noise, tensor_cores)[1][0]
 
 
 #: CUDA graphs of the frames' clustering, whose shapes are a video's [T, C], the same for every video of a model:
@@ -497,7 +511,12 @@ def cluster_noise(draws: torch.Tensor, sizes: list[int], width: int) -> torch.Te
 
 
 def merge(
-    frames: torch.Tensor, means: torch.Tensor, layout: BatchLayout, k: int, noise: torch.Tensor | None
+    frames: torch.Tensor,
+    means: torch.Tensor,
+    layout: BatchLayout,
+    k: int,
+    noise: torch.Tensor | None,
+    tensor_cores: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Stage 1's output in the authors' order, from the frames [T, L, C] and the segment means [S, L, C]: [N, C]
     tokens, [N] flat slots, [N] patches each stands for and [T·L] the token each patch went into (each token is the
@@ -522,7 +541,7 @@ def merge(
     centres = torch.arange(most, device=device).expand(rows - clustered, most)
     if clustered:
         valid = torch.arange(width, device=device) < sizes[:, None]
-        found, joined = dpc_knn(batch[:clustered], valid, layout.clusters, k, noise)
+        found, joined = dpc_knn(batch[:clustered], valid, layout.clusters, k, noise, tensor_cores)
         assignment = torch.cat([joined, assignment])
         centres = torch.cat([F.pad(found.clamp(min=0), (0, most - found.shape[1])), centres])
     tokens, members = cluster_means(batch, assignment, most)
@@ -555,6 +574,7 @@ class PruneVid(Reducer):
         selected_layer: int = 10,
         alpha: float = 0.4,
         cuda_graphs: bool = True,
+        tensor_cores: bool = True,
     ) -> None:
         self.budget = check_budget(budget)
         if cluster_ratio is not None and not 0.0 < cluster_ratio <= 1.0:
@@ -572,6 +592,7 @@ class PruneVid(Reducer):
         self.cluster_ratio, self.tau, self.temporal_segment_ratio = cluster_ratio, tau, temporal_segment_ratio
         self.k, self.max_unclustered, self.variant, self.seed = k, max_unclustered, variant, seed
         self.selected_layer, self.alpha, self.cuda_graphs = selected_layer, alpha, bool(cuda_graphs)
+        self.tensor_cores = bool(tensor_cores)
         self.inner = PruneVidLLM(budget=alpha, layer=selected_layer + 1) if question_guided else None
 
     def inner_stage(self) -> PruneVidLLM | None:
@@ -595,7 +616,8 @@ class PruneVid(Reducer):
         noise = None if generator is None else on_device(torch.rand(1, t, generator=generator), device, torch.float)
         k, frame_means = min(self.k, t), frames.mean(dim=1)
         args = (frame_means,) if noise is None else (frame_means, noise)
-        labels = replayed(FRAME_CLUSTERING, (wanted, k), functools.partial(frame_labels, wanted, k), *args,
+        labels = replayed(FRAME_CLUSTERING, (wanted, k, self.tensor_cores),
+                          functools.partial(frame_labels, wanted, k, self.tensor_cores), *args,
                           enabled=self.cuda_graphs)  # fmt: skip
         lengths = temporal_segments(labels.tolist())
         static, means = segment_statistics(frames, lengths, self.tau)
@@ -617,7 +639,7 @@ class PruneVid(Reducer):
         if draws is not None and layout.clusters:
             noise = cluster_noise(draws, layout.sizes[: len(layout.clusters)].tolist(), layout.width)
             noise = on_device(noise, device, torch.float)
-        tokens, slots, patches, members = merge(frames, means, layout, self.k, noise)
+        tokens, slots, patches, members = merge(frames, means, layout, self.k, noise, self.tensor_cores)
         counts = np.where(clusters > 0, clusters, sets.size)
         per_segment = [np.bincount(sets.segment[kind], counts[kind], len(lengths)).astype(np.int64).tolist()
                        for kind in (sets.static, ~sets.static)]  # fmt: skip
