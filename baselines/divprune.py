@@ -18,6 +18,9 @@ Scope: the reference prunes the visual tokens of one input as one set; ``scope="
 frames together, ``scope="frame"`` prunes each frame on its own at the same rate.
 
 Budget: ``keep_ratio``, exactly (max(1, round(budget·N)) tokens per set).
+
+The reference's float32 cosines of the cast tokens run, for half-precision tokens on a GPU, on tensor cores
+(``tensor_cores``; :mod:`baselines.products`), as exactly against float64.
 """
 
 from __future__ import annotations
@@ -25,15 +28,22 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from baselines import maxmin
+from baselines import maxmin, products
 from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, keep_subset, register
 
 SCOPES = ("video", "frame")
+#: ``F.normalize``'s floor for a norm
+NORM_EPS = 1e-12
 
 
-def cosine_distances(tokens: torch.Tensor) -> torch.Tensor:
-    """[B, N, C] -> [B, N, N] float32 1 − cosine similarity."""
-    unit = F.normalize(tokens.float(), dim=-1)
+def cosine_distances(tokens: torch.Tensor, tensor_cores: bool = True) -> torch.Tensor:
+    """[B, N, C] -> [B, N, N] float32 1 − cosine similarity: of the unit vectors (``F.normalize``), as the
+    reference; of half-precision tokens on a GPU (unless ``tensor_cores`` is off), their tensor-core products
+    (:func:`baselines.products.gram`) over the products of the same norms."""
+    if products.on_tensor_cores(tokens, tensor_cores):
+        norms = tokens.float().norm(dim=-1, keepdim=True).clamp_min(NORM_EPS)  # [B, N, 1]
+        return products.gram(tokens).div_(norms).div_(norms.transpose(1, 2)).neg_().add_(1.0)
+    unit = F.normalize(tokens.float(), dim=-1, eps=NORM_EPS)
     return 1.0 - unit @ unit.transpose(1, 2)
 
 
@@ -64,16 +74,16 @@ class DivPrune(Reducer):
     stage = Stage.PRE_LLM
     query_aware = False
 
-    def __init__(self, budget: float = 0.25, scope: str = "video") -> None:
+    def __init__(self, budget: float = 0.25, scope: str = "video", tensor_cores: bool = True) -> None:
         if scope not in SCOPES:
             raise ValueError(f"unknown DivPrune scope {scope!r}; choose one of: {', '.join(SCOPES)}")
         self.budget = check_budget(budget)
-        self.scope = scope
+        self.scope, self.tensor_cores = scope, bool(tensor_cores)
 
     def reduce(self, video: VideoTokens) -> Reduction:
         t, _, _, c = video.grid.shape
         sets = video.grid.reshape(1 if self.scope == "video" else t, -1, c)
         count = max(1, round(self.budget * sets.shape[1]))
-        chosen = most_diverse(cosine_distances(sets), count).sort(dim=1).values
+        chosen = most_diverse(cosine_distances(sets, self.tensor_cores), count).sort(dim=1).values
         kept = (chosen + torch.arange(len(sets), device=chosen.device)[:, None] * sets.shape[1]).flatten()
         return keep_subset(video, kept)

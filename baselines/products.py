@@ -1,4 +1,4 @@
-"""Float32 products of half-precision tokens on tensor cores: the distance products of FlashVID and PruneVid.
+"""Float32 products of half-precision tokens on tensor cores: the distance products of FlashVID, PruneVid, DivPrune.
 
 Their reference code casts the model's bfloat16 or float16 tokens to float32 before its distance products, which on
 a GPU then run on CUDA cores (float32 without TF32), several times slower than on tensor cores. The product of two

@@ -1,5 +1,6 @@
-"""Float32 products of half-precision tokens on tensor cores (``baselines.products``), as FlashVID and PruneVid use
-them: the same values as the reference's float32 products of the cast tokens, up to the rounding of float32 sums.
+"""Float32 products of half-precision tokens on tensor cores (``baselines.products``), as FlashVID, PruneVid and
+DivPrune use them: the same values as the reference's float32 products of the cast tokens, up to the rounding of
+float32 sums, and as exact against float64.
 
 The tensor-core tests need a GPU and are skipped without one (there: ``python -m pytest tests/test_products.py``).
 """
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from baselines import products
+from baselines.divprune import DivPrune, cosine_distances
 from baselines.flashvid import FlashVID, frame_cosines
 from baselines.prunevid import PruneVid, pairwise_distances
 from sttm.synthetic import benchmark_video
@@ -96,8 +98,24 @@ def test_prunevids_distances_on_tensor_cores_are_as_exact_as_cdists():
     assert mean <= reference_mean and most <= reference_most, (mean, most, reference_mean, reference_most)
 
 
+def test_off_tensor_cores_divprunes_cosines_are_the_unit_vectors():
+    tokens = half_tokens()
+    unit = torch.nn.functional.normalize(tokens.float(), dim=-1)
+    assert torch.equal(cosine_distances(tokens), 1.0 - unit @ unit.mT)
+
+
 @needs_cuda
-@pytest.mark.parametrize("reducer", [FlashVID, PruneVid], ids=lambda reducer: reducer.__name__)
+def test_divprunes_cosine_distances_on_tensor_cores_are_as_exact_as_the_references():
+    tokens = benchmark_video(16, 14, 14, 3584, dtype=torch.bfloat16, device="cuda").grid.reshape(1, -1, 3584)
+    unit = torch.nn.functional.normalize(tokens.double(), dim=-1)
+    exact = 1.0 - unit @ unit.mT
+    mean, most = errors(cosine_distances(tokens), exact)
+    reference_mean, reference_most = errors(cosine_distances(tokens, tensor_cores=False), exact)
+    assert mean <= reference_mean and most <= reference_most, (mean, most, reference_mean, reference_most)
+
+
+@needs_cuda
+@pytest.mark.parametrize("reducer", [FlashVID, PruneVid, DivPrune], ids=lambda reducer: reducer.__name__)
 def test_the_reducers_on_tensor_cores_choose_as_without_them_but_for_near_ties(reducer):
     """On a video-like grid (scene changes, bf16): the same knobs and token count, and the same box in nearly every
     row; where rounding decides a near-tie (a few rows in a thousand on the 128-frame benchmark grid), a choice may
