@@ -16,7 +16,8 @@ What the authors do, on the pooled 14x14 grid of N = H·W tokens per frame that 
 3. Anchors. In a segment of L frames, the last frame and every ``DTM_p``-th frame before it are anchor frames;
    each takes ``ctx·L // ceil(L / DTM_p)`` context tokens, the other frames none.
 4. ATS. Each frame's ``s`` tokens of highest score (the MAP head's attention) are kept unchanged.
-5. Density. On each frame's other tokens: distances ``cdist / sqrt(C)`` (float32), density ``exp(−mean of the
+5. Density. On each frame's other tokens: distances ``cdist / sqrt(C)`` (float32; of half-precision tokens on a
+   GPU on tensor cores unless ``tensor_cores`` is off, :mod:`baselines.products`), density ``exp(−mean of the
    squared distances to the 4 nearest, itself included)`` plus ``rand · 1e-6``, and the score ``density · the
    distance to the nearest strictly denser token`` (for the densest, the frame's largest distance).
 6. DTM. Each anchor frame's highest-scoring tokens are its targets. Every non-salient token of the anchor's pool
@@ -81,6 +82,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from baselines import products
 from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, keep_everything, patch_boxes, register
 
 VARIANTS = ("official", "corrected")
@@ -169,21 +171,21 @@ def split_salient(importance: torch.Tensor, count: int) -> tuple[torch.Tensor, t
 
 
 def density_scores(
-    tokens: torch.Tensor, noise: torch.Tensor | None = None, ties_by_index: bool = False
+    tokens: torch.Tensor, noise: torch.Tensor | None = None, ties_by_index: bool = False, tensor_cores: bool = True
 ) -> torch.Tensor:
     """[T, R, C] tokens of each frame -> [T, R] float32 density-peak score of each within its frame.
 
     ``density = exp(−mean squared distance to the 4 nearest, itself included)`` (distances ``cdist / sqrt(C)`` in
     float32) plus ``noise`` [T, R] if given; the score is the density times the distance to the nearest denser
     token of the frame (strictly denser; with ``ties_by_index`` an equally dense one of lower index counts too),
-    or for a token with none the frame's largest distance.
+    or for a token with none the frame's largest distance. The distances of half-precision tokens on a GPU take
+    their products on tensor cores unless ``tensor_cores`` is off (:func:`baselines.products.pairwise_distances`).
     """
     if tokens.shape[1] < DENSITY_NEIGHBOURS:
         raise ValueError(
             f"FastVID's density needs at least {DENSITY_NEIGHBOURS} non-salient tokens per frame, got {tokens.shape[1]}"
         )
-    wide = tokens.float()
-    distance = torch.cdist(wide, wide) / tokens.shape[-1] ** 0.5
+    distance = products.pairwise_distances(tokens, tensor_cores)
     nearest = distance.topk(DENSITY_NEIGHBOURS, dim=-1, largest=False).values
     density = torch.exp(-nearest.square().mean(dim=-1))
     if noise is not None:
@@ -404,6 +406,7 @@ def fastvid(
     dtm_beta: float = 0.6,
     variant: str = "official",
     noise: torch.Tensor | None = None,
+    tensor_cores: bool = True,
 ) -> FastVIDTokens:
     """FastVID on one video: grid [T, H, W, C], importance [T, H, W] (ATS score), global_features [T, Cg] (DySeg).
 
@@ -441,7 +444,7 @@ def fastvid(
     flat = grid.reshape(t * per_frame, c)
     pool = flat.index_select(0, pool_slots)  # [T·R, C]
     noise = None if noise is None else noise[frames]
-    scores = density_scores(pool.view(t, rest_count, c), noise, ties_by_index=variant == "corrected")
+    scores = density_scores(pool.view(t, rest_count, c), noise, variant == "corrected", tensor_cores)
     unit = pool / pool.norm(dim=-1, keepdim=True)
     rows = [group.count * group.length * rest_count for group in plan.groups]
     merges = [merge_group(*group_rows, scores, group, plan, variant)
@@ -504,6 +507,7 @@ class FastVID(Reducer):
         variant: str = "official",
         segment_features: str = "frame_mean",
         noise_seed: int = 0,
+        tensor_cores: bool = True,
     ) -> None:
         self.budget = check_budget(budget)
         _check_variant(variant)
@@ -522,6 +526,7 @@ class FastVID(Reducer):
         self.dyseg_c, self.dyseg_tau, self.stprune_d = int(dyseg_c), float(dyseg_tau), float(stprune_d)
         self.dtm_p, self.dtm_beta, self.variant = int(dtm_p), float(dtm_beta), variant
         self.segment_features, self.noise_seed = segment_features, int(noise_seed)
+        self.tensor_cores = bool(tensor_cores)
 
     def knobs(self) -> dict:
         """The authors' parameter values this reducer runs with, under their names."""
@@ -548,7 +553,7 @@ class FastVID(Reducer):
             noise = torch.rand(t, h * w - salient, generator=generator, device=grid.device) * DENSITY_NOISE
         result = fastvid(
             grid, video.importance, global_features.to(grid.device), self.budget, self.dyseg_c, self.dyseg_tau,
-            self.stprune_d, self.dtm_p, self.dtm_beta, self.variant, noise,
+            self.stprune_d, self.dtm_p, self.dtm_beta, self.variant, noise, self.tensor_cores,
         )  # fmt: skip
         return Reduction(result.tokens, patch_boxes(result.slots, h, w), result.num_patches, video.num_tokens,
                          info={**info, **result.facts}, members=result.members,

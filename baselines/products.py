@@ -1,4 +1,5 @@
-"""Float32 products of half-precision tokens on tensor cores: the distance products of FlashVID, PruneVid, DivPrune.
+"""Float32 products of half-precision tokens on tensor cores: the distance products of FlashVID, PruneVid, DivPrune
+and FastVID.
 
 Their reference code casts the model's bfloat16 or float16 tokens to float32 before its distance products, which on
 a GPU then run on CUDA cores (float32 without TF32), several times slower than on tensor cores. The product of two
@@ -21,6 +22,8 @@ import torch
 HALF_PRECISION = (torch.bfloat16, torch.float16)
 #: channels the tensor cores sum before their partial sum joins the float32 total
 CHUNK = 512
+#: ``torch.cdist`` computes Euclidean distances among more tokens than this from the Gram expansion
+CDIST_DIRECT_MAX = 25
 
 
 def on_tensor_cores(tokens: torch.Tensor, enabled: bool = True) -> bool:
@@ -48,3 +51,28 @@ def squared_distances(tokens: torch.Tensor, squares: torch.Tensor) -> torch.Tens
     ``torch.cdist``'s matrix-product path forms them, ``(|x|² − 2·x·y) + |y|²`` (not clamped), with :func:`gram`'s
     products."""
     return torch.add(squares[:, :, None], gram(tokens), alpha=-2).add_(squares[:, None, :])
+
+
+def pairwise_distances(x: torch.Tensor, tensor_cores: bool = True) -> torch.Tensor:
+    """[B, N, C] tokens -> [B, N, N] Euclidean distances over √C in float32: ``torch.cdist`` of ``x.float()``.
+
+    For more than 25 tokens cdist multiplies ``[−2x, |x|², 1]`` by ``[x, 1, |x|²]``ᵀ, building the squared norms
+    twice, ``−2x`` once more and both operands by concatenation; here the norms are built once and both operands
+    are written in place, converting the tokens on the way (the same matrices, so the same product). Half-precision
+    tokens on a GPU instead take their products on tensor cores (unless ``tensor_cores`` is off;
+    :func:`squared_distances`: the same exact products and norms, summed in another order).
+    """
+    batch, size, channels = x.shape
+    if size <= CDIST_DIRECT_MAX:
+        return torch.cdist(x.float(), x.float()) / channels**0.5
+    if on_tensor_cores(x, tensor_cores):
+        squared = squared_distances(x, x.float().square().sum(dim=-1))
+        return squared.clamp_min_(0).sqrt_().div_(channels**0.5)
+    right = torch.empty(batch, size, channels + 2, device=x.device)
+    right[..., :channels] = x
+    norms = right[..., :channels].pow(2).sum(dim=-1)
+    right[..., channels], right[..., channels + 1] = 1, norms
+    left = torch.empty_like(right)
+    torch.mul(right[..., :channels], -2, out=left[..., :channels])
+    left[..., channels], left[..., channels + 1] = norms, 1
+    return (left @ right.mT).clamp_min_(0).sqrt_().div_(channels**0.5)

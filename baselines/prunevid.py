@@ -40,8 +40,8 @@ adds ``rand · 1e-6`` to the densities to break ties; the authors draw it from t
 here it comes from a CPU generator seeded with ``seed``, drawn in the authors' order (their calls, a set each, take the
 stream one call takes), so the result is the authors' one after ``torch.manual_seed(seed)`` on the CPU, and the same on
 any device. Similarities are computed in float32 (or wider), distances in float32 (the values ``torch.cdist`` gives,
-:func:`pairwise_distances`; of half-precision tokens on a GPU, the same exact products summed in float32 on tensor
-cores unless ``tensor_cores`` is off, :mod:`baselines.products`), means in the grid's dtype.
+:func:`baselines.products.pairwise_distances`; of half-precision tokens on a GPU, the same exact products summed in
+float32 on tensor cores unless ``tensor_cores`` is off), means in the grid's dtype.
 
 Unlike the reference, videos of fewer than k = 7 frames work: their frames are clustered with T neighbours, and
 into one segment at least (the reference's ``topk`` fails there); a one-frame segment, which only a one-frame video
@@ -142,35 +142,6 @@ def on_device(values, device: torch.device | str, dtype: torch.dtype = torch.lon
     return host.to(device)
 
 
-#: ``torch.cdist`` computes Euclidean distances among more tokens than this from the Gram expansion
-CDIST_DIRECT_MAX = 25
-
-
-def pairwise_distances(x: torch.Tensor, tensor_cores: bool = True) -> torch.Tensor:
-    """[B, N, C] tokens -> [B, N, N] Euclidean distances over √C in float32: ``torch.cdist`` of ``x.float()``.
-
-    For more than 25 tokens cdist multiplies ``[−2x, |x|², 1]`` by ``[x, 1, |x|²]``ᵀ, building the squared norms
-    twice, ``−2x`` once more and both operands by concatenation; here the norms are built once and both operands
-    are written in place, converting the tokens on the way (the same matrices, so the same product). Half-precision
-    tokens on a GPU instead take their products on tensor cores (unless ``tensor_cores`` is off;
-    :func:`baselines.products.squared_distances`: the same exact products and norms, summed in another order).
-    """
-    batch, size, channels = x.shape
-    if size <= CDIST_DIRECT_MAX:
-        return torch.cdist(x.float(), x.float()) / channels**0.5
-    if products.on_tensor_cores(x, tensor_cores):
-        squared = products.squared_distances(x, x.float().square().sum(dim=-1))
-        return squared.clamp_min_(0).sqrt_().div_(channels**0.5)
-    right = torch.empty(batch, size, channels + 2, device=x.device)
-    right[..., :channels] = x
-    norms = right[..., :channels].pow(2).sum(dim=-1)
-    right[..., channels], right[..., channels + 1] = 1, norms
-    left = torch.empty_like(right)
-    torch.mul(right[..., :channels], -2, out=left[..., :channels])
-    left[..., channels], left[..., channels + 1] = norms, 1
-    return (left @ right.mT).clamp_min_(0).sqrt_().div_(channels**0.5)
-
-
 def dpc_knn(
     x: torch.Tensor,
     valid: torch.Tensor,
@@ -185,10 +156,10 @@ def dpc_knn(
     clusters per row (from 1 to its members); noise: [B, N] uniform draws in [0, 1) whose ``1e-6`` multiple is
     added to the densities (the authors' tie-break), or None for deterministic ties (the lower index).
 
-    Distances are :func:`pairwise_distances` (``tensor_cores`` as there); a token's density is ``exp(−mean of its
-    k smallest squared distances)`` (itself included); its score is the density times the distance to the nearest
-    denser token (the largest distance of the set for the densest). The ``m`` best scores are the centres, and every
-    token joins its nearest centre (the first in centre order on a tie), a centre itself.
+    Distances are :func:`baselines.products.pairwise_distances` (``tensor_cores`` as there); a token's density is
+    ``exp(−mean of its k smallest squared distances)`` (itself included); its score is the density times the distance
+    to the nearest denser token (the largest distance of the set for the densest). The ``m`` best scores are the
+    centres, and every token joins its nearest centre (the first in centre order on a tie), a centre itself.
 
     Returns centres [B, M] (M = max clusters): token indices in descending score order, −1 past a row's count; and
     assignment [B, N]: the rank of each member's centre, −1 for padding.
@@ -200,7 +171,7 @@ def dpc_knn(
         raise ValueError(f"every row needs at least one cluster, got num_clusters {num_clusters}")
     count = max(num_clusters)
     invalid = ~valid
-    dist = pairwise_distances(x, tensor_cores)  # [B, N, N]
+    dist = products.pairwise_distances(x, tensor_cores)  # [B, N, N]
     nearest = dist.masked_fill(invalid[:, None, :], torch.inf).topk(k, dim=-1, largest=False).values
     density = (-(nearest**2).mean(dim=-1)).exp()
     if noise is not None:

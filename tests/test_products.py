@@ -1,6 +1,6 @@
-"""Float32 products of half-precision tokens on tensor cores (``baselines.products``), as FlashVID, PruneVid and
-DivPrune use them: the same values as the reference's float32 products of the cast tokens, up to the rounding of
-float32 sums, and as exact against float64.
+"""Float32 products of half-precision tokens on tensor cores (``baselines.products``), as FlashVID, PruneVid,
+DivPrune and FastVID use them: the same values as the reference's float32 products of the cast tokens, up to the
+rounding of float32 sums, and as exact against float64.
 
 The tensor-core tests need a GPU and are skipped without one (there: ``python -m pytest tests/test_products.py``).
 """
@@ -12,8 +12,10 @@ import torch
 
 from baselines import products
 from baselines.divprune import DivPrune, cosine_distances
+from baselines.fastvid import FastVID
 from baselines.flashvid import FlashVID, frame_cosines
-from baselines.prunevid import PruneVid, pairwise_distances
+from baselines.products import pairwise_distances
+from baselines.prunevid import PruneVid
 from sttm.synthetic import benchmark_video
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="tensor cores need a CUDA GPU")
@@ -115,7 +117,7 @@ def test_divprunes_cosine_distances_on_tensor_cores_are_as_exact_as_the_referenc
 
 
 @needs_cuda
-@pytest.mark.parametrize("reducer", [FlashVID, PruneVid, DivPrune], ids=lambda reducer: reducer.__name__)
+@pytest.mark.parametrize("reducer", [FlashVID, PruneVid, DivPrune, FastVID], ids=lambda reducer: reducer.__name__)
 def test_the_reducers_on_tensor_cores_choose_as_without_them_but_for_near_ties(reducer):
     """On a video-like grid (scene changes, bf16): the same knobs and token count, and the same box in nearly every
     row; where rounding decides a near-tie (a few rows in a thousand on the 128-frame benchmark grid), a choice may

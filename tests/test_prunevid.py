@@ -18,13 +18,13 @@ import torch.nn.functional as F
 from test_points import generate, inputs
 
 from baselines import check_golden
+from baselines.products import pairwise_distances
 from baselines.prunevid import (
     PruneVid,
     PruneVidLLM,
     cluster_ratio_for_budget,
     clusters_per_set,
     dpc_knn,
-    pairwise_distances,
     question_guided_keep,
     segment_statistics,
     temporal_segments,
