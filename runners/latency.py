@@ -1,4 +1,5 @@
-"""Latency at real scale on a GPU: vision encode, reducer, LLM prefill, TTFT, decode and memory for every reducer.
+"""Latency at real scale on a GPU: vision encode, reducer, LLM prefill, TTFT, decode, memory and prefill FLOPs (a
+share of full tokens', ``sttm.adapters.flops``) for every reducer.
 
     python -m runners.latency --model llava_onevision_7b --frames 64 128 --output outputs/latency/h100
     python -m runners.latency --model qwen2_vl_7b --frames 128 --output outputs/latency/h100
@@ -33,6 +34,7 @@ from omegaconf import OmegaConf
 from runners.files import write_atomically
 from runners.settings import CONFIGS, compose_evaluate, setting_params
 from sttm.adapters import family
+from sttm.adapters.flops import logged_tokens_per_layer, prefill_flops
 from sttm.adapters.points import reduction_point
 from sttm.adapters.real_size import ARCHITECTURES, QUESTION, random_model, request
 from sttm.adapters.reduction_log import ReductionLog
@@ -58,6 +60,10 @@ def measure(model, inputs: dict, reducer: Reducer | None, repeats: int) -> dict:
     result = {name: statistics.median(getattr(run, name) for run in runs) for name in TIMINGS}
     result["kept_ratio"] = statistics.median(log.last.kept_ratio if log.calls else 1.0 for log in logs)
     result["reducer_ms"] = statistics.median(log.last.reducer_ms if log.calls else 0.0 for log in logs)
+    ids, text_config = inputs["input_ids"], model.config.text_config
+    visual = int((ids == family.video_token_id(model)).sum()) - family.newlines_per_video(model)
+    counts = logged_tokens_per_layer(text_config.num_hidden_layers, ids.shape[1], visual, reducer, logs[-1])
+    result["prefill_flops"] = prefill_flops(text_config, counts)
     return result
 
 
@@ -240,12 +246,14 @@ def measured_rows(
                 result["prefill_speedup"] = full["prefill_ms"] / result["prefill_ms"]
                 result["ttft_speedup"] = full["ttft_ms"] / result["ttft_ms"]
                 result["reducer_share_of_prefill"] = result["reducer_ms"] / full["prefill_ms"]
+                result["flops_ratio"] = result["prefill_flops"] / full["prefill_flops"]
                 yield {**row, **result}
 
 
 def markdown(rows: list[dict], header: str) -> str:
     columns = ("model", "frames", "method", "budget", "kept", "vision ms", "reducer ms", "prefill ms", "TTFT ms",
-               "decode ms/token", "peak GB", "prefill x", "TTFT x", "reducer / full prefill")  # fmt: skip
+               "decode ms/token", "peak GB", "prefill x", "TTFT x", "reducer / full prefill",
+               "prefill FLOPs")  # fmt: skip
     lines = [header, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         if "speedup" in row:
@@ -253,7 +261,7 @@ def markdown(rows: list[dict], header: str) -> str:
             summary = (
                 f"vision + prefill per question {alone:.1f} ms alone, {shared:.1f} ms shared ({row['speedup']:.2f}x)"
             )
-            lines.append(f"| {row['model']} | {row['frames']} | {row['method']}: {summary} |" + " |" * 10)
+            lines.append(f"| {row['model']} | {row['frames']} | {row['method']}: {summary} |" + " |" * 11)
             continue
         if "layers_ms" in row:
             summary = (
@@ -261,18 +269,18 @@ def markdown(rows: list[dict], header: str) -> str:
                 f"({row['prefill_speedup']:.2f}x)"
             )
             lines.append(f"| {row['model']} | {row['frames']} | {row['method']} | {row['budget']} | "
-                         f"{row['kept_ratio']:.3f} | {summary} |" + " |" * 8)  # fmt: skip
+                         f"{row['kept_ratio']:.3f} | {summary} |" + " |" * 9)  # fmt: skip
             continue
         if "note" in row:
             lines.append(f"| {row['model']} | {row['frames']} | {row['method']} | {row['budget']} | "
-                         f"not run: {row['note']} |" + " |" * 9)  # fmt: skip
+                         f"not run: {row['note']} |" + " |" * 10)  # fmt: skip
             continue
         lines.append(
             f"| {row['model']} | {row['frames']} | {row['method']} | {row['budget']} | {row['kept_ratio']:.3f} | "
             f"{row['vision_ms']:.1f} | {row['reducer_ms']:.2f} | {row['prefill_ms']:.1f} | {row['ttft_ms']:.1f} | "
             f"{row['decode_ms_per_token']:.1f} | {row['peak_memory_mb'] / 1024:.1f} | "
             f"{row.get('prefill_speedup', 1.0):.2f} | {row.get('ttft_speedup', 1.0):.2f} | "
-            f"{row.get('reducer_share_of_prefill', 0.0):.2%} |"
+            f"{row.get('reducer_share_of_prefill', 0.0):.2%} | {row.get('flops_ratio', 1.0):.1%} |"
         )
     return "\n".join(lines) + "\n"
 

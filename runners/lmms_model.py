@@ -51,13 +51,13 @@ from runners.settings import CONFIGS, compose_evaluate, reducer_parameters, sett
 from runners.tasks.builtin import reply_is_correct
 from runners.video_cache import charged, group_inputs, video_features
 from sttm.adapters.family import family_of, newlines_per_video, video_token_id
-from sttm.adapters.flops import prefill_flops, tokens_per_layer
+from sttm.adapters.flops import logged_tokens_per_layer, prefill_flops
 from sttm.adapters.loading import load_model, video_inputs, video_question_prompt
 from sttm.adapters.points import reduction_point
 from sttm.adapters.reuse import check_kv_reuse, greedy_from_prefix, prefill_prefix
 from sttm.adapters.timing import timed_generate
 from sttm.adapters.video import VideoError
-from sttm.api import Reducer, Stage, check_budget, reducer_class
+from sttm.api import Reducer, check_budget, reducer_class
 
 #: the model_args that describe the cell itself; ``MODEL_CONFIG_ARGS`` set the model config's keys, and the others
 #: are the reducer's parameters
@@ -202,11 +202,6 @@ class Question:
             task=self.task, doc_id=self.doc_id, correct=None, prediction="", answer=self.answer,
             visual_tokens_before=0, visual_tokens_after=0, video=self.video if isinstance(self.video, str) else None,
         )  # fmt: skip
-
-
-def reducer_first_layer(reducer: Reducer) -> int:
-    """The first decoder layer that sees the reduced sequence: 0 for a reducer before the LLM, else its layer."""
-    return reducer.layer if reducer.stage is Stage.LLM_LAYER else 0
 
 
 def video_path(doc: dict, doc_to_visual) -> str | VideoError:
@@ -380,13 +375,8 @@ class ReducedVideoLLM(lmms):
         # ratio before the LLM that achieved_ratio reports
         stages = {} if inner is None else {"inner_layer": self.reducer.inner_stage().layer,
                                            "inner_visual_tokens_after": inner.num_kept}  # fmt: skip
-        cuts = []
-        if reduction is not None:
-            cuts.append((reducer_first_layer(self.reducer), before - reduction.num_kept))
-            if inner is not None:
-                cuts.append((stages["inner_layer"], reduction.num_kept - inner.num_kept))
         text_config = self.model.config.text_config
-        flops = prefill_flops(text_config, tokens_per_layer(text_config.num_hidden_layers, prompt_length, cuts))
+        counts = logged_tokens_per_layer(text_config.num_hidden_layers, prompt_length, before, self.reducer, log)
         records = [
             dataclasses.replace(
                 bases[0],
@@ -399,8 +389,8 @@ class ReducedVideoLLM(lmms):
                 ttft_ms=timing.ttft_ms,
                 decode_ms_per_token=timing.decode_ms_per_token,
                 peak_memory_mb=timing.peak_memory_mb,
-                prefill_tokens=prompt_length - sum(removed for _, removed in cuts),  # as the last layers prefill it
-                prefill_flops=flops,
+                prefill_tokens=counts[-1],  # as the last layers prefill it
+                prefill_flops=prefill_flops(text_config, counts),
                 extra=stages,
             )
         ]

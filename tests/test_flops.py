@@ -5,8 +5,13 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+import torch
 
-from sttm.adapters.flops import layer_flops, prefill_flops, tokens_per_layer
+from baselines.holitom import HoliTom
+from sttm.adapters.flops import layer_flops, logged_tokens_per_layer, prefill_flops, tokens_per_layer
+from sttm.adapters.reduction_log import ReducedCall, ReductionLog
+from sttm.api import VideoTokens, keep_subset
+from sttm.reducer import STTM
 
 # two layers of width 4, two heads of 2, one key-value head (GQA), MLP width 8
 CONFIG = SimpleNamespace(num_hidden_layers=2, hidden_size=4, num_attention_heads=2, num_key_value_heads=1,
@@ -36,3 +41,22 @@ def test_two_stages_cut_twice_and_a_cut_before_the_llm_cuts_every_layer():
 def test_attention_grows_with_the_square_of_the_tokens():
     linear = layer_flops(2000, 64, 64, 0) - 2 * 2000**2 * 64
     assert layer_flops(4000, 64, 64, 0) - 2 * 4000**2 * 64 == pytest.approx(2 * linear)
+
+
+def logged(*kept: int, visual: int = 8) -> ReductionLog:
+    """A log of one forward per stage, each keeping ``kept[i]`` of the visual tokens."""
+    video = VideoTokens(torch.zeros(2, 2, 2, 3))
+    calls = [ReductionLog([ReducedCall((keep_subset(video, torch.arange(count)),))]) for count in kept]
+    for outer, inner in zip(calls, calls[1:], strict=False):
+        outer.inner = inner
+    return calls[0] if calls else ReductionLog()
+
+
+def test_the_logged_token_counts_cut_where_each_stage_acts():
+    """A prompt of 10 tokens, 8 of them visual, in two layers: STTM at layer 1 keeping 3 cuts layer 1 to 5 tokens;
+    HoliTom before the LLM keeping 4 and its merge inside the LLM at layer 1 keeping 2 cut layer 0 to 6 and layer 1
+    to 4; no reduction leaves both layers at 10."""
+    assert logged_tokens_per_layer(2, 10, 8, None, ReductionLog()) == [10, 10]
+    assert logged_tokens_per_layer(2, 10, 8, STTM(budget=0.5, layer=1), logged(3)) == [10, 5]
+    assert logged_tokens_per_layer(2, 10, 8, HoliTom(budget=0.5, inner_layer=1), logged(4, 2)) == [6, 4]
+    assert prefill_flops(CONFIG, [6, 4]) == layer_flops(6, 4, 2, 8) + layer_flops(4, 4, 2, 8)

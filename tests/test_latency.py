@@ -53,7 +53,8 @@ def test_tables_and_plots_are_written(tmp_path):
                           ttft_speedup=1.5, reducer_share_of_prefill=0.01)  # fmt: skip
     skipped = dict(model="m", frames=8, method="dycoke", budget=0.15, note="below its floor")
     table = markdown([full, reduced, skipped], "## header")
-    assert "| m | 8 | sttm | 0.5 | 0.500 |" in table and "2.00 | 1.50 | 1.00% |" in table
+    assert "| m | 8 | sttm | 0.5 | 0.500 |" in table and "2.00 | 1.50 | 1.00% | 100.0% |" in table
+    assert "1.00% | 41.2% |" in markdown([reduced | dict(flops_ratio=0.412)], "## header")
     assert "not run: below its floor" in table
     plot([full, reduced, skipped], tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 0
@@ -81,6 +82,9 @@ def test_the_whole_benchmark_runs_on_a_tiny_architecture(monkeypatch):
     methods = {"full tokens", no_cost, before_llm, "sttm", "sttm (fixed thresholds)", "tome", "vidcom2", "dycoke"}
     assert methods <= set(measured)
     assert all(0 < row["kept_ratio"] <= 0.5 + 1e-9 for name, row in measured.items() if name != "full tokens")
+    assert measured["full tokens"]["prefill_flops"] > 0
+    timed = [row for name, row in measured.items() if name != "full tokens" and "layers_ms" not in row]
+    assert timed and all(0 < row["flops_ratio"] < 1 for row in timed)
     assert rows[0]["speedup"] > 0 and rows[0]["reused_prefill_ms_per_question"] > 0
     assert "| tiny | 8 | sttm |" in markdown(rows, "## tiny")
 
@@ -103,6 +107,9 @@ def test_the_qwen3_vl_8b_benchmark_runs_scaled_down(monkeypatch):
     assert ceilings | methods <= set(measured)
     assert "layer 11 is out of range" in notes["prunevid"]
     assert all(0 < row["kept_ratio"] <= 0.5 + 1e-9 for name, row in measured.items() if name != "full tokens")
+    assert measured["full tokens"]["prefill_flops"] > 0
+    timed = [row for name, row in measured.items() if name != "full tokens" and "layers_ms" not in row]
+    assert timed and all(0 < row["flops_ratio"] < 1 for row in timed)
     assert rows[0]["speedup"] > 0 and "| qwen3_vl_8b | 8 | sttm |" in markdown(rows, "## qwen3_vl_8b")
 
 

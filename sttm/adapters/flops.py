@@ -16,6 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from sttm.adapters.reduction_log import ReductionLog
+from sttm.api import Reducer, Stage
+
 
 def layer_flops(tokens: int, hidden: int, kv_width: int, intermediate: int) -> float:
     """FLOPs of one decoder layer over ``tokens`` tokens in prefill (see the module docstring)."""
@@ -47,3 +50,24 @@ def tokens_per_layer(layers: int, prompt: int, cuts: Sequence[tuple[int, int]]) 
             raise ValueError(f"a cut at layer {first} is outside the language model's {layers} layers")
         counts[first:] = [count - removed for count in counts[first:]]
     return counts
+
+
+def first_reduced_layer(reducer: Reducer) -> int:
+    """The first decoder layer that sees the reduced sequence: 0 for a reducer before the LLM, else its layer."""
+    return reducer.layer if reducer.stage is Stage.LLM_LAYER else 0
+
+
+def logged_tokens_per_layer(
+    layers: int, prompt: int, visual: int, reducer: Reducer | None, log: ReductionLog
+) -> list[int]:
+    """[layers] the tokens each layer saw in a prefill of ``prompt`` tokens, ``visual`` of them the video's, as
+    ``log`` recorded ``reducer``'s last forward (batch 1): cut from :func:`first_reduced_layer` on to the tokens it
+    kept, and again from its stage inside the LLM's layer on to that stage's (``Reducer.inner_stage``); the whole
+    prompt in every layer without a reduction."""
+    cuts = []
+    if reducer is not None and log.calls:
+        kept = log.last.num_kept
+        cuts.append((first_reduced_layer(reducer), visual - kept))
+        if log.inner is not None and log.inner.calls:
+            cuts.append((reducer.inner_stage().layer, kept - log.inner.last.num_kept))
+    return tokens_per_layer(layers, prompt, cuts)
