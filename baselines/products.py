@@ -8,8 +8,8 @@ exactly; but they truncate their float32 sums, which over a long row loses more 
 the benchmark grid, 1.7e-6 of Σ|x·y| on average against float64, the CUDA cores' 2.7e-7). So :func:`gram` lets
 them sum ``CHUNK`` channels at a time and adds those partial sums in float32 on CUDA cores: 2.1e-7 on average and
 1.3e-6 at most, the CUDA cores' 2.7e-7 and 8.5e-6, at 0.4 ms instead of 1.4 ms for 128 frames of 196 × 3,584
-(``results/bench_reducers``). The values are then as exact as the reference's, rounded elsewhere. (TF32 is
-another thing: it rounds float32 inputs to 10 bits of mantissa.)
+(``scripts/bench_products.py``, ``results/bench_reducers``). The values are then as exact as the reference's,
+rounded elsewhere. (TF32 is another thing: it rounds float32 inputs to 10 bits of mantissa.)
 
 Each reducer using this takes ``tensor_cores`` (default on); off, or for float32 tokens, or off CUDA, it computes
 the reference's float32 product of the cast tokens.
@@ -31,16 +31,16 @@ def on_tensor_cores(tokens: torch.Tensor, enabled: bool = True) -> bool:
     return enabled and tokens.is_cuda and tokens.dtype in HALF_PRECISION
 
 
-def gram(tokens: torch.Tensor) -> torch.Tensor:
+def gram(tokens: torch.Tensor, chunk: int = CHUNK) -> torch.Tensor:
     """[B, N, C] tokens -> [B, N, N] float32 dot products of each pair of a row: where :func:`on_tensor_cores`, the
-    sum over chunks of ``CHUNK`` channels of their tensor-core products; else the float32 product of the cast
-    tokens."""
+    sum over chunks of ``chunk`` channels of their tensor-core products (one chunk where ``chunk`` ≥ C); else the
+    float32 product of the cast tokens."""
     if not on_tensor_cores(tokens):
         wide = tokens.float()
         return torch.bmm(wide, wide.mT)
     total = None
-    for start in range(0, tokens.shape[-1], CHUNK):
-        part = tokens[..., start : start + CHUNK]
+    for start in range(0, tokens.shape[-1], chunk):
+        part = tokens[..., start : start + chunk]
         product = torch.bmm(part, part.mT, out_dtype=torch.float32)
         total = product if total is None else total.add_(product)
     return total
