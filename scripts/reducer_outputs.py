@@ -7,10 +7,10 @@
 A change meant to make a reducer faster without changing what it returns is checked this way: the input is
 ``scripts/bench_reducers.py``'s (``sttm.synthetic.benchmark_video``, [128, 14, 14, 3584] bf16 by default), each
 setting is run three times and the last call's tokens, boxes, patch counts, members, member weights and chosen
-thresholds are saved. ``compare`` prints, per setting, whether each
-is identical (``torch.equal``), and the largest difference of the tokens where they are not. Reducers that are
-not repeatable on a GPU (float scatter accumulation: ToMe, HoliTom's two stages) differ from run to run by
-themselves; the ``repeatable`` column of ``bench_reducers.py`` says which.
+thresholds are saved. ``compare`` prints, per setting, whether each is identical (``torch.equal``), the largest
+difference of the tokens where they are not, and where the boxes differ, the share of rows with the same box and
+the boxes found in both. Reducers that are not repeatable on a GPU (float scatter accumulation: ToMe, HoliTom's
+two stages) differ from run to run by themselves; the ``repeatable`` column of ``bench_reducers.py`` says which.
 """
 
 from __future__ import annotations
@@ -60,6 +60,14 @@ def save(path: Path, names: list[str], budgets: list[float], shape: list[int], d
     print(f"{len(saved)} settings saved to {path}")
 
 
+def box_agreement(old: torch.Tensor, new: torch.Tensor) -> str:
+    """How far two [K, ...] box lists agree: the rows with the same box (where K is the same) and the boxes in both."""
+    common = len(set(map(tuple, old.flatten(1).tolist())) & set(map(tuple, new.flatten(1).tolist())))
+    rows = f"{(old == new).flatten(1).all(dim=1).float().mean().item():.2%} of rows the same box; " if (
+        old.shape == new.shape) else ""  # fmt: skip
+    return f"{rows}{common} of {len(old)} / {len(new)} boxes in both"
+
+
 def compare(before: Path, after: Path) -> int:
     first, second = torch.load(before), torch.load(after)
     differing = 0
@@ -76,6 +84,8 @@ def compare(before: Path, after: Path) -> int:
         line = ", ".join(f"{key} {'same' if equal else 'DIFFERENT'}" for key, equal in same.items())
         if not same["tokens"] and old["tokens"].shape == new["tokens"].shape:
             line += f" (tokens differ by at most {(old['tokens'].float() - new['tokens'].float()).abs().max():.3g})"
+        if not same["boxes"]:
+            line += f" ({box_agreement(old['boxes'], new['boxes'])})"
         print(f"{setting}: {line}")
         differing += not all(same.values())
     print(f"{len(set(first) | set(second)) - differing} settings identical, {differing} differing")
