@@ -84,6 +84,7 @@ import torch.nn.functional as F
 
 from baselines import products
 from sttm.api import Reducer, Reduction, Stage, VideoTokens, check_budget, keep_everything, patch_boxes, register
+from sttm.transfer import to_device
 
 VARIANTS = ("official", "corrected")
 
@@ -288,9 +289,9 @@ def plan_merge(
     slot_targets = torch.full((slots + 1,), targets).index_put_((filled,), torch.arange(targets))
     host = torch.cat([torch.tensor(indices + order), filled, slot_targets, frames[anchor] * rest])
     parts = [math.prod(shape) for shape in shapes] + [len(order), targets, slots + 1, targets]
-    *pieces, frame_order, filled, slot_targets, target_rows = host.to(device, non_blocking=True).split(parts)
+    *pieces, frame_order, filled, slot_targets, target_rows = to_device(host, device).split(parts)
     pieces = iter(piece.view(shape) for piece, shape in zip(pieces, shapes, strict=True))
-    masks = torch.tensor(unfilled).to(device, non_blocking=True).split([a * k for a, k in mask_shapes])
+    masks = to_device(unfilled, device).split([a * k for a, k in mask_shapes])
     masks = iter(mask.view(shape) for mask, shape in zip(masks, mask_shapes, strict=True))
     groups = [SegmentGroup(*layout, next(pieces), next(pieces), next(pieces), next(masks)) for layout in layouts]
     return MergePlan(groups, frame_order, filled, slot_targets, target_rows)

@@ -95,6 +95,7 @@ from sttm.api import (
     patch_boxes,
     register,
 )
+from sttm.transfer import to_device
 
 SELECTIONS = ("attn_div", "attn_div_v2")
 VARIANTS = ("official", "corrected")
@@ -106,13 +107,6 @@ ATTENTION_SCALE = 1e6
 SOFT_THRESHOLD_FLOOR = -1.0 + 1e-6
 #: DPC-kNN's neighbourhood for local density: k = min(clusters, MAX_NEIGHBOURS)
 MAX_NEIGHBOURS = 7
-
-
-def on_device(values: list, device: torch.device) -> torch.Tensor:
-    """Host ``values`` (numbers, or equal-length lists of them) as a tensor on ``device``, copied without waiting
-    for the work queued there (a pageable host buffer is staged at once; ``torch.tensor(values, device=...)``
-    would wait for the device)."""
-    return torch.tensor(values).to(device, non_blocking=True)
 
 
 def occurrences(index: torch.Tensor, size: int) -> torch.Tensor:
@@ -283,7 +277,7 @@ def temporal_merges(
     width = similarity.shape[1]
     device = similarity.device
     # per segment: the tokens it must keep, where it has several frames (else 0: never soft), and the merges allowed
-    floor, merges = on_device([[frame_tokens * length if length > 1 else 0 for length in lengths],
+    floor, merges = to_device([[frame_tokens * length if length > 1 else 0 for length in lengths],
                                [(width - frame_tokens) * length for length in lengths]], device)  # fmt: skip
     merged = similarity > threshold
     soft = torch.zeros_like(floor).index_add_(0, segment, (~merged).sum(dim=1)) < floor
@@ -323,7 +317,7 @@ def tree_sums(frames: torch.Tensor, merged: torch.Tensor, parent: torch.Tensor, 
     follows the reference; all segments advance together, one position per step.
     """
     order, counts = frames_by_position(lengths)
-    index, back = on_device([order, sorted(range(len(order)), key=order.__getitem__)], frames.device)
+    index, back = to_device([order, sorted(range(len(order)), key=order.__getitem__)], frames.device)
     sums = frames.index_select(0, index)  # in ``order``; accumulated in place
     frame_count, width = merged.shape
     links = torch.zeros(frame_count, width, width, dtype=frames.dtype, device=frames.device)  # [T, child, parent]
@@ -363,7 +357,7 @@ def cluster_counts(
     floating point as the reference; ``exact``: as integers), or keeps its n_f tokens where M ≥ R.
     """
     per_frame = valid.sum(dim=1)
-    budget = on_device([merged_tokens * length for length in lengths], valid.device)[segment]
+    budget = to_device([merged_tokens * length for length in lengths], valid.device)[segment]
     total = torch.zeros(len(lengths), dtype=per_frame.dtype, device=valid.device).index_add_(0, segment, per_frame)
     total = total[segment]
     if exact:
@@ -449,12 +443,12 @@ def merged_tokens(
     (``tensor_cores`` as in :func:`dpc_knn`)."""
     frame_count, width, _ = frames.shape
     device = frames.device
-    position = on_device([step for length in lengths for step in range(length)], device)
+    position = to_device([step for length in lengths for step in range(length)], device)
     similarity, parent = temporal_links(cosines, selected, position == 0)
     merged, soft = temporal_merges(similarity, segment, position, lengths, frame_tokens, threshold, corrected)
     valid = ~merged & ~selected
     if not corrected:  # a one-frame segment clusters its whole frame
-        valid |= on_device([length == 1 for length in lengths], device)[segment, None]
+        valid |= to_device([length == 1 for length in lengths], device)[segment, None]
     clusters = cluster_counts(valid, segment, lengths, merged_count, exact=corrected)
     counts = clusters.tolist()  # the output's shape; asked before the heavy work below is queued
     sums = tree_sums(frames, merged, parent, lengths)

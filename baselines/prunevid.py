@@ -127,19 +127,12 @@ from sttm.api import (
     register,
 )
 from sttm.graphs import Captures, replayed
+from sttm.transfer import to_device
 
 VARIANTS = ("official", "corrected")
 
 #: the authors' scale of the density tie-break noise in DPC-kNN
 NOISE_SCALE = 1e-6
-
-
-def on_device(values, device: torch.device | str, dtype: torch.dtype = torch.long) -> torch.Tensor:
-    """Host values as a tensor on ``device``, copied without waiting for the work queued there (pinned memory)."""
-    host = torch.as_tensor(values, dtype=dtype)
-    if torch.device(device).type == "cuda":
-        return host.pin_memory().to(device, non_blocking=True)
-    return host.to(device)
 
 
 def dpc_knn(
@@ -191,7 +184,7 @@ def dpc_knn(
     to_centre.scatter_(2, centres[:, :, None], -1.0)  # a centre is nearer to itself than to any other
     if min(num_clusters) == count:
         return centres, to_centre.argmin(dim=1).masked_fill(invalid, -1)
-    past = torch.arange(count, device=x.device) >= on_device(num_clusters, x.device)[:, None]  # [B, M]
+    past = torch.arange(count, device=x.device) >= to_device(num_clusters, x.device, torch.long)[:, None]  # [B, M]
     assignment = to_centre.masked_fill_(past[:, :, None], torch.inf).argmin(dim=1)
     return centres.masked_fill(past, -1), assignment.masked_fill(invalid, -1)
 
@@ -275,7 +268,7 @@ def segment_statistics(frames: torch.Tensor, lengths: list[int], tau: float) -> 
     steps, area, channels = frames.shape
     wide = frames.to(torch.promote_types(frames.dtype, torch.float32))
     segment = np.repeat(np.arange(len(lengths)), lengths)
-    membership = on_device(segment[None, :] == np.arange(len(lengths))[:, None], frames.device, wide.dtype)
+    membership = to_device(segment[None, :] == np.arange(len(lengths))[:, None], frames.device, wide.dtype)
     unit_sums = (membership @ F.normalize(wide, dim=-1).reshape(steps, -1)).reshape(-1, area, channels)
     width = membership.sum(dim=1)[:, None]
     static = ((unit_sums.square().sum(dim=-1) - width) / (width * (width - 1)) > tau) & (width > 1)
@@ -361,7 +354,8 @@ def question_guided_keep(
     sources[row * width + column] = np.arange(len(scores))
     kept_row, kept_rank = ragged([int(size * alpha) for size in groups])
     fields = [sources, kept_row * width + kept_rank, (np.cumsum(groups) - groups)[kept_row]]
-    sources, kept_places, kept_first = on_device(np.concatenate(fields), scores.device).split([f.size for f in fields])
+    packed = to_device(np.concatenate(fields), scores.device, torch.long)
+    sources, kept_places, kept_first = packed.split([f.size for f in fields])
     padded = F.pad(scores, (0, 1), value=-torch.inf)[sources].view(len(groups), width)
     ranked = padded.sort(dim=1, descending=True, stable=True).indices  # each group's, most attended first
     return (ranked.view(-1)[kept_places] + kept_first).sort().values
@@ -502,8 +496,10 @@ def merge(
     fields = [layout.slots, layout.static_entries, layout.static_sources, layout.sizes[:clustered], layout.span,
               layout.pick, layout.places, layout.patch_entries, layout.patch_places,
               np.where(entries < layout.sizes[clustered:, None], entries, -1)]  # fmt: skip
-    packed = on_device(np.concatenate([field.ravel() for field in fields]), device).split([f.size for f in fields])
-    slots, static_entries, static_sources, sizes, span, pick, places, patch_entries, patch_places, singles = packed
+    packed = to_device(np.concatenate([field.ravel() for field in fields]), device, torch.long)
+    slots, static_entries, static_sources, sizes, span, pick, places, patch_entries, patch_places, singles = (
+        packed.split([f.size for f in fields])
+    )
     batch = frames.reshape(-1, channels)[slots]
     if len(static_entries):
         batch[static_entries] = means.reshape(-1, channels)[static_sources]
@@ -584,7 +580,7 @@ class PruneVid(Reducer):
         wanted = max(1, int(t * self.temporal_segment_ratio))
         frames = video.grid.reshape(t, area, c)
         generator = torch.Generator().manual_seed(self.seed) if self.variant == "official" else None
-        noise = None if generator is None else on_device(torch.rand(1, t, generator=generator), device, torch.float)
+        noise = None if generator is None else to_device(torch.rand(1, t, generator=generator), device, torch.float)
         k, frame_means = min(self.k, t), frames.mean(dim=1)
         args = (frame_means,) if noise is None else (frame_means, noise)
         labels = replayed(FRAME_CLUSTERING, (wanted, k, self.tensor_cores),
@@ -609,7 +605,7 @@ class PruneVid(Reducer):
         noise = None
         if draws is not None and layout.clusters:
             noise = cluster_noise(draws, layout.sizes[: len(layout.clusters)].tolist(), layout.width)
-            noise = on_device(noise, device, torch.float)
+            noise = to_device(noise, device, torch.float)
         tokens, slots, patches, members = merge(frames, means, layout, self.k, noise, self.tensor_cores)
         counts = np.where(clusters > 0, clusters, sets.size)
         per_segment = [np.bincount(sets.segment[kind], counts[kind], len(lengths)).astype(np.int64).tolist()

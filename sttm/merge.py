@@ -54,6 +54,7 @@ import torch.nn.functional as F
 
 from sttm.group_means import group_means
 from sttm.quadtree import QuadTree, batched_dot
+from sttm.transfer import to_device
 
 VARIANTS = ("official", "corrected")
 
@@ -473,8 +474,7 @@ def count_steps(
 def as_thresholds(values: list[float], device: torch.device) -> torch.Tensor:
     """[K] float32 thresholds, each rounded as a comparison of a float32 tensor with a Python float rounds it; to a
     GPU from pinned memory, so that the host does not wait for the work queued before."""
-    pinned = torch.device(device).type == "cuda"
-    return torch.tensor(values, dtype=torch.float32, pin_memory=pinned).to(device, non_blocking=True)
+    return to_device(values, device, torch.float32)
 
 
 class Merged(NamedTuple):
