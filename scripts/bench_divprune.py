@@ -17,13 +17,12 @@ import argparse
 import json
 import statistics
 import sys
-from pathlib import Path
 
 import torch
 
 from baselines.divprune import DivPrune, cosine_distances, most_diverse, torch_most_diverse
 from baselines.maxmin import triton
-from scripts.bench_reducers import git_commit, time_calls
+from scripts.bench_reducers import add_timing_arguments, git_commit, time_calls
 from sttm.api import VideoTokens
 from sttm.synthetic import redundant_video
 
@@ -32,11 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budgets", nargs="*", type=float, default=[0.5, 0.3, 0.15])
     parser.add_argument("--scopes", nargs="*", default=["video", "frame"], choices=["video", "frame"])
-    parser.add_argument("--shape", nargs=4, type=int, default=[128, 14, 14, 3584], metavar=("T", "H", "W", "C"))
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--output", type=Path, help="also write the results as JSON here")
+    add_timing_arguments(parser, warmup=2, repeats=10)
     args = parser.parse_args(argv)
 
     t, h, w, c = args.shape

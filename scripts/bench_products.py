@@ -23,7 +23,6 @@ import argparse
 import json
 import statistics
 import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +30,7 @@ import torch.nn.functional as F
 from baselines import products
 from baselines.divprune import cosine_distances
 from baselines.flashvid import frame_cosines
-from scripts.bench_reducers import git_commit, time_calls
+from scripts.bench_reducers import add_timing_arguments, git_commit, time_calls
 from sttm.synthetic import benchmark_video
 
 
@@ -48,12 +47,8 @@ def errors(value: torch.Tensor, exact: torch.Tensor, scale: torch.Tensor | None 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", nargs=4, type=int, default=[128, 14, 14, 3584], metavar=("T", "H", "W", "C"))
+    add_timing_arguments(parser, warmup=3, repeats=20)
     parser.add_argument("--chunks", nargs="*", type=int, default=[256, products.CHUNK, 1024])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--output", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
 
     t, h, w, c = args.shape

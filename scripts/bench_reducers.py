@@ -86,6 +86,16 @@ def authors_quadtree(checkout: Path):
     return quadtree_build_video
 
 
+def add_timing_arguments(parser: argparse.ArgumentParser, warmup: int, repeats: int) -> None:
+    """The options the timing scripts share: the grid's ``--shape``, ``--device``, ``--warmup`` and ``--repeats``
+    calls, and ``--output``."""
+    parser.add_argument("--shape", nargs=4, type=int, default=[128, 14, 14, 3584], metavar=("T", "H", "W", "C"))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--warmup", type=int, default=warmup)
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--output", type=Path, help="also write the results as JSON here")
+
+
 def git_commit() -> str:
     """$GIT_COMMIT where given (a tree copied to a remote GPU machine), else the checkout's commit."""
     if os.environ.get("GIT_COMMIT"):
@@ -101,14 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reducers", nargs="*", help="registered names (default: all)")
     parser.add_argument("--budgets", nargs="*", type=float, default=[0.5, 0.3])
-    parser.add_argument("--shape", nargs=4, type=int, default=[128, 14, 14, 3584], metavar=("T", "H", "W", "C"))
+    add_timing_arguments(parser, warmup=3, repeats=50)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--authors-code", type=Path, help="checkout of HYUNJS/STTM to time its quadtree too")
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="profile one call per row, N top ops")
-    parser.add_argument("--output", type=Path, help="also write the results as JSON here")
     parser.add_argument(
         "--sttm-eager",
         action="store_true",
