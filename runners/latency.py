@@ -60,9 +60,9 @@ def measure(model, inputs: dict, reducer: Reducer | None, repeats: int) -> dict:
     result = {name: statistics.median(getattr(run, name) for run in runs) for name in TIMINGS}
     result["kept_ratio"] = statistics.median(log.last.kept_ratio if log.calls else 1.0 for log in logs)
     result["reducer_ms"] = statistics.median(log.last.reducer_ms if log.calls else 0.0 for log in logs)
-    ids, text_config = inputs["input_ids"], model.config.text_config
-    visual = int((ids == family.video_token_id(model)).sum()) - family.newlines_per_video(model)
-    counts = logged_tokens_per_layer(text_config.num_hidden_layers, ids.shape[1], visual, reducer, logs[-1])
+    text_config = model.config.text_config
+    prompt = inputs["input_ids"].shape[1]
+    counts = logged_tokens_per_layer(text_config.num_hidden_layers, prompt, reducer, logs[-1])
     result["prefill_flops"] = prefill_flops(text_config, counts)
     return result
 

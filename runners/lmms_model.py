@@ -376,7 +376,7 @@ class ReducedVideoLLM(lmms):
         stages = {} if inner is None else {"inner_layer": self.reducer.inner_stage().layer,
                                            "inner_visual_tokens_after": inner.num_kept}  # fmt: skip
         text_config = self.model.config.text_config
-        counts = logged_tokens_per_layer(text_config.num_hidden_layers, prompt_length, before, self.reducer, log)
+        counts = logged_tokens_per_layer(text_config.num_hidden_layers, prompt_length, self.reducer, log)
         records = [
             dataclasses.replace(
                 bases[0],

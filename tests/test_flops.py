@@ -44,9 +44,11 @@ def test_attention_grows_with_the_square_of_the_tokens():
 
 
 def logged(*kept: int, visual: int = 8) -> ReductionLog:
-    """A log of one forward per stage, each keeping ``kept[i]`` of the visual tokens."""
-    video = VideoTokens(torch.zeros(2, 2, 2, 3))
-    calls = [ReductionLog([ReducedCall((keep_subset(video, torch.arange(count)),))]) for count in kept]
+    """A log of one forward per stage, the first handed ``visual`` tokens, each keeping ``kept[i]`` of those it is
+    handed."""
+    handed = [visual, *kept[:-1]]
+    calls = [ReductionLog([ReducedCall((keep_subset(VideoTokens(torch.zeros(1, 1, size, 3)), torch.arange(count)),))])
+             for size, count in zip(handed, kept, strict=True)]  # fmt: skip
     for outer, inner in zip(calls, calls[1:], strict=False):
         outer.inner = inner
     return calls[0] if calls else ReductionLog()
@@ -56,7 +58,7 @@ def test_the_logged_token_counts_cut_where_each_stage_acts():
     """A prompt of 10 tokens, 8 of them visual, in two layers: STTM at layer 1 keeping 3 cuts layer 1 to 5 tokens;
     HoliTom before the LLM keeping 4 and its merge inside the LLM at layer 1 keeping 2 cut layer 0 to 6 and layer 1
     to 4; no reduction leaves both layers at 10."""
-    assert logged_tokens_per_layer(2, 10, 8, None, ReductionLog()) == [10, 10]
-    assert logged_tokens_per_layer(2, 10, 8, STTM(budget=0.5, layer=1), logged(3)) == [10, 5]
-    assert logged_tokens_per_layer(2, 10, 8, HoliTom(budget=0.5, inner_layer=1), logged(4, 2)) == [6, 4]
+    assert logged_tokens_per_layer(2, 10, None, ReductionLog()) == [10, 10]
+    assert logged_tokens_per_layer(2, 10, STTM(budget=0.5, layer=1), logged(3)) == [10, 5]
+    assert logged_tokens_per_layer(2, 10, HoliTom(budget=0.5, inner_layer=1), logged(4, 2)) == [6, 4]
     assert prefill_flops(CONFIG, [6, 4]) == layer_flops(6, 4, 2, 8) + layer_flops(4, 4, 2, 8)

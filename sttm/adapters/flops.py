@@ -57,17 +57,14 @@ def first_reduced_layer(reducer: Reducer) -> int:
     return reducer.layer if reducer.stage is Stage.LLM_LAYER else 0
 
 
-def logged_tokens_per_layer(
-    layers: int, prompt: int, visual: int, reducer: Reducer | None, log: ReductionLog
-) -> list[int]:
-    """[layers] the tokens each layer saw in a prefill of ``prompt`` tokens, ``visual`` of them the video's, as
-    ``log`` recorded ``reducer``'s last forward (batch 1): cut from :func:`first_reduced_layer` on to the tokens it
-    kept, and again from its stage inside the LLM's layer on to that stage's (``Reducer.inner_stage``); the whole
-    prompt in every layer without a reduction."""
+def logged_tokens_per_layer(layers: int, prompt: int, reducer: Reducer | None, log: ReductionLog) -> list[int]:
+    """[layers] the tokens each layer saw in a prefill of ``prompt`` tokens as ``log`` recorded ``reducer``'s last
+    forward: from :func:`first_reduced_layer` on, less the visual tokens it removed, and from its stage inside the
+    LLM's layer on (``Reducer.inner_stage``), less those that stage removed; the whole prompt in every layer without
+    a reduction."""
     cuts = []
     if reducer is not None and log.calls:
-        kept = log.last.num_kept
-        cuts.append((first_reduced_layer(reducer), visual - kept))
+        cuts.append((first_reduced_layer(reducer), log.last.num_input - log.last.num_kept))
         if log.inner is not None and log.inner.calls:
-            cuts.append((reducer.inner_stage().layer, kept - log.inner.last.num_kept))
+            cuts.append((reducer.inner_stage().layer, log.inner.last.num_input - log.inner.last.num_kept))
     return tokens_per_layer(layers, prompt, cuts)
