@@ -20,7 +20,8 @@ frames together, ``scope="frame"`` prunes each frame on its own at the same rate
 Budget: ``keep_ratio``, exactly (max(1, round(budget·N)) tokens per set).
 
 The reference's float32 cosines of the cast tokens run, for half-precision tokens on a GPU, on tensor cores
-(``tensor_cores``; :mod:`baselines.products`), as exactly against float64.
+(``tensor_cores``; :mod:`baselines.products`), as exactly against float64, in one kernel that writes each distance
+once.
 """
 
 from __future__ import annotations
@@ -39,10 +40,9 @@ NORM_EPS = 1e-12
 def cosine_distances(tokens: torch.Tensor, tensor_cores: bool = True) -> torch.Tensor:
     """[B, N, C] -> [B, N, N] float32 1 − cosine similarity: of the unit vectors (``F.normalize``), as the
     reference; of half-precision tokens on a GPU (unless ``tensor_cores`` is off), their tensor-core products
-    (:func:`baselines.products.gram`) over the products of the same norms."""
+    over the same norms, in one kernel (:func:`baselines.products.cosine_distances`)."""
     if products.on_tensor_cores(tokens, tensor_cores):
-        norms = tokens.float().norm(dim=-1, keepdim=True).clamp_min(NORM_EPS)  # [B, N, 1]
-        return products.gram(tokens).div_(norms).div_(norms.transpose(1, 2)).neg_().add_(1.0)
+        return products.cosine_distances(tokens, NORM_EPS)
     unit = F.normalize(tokens.float(), dim=-1, eps=NORM_EPS)
     return 1.0 - unit @ unit.transpose(1, 2)
 

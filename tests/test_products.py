@@ -7,8 +7,11 @@ The tensor-core tests need a GPU and are skipped without one (there: ``python -m
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
+from triton_interpreter import interpreted
 
 from baselines import products
 from baselines.divprune import DivPrune, cosine_distances
@@ -90,6 +93,59 @@ def test_prunevids_distances_on_tensor_cores_are_as_exact_as_cdists():
     mean, most = errors(pairwise_distances(tokens), exact, diagonal=False)
     reference_mean, reference_most = errors(pairwise_distances(tokens, tensor_cores=False), exact, diagonal=False)
     assert mean <= reference_mean and most <= reference_most, (mean, most, reference_mean, reference_most)
+
+
+def test_off_cuda_the_cosine_distances_are_the_grams_over_the_norms():
+    tokens = half_tokens()
+    norms = torch.linalg.vector_norm(tokens.float(), dim=-1)
+    expected = 1.0 - products.gram(tokens) / norms[:, :, None] / norms[:, None, :]
+    assert torch.equal(products.cosine_distances(tokens, eps=1e-12), expected)
+
+
+FUSED_KERNEL_UNDER_THE_TRITON_INTERPRETER = """
+import sys
+import torch
+from baselines.products import fused_cosine_distances
+cases = torch.load(sys.argv[1])
+torch.save([fused_cosine_distances(tokens, norms, chunk) for tokens, norms, chunk in cases], sys.argv[2])
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
+def test_the_fused_kernel_gives_the_cosine_distances_under_the_triton_interpreter(tmp_path):
+    """The kernel, run by Triton's interpreter on the CPU, on sizes that end inside a block and inside a step, in
+    several sets and chunks: every entry, both halves of each mirrored block pair included, within float32 rounding
+    of the float64 distances. Float16 tokens: the interpreter's ``tl.dot`` misreads bfloat16 (on a GPU both work)."""
+    generator = torch.Generator().manual_seed(3)
+    cases = []
+    for batch, size, channels, chunk in ((2, 130, 200, 128), (1, 300, 600, 512), (3, 40, 64, 64)):
+        tokens = torch.randn(batch, size, channels, generator=generator).add_(0.5).half()
+        tokens[0, 7] = tokens[0, 3]  # a duplicate: distance 0
+        cases.append((tokens, torch.linalg.vector_norm(tokens.float(), dim=-1), chunk))
+    outputs = interpreted(FUSED_KERNEL_UNDER_THE_TRITON_INTERPRETER, cases, tmp_path)
+    for (tokens, _, _), distances in zip(cases, outputs, strict=True):
+        unit = torch.nn.functional.normalize(tokens.double(), dim=-1)
+        assert distances.shape == (len(tokens), tokens.shape[1], tokens.shape[1])
+        torch.testing.assert_close(distances.double(), 1.0 - unit @ unit.mT, rtol=0, atol=1e-6)
+        assert abs(distances[0, 3, 7].item()) <= 1e-6
+
+
+@pytest.mark.skipif(products.triton is None, reason="Triton is not installed")
+def test_the_fused_kernel_takes_chunks_of_whole_steps():
+    with pytest.raises(ValueError, match="whole steps of 64 channels, got chunk=100"):
+        products.fused_cosine_distances(torch.zeros(1, 4, 8), torch.ones(1, 4), chunk=100)
+
+
+@needs_cuda
+def test_on_cuda_the_fused_kernel_gives_the_grams_over_the_norms():
+    """On a video-like bf16 grid: the kernel's distances and those of :func:`products.gram` and the divisions agree
+    to float32 rounding, and nearly every entry is the same float (every one on the H200's 128-frame grid)."""
+    tokens = benchmark_video(16, 14, 14, 3584, dtype=torch.bfloat16, device="cuda").grid.reshape(1, -1, 3584)
+    fused = products.cosine_distances(tokens, eps=1e-12)
+    norms = torch.linalg.vector_norm(tokens, dim=-1, dtype=torch.float32)
+    separate = 1.0 - products.gram(tokens) / norms[:, :, None] / norms[:, None, :]
+    torch.testing.assert_close(fused, separate, rtol=0, atol=2e-6)
+    assert (fused == separate).float().mean().item() >= 0.99
 
 
 def test_off_tensor_cores_divprunes_cosines_are_the_unit_vectors():
