@@ -4,17 +4,20 @@
     python scripts/bench_reducers.py --reducers sttm --authors-code PATH/TO/STTM-checkout
 
 The input is ``sttm.synthetic.benchmark_video`` ([128, 14, 14, 3584] bf16 by default: a LLaVA-Video-7B video at
-decoder layer 2), with scene changes every few frames; the paper's LLaVA-Video thresholds keep about 30-50% of
-it. Each reducer runs ``--warmup`` times, then ``--repeats`` timed calls (CUDA events on GPU, perf_counter on
-CPU); the table gives median and spread, and whether the call after the timed ones returned the same tokens and
-boxes, bit for bit, as the first. ``--sttm-eager`` adds each STTM setting without its CUDA graphs (the eager calls
-they replay, ``sttm.graphs``), in the same run. ``--profile N`` also profiles one call of each row
-(``sttm.device_work``: launches, host waits, the kernels' own time and the N ops whose kernels took longest), which
-tells a call bound by its kernels from one bound by the host's dispatch; the header (and the JSON's meta) gives the
-host's CPU and the microseconds it takes to queue a small op (``sttm.device_work.launch_us``), which the time of a
-call bound by the host follows from machine to machine. ``--authors-code`` also times the
-authors' ``quadtree_build_video`` from a checkout of github.com/HYUNJS/STTM on the same input, and checks that both
-keep the same boxes.
+decoder layer 2), with scene changes every few frames; the paper's LLaVA-Video thresholds keep about 30-50% of it.
+``--model NAME --frames N`` takes instead the video tokens that model's vision stage hands a reducer (pooled
+features, the vision tower's attention and keys) for ``runners.latency``'s request of N frames, with the random
+weights at the published size that runner uses (``sttm.adapters.real_size``): what the vision-stage and pre-LLM
+reducers of the latency tables receive. Each reducer runs ``--warmup`` times, then ``--repeats`` timed calls (CUDA
+events on GPU, perf_counter on CPU); the table gives median and spread, and whether the call after the timed ones
+returned the same tokens and boxes, bit for bit, as the first. ``--sttm-eager`` adds each STTM setting without its
+CUDA graphs (the eager calls they replay, ``sttm.graphs``), in the same run. ``--profile N`` also profiles one call
+of each row (``sttm.device_work``: launches, host waits, the kernels' own time and the N ops whose kernels took
+longest), which tells a call bound by its kernels from one bound by the host's dispatch; the header (and the JSON's
+meta) gives the host's CPU and the microseconds it takes to queue a small op (``sttm.device_work.launch_us``), which
+the time of a call bound by the host follows from machine to machine. ``--authors-code`` also times the authors'
+``quadtree_build_video`` from a checkout of github.com/HYUNJS/STTM on the same input, and checks that both keep the
+same boxes.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from sttm.api import Reducer, Stage, available_reducers, build_reducer
+from sttm.api import Reducer, Reduction, Stage, VideoTokens, available_reducers, build_reducer, keep_everything
 from sttm.clock import timed
 from sttm.device_work import device_work, host_model, launch_us
 from sttm.paper import BENCHMARK_THRESHOLDS
@@ -78,6 +81,35 @@ def time_calls(call, warmup: int, repeats: int, device: torch.device) -> list[fl
     return [timed(call, device)[1] for _ in range(repeats)]
 
 
+class VisionStageInput(Reducer):
+    """Keeps every token and records the video tokens the vision stage gave it, with its attention and keys."""
+
+    stage = Stage.VISION
+    needs = frozenset({"importance", "keys"})
+
+    def __init__(self) -> None:
+        self.seen: list[VideoTokens] = []
+
+    def reduce(self, video: VideoTokens) -> Reduction:
+        self.seen.append(video)
+        return keep_everything(video)
+
+
+def model_video(name: str, frames: int, device: str) -> VideoTokens:
+    """The video tokens the vision stage of ``name`` (random bf16 weights at its published size) hands a reducer for
+    ``runners.latency``'s request of ``frames`` frames: one prefill, then the model is freed."""
+    from sttm.adapters.points import reduction_point  # transformers and PyAV, for this input only
+    from sttm.adapters.real_size import random_model, request
+
+    model = random_model(name, "sdpa", device)
+    capture = VisionStageInput()
+    with torch.inference_mode(), reduction_point(model, capture):
+        model(**request(name, frames, device))
+    del model
+    torch.cuda.empty_cache()
+    return capture.seen[0]
+
+
 def authors_quadtree(checkout: Path):
     """The authors' ``quadtree_build_video`` imported from a checkout of their repository."""
     sys.path.insert(0, str(checkout))
@@ -113,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budgets", nargs="*", type=float, default=[0.5, 0.3])
     add_timing_arguments(parser, warmup=3, repeats=50)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--model", help="time on this model's video tokens instead (a runners.latency --model)")
+    parser.add_argument("--frames", type=int, default=128, help="frames of --model's video (default 128)")
     parser.add_argument("--authors-code", type=Path, help="checkout of HYUNJS/STTM to time its quadtree too")
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="profile one call per row, N top ops")
     parser.add_argument(
@@ -123,7 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     names = args.reducers or available_reducers()
-    video = benchmark_video(*args.shape, dtype=getattr(torch, args.dtype), device=args.device)
+    if args.model:
+        video = model_video(args.model, args.frames, args.device)
+    else:
+        video = benchmark_video(*args.shape, dtype=getattr(torch, args.dtype), device=args.device)
     grid = video.grid
     device_name = torch.cuda.get_device_name() if grid.is_cuda else host_model()
     host = {"host": host_model(), "launch_us": round(launch_us(grid.device), 2)}
@@ -193,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             "commit": git_commit(),
             "shape": list(grid.shape),
             "dtype": str(grid.dtype),
+            "input": f"{args.model}, {args.frames} frames" if args.model else "benchmark_video",
             **host,
             "command": " ".join(sys.argv),
         }
