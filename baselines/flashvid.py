@@ -29,9 +29,7 @@ the tree sums one position in the segment at a time), in the reference's order o
 show; the float32 products the reference takes of the cast half-precision tokens (ADTS's cosines, DPC-kNN's
 distances) run, on a GPU, on tensor cores (``tensor_cores``; :mod:`baselines.products`): the same exact products,
 summed in float32 in another order. The host reads the device only where shapes need it: for the segments (before
-the heavy work), for the cluster counts, and at the end for the counts in ``info``. On a GPU the DPC-kNN of TSTM,
-whose shapes are the video's, is replayed from a CUDA graph once a shape has been seen twice (``sttm.graphs``; the
-same kernels, so the same clusters); ``cuda_graphs=False`` launches it op by op.
+the heavy work), for the cluster counts, and at the end for the counts in ``info``.
 
 Output: the selected tokens and the cluster tokens, sorted by slot (the authors' order); each token's box is its
 slot (the selected token, or the cluster centre, which is a tree root), and ``num_patches`` counts the input
@@ -77,7 +75,6 @@ switch it off) and hands it out as ``inner_stage()``.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import NamedTuple
 
@@ -98,7 +95,6 @@ from sttm.api import (
     patch_boxes,
     register,
 )
-from sttm.graphs import Captures, replayed
 from sttm.transfer import to_device
 
 SELECTIONS = ("attn_div", "attn_div_v2")
@@ -111,10 +107,6 @@ ATTENTION_SCALE = 1e6
 SOFT_THRESHOLD_FLOOR = -1.0 + 1e-6
 #: DPC-kNN's neighbourhood for local density: k = min(clusters, MAX_NEIGHBOURS)
 MAX_NEIGHBOURS = 7
-
-#: CUDA graphs of TSTM's DPC-kNN, whose shapes are a video's [T, N, C]: some eighty short ops the host would
-#: otherwise launch one by one after it has waited for the cluster counts (``sttm.graphs``).
-CLUSTERING = Captures(size=2)
 
 
 def occurrences(index: torch.Tensor, size: int) -> torch.Tensor:
@@ -445,12 +437,10 @@ def merged_tokens(
     threshold: float = 0.8,
     corrected: bool = False,
     tensor_cores: bool = True,
-    cuda_graphs: bool = True,
 ) -> ClusterTokens:
     """TSTM: [T, N, C] tokens, their [T − 1, N, N] :func:`consecutive_cosines`, [T, N] bool selected by ADTS, [T]
     segments of ``lengths``, B tokens a frame of which ``merged_count`` merged -> the cluster tokens
-    (``tensor_cores`` as in :func:`dpc_knn`; on a GPU its DPC-kNN replayed from a CUDA graph unless ``cuda_graphs``
-    is off)."""
+    (``tensor_cores`` as in :func:`dpc_knn`)."""
     frame_count, width, _ = frames.shape
     device = frames.device
     position = to_device([step for length in lengths for step in range(length)], device)
@@ -469,8 +459,7 @@ def merged_tokens(
     else:  # the reference's: its tree's sum over 1 + its direct children
         denominators = child_counts(merged, parent, sums.dtype) + 1
     roots = sums.div_(denominators[:, :, None])
-    clustering = functools.partial(dpc_knn, tensor_cores=tensor_cores)
-    assignment, ranked = replayed(CLUSTERING, tensor_cores, clustering, roots, valid, clusters, enabled=cuda_graphs)
+    assignment, ranked = dpc_knn(roots, valid, clusters, tensor_cores)
     count = max(counts)
     means = cluster_means(roots, valid, assignment, count)
     patches = torch.zeros(frame_count, count, dtype=torch.long, device=device)
@@ -572,7 +561,6 @@ class FlashVID(Reducer):
         llm_layer: int = 20,
         llm_keep: float = 0.3,
         tensor_cores: bool = True,
-        cuda_graphs: bool = True,
     ) -> None:
         self.budget = check_budget(budget)
         if not 0.0 < alpha <= 1.0:
@@ -592,7 +580,7 @@ class FlashVID(Reducer):
         self.do_segment, self.segment_threshold = do_segment, segment_threshold
         self.min_segment_num, self.complementary_segment = min_segment_num, complementary_segment
         self.expansion, self.budget_mode, self.variant, self.llm_prune = expansion, budget_mode, variant, llm_prune
-        self.tensor_cores, self.cuda_graphs = bool(tensor_cores), bool(cuda_graphs)
+        self.tensor_cores = bool(tensor_cores)
 
     def inner_stage(self) -> FlashVIDLLM | None:
         """The pruning step inside the LLM that goes with this reducer, or None where ``llm_prune`` is off."""
@@ -652,8 +640,7 @@ class FlashVID(Reducer):
         if merged_count > 0:
             selected = torch.zeros(t, width, dtype=torch.bool, device=device).scatter_(1, chosen, True)
             clusters = merged_tokens(frames, cosines, selected, segment, lengths, frame_tokens, merged_count,
-                                     self.temporal_threshold, corrected, self.tensor_cores,
-                                     self.cuda_graphs)  # fmt: skip
+                                     self.temporal_threshold, corrected, self.tensor_cores)  # fmt: skip
             kept_idx.append(clusters.slots)
             kept_tokens.append(clusters.tokens)
             kept_patches.append(clusters.num_patches)

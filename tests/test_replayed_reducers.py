@@ -9,15 +9,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from baselines.flashvid import CLUSTERING, FlashVID
 from baselines.prunevid import FRAME_CLUSTERING, PruneVid
 from baselines.vidcom2 import SCORING, VidCom2
 from baselines.visionzip import MERGING, VisionZip
 from sttm.synthetic import benchmark_video
 
 REPLAYED = [
-    (FlashVID, {"budget": 0.5}, CLUSTERING),
-    (FlashVID, {"budget": 0.3, "variant": "corrected"}, CLUSTERING),
     (PruneVid, {"budget": 0.3}, FRAME_CLUSTERING),
     (PruneVid, {"budget": 0.3, "variant": "corrected"}, FRAME_CLUSTERING),
     (VidCom2, {"budget": 0.3}, SCORING),
