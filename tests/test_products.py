@@ -139,7 +139,7 @@ def test_the_fused_kernel_takes_chunks_of_whole_steps():
 @needs_cuda
 def test_on_cuda_the_fused_kernel_gives_the_grams_over_the_norms():
     """On a video-like bf16 grid: the kernel's distances and those of :func:`products.gram` and the divisions agree
-    to float32 rounding, and nearly every entry is the same float (every one on the H200's 128-frame grid)."""
+    to float32 rounding, and nearly every entry is the same float."""
     tokens = benchmark_video(16, 14, 14, 3584, dtype=torch.bfloat16, device="cuda").grid.reshape(1, -1, 3584)
     fused = products.cosine_distances(tokens, eps=1e-12)
     norms = torch.linalg.vector_norm(tokens, dim=-1, dtype=torch.float32)
