@@ -6,19 +6,10 @@ from __future__ import annotations
 import json
 
 import torch
+from small_architecture import SMALL
 
 from scripts import bench_reducers
-from sttm.adapters.real_size import ARCHITECTURES, Architecture
-from sttm.adapters.tiny import VOCAB
-
-SMALL = Architecture(
-    family="llava_onevision",
-    frame_size=56,
-    vision=dict(model_type="siglip_vision_model", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                num_attention_heads=2, image_size=56, patch_size=14),
-    text=dict(model_type="qwen2", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-              num_attention_heads=2, num_key_value_heads=1, vocab_size=len(VOCAB)),
-)  # fmt: skip
+from sttm.adapters.real_size import ARCHITECTURES
 
 
 def test_the_model_input_is_what_the_vision_stage_hands_a_reducer(monkeypatch, tmp_path):

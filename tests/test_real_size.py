@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from small_architecture import SMALL
 
 from sttm.adapters.loading import MODEL_CLASSES
 from sttm.adapters.real_size import (
     ARCHITECTURES,
     QWEN2_7B,
-    Architecture,
     random_model,
     real_size_config,
     request,
@@ -51,15 +51,7 @@ def test_an_unknown_architecture_is_named_with_the_choices():
 
 
 def test_random_models_are_bf16_and_the_same_for_the_same_name(monkeypatch):
-    small = Architecture(
-        family="llava_onevision",
-        frame_size=56,
-        vision=dict(model_type="siglip_vision_model", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                    num_attention_heads=2, image_size=56, patch_size=14),
-        text=dict(model_type="qwen2", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                  num_attention_heads=2, num_key_value_heads=1, vocab_size=64),
-    )  # fmt: skip
-    monkeypatch.setitem(ARCHITECTURES, "small", small)
+    monkeypatch.setitem(ARCHITECTURES, "small", SMALL)
     first, second = random_model("small", "sdpa", "cpu"), random_model("small", "sdpa", "cpu")
     assert torch.get_default_dtype() == torch.float32 and not first.training
     assert {p.dtype for p in first.parameters()} == {torch.bfloat16}
