@@ -15,9 +15,10 @@ CUDA graphs (the eager calls they replay, ``sttm.graphs``), in the same run. ``-
 of each row (``sttm.device_work``: launches, host waits, the kernels' own time and the N ops whose kernels took
 longest), which tells a call bound by its kernels from one bound by the host's dispatch; the header (and the JSON's
 meta) gives the host's CPU and the microseconds it takes to queue a small op (``sttm.device_work.launch_us``), which
-the time of a call bound by the host follows from machine to machine. ``--authors-code`` also times the authors'
-``quadtree_build_video`` from a checkout of github.com/HYUNJS/STTM on the same input, and checks that both keep the
-same boxes.
+the time of a call bound by the host follows from machine to machine. ``--host-lines N`` also tells, for one call of
+each row, the N lines of the project whose torch calls took the host longest
+(``sttm.device_work.host_time_by_line``). ``--authors-code`` also times the authors' ``quadtree_build_video`` from a
+checkout of github.com/HYUNJS/STTM on the same input, and checks that both keep the same boxes.
 """
 
 from __future__ import annotations
@@ -34,11 +35,13 @@ import torch
 
 from sttm.api import Reducer, Reduction, Stage, VideoTokens, available_reducers, build_reducer, keep_everything
 from sttm.clock import timed
-from sttm.device_work import device_work, host_model, launch_us
+from sttm.device_work import device_work, host_model, host_time_by_line, launch_us
 from sttm.paper import BENCHMARK_THRESHOLDS
 from sttm.synthetic import benchmark_video
 
 REPEATABLE = {True: "yes", False: "NO", None: ""}  # None: not checked (the authors' code)
+#: the project's packages whose lines ``--host-lines`` tells apart
+PACKAGES = tuple(Path(__file__).resolve().parents[1] / name for name in ("baselines", "sttm"))
 
 
 def settings_to_time(
@@ -149,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=128, help="frames of --model's video (default 128)")
     parser.add_argument("--authors-code", type=Path, help="checkout of HYUNJS/STTM to time its quadtree too")
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="profile one call per row, N top ops")
+    parser.add_argument("--host-lines", type=int, default=0, metavar="N", help="the N lines taking most host time")
     parser.add_argument(
         "--sttm-eager",
         action="store_true",
@@ -187,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.profile:
             rows[-1]["work"] = device_work(lambda r=reducer: r.reduce(video), grid.is_cuda, top=args.profile)
+        if args.host_lines:
+            rows[-1]["host"] = host_time_by_line(lambda r=reducer: r.reduce(video), PACKAGES, args.host_lines)
 
     if args.authors_code:
         quadtree_build_video = authors_quadtree(args.authors_code)
@@ -223,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         if "work" in row:
             print("    " + "; ".join(f"{key}: {value}" for key, value in row["work"].items()))
+        if "host" in row:
+            print(f"    host time in torch calls: {row['host']['host ms']} ms, {row['host']['torch calls']} calls")
+            for where, ms, calls in row["host"]["lines"]:
+                print(f"      {ms:7.3f} ms {calls:4d}  {where}")
     if args.output:
         meta = {
             "device": device_name,

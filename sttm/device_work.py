@@ -7,18 +7,22 @@ The host waits are the ops that need the device's values: ``aten::_local_scalar_
 
 And what the host is: its CPU (``host_model``) and how long it takes to queue one small op (``launch_us``), which
 sets the time of a call bound by the host's dispatch rather than by its kernels: on machines of one GPU kind such a
-call's time follows it.
+call's time follows it. Where a call's host time goes, line by line of the code that asked for it:
+``host_time_by_line``.
 """
 
 from __future__ import annotations
 
+import os
 import platform
+import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
+from torch.overrides import TorchFunctionMode
 from torch.profiler import ProfilerActivity, profile
 
 #: host waits as the CPU profiler names them, and whether only top-level calls count (``bmm`` calls
@@ -63,6 +67,48 @@ def device_work(call: Callable[[], object], cuda: bool, top: int = 0) -> dict[st
                 f"{avg.key[6:]} {avg.self_device_time_total / 1e3:.2f}×{avg.count}" for avg in slowest
             )
     return counts
+
+
+class _HostTimeByLine(TorchFunctionMode):
+    """Each torch call's host time (perf_counter around it), by the innermost frame of its stack in ``folders``."""
+
+    def __init__(self, folders: tuple[Path, ...]) -> None:
+        super().__init__()
+        self.prefixes = tuple(str(folder) + os.sep for folder in folders)
+        self.seconds: Counter[str] = Counter()
+        self.calls: Counter[str] = Counter()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        frame = sys._getframe(1)
+        while frame is not None and not frame.f_code.co_filename.startswith(self.prefixes):
+            frame = frame.f_back
+        where = "elsewhere"
+        if frame is not None:
+            path = Path(frame.f_code.co_filename)
+            where = f"{path.parent.name}/{path.name}:{frame.f_lineno} {frame.f_code.co_name}"
+        start = time.perf_counter()
+        result = func(*args, **(kwargs or {}))
+        self.seconds[where] += time.perf_counter() - start
+        self.calls[where] += 1
+        return result
+
+
+def host_time_by_line(call: Callable[[], object], folders: Iterable[str | Path], top: int) -> dict[str, object]:
+    """Where the host's time in one ``call()``'s torch calls goes: each call's wall time on the host (its dispatch
+    and launch, and any wait for the device it makes; the torch calls it makes itself count in it), attributed to
+    the innermost line of the stack in a file of ``folders`` (e.g. ``baselines``, ``sttm``), "elsewhere" if none.
+    Returns ``torch calls``, ``host ms`` (their sum) and ``lines``: the ``top`` lines by time, as ``[folder/file:line
+    function, ms, calls]``. The host's time outside torch calls (Python, numpy) is the call's wall time less
+    ``host ms``."""
+    recorder = _HostTimeByLine(tuple(Path(folder).resolve() for folder in folders))
+    with recorder:
+        call()
+    return {
+        "torch calls": sum(recorder.calls.values()),
+        "host ms": round(sum(recorder.seconds.values()) * 1e3, 3),
+        "lines": [[where, round(seconds * 1e3, 3), recorder.calls[where]]
+                  for where, seconds in recorder.seconds.most_common(top)],
+    }  # fmt: skip
 
 
 def host_model() -> str:
