@@ -15,7 +15,7 @@ CUDA graphs (the eager calls they replay, ``sttm.graphs``), in the same run. ``-
 of each row (``sttm.device_work``: launches, host waits, the kernels' own time and the N ops whose kernels took
 longest), which tells a call bound by its kernels from one bound by the host's dispatch; the header (and the JSON's
 meta) gives the host's CPU and the microseconds it takes to queue a small op (``sttm.device_work.launch_us``), which
-the time of a call bound by the host follows from machine to machine. ``--host-lines N`` also tells, for one call of
+the time of a call bound by the host follows from machine to machine. ``--host-lines N`` also tells, over 5 calls of
 each row, the N lines of the project whose torch calls took the host longest
 (``sttm.device_work.host_time_by_line``). ``--authors-code`` also times the authors' ``quadtree_build_video`` from a
 checkout of github.com/HYUNJS/STTM on the same input, and checks that both keep the same boxes.
@@ -192,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile:
             rows[-1]["work"] = device_work(lambda r=reducer: r.reduce(video), grid.is_cuda, top=args.profile)
         if args.host_lines:
-            rows[-1]["host"] = host_time_by_line(lambda r=reducer: r.reduce(video), PACKAGES, args.host_lines)
+            rows[-1]["host"] = host_time_by_line(
+                lambda r=reducer: r.reduce(video), PACKAGES, args.host_lines, repeats=5
+            )
 
     if args.authors_code:
         quadtree_build_video = authors_quadtree(args.authors_code)

@@ -93,20 +93,24 @@ class _HostTimeByLine(TorchFunctionMode):
         return result
 
 
-def host_time_by_line(call: Callable[[], object], folders: Iterable[str | Path], top: int) -> dict[str, object]:
-    """Where the host's time in one ``call()``'s torch calls goes: each call's wall time on the host (its dispatch
-    and launch, and any wait for the device it makes; the torch calls it makes itself count in it), attributed to
-    the innermost line of the stack in a file of ``folders`` (e.g. ``baselines``, ``sttm``), "elsewhere" if none.
-    Returns ``torch calls``, ``host ms`` (their sum) and ``lines``: the ``top`` lines by time, as ``[folder/file:line
-    function, ms, calls]``. The host's time outside torch calls (Python, numpy) is the call's wall time less
-    ``host ms``."""
+def host_time_by_line(
+    call: Callable[[], object], folders: Iterable[str | Path], top: int, repeats: int = 1
+) -> dict[str, object]:
+    """Where the host's time in ``call()``'s torch calls goes, per call over ``repeats`` calls: each torch call's wall
+    time on the host (its dispatch and launch, and any wait for the device it makes; the torch calls it makes
+    itself count in it), attributed to the innermost line of the stack in a file of ``folders`` (e.g.
+    ``baselines``, ``sttm``), "elsewhere" if none. Returns ``torch calls``, ``host ms`` (their sum) and ``lines``:
+    the ``top`` lines by time, as ``[folder/file:line function, ms, calls]``. The mode that records them adds a few
+    microseconds to each torch call; the host's time outside torch calls (Python, numpy) is what a call's wall time
+    leaves."""
     recorder = _HostTimeByLine(tuple(Path(folder).resolve() for folder in folders))
     with recorder:
-        call()
+        for _ in range(repeats):
+            call()
     return {
-        "torch calls": sum(recorder.calls.values()),
-        "host ms": round(sum(recorder.seconds.values()) * 1e3, 3),
-        "lines": [[where, round(seconds * 1e3, 3), recorder.calls[where]]
+        "torch calls": sum(recorder.calls.values()) // repeats,
+        "host ms": round(sum(recorder.seconds.values()) * 1e3 / repeats, 3),
+        "lines": [[where, round(seconds * 1e3 / repeats, 3), recorder.calls[where] // repeats]
                   for where, seconds in recorder.seconds.most_common(top)],
     }  # fmt: skip
 

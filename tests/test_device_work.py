@@ -26,5 +26,6 @@ def test_the_host_time_of_a_call_is_told_by_line_of_the_code_that_asked_for_it()
     assert lines and all(where.startswith("baselines/evs.py:") for where, _, _ in lines)
     assert sum(calls for _, _, calls in lines) == account["torch calls"]
     assert 0 < sum(ms for _, ms, _ in lines) <= account["host ms"] + 1e-3
-    outside = host_time_by_line(lambda: torch.ones(3).sum(), ["baselines"], top=5)
+    outside = host_time_by_line(lambda: torch.ones(3).sum(), ["baselines"], top=5, repeats=3)
     assert [where for where, _, _ in outside["lines"]] == ["elsewhere"] and outside["torch calls"] == 2
+    assert outside["lines"][0][2] == 2  # per call, over the three
