@@ -79,6 +79,7 @@ from dataclasses import replace
 from itertools import accumulate
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -283,15 +284,16 @@ def plan_merge(
         anchors += zip(frames, first_slots, picks * n, strict=True)
         order += [frame for start in firsts for frame in range(start, start + length)]
         slots, targets = slots + n * a * width, targets + n * sum(picks)
-    frames, first_slots, picks = torch.tensor(anchors).unbind(1)
-    anchor = torch.repeat_interleave(picks)  # the anchor of each filled slot
-    filled = first_slots[anchor] + torch.arange(targets) - (picks.cumsum(0) - picks)[anchor]
-    slot_targets = torch.full((slots + 1,), targets).index_put_((filled,), torch.arange(targets))
-    host = torch.cat([torch.tensor(indices + order), filled, slot_targets, frames[anchor] * rest])
+    frames, first_slots, picks = np.array(anchors, dtype=np.int64).T  # host arrays: numpy costs less than torch here
+    anchor = np.repeat(np.arange(len(picks)), picks)  # the anchor of each filled slot
+    filled = first_slots[anchor] + np.arange(targets) - (np.cumsum(picks) - picks)[anchor]
+    slot_targets = np.full(slots + 1, targets)
+    slot_targets[filled] = np.arange(targets)
+    host = np.concatenate([np.array(indices + order, dtype=np.int64), filled, slot_targets, frames[anchor] * rest])
     parts = [math.prod(shape) for shape in shapes] + [len(order), targets, slots + 1, targets]
     *pieces, frame_order, filled, slot_targets, target_rows = to_device(host, device).split(parts)
     pieces = iter(piece.view(shape) for piece, shape in zip(pieces, shapes, strict=True))
-    masks = to_device(unfilled, device).split([a * k for a, k in mask_shapes])
+    masks = to_device(np.array(unfilled, dtype=bool), device).split([a * k for a, k in mask_shapes])
     masks = iter(mask.view(shape) for mask, shape in zip(masks, mask_shapes, strict=True))
     groups = [SegmentGroup(*layout, next(pieces), next(pieces), next(pieces), next(masks)) for layout in layouts]
     return MergePlan(groups, frame_order, filled, slot_targets, target_rows)
