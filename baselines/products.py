@@ -96,8 +96,7 @@ def cosine_distances(tokens: torch.Tensor, eps: float, chunk: int = CHUNK) -> to
     norms = torch.linalg.vector_norm(tokens, dim=-1, dtype=torch.float32).clamp_min_(eps)  # [B, N]
     if triton is not None and tokens.is_cuda:
         return fused_cosine_distances(tokens, norms, chunk)
-    scaled = gram(tokens, chunk).div_(norms[:, :, None])
-    return torch.addcdiv(torch.ones((), device=tokens.device), scaled, norms[:, None, :], value=-1.0, out=scaled)
+    return gram(tokens, chunk).div_(norms[:, :, None]).div_(norms[:, None, :]).neg_().add_(1.0)
 
 
 def fused_cosine_distances(tokens: torch.Tensor, norms: torch.Tensor, chunk: int = CHUNK) -> torch.Tensor:
